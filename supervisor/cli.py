@@ -1,0 +1,481 @@
+"""slotctl: the command-line client. Human tables by default, --json for scripts.
+
+Exit codes: 0 done; 1 the daemon refused the request (the message says why); 2 bad
+usage; 3 the daemon is not running or cannot be reached. ``slotctl run`` exits with the
+session's own exit code (128 + N when a signal ended it, 127 when it could not start).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from supervisor import __version__
+from supervisor.client import Client, DaemonUnavailable, RemoteError, find_socket, result_of
+from supervisor.config import ConfigError
+from supervisor.protocol import decode_data
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+EXIT_NOT_STARTED = 127
+
+# How long `logs -f` keeps trying to reconnect to a restarting daemon.
+RECONNECT_SECONDS = 120.0
+
+
+class CliError(Exception):
+    def __init__(self, message: str, status: int = EXIT_REFUSED) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# -- output ---------------------------------------------------------------------------
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def short_id(session_id: str) -> str:
+    return session_id[:8]
+
+
+def age(iso: str | None) -> str:
+    if not iso:
+        return "-"
+    seconds = time.time() - datetime.datetime.fromisoformat(iso).timestamp()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(max(seconds, 0))}s"
+
+
+def command_text(argv: list[str], width: int = 40) -> str:
+    text = " ".join(argv)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def outcome(session: dict[str, Any]) -> str:
+    if session["signal"] is not None:
+        try:
+            return signal.Signals(session["signal"]).name
+        except ValueError:
+            return f"sig{session['signal']}"
+    if session["exit_code"] is not None:
+        return str(session["exit_code"])
+    return "-"
+
+
+def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def print_sessions(sessions: list[dict[str, Any]]) -> None:
+    rows = []
+    for s in sessions:
+        when = s["ended_at"] or s["started_at"] or s["queued_at"]
+        labels = ",".join(f"{k}={v}" for k, v in s["labels"].items())
+        rows.append(
+            [
+                short_id(s["id"]),
+                str(s["slot"] or "-"),
+                s["status"],
+                str(s["priority"]),
+                str(s["pid"] or "-"),
+                outcome(s),
+                age(when),
+                command_text(s["argv"]),
+                labels,
+            ]
+        )
+    print_table(["ID", "SLOT", "STATUS", "PRI", "PID", "EXIT", "AGE", "COMMAND", "LABELS"], rows)
+
+
+def print_session(session: dict[str, Any]) -> None:
+    fields = [
+        "id", "status", "slot", "priority", "argv", "cwd", "env", "labels", "pid", "shim_pid",
+        "exit_code", "signal", "reason", "queued_at", "started_at", "ended_at",
+    ]
+    for name in fields:
+        value = session.get(name)
+        if isinstance(value, (list, dict)):
+            value = json.dumps(value)
+        print(f"{name + ':':12} {'-' if value is None else value}")
+    if "transcript" in session:
+        t = session["transcript"]
+        print(f"{'transcript:':12} {t['rows']} rows, {t['bytes']} bytes, last seq {t['last_seq']}")
+
+
+class RowPrinter:
+    """Writes transcript rows: raw bytes, JSON lines, or for people (system rows marked)."""
+
+    def __init__(self, mode: str, streams: set[str] | None) -> None:
+        self.mode = mode
+        self.streams = streams
+        self.out = sys.stdout.buffer
+        self.err = sys.stderr.buffer
+        self.last_seq = 0
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.last_seq = max(self.last_seq, row["seq"])
+        if self.mode == "json":
+            self.out.write(json.dumps(row).encode() + b"\n")
+            self.out.flush()
+            return
+        stream = row["stream"]
+        if self.streams is not None and stream not in self.streams:
+            return
+        data = decode_data(row)
+        if self.mode == "raw":
+            self.out.write(data)
+        elif self.mode == "split":  # slotctl run: the command's stderr to our stderr
+            (self.err if stream == "stderr" else self.out).write(data)
+        elif stream == "system":
+            self.out.write(b"[slotd] " + data)
+        elif stream == "stdin":
+            self.out.write(b"[stdin] " + data + (b"" if data.endswith(b"\n") else b"\n"))
+        else:
+            self.out.write(data)
+        self.out.flush()
+        self.err.flush()
+
+
+# -- commands -------------------------------------------------------------------------
+
+
+def parse_kv(pairs: list[str], what: str) -> dict[str, str]:
+    result = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"{what} must be KEY=VALUE, got {pair!r}", EXIT_USAGE)
+        result[key] = value
+    return result
+
+
+def labels_from(args: argparse.Namespace) -> dict[str, Any]:
+    labels: dict[str, Any] = {}
+    if args.labels_json:
+        try:
+            labels = json.loads(args.labels_json)
+        except json.JSONDecodeError as error:
+            raise CliError(f"--labels-json is not valid JSON: {error}", EXIT_USAGE) from None
+        if not isinstance(labels, dict):
+            raise CliError("--labels-json must be a JSON object", EXIT_USAGE)
+    labels.update(parse_kv(args.label, "--label"))
+    return labels
+
+
+def start_args(args: argparse.Namespace) -> dict[str, Any]:
+    if not args.argv:
+        raise CliError("no command given: slotctl start [options] -- COMMAND [ARG...]", EXIT_USAGE)
+    argv = args.argv[1:] if args.argv[0] == "--" else args.argv
+    if not argv:
+        raise CliError("no command given after --", EXIT_USAGE)
+    return {
+        "argv": argv,
+        "cwd": os.path.abspath(args.cwd) if args.cwd else os.getcwd(),
+        "env": parse_kv(args.env, "--env"),
+        "labels": labels_from(args),
+        "priority": args.priority,
+        "queue": not args.no_queue,
+    }
+
+
+def cmd_start(client: Client, args: argparse.Namespace) -> int:
+    session = client.request("start", **start_args(args))
+    if args.json:
+        print_json(session)
+    else:
+        print(session["id"] if args.quiet else f"{session['id']} {session['status']}")
+    return EXIT_OK
+
+
+def follow_rows(args: argparse.Namespace, session_id: str, since_seq: int, printer: RowPrinter, stream: str | None) -> dict[str, Any]:
+    """Follow a transcript to the session's end, reconnecting if the daemon restarts."""
+    deadline = None
+    while True:
+        try:
+            with connect(args) as client:
+                deadline = None
+                for message in client.messages("follow", session=session_id, since_seq=since_seq, stream=stream):
+                    if "row" in message:
+                        printer.write(message["row"])
+                        since_seq = message["row"]["seq"]
+                    else:
+                        return result_of(message)
+        except (ConnectionError, DaemonUnavailable, OSError):
+            # The daemon went away (a restart?): carry on from the last row printed.
+            deadline = deadline or time.monotonic() + RECONNECT_SECONDS
+            if time.monotonic() > deadline:
+                raise CliError(f"lost the daemon and it did not come back within {RECONNECT_SECONDS:g}s", EXIT_UNAVAILABLE) from None
+            time.sleep(0.2)
+
+
+def exit_status_of(session: dict[str, Any]) -> int:
+    if session["signal"] is not None:
+        return 128 + session["signal"]
+    if session["exit_code"] is not None:
+        return session["exit_code"]
+    if session["status"] == "completed":
+        return EXIT_OK
+    return EXIT_NOT_STARTED if session.get("started_at") is None or session["pid"] is None else EXIT_REFUSED
+
+
+def cmd_run(client: Client, args: argparse.Namespace) -> int:
+    session = client.request("start", **start_args(args))
+    client.close()
+    printer = RowPrinter("json" if args.json else "split", None if args.json else {"stdout", "stderr"})
+    final = follow_rows(args, session["id"], 0, printer, None)
+    if final["status"] == "failed" and final["pid"] is None:
+        print(f"slotctl: session {short_id(final['id'])} could not start: {final['reason']}", file=sys.stderr)
+    elif final["status"] in ("lost", "cancelled"):
+        print(f"slotctl: session {short_id(final['id'])} {final['status']}: {final['reason']}", file=sys.stderr)
+    return exit_status_of(final)
+
+
+def cmd_ps(client: Client, args: argparse.Namespace) -> int:
+    sessions = client.request("ps", status=args.status or None, labels=parse_kv(args.label, "--label") or None, limit=args.limit)
+    if args.json:
+        print_json(sessions)
+    else:
+        print_sessions(sessions)
+    return EXIT_OK
+
+
+def cmd_show(client: Client, args: argparse.Namespace) -> int:
+    session = client.request("show", session=args.id)
+    print_json(session) if args.json else print_session(session)
+    return EXIT_OK
+
+
+def cmd_logs(client: Client, args: argparse.Namespace) -> int:
+    mode = "json" if args.json else "raw" if args.raw else "human"
+    if args.stream:
+        streams = {args.stream}
+    elif args.raw:
+        streams = {"stdout", "stderr"}  # raw means the bytes the command wrote
+    else:
+        streams = None
+    printer = RowPrinter(mode, streams)
+    since_seq, since_time = None, None
+    if args.since is not None:
+        if args.since.isdigit():
+            since_seq = int(args.since)
+        else:
+            since_time = args.since
+    result = None
+    for message in client.messages("logs", session=args.id, tail=args.n, since_seq=since_seq, since_time=since_time, stream=args.stream):
+        if "row" in message:
+            printer.write(message["row"])
+        else:
+            result = result_of(message)
+    assert result is not None
+    if args.follow:
+        session = client.request("show", session=args.id)
+        follow_rows(args, session["id"], max(result["last_seq"], printer.last_seq), printer, args.stream)
+    return EXIT_OK
+
+
+def cmd_send(client: Client, args: argparse.Namespace) -> int:
+    data = args.data if args.data is not None else ""
+    if args.stdin:
+        data_b64 = __import__("base64").b64encode(sys.stdin.buffer.read()).decode()
+    else:
+        data_b64 = None
+        if not args.no_newline and args.data is not None:
+            data += "\n"
+    result = client.request("send", session=args.id, data=data, data_b64=data_b64, eof=args.eof)
+    print_json(result) if args.json else None
+    return EXIT_OK
+
+
+def simple(command: str, **extra_args: str):
+    """A command that takes a session id and prints the session it returns."""
+
+    def run(client: Client, args: argparse.Namespace) -> int:
+        extras = {name: getattr(args, attr) for name, attr in extra_args.items()}
+        session = client.request(command, session=args.id, **extras)
+        if args.json:
+            print_json(session)
+        else:
+            print(f"{session['id']} {session['status']}" + (f" ({session['reason']})" if session.get("reason") else ""))
+        return EXIT_OK
+
+    return run
+
+
+def cmd_delete(client: Client, args: argparse.Namespace) -> int:
+    result = client.request("delete", session=args.id)
+    print_json(result) if args.json else print(f"deleted {result['deleted']}")
+    return EXIT_OK
+
+
+def parse_duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    try:
+        if text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except (ValueError, IndexError):
+        raise CliError(f"not a duration: {text!r} (use e.g. 30s, 12h, 7d)", EXIT_USAGE) from None
+
+
+def cmd_prune(client: Client, args: argparse.Namespace) -> int:
+    older = parse_duration(args.older_than) if args.older_than else None
+    result = client.request("prune", older_than=older, status=args.status or None)
+    print_json(result) if args.json else print(f"pruned {len(result['deleted'])} sessions")
+    return EXIT_OK
+
+
+def daemon_command(command: str):
+    def run(client: Client, args: argparse.Namespace) -> int:
+        extras = {"mode": args.mode} if command == "shutdown" else {}
+        result = client.request(command, **extras)
+        if args.json:
+            print_json(result)
+        elif command == "info" or command in ("drain", "undrain"):
+            for key, value in result.items():
+                print(f"{key + ':':16} {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+        else:
+            print(f"shutting down ({result['mode']})")
+        return EXIT_OK
+
+    return run
+
+
+# -- parser ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    common.add_argument("--socket", default=argparse.SUPPRESS, help="the daemon's socket (default: $SLOTD_SOCKET, else from the config)")
+    common.add_argument("--config", default=argparse.SUPPRESS, help="the daemon's config file, to find its socket")
+
+    parser = argparse.ArgumentParser(prog="slotctl", description="Control slotd, the session supervisor.", parents=[common])
+    parser.add_argument("--version", action="version", version=f"slotctl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    for name, func, help_text in (
+        ("start", cmd_start, "start a session (queued when every slot is busy)"),
+        ("run", cmd_run, "start a session, print its output, exit with its exit code"),
+    ):
+        p = add(name, func, help_text)
+        p.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE", help="add to its environment")
+        p.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE", help="attach a label")
+        p.add_argument("--labels-json", metavar="JSON", help="labels as a JSON object")
+        p.add_argument("-p", "--priority", type=int, default=0, help="higher starts first (default 0)")
+        p.add_argument("-C", "--cwd", help="working directory (default: here)")
+        p.add_argument("--no-queue", action="store_true", help="refuse instead of queueing when every slot is busy")
+        if name == "start":
+            p.add_argument("-q", "--quiet", action="store_true", help="print only the id")
+        p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
+
+    p = add("ps", cmd_ps, "list sessions, the ones waiting for a person first")
+    p.add_argument("-s", "--status", action="append", default=[], help="only this status (repeatable)")
+    p.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE", help="only sessions with this label")
+    p.add_argument("-n", "--limit", type=int, help="at most this many")
+
+    p = add("show", cmd_show, "show one session")
+    p.add_argument("id")
+
+    p = add("logs", cmd_logs, "print a session's transcript")
+    p.add_argument("id")
+    p.add_argument("-n", type=int, metavar="N", help="only the last N lines")
+    p.add_argument("--since", metavar="SEQ|TIME", help="rows after this sequence number, or since this ISO time")
+    p.add_argument("--stream", choices=["stdout", "stderr", "stdin", "system"], help="one stream only")
+    p.add_argument("--raw", action="store_true", help="the exact bytes the command wrote, nothing added")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing until the session ends")
+
+    p = add("send", cmd_send, "write to a session's stdin")
+    p.add_argument("id")
+    p.add_argument("data", nargs="?", help="text to send (a newline is added)")
+    p.add_argument("-n", "--no-newline", action="store_true", help="do not add a newline")
+    p.add_argument("--stdin", action="store_true", help="send what slotctl reads from its own stdin")
+    p.add_argument("--eof", action="store_true", help="close the session's stdin afterwards")
+
+    p = add("stop", simple("stop", timeout="timeout"), "SIGTERM the session's process group, SIGKILL after a timeout")
+    p.add_argument("id")
+    p.add_argument("-t", "--timeout", type=float, help="seconds before SIGKILL (default: stop_timeout)")
+
+    p = add("kill", simple("kill", signal="signal"), "send a signal to the session's process group")
+    p.add_argument("id")
+    p.add_argument("-s", "--signal", default="KILL", help="signal name or number (default KILL)")
+
+    for name, help_text in (
+        ("pause", "SIGSTOP the session (it keeps its slot)"),
+        ("resume", "SIGCONT a paused session"),
+        ("cancel", "cancel a queued session"),
+    ):
+        add(name, simple(name), help_text).add_argument("id")
+
+    add("delete", cmd_delete, "delete an ended session and its transcript").add_argument("id")
+
+    p = add("prune", cmd_prune, "delete ended sessions")
+    p.add_argument("--older-than", metavar="AGE", help="only those ended longer ago (30s, 12h, 7d)")
+    p.add_argument("-s", "--status", action="append", default=[], help="only this status (repeatable)")
+
+    add("drain", daemon_command("drain"), "stop starting queued sessions")
+    add("undrain", daemon_command("undrain"), "start queued sessions again")
+    add("info", daemon_command("info"), "the daemon's state")
+    p = add("shutdown", daemon_command("shutdown"), "stop the daemon")
+    p.add_argument("--mode", choices=["keep", "stop"], help="keep sessions running (default from config) or stop them")
+    return parser
+
+
+def connect(args: argparse.Namespace) -> Client:
+    try:
+        path = find_socket(getattr(args, "socket", None), getattr(args, "config", None))
+    except ConfigError as error:
+        raise CliError(f"configuration error: {error}", EXIT_USAGE) from None
+    return Client(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.json = getattr(args, "json", False)
+    try:
+        with connect(args) as client:
+            status = args.func(client, args)
+    except DaemonUnavailable as error:
+        print(f"slotctl: {error}", file=sys.stderr)
+        status = EXIT_UNAVAILABLE
+    except RemoteError as error:
+        if args.json:
+            print_json({"error": {"code": error.code, "message": error.message}})
+        print(f"slotctl: {error.message} [{error.code}]", file=sys.stderr)
+        status = EXIT_REFUSED
+    except CliError as error:
+        print(f"slotctl: {error}", file=sys.stderr)
+        status = error.status
+    except ConnectionError as error:
+        print(f"slotctl: lost the connection to slotd: {error}", file=sys.stderr)
+        status = EXIT_UNAVAILABLE
+    except BrokenPipeError:
+        status = EXIT_OK  # our reader (head, less) went away
+    except KeyboardInterrupt:
+        status = 130
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,303 @@
+"""One handler per protocol command: check the arguments' meaning, act, shape the reply.
+
+Handlers know neither sockets (control.py) nor SQL (store.py): they call the slot
+manager for anything that touches a session's processes and the reader pool for queries.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from supervisor import __version__
+from supervisor.config import Config
+from supervisor.database import ReaderPool
+from supervisor.ingest import Ingestor
+from supervisor.protocol import ErrorCode, RequestError, encode_data, signal_number
+from supervisor.slots import SlotManager
+from supervisor.store import ENDED_STATUSES, AmbiguousPrefix, Reader, Row, Session, iso_from_unix, unix_from_iso, utc_now
+
+Emit = Callable[[dict[str, Any]], Awaitable[None]]
+
+PAGE_ROWS = 500
+
+
+def row_message(row: Row) -> dict[str, Any]:
+    return {"seq": row.seq, "ts": iso_from_unix(row.ts), "stream": row.stream, **encode_data(row.data)}
+
+
+def count_lines(data: bytes) -> int:
+    return data.count(b"\n")
+
+
+def tail_rows(reader: Reader, session_id: str, lines: int, streams: list[str] | None) -> tuple[list[tuple[Row, bool]], int]:
+    """The rows holding the last `lines` lines, oldest first (the first may be trimmed),
+    and the last sequence number looked at, for a follow to carry on from.
+
+    A final line without a newline (a prompt) counts as a line.
+    """
+    last_seq = reader.last_seq(session_id)
+    if lines == 0:
+        return [], last_seq
+    picked: list[Row] = []
+    newlines = 0
+    before = last_seq + 1
+    needed: int | None = None
+    while True:
+        page = reader.rows_before(session_id, before, PAGE_ROWS, streams)
+        for row in page:
+            if needed is None:
+                # An unterminated last line counts: then one newline fewer is needed.
+                needed = lines if not row.data.endswith(b"\n") else lines + 1
+            picked.append(row)
+            newlines += count_lines(row.data)
+            if newlines >= needed:
+                return _trim_to_lines(picked, newlines, needed), last_seq
+        if len(page) < PAGE_ROWS:
+            return [(row, False) for row in reversed(picked)], last_seq
+        before = page[-1].seq
+
+
+def _trim_to_lines(picked_newest_first: list[Row], newlines: int, needed: int) -> list[tuple[Row, bool]]:
+    oldest = picked_newest_first[-1]
+    # The oldest row holds more newlines than needed: drop its text up to the newline
+    # that ends the line before the ones asked for.
+    extra = newlines - needed
+    cut = -1
+    for _ in range(extra + 1):
+        cut = oldest.data.index(b"\n", cut + 1)
+    kept = oldest.data[cut + 1 :]
+    rows = [(row, False) for row in reversed(picked_newest_first[:-1])]
+    if kept:
+        trimmed = Row(oldest.session_id, oldest.seq, oldest.ts, oldest.stream, kept)
+        rows.insert(0, (trimmed, True))
+    return rows
+
+
+class Commands:
+    def __init__(
+        self,
+        config: Config,
+        slots: SlotManager,
+        readers: ReaderPool,
+        ingestor: Ingestor,
+        request_shutdown: Callable[[str | None], None],
+    ) -> None:
+        self.config = config
+        self.slots = slots
+        self.readers = readers
+        self.ingestor = ingestor
+        self.request_shutdown = request_shutdown
+        self.started_monotonic = time.monotonic()
+        self.started_at = utc_now()
+
+    async def handle(self, command: str, args: dict[str, Any], emit: Emit) -> Any:
+        handler = getattr(self, f"cmd_{command}")
+        return await handler(args, emit)
+
+    async def _session(self, prefix: str) -> Session:
+        try:
+            session = await self.readers.run(Reader.find_session, prefix)
+        except AmbiguousPrefix as error:
+            raise RequestError(
+                ErrorCode.AMBIGUOUS_ID, f"{error} ({', '.join(error.matches[:5])}): give more of the id"
+            ) from None
+        if session is None:
+            raise RequestError(ErrorCode.NOT_FOUND, f"no session with id or prefix {prefix!r}")
+        return session
+
+    async def _current(self, session_id: str) -> dict[str, Any]:
+        session = await self.readers.run(Reader.get_session, session_id)
+        if session is None:
+            raise RequestError(ErrorCode.NOT_FOUND, f"session {session_id} was deleted")
+        return session.to_json()
+
+    # -- sessions ------------------------------------------------------------------
+
+    async def cmd_start(self, args: dict, emit: Emit) -> Any:
+        session = await self.slots.submit(
+            args["argv"], args["cwd"], args["env"], args["labels"], args["priority"], args["queue"]
+        )
+        return session.to_json()
+
+    async def cmd_ps(self, args: dict, emit: Emit) -> Any:
+        statuses = args["status"]
+        if isinstance(statuses, str):
+            statuses = [statuses]
+        sessions = await self.readers.run(Reader.list_sessions, statuses, args["labels"], args["limit"])
+        return [session.to_json() for session in sessions]
+
+    async def cmd_show(self, args: dict, emit: Emit) -> Any:
+        session = await self._session(args["session"])
+        stats = await self.readers.run(Reader.transcript_stats, session.id)
+        return {**session.to_json(), "transcript": stats}
+
+    async def cmd_stop(self, args: dict, emit: Emit) -> Any:
+        session = await self._session(args["session"])
+        await self.slots.stop(session, args["timeout"], args["wait"])
+        return await self._current(session.id)
+
+    async def cmd_kill(self, args: dict, emit: Emit) -> Any:
+        session = await self._session(args["session"])
+        await self.slots.kill(session, signal_number(args["signal"]))
+        return await self._current(session.id)
+
+    async def cmd_pause(self, args: dict, emit: Emit) -> Any:
+        session = await self._session(args["session"])
+        await self.slots.pause(session)
+        return await self._current(session.id)
+
+    async def cmd_resume(self, args: dict, emit: Emit) -> Any:
+        session = await self._session(args["session"])
+        await self.slots.resume(session)
+        return await self._current(session.id)
+
+    async def cmd_cancel(self, args: dict, emit: Emit) -> Any:
+        session = await self._session(args["session"])
+        await self.slots.cancel(session)
+        return await self._current(session.id)
+
+    async def cmd_delete(self, args: dict, emit: Emit) -> Any:
+        session = await self._session(args["session"])
+        if not session.is_ended:
+            raise RequestError(
+                ErrorCode.INVALID_STATE, f"cannot delete session {session.id}: it is {session.status} (stop or cancel it first)"
+            )
+        await self.slots.writer.run(self.slots.store.delete_session, session.id)
+        self.ingestor.forget(session.id)
+        return {"deleted": session.id}
+
+    async def cmd_send(self, args: dict, emit: Emit) -> Any:
+        session = await self._session(args["session"])
+        if args["data_b64"] is not None:
+            try:
+                data = base64.b64decode(args["data_b64"], validate=True)
+            except binascii.Error:
+                raise RequestError(ErrorCode.INVALID_ARGUMENT, "send: 'data_b64' is not valid base64") from None
+            data = args["data"].encode() + data
+        else:
+            data = args["data"].encode()
+        await self.slots.send(session, data, args["eof"])
+        return {"sent": len(data), "eof": args["eof"]}
+
+    async def cmd_prune(self, args: dict, emit: Emit) -> Any:
+        statuses = args["status"] or list(ENDED_STATUSES)
+        if isinstance(statuses, str):
+            statuses = [statuses]
+        not_ended = [s for s in statuses if s not in ENDED_STATUSES]
+        if not_ended:
+            raise RequestError(ErrorCode.INVALID_ARGUMENT, f"prune: only ended sessions can be pruned, not {', '.join(not_ended)}")
+        before = None
+        if args["older_than"] is not None:
+            before = iso_from_unix(time.time() - args["older_than"])
+        deleted = await self.slots.writer.run(self.slots.store.prune, before, statuses)
+        for session_id in deleted:
+            self.ingestor.forget(session_id)
+        return {"deleted": deleted}
+
+    # -- transcripts ---------------------------------------------------------------
+
+    async def cmd_logs(self, args: dict, emit: Emit) -> Any:
+        if args["tail"] is not None and (args["since_seq"] is not None or args["since_time"] is not None):
+            raise RequestError(ErrorCode.INVALID_ARGUMENT, "logs: 'tail' cannot be combined with 'since_seq' or 'since_time'")
+        session = await self._session(args["session"])
+        streams = [args["stream"]] if args["stream"] else None
+        sent = 0
+        last_seq = 0
+        if args["tail"] is not None:
+            rows, last_seq = await self.readers.run(tail_rows, session.id, args["tail"], streams)
+            for row, trimmed in rows:
+                await emit({"row": {**row_message(row), "trimmed": trimmed}})
+            sent = len(rows)
+        else:
+            since_ts = None
+            if args["since_time"] is not None:
+                try:
+                    since_ts = unix_from_iso(args["since_time"])
+                except ValueError:
+                    raise RequestError(ErrorCode.INVALID_ARGUMENT, f"logs: 'since_time' is not an ISO 8601 time: {args['since_time']!r}") from None
+            after = args["since_seq"] or 0
+            while True:
+                page = await self.readers.run(Reader.rows_after, session.id, after, PAGE_ROWS, streams, since_ts)
+                for row in page:
+                    await emit({"row": row_message(row)})
+                if page:
+                    after = last_seq = page[-1].seq
+                sent += len(page)
+                if len(page) < PAGE_ROWS:
+                    break
+        return {"rows": sent, "last_seq": last_seq, "status": session.status}
+
+    async def cmd_follow(self, args: dict, emit: Emit) -> Any:
+        session = await self._session(args["session"])
+        streams = [args["stream"]] if args["stream"] else None
+        after = args["since_seq"]
+        while True:
+            # Take the event before reading: a commit after this point wakes us.
+            committed = self.ingestor.current_commit_event()
+            current = await self.readers.run(Reader.get_session, session.id)
+            if current is None:
+                raise RequestError(ErrorCode.NOT_FOUND, f"session {session.id} was deleted")
+            while True:
+                page = await self.readers.run(Reader.rows_after, session.id, after, PAGE_ROWS, streams, None)
+                for row in page:
+                    await emit({"row": row_message(row)})
+                if page:
+                    after = page[-1].seq
+                if len(page) < PAGE_ROWS:
+                    break
+            if current.is_ended:
+                # A session's end is committed with its last rows: nothing more will come.
+                return {**current.to_json(), "last_seq": after}
+            await committed.wait()
+
+    # -- the daemon ----------------------------------------------------------------
+
+    async def cmd_drain(self, args: dict, emit: Emit) -> Any:
+        await self.slots.set_draining(True)
+        return await self.cmd_info(args, emit)
+
+    async def cmd_undrain(self, args: dict, emit: Emit) -> Any:
+        await self.slots.set_draining(False)
+        return await self.cmd_info(args, emit)
+
+    async def cmd_info(self, args: dict, emit: Emit) -> Any:
+        queued = await self.readers.run(Reader.count_with_status, ["queued"])
+        db_bytes = 0
+        for suffix in ("", "-wal"):
+            try:
+                db_bytes += os.stat(f"{self.config.database}{suffix}").st_size
+            except FileNotFoundError:
+                pass
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "uptime": round(time.monotonic() - self.started_monotonic, 3),
+            "slots": self.config.slots,
+            "busy": len(self.slots.live),
+            "live": {live.slot: live.id for live in self.slots.live.values()},
+            "queued": queued,
+            "draining": self.slots.draining,
+            "ingest_lag": round(self.ingestor.lag(), 3),
+            "rows_committed": self.ingestor.rows_committed,
+            "database": str(self.config.database),
+            "database_bytes": db_bytes,
+            "socket": str(self.config.socket),
+            "state_dir": str(self.config.state_dir),
+            "runtime_dir": str(self.config.runtime_dir),
+            "config": str(self.config.source) if self.config.source else None,
+            "on_shutdown": self.config.on_shutdown,
+        }
+
+    async def cmd_shutdown(self, args: dict, emit: Emit) -> Any:
+        mode = args["mode"] or self.config.on_shutdown
+        self.request_shutdown(mode)
+        return {"shutting_down": True, "mode": mode}
+

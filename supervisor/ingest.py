@@ -1,0 +1,277 @@
+"""Spool to database: batched transactions, exactly once.
+
+Every transcript row and every change to a session's record goes through one Ingestor.
+It assigns sequence numbers, collects a batch, and commits it in one transaction per
+flush (every flush_interval, or sooner when the batch is full or someone must know the
+batch is durable). Each batch also stores the spool position it reached, so after a crash
+ingest resumes where the last commit left off: no row lost, none twice, no gap.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import apsw
+import structlog
+import trio
+
+from supervisor import spool
+from supervisor.database import DatabaseWriter
+from supervisor.inotify import DirectoryWatch
+from supervisor.store import Batch, Row
+
+log = structlog.get_logger()
+
+# How much spool one session reads before giving others a turn.
+READ_BUDGET = 1 << 20
+
+
+class Ingestor:
+    def __init__(self, writer: DatabaseWriter, flush_interval: float, batch_max_bytes: int) -> None:
+        self.writer = writer
+        self.flush_interval = flush_interval
+        self.batch_max_bytes = batch_max_bytes
+        self._batch = Batch()
+        self._next_seq: dict[str, int] = {}
+        self._spool_dirs: dict[str, Path] = {}
+        self._has_work = trio.Event()
+        self._urgent = trio.Event()
+        self._room = trio.Event()
+        self._room.set()
+        self._open_generation = 0
+        self._committed_generation = -1
+        self._committed = trio.Event()
+        self.rows_committed = 0
+        self.bytes_committed = 0
+        self.last_commit_at = time.monotonic()
+        self.oldest_pending_since: float | None = None
+
+    # -- building the batch ----------------------------------------------------------
+
+    def register(self, session_id: str, last_seq: int) -> None:
+        """Start numbering a session's rows after last_seq (its highest committed)."""
+        self._next_seq.setdefault(session_id, last_seq + 1)
+
+    def is_registered(self, session_id: str) -> bool:
+        return session_id in self._next_seq
+
+    def forget(self, session_id: str) -> None:
+        self._next_seq.pop(session_id, None)
+        self._spool_dirs.pop(session_id, None)
+
+    def append(self, session_id: str, stream: str, data: bytes, ts: float | None = None) -> int:
+        seq = self._next_seq[session_id]
+        self._next_seq[session_id] = seq + 1
+        self._batch.add_row(Row(session_id, seq, time.time() if ts is None else ts, stream, data))
+        self._mark_work()
+        return seq
+
+    def set_position(self, session_id: str, position: spool.Position, spool_dir: Path) -> None:
+        self._batch.positions[session_id] = (position.segment, position.offset)
+        self._spool_dirs[session_id] = spool_dir
+        self._mark_work()
+
+    def update(self, session_id: str, **columns) -> None:
+        self._batch.update(session_id, **columns)
+        self._mark_work()
+
+    def _mark_work(self) -> None:
+        if self.oldest_pending_since is None:
+            self.oldest_pending_since = time.monotonic()
+        self._has_work.set()
+        if self._batch.size >= self.batch_max_bytes:
+            self._room = trio.Event() if self._room.is_set() else self._room
+            self._urgent.set()
+
+    # -- waiting ---------------------------------------------------------------------
+
+    async def wait_for_room(self) -> None:
+        """Back-pressure: wait while the open batch is full."""
+        while self._batch.size >= self.batch_max_bytes:
+            await self._room.wait()
+
+    async def commit_now(self) -> None:
+        """Return once everything added so far is committed."""
+        target = self._open_generation
+        self._has_work.set()
+        self._urgent.set()
+        while self._committed_generation < target:
+            await self._committed.wait()
+
+    async def wait_committed(self) -> None:
+        """Wait for the next successful commit (of any session)."""
+        await self._committed.wait()
+
+    def current_commit_event(self) -> trio.Event:
+        """The event the next commit sets: take it before reading, wait on it after."""
+        return self._committed
+
+    def lag(self) -> float:
+        """Seconds the oldest uncommitted change has waited."""
+        if self.oldest_pending_since is None:
+            return 0.0
+        return time.monotonic() - self.oldest_pending_since
+
+    # -- flushing --------------------------------------------------------------------
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        try:
+            while True:
+                await self._has_work.wait()
+                with trio.move_on_after(self.flush_interval):
+                    await self._urgent.wait()
+                await self.flush()
+        finally:
+            # Whatever was read is committed before the daemon goes: SIGTERM loses nothing.
+            with trio.CancelScope(shield=True), trio.move_on_after(30):
+                while self._batch:
+                    if not await self.flush():
+                        break
+
+    async def flush(self) -> bool:
+        """Commit the open batch; on a storage error keep it for the next try."""
+        batch, generation = self._batch, self._open_generation
+        self._batch = Batch()
+        self._open_generation += 1
+        self._has_work = trio.Event()
+        self._urgent = trio.Event()
+        pending_since, self.oldest_pending_since = self.oldest_pending_since, None
+        self._room.set()
+        if batch:
+            try:
+                await self.writer.run(self.writer.store.commit_batch, batch)
+            except apsw.Error as error:
+                log.error("batch_commit_failed", error=str(error), rows=len(batch.rows), retry_in=1.0)
+                self._requeue(batch, pending_since)
+                await trio.sleep(1.0)
+                return False
+            self.rows_committed += len(batch.rows)
+            self.bytes_committed += batch.size
+            self.last_commit_at = time.monotonic()
+            self._delete_ingested_segments(batch)
+        self._committed_generation = generation
+        event, self._committed = self._committed, trio.Event()
+        event.set()
+        return True
+
+    def _requeue(self, failed: Batch, pending_since: float | None) -> None:
+        """Put a failed batch back in front of what arrived since: nothing is lost."""
+        newer = self._batch
+        failed.rows.extend(newer.rows)
+        failed.size += newer.size
+        failed.positions.update(newer.positions)
+        for session_id, columns in newer.updates.items():
+            failed.update(session_id, **columns)
+        self._batch = failed
+        self.oldest_pending_since = pending_since
+        self._has_work.set()
+        if failed.size >= self.batch_max_bytes and self._room.is_set():
+            self._room = trio.Event()
+
+    def _delete_ingested_segments(self, batch: Batch) -> None:
+        for session_id, (segment, _offset) in batch.positions.items():
+            spool_dir = self._spool_dirs.get(session_id)
+            if spool_dir is not None and segment > 0:
+                spool.delete_segments_before(spool_dir, segment)
+
+
+class ShimWatch:
+    """A pidfd for a session's shim: readable once the shim has exited."""
+
+    def __init__(self, shim_pid: int | None) -> None:
+        self.fd: int | None = None
+        if shim_pid is None:
+            return
+        try:
+            self.fd = os.pidfd_open(shim_pid)
+        except ProcessLookupError:
+            self.fd = None
+
+    @property
+    def ended(self) -> bool:
+        return self.fd is None
+
+    def close(self) -> None:
+        if self.fd is not None:
+            trio.lowlevel.notify_closing(self.fd)
+            os.close(self.fd)
+            self.fd = None
+
+
+async def _wait_any_readable(fds: list[int]) -> set[int]:
+    ready: set[int] = set()
+    async with trio.open_nursery() as nursery:
+
+        async def wait_one(fd: int) -> None:
+            await trio.lowlevel.wait_readable(fd)
+            ready.add(fd)
+            nursery.cancel_scope.cancel()
+
+        for fd in fds:
+            nursery.start_soon(wait_one, fd)
+    return ready
+
+
+OnEvent = Callable[[spool.Record, spool.Position], None]
+OnOutput = Callable[[bytes], None]
+
+
+async def tail_spool(
+    session_id: str,
+    spool_dir: Path,
+    position: spool.Position,
+    shim_pid: int | None,
+    ingestor: Ingestor,
+    on_event: OnEvent,
+    on_output: OnOutput,
+) -> spool.Record | None:
+    """Ingest a session's spool until its last record; return that record.
+
+    Returns None when the shim is gone and the spool has no EXIT or SPAWN_FAILED record:
+    the session's outcome cannot be known.
+    """
+    reader = spool.SpoolReader(spool_dir, position)
+    watch = DirectoryWatch(spool_dir)
+    shim = ShimWatch(shim_pid)
+    try:
+        while True:
+            await ingestor.wait_for_room()
+            watch.drain()
+            items = reader.read(READ_BUDGET)
+            latest_output = None
+            for record, record_end in items:
+                if record.kind in spool.STREAM_NAMES:
+                    ingestor.append(session_id, spool.STREAM_NAMES[record.kind], record.data, record.timestamp)
+                    ingestor.set_position(session_id, record_end, spool_dir)
+                    if record.kind != spool.STDIN:
+                        latest_output = record.data
+                    continue
+                if record.kind == spool.ROTATE:
+                    ingestor.set_position(session_id, record_end, spool_dir)
+                    continue
+                on_event(record, record_end)
+                if record.kind in (spool.EXIT, spool.SPAWN_FAILED):
+                    if latest_output is not None:
+                        on_output(latest_output)
+                    return record
+            if latest_output is not None:
+                on_output(latest_output)
+            if items:
+                await trio.lowlevel.checkpoint()
+                continue
+            if shim.ended:
+                return None
+            fds = [watch.fd] + ([shim.fd] if shim.fd is not None else [])
+            ready = await _wait_any_readable(fds)
+            if shim.fd in ready:
+                # One more read after the shim is gone picks up its last records.
+                shim.close()
+    finally:
+        reader.close()
+        trio.lowlevel.notify_closing(watch.fd)
+        watch.close()
+        shim.close()

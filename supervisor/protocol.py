@@ -1,0 +1,247 @@
+"""The control protocol, shared by the server (control.py) and the client (client.py).
+
+Newline-delimited JSON over a Unix stream socket. A request is
+``{"id": 1, "cmd": "ps", ...arguments}``; the final reply is
+``{"id": 1, "ok": true, "result": ...}`` or
+``{"id": 1, "ok": false, "error": {"code": "not_found", "message": "..."}}``.
+Streaming commands (``logs``, ``follow``) first send any number of
+``{"id": 1, "row": {...}}`` messages, one per transcript row. docs/protocol.md
+describes every command, argument and error code.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from supervisor.store import ALL_STATUSES
+
+MAX_MESSAGE_BYTES = 1 << 20
+
+
+class ErrorCode:
+    BAD_REQUEST = "bad_request"  # not JSON, or not a JSON object
+    TOO_LARGE = "too_large"  # a message over MAX_MESSAGE_BYTES
+    UNKNOWN_COMMAND = "unknown_command"
+    INVALID_ARGUMENT = "invalid_argument"  # missing, unknown or of the wrong type
+    NOT_FOUND = "not_found"  # no session with that id or prefix
+    AMBIGUOUS_ID = "ambiguous_id"  # a prefix that matches several sessions
+    INVALID_STATE = "invalid_state"  # e.g. cancel a running session, delete a live one
+    SLOTS_FULL = "slots_full"  # start with queue=false while every slot is busy
+    PERMISSION_DENIED = "permission_denied"  # the peer's uid is not allowed
+    STORAGE_ERROR = "storage_error"  # the database refused a write (disk full, I/O)
+    SHUTTING_DOWN = "shutting_down"  # the daemon is stopping
+    INTERNAL_ERROR = "internal_error"  # a bug: the message says what failed
+
+
+ALL_ERROR_CODES = [value for name, value in vars(ErrorCode).items() if name.isupper()]
+
+
+class RequestError(Exception):
+    """A request that cannot be carried out; becomes an error reply."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def encode_message(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+def ok_reply(request_id: Any, result: Any) -> dict[str, Any]:
+    return {"id": request_id, "ok": True, "result": result}
+
+
+def error_reply(request_id: Any, code: str, message: str) -> dict[str, Any]:
+    return {"id": request_id, "ok": False, "error": {"code": code, "message": message}}
+
+
+def encode_data(data: bytes) -> dict[str, str]:
+    """Transcript bytes for JSON: as text when valid UTF-8, else base64; the field says which."""
+    try:
+        return {"data": data.decode("utf-8"), "encoding": "utf-8"}
+    except UnicodeDecodeError:
+        return {"data": base64.b64encode(data).decode("ascii"), "encoding": "base64"}
+
+
+def decode_data(message: dict[str, Any]) -> bytes:
+    if message.get("encoding") == "base64":
+        return base64.b64decode(message["data"])
+    return message["data"].encode("utf-8")
+
+
+# -- arguments ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Arg:
+    check: Callable[[Any], bool]
+    expected: str
+    required: bool = False
+    default: Any = None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _is_argv(value: Any) -> bool:
+    return _is_str_list(value) and len(value) > 0 and value[0] != ""
+
+
+def _is_str_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+
+
+def _is_object(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+def _is_non_negative_int(value: Any) -> bool:
+    return _is_int(value) and value >= 0
+
+
+def _is_statuses(value: Any) -> bool:
+    items = [value] if isinstance(value, str) else value
+    return _is_str_list(items) and all(item in ALL_STATUSES for item in items)
+
+
+def _is_stream(value: Any) -> bool:
+    return value in ("stdout", "stderr", "stdin", "system")
+
+
+def _is_signal(value: Any) -> bool:
+    if _is_int(value):
+        return 0 < value < signal.NSIG
+    if isinstance(value, str):
+        name = value.upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        return name in signal.Signals.__members__
+    return False
+
+
+def _is_mode(value: Any) -> bool:
+    return value in ("keep", "stop")
+
+
+SESSION = Arg(_is_str, "a session id or unique prefix (string)", required=True)
+STATUSES = "a status or list of statuses (queued, running, paused, waiting_checkpoint, completed, failed, killed, lost, cancelled)"
+
+COMMANDS: dict[str, dict[str, Arg]] = {
+    "start": {
+        "argv": Arg(_is_argv, "a non-empty list of strings (the command and its arguments)", required=True),
+        "cwd": Arg(_is_str, "an absolute directory path (string)", required=True),
+        "env": Arg(_is_str_map, "an object of string values", default={}),
+        "labels": Arg(_is_object, "a JSON object", default={}),
+        "priority": Arg(_is_int, "an integer (higher starts first)", default=0),
+        "queue": Arg(_is_bool, "true or false", default=True),
+    },
+    "ps": {
+        "status": Arg(_is_statuses, STATUSES),
+        "labels": Arg(_is_object, "a JSON object of labels to match"),
+        "limit": Arg(_is_non_negative_int, "an integer >= 0"),
+    },
+    "show": {"session": SESSION},
+    "logs": {
+        "session": SESSION,
+        "tail": Arg(_is_non_negative_int, "a number of lines >= 0"),
+        "since_seq": Arg(_is_non_negative_int, "a sequence number >= 0 (rows after it)"),
+        "since_time": Arg(_is_str, "an ISO 8601 time"),
+        "stream": Arg(_is_stream, '"stdout", "stderr", "stdin" or "system"'),
+    },
+    "follow": {
+        "session": SESSION,
+        "since_seq": Arg(_is_non_negative_int, "a sequence number >= 0 (rows after it)", default=0),
+        "stream": Arg(_is_stream, '"stdout", "stderr", "stdin" or "system"'),
+    },
+    "send": {
+        "session": SESSION,
+        "data": Arg(_is_str, "text to write to the session's stdin", default=""),
+        "data_b64": Arg(_is_str, "base64 bytes to write to the session's stdin"),
+        "eof": Arg(_is_bool, "true to close the session's stdin after the data", default=False),
+    },
+    "stop": {
+        "session": SESSION,
+        "timeout": Arg(lambda v: _is_number(v) and v >= 0, "seconds >= 0 before SIGKILL"),
+        "wait": Arg(_is_bool, "true or false", default=True),
+    },
+    "kill": {
+        "session": SESSION,
+        "signal": Arg(_is_signal, "a signal name (TERM, SIGKILL) or number", default="SIGKILL"),
+    },
+    "pause": {"session": SESSION},
+    "resume": {"session": SESSION},
+    "cancel": {"session": SESSION},
+    "delete": {"session": SESSION},
+    "prune": {
+        "older_than": Arg(lambda v: _is_number(v) and v >= 0, "an age in seconds >= 0"),
+        "status": Arg(_is_statuses, STATUSES),
+    },
+    "drain": {},
+    "undrain": {},
+    "info": {},
+    "shutdown": {"mode": Arg(_is_mode, '"keep" or "stop"')},
+}
+
+STREAMING_COMMANDS = frozenset({"logs", "follow"})
+ENVELOPE_KEYS = frozenset({"id", "cmd"})
+
+
+def parse_request(message: Any) -> tuple[Any, str, dict[str, Any]]:
+    """Validate a decoded request; return (id, command, arguments with defaults)."""
+    if not isinstance(message, dict):
+        raise RequestError(ErrorCode.BAD_REQUEST, "a request must be a JSON object")
+    request_id = message.get("id")
+    command = message.get("cmd")
+    if not isinstance(command, str):
+        raise RequestError(ErrorCode.BAD_REQUEST, 'a request needs "cmd", a string')
+    spec = COMMANDS.get(command)
+    if spec is None:
+        raise RequestError(ErrorCode.UNKNOWN_COMMAND, f"unknown command {command!r} (known: {', '.join(COMMANDS)})")
+    args = {}
+    for key, value in message.items():
+        if key in ENVELOPE_KEYS:
+            continue
+        arg = spec.get(key)
+        if arg is None:
+            known = ", ".join(spec) or "none"
+            raise RequestError(ErrorCode.INVALID_ARGUMENT, f"{command}: unknown argument {key!r} (known: {known})")
+        if value is None and not arg.required:
+            continue
+        if not arg.check(value):
+            raise RequestError(ErrorCode.INVALID_ARGUMENT, f"{command}: {key!r} must be {arg.expected}, got {value!r}"[:500])
+        args[key] = value
+    for key, arg in spec.items():
+        if key not in args:
+            if arg.required:
+                raise RequestError(ErrorCode.INVALID_ARGUMENT, f"{command}: missing argument {key!r} ({arg.expected})")
+            args[key] = arg.default
+    return request_id, command, args
+
+
+def signal_number(value: int | str) -> int:
+    if isinstance(value, int):
+        return value
+    name = value.upper()
+    return int(signal.Signals[name if name.startswith("SIG") else "SIG" + name])

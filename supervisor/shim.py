@@ -1,0 +1,360 @@
+"""The per-session shim: the real parent of a session's command.
+
+Standard library only, so it starts fast. The daemon starts one per session as
+``python -m supervisor.shim SESSION_DIR``; it reads ``spec.json`` there, starts the
+command in its own process group, and copies everything the command writes into the
+spool (see spool.py), in the order it read it. It holds the command's stdin open
+through a FIFO, so the daemon can come and go without the command ever seeing EOF,
+SIGPIPE or a blocked write. Its last record is the command's exit status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from supervisor import spool
+
+READ_SIZE = 65536
+# Stop reading operator input while this much is waiting for the command to read it.
+STDIN_BUFFER_LIMIT = 1 << 20
+
+
+class LineAssembler:
+    """Cuts one stream into records of whole lines, at most max_chunk bytes each."""
+
+    def __init__(self, kind: int, max_chunk: int) -> None:
+        self.kind = kind
+        self.max_chunk = max_chunk
+        self.pending = bytearray()
+        self.pending_since: float | None = None
+
+    def feed(self, data: bytes, now: float) -> list[bytes]:
+        """Add data; return the chunks ready to store now."""
+        self.pending += data
+        chunks = []
+        last_newline = self.pending.rfind(b"\n")
+        if last_newline >= 0:
+            chunks.extend(self._split_lines(bytes(self.pending[: last_newline + 1])))
+            del self.pending[: last_newline + 1]
+            self.pending_since = now if self.pending else None
+        elif self.pending_since is None:
+            self.pending_since = now
+        # A line longer than max_chunk is split: memory stays bounded without a newline.
+        while len(self.pending) >= self.max_chunk:
+            chunks.append(bytes(self.pending[: self.max_chunk]))
+            del self.pending[: self.max_chunk]
+        if not self.pending:
+            self.pending_since = None
+        return chunks
+
+    def _split_lines(self, block: bytes) -> list[bytes]:
+        """Split a block of whole lines into chunks, cutting after a newline when one fits."""
+        chunks = []
+        start = 0
+        while len(block) - start > self.max_chunk:
+            cut = block.rfind(b"\n", start, start + self.max_chunk)
+            end = cut + 1 if cut >= 0 else start + self.max_chunk
+            chunks.append(block[start:end])
+            start = end
+        chunks.append(block[start:])
+        return chunks
+
+    def flush(self) -> bytes:
+        """Take the partial line, whatever its age."""
+        data = bytes(self.pending)
+        self.pending.clear()
+        self.pending_since = None
+        return data
+
+    def deadline(self, flush_interval: float) -> float | None:
+        if self.pending_since is None:
+            return None
+        return self.pending_since + flush_interval
+
+
+class Shim:
+    def __init__(self, session_dir: Path, spec: dict) -> None:
+        self.session_dir = session_dir
+        self.spec = spec
+        self.flush_interval = float(spec["flush_interval"])
+        self.stop_timeout = float(spec["stop_timeout"])
+        self.writer = spool.SpoolWriter(
+            session_dir, int(spec["segment_bytes"]), int(spec["max_segments"])
+        )
+        max_chunk = int(spec["max_chunk_bytes"])
+        self.assemblers = {
+            spool.STDOUT: LineAssembler(spool.STDOUT, max_chunk),
+            spool.STDERR: LineAssembler(spool.STDERR, max_chunk),
+        }
+        self.selector = selectors.DefaultSelector()
+        self.proc: subprocess.Popen | None = None
+        self.stdin_buffer = bytearray()
+        self.stdin_eof_requested = False
+        self.fifo_buffer = bytearray()
+
+    # -- output --------------------------------------------------------------------
+
+    def emit(self, kind: int, chunks: list[bytes]) -> None:
+        if not chunks:
+            return
+        # Bytes read earlier on the other stream go first, even as a partial line, so
+        # the spool keeps the order the shim read them in.
+        for other_kind, other in self.assemblers.items():
+            if other_kind != kind and other.pending:
+                self.writer.append(other_kind, other.flush())
+        for chunk in chunks:
+            self.writer.append(kind, chunk)
+
+    def flush_due(self, now: float) -> None:
+        for kind, assembler in self.assemblers.items():
+            deadline = assembler.deadline(self.flush_interval)
+            if deadline is not None and deadline <= now:
+                self.writer.append(kind, assembler.flush())
+
+    def next_timeout(self, now: float, extra: float | None) -> float | None:
+        deadlines = [
+            d for a in self.assemblers.values() if (d := a.deadline(self.flush_interval)) is not None
+        ]
+        if extra is not None:
+            deadlines.append(extra)
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - now)
+
+    # -- input ---------------------------------------------------------------------
+
+    def read_fifo(self, fd: int) -> None:
+        try:
+            data = os.read(fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        self.fifo_buffer += data
+        while len(self.fifo_buffer) >= spool.FIFO_FRAME.size:
+            kind, length = spool.FIFO_FRAME.unpack_from(self.fifo_buffer)
+            end = spool.FIFO_FRAME.size + length
+            if len(self.fifo_buffer) < end:
+                break
+            payload = bytes(self.fifo_buffer[spool.FIFO_FRAME.size : end])
+            del self.fifo_buffer[:end]
+            if kind == spool.FIFO_DATA:
+                self.writer.append(spool.STDIN, payload)
+                if self.proc is not None and self.proc.stdin is not None:
+                    self.stdin_buffer += payload
+            elif kind == spool.FIFO_EOF:
+                self.stdin_eof_requested = True
+        self.write_stdin()
+
+    def write_stdin(self) -> None:
+        stdin = self.proc.stdin if self.proc else None
+        if stdin is None:
+            self.stdin_buffer.clear()
+            return
+        try:
+            while self.stdin_buffer:
+                written = os.write(stdin.fileno(), self.stdin_buffer)
+                del self.stdin_buffer[:written]
+        except BlockingIOError:
+            pass
+        except BrokenPipeError:
+            # The command closed its stdin: what it will never read is dropped.
+            self.stdin_buffer.clear()
+            self.close_stdin()
+            return
+        if self.stdin_eof_requested and not self.stdin_buffer:
+            self.close_stdin()
+            return
+        self._watch_stdin_writable(bool(self.stdin_buffer))
+
+    def _watch_stdin_writable(self, want: bool) -> None:
+        stdin = self.proc.stdin if self.proc else None
+        if stdin is None:
+            return
+        registered = self._is_registered(stdin)
+        if want and not registered:
+            self.selector.register(stdin, selectors.EVENT_WRITE, "stdin")
+        elif not want and registered:
+            self.selector.unregister(stdin)
+
+    def _is_registered(self, fileobj) -> bool:
+        try:
+            self.selector.get_key(fileobj)
+            return True
+        except KeyError:
+            return False
+
+    def close_stdin(self) -> None:
+        assert self.proc is not None
+        if self.proc.stdin is not None:
+            if self._is_registered(self.proc.stdin):
+                self.selector.unregister(self.proc.stdin)
+            try:
+                self.proc.stdin.close()
+            except BrokenPipeError:
+                pass
+            self.proc.stdin = None
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def spawn(self) -> bool:
+        cwd = self.spec["cwd"]
+        env = dict(os.environ)
+        env.update(self.spec["env"])
+        try:
+            if not os.path.isdir(cwd):
+                raise MissingWorkingDirectory(f"working directory {cwd!r} does not exist")
+            self.proc = subprocess.Popen(
+                self.spec["argv"],
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                bufsize=0,
+            )
+        except OSError as error:
+            self.writer.append_event(
+                spool.SPAWN_FAILED,
+                {"reason": spawn_failure_reason(error), "detail": str(error), "ended_at": time.time()},
+            )
+            return False
+        self.writer.append_event(
+            spool.START,
+            {"shim_pid": os.getpid(), "pid": self.proc.pid, "started_at": time.time()},
+        )
+        return True
+
+    def forward_signal(self, signum: int, _frame) -> None:
+        """A signal sent to the shim is meant for the session: pass it to the group."""
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def run(self) -> int:
+        fifo = os.open(self.session_dir / spool.STDIN_FIFO, os.O_RDWR | os.O_NONBLOCK)
+        # Opened read-write: the shim is then always a writer of its own FIFO, so reads
+        # never see EOF when the daemon closes its end or restarts.
+        if not self.spawn():
+            self.writer.close()
+            return 0
+        assert self.proc is not None and self.proc.stdout and self.proc.stderr
+        signal.signal(signal.SIGTERM, self.forward_signal)
+        streams = {self.proc.stdout: spool.STDOUT, self.proc.stderr: spool.STDERR}
+        for pipe in (*streams, self.proc.stdin):
+            os.set_blocking(pipe.fileno(), False)
+        for pipe, kind in streams.items():
+            self.selector.register(pipe, selectors.EVENT_READ, kind)
+        self.selector.register(fifo, selectors.EVENT_READ, "fifo")
+        pidfd = os.pidfd_open(self.proc.pid)
+        self.selector.register(pidfd, selectors.EVENT_READ, "exit")
+
+        open_streams = len(streams)
+        exited_at: float | None = None
+        killed_group = False
+        while open_streams or exited_at is None:
+            now = time.monotonic()
+            group_deadline = None
+            if exited_at is not None:
+                group_deadline = exited_at + (self.stop_timeout if not killed_group else self.stop_timeout + 1.0)
+                if now >= group_deadline:
+                    if killed_group:
+                        break  # a process outside the group holds the pipes: stop here
+                    signal_group(self.proc.pid, signal.SIGKILL)
+                    killed_group = True
+                    continue
+            events = self.selector.select(self.next_timeout(now, group_deadline))
+            now = time.monotonic()
+            for key, _mask in events:
+                tag = key.data
+                if tag in (spool.STDOUT, spool.STDERR):
+                    try:
+                        data = os.read(key.fd, READ_SIZE)
+                    except BlockingIOError:
+                        continue
+                    assembler = self.assemblers[tag]
+                    if data:
+                        self.emit(tag, assembler.feed(data, now))
+                    else:
+                        self.selector.unregister(key.fileobj)
+                        self.emit(tag, [c for c in [assembler.flush()] if c])
+                        open_streams -= 1
+                elif tag == "fifo":
+                    self.read_fifo(key.fd)
+                    if len(self.stdin_buffer) > STDIN_BUFFER_LIMIT:
+                        self.selector.unregister(fifo)
+                elif tag == "stdin":
+                    self.write_stdin()
+                    if len(self.stdin_buffer) <= STDIN_BUFFER_LIMIT and not self._is_registered(fifo):
+                        self.selector.register(fifo, selectors.EVENT_READ, "fifo")
+                elif tag == "exit":
+                    self.selector.unregister(pidfd)
+                    self.proc.wait()
+                    exited_at = now
+                    # The command is done; what it left in its group is ended too, the
+                    # way systemd ends a service's leftovers (SIGTERM, then SIGKILL).
+                    signal_group(self.proc.pid, signal.SIGTERM)
+            self.flush_due(now)
+
+        for kind, assembler in self.assemblers.items():
+            self.emit(kind, [c for c in [assembler.flush()] if c])
+        signal_group(self.proc.pid, signal.SIGKILL)
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        code = self.proc.returncode
+        self.writer.append_event(
+            spool.EXIT,
+            {
+                "exit_code": code if code >= 0 else None,
+                "signal": -code if code < 0 else None,
+                "ended_at": time.time(),
+                "maxrss_kb": usage.ru_maxrss,
+                "utime": usage.ru_utime,
+                "stime": usage.ru_stime,
+            },
+        )
+        self.writer.close()
+        return 0
+
+
+def signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class MissingWorkingDirectory(OSError):
+    """The session's cwd does not exist (checked before exec, to say so plainly)."""
+
+
+def spawn_failure_reason(error: OSError) -> str:
+    if isinstance(error, MissingWorkingDirectory):
+        return "working directory not found"
+    if isinstance(error, FileNotFoundError):
+        return "command not found"
+    if isinstance(error, PermissionError):
+        return "permission denied"
+    return f"could not start: {error.strerror or error}"
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m supervisor.shim SESSION_DIR")
+    session_dir = Path(sys.argv[1])
+    spec = json.loads((session_dir / spool.SPEC_FILE).read_text())
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(Shim(session_dir, spec).run())
+
+
+if __name__ == "__main__":
+    main()

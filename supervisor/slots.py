@@ -1,0 +1,493 @@
+"""Slots and the queue: starting, watching and stopping sessions.
+
+At most `slots` sessions are live (running, paused or waiting_checkpoint) at once, each
+in the lowest free slot; the rest wait in the queue (stored in the database, so it
+survives restarts) by priority, then arrival. Each live session has one task in this
+manager's nursery: it spawns the shim (or re-attaches to one), tails its spool into the
+ingestor, and records how it ended.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import structlog
+import trio
+
+from supervisor import spool
+from supervisor.config import Config
+from supervisor.database import DatabaseWriter
+from supervisor.ingest import Ingestor, tail_spool
+from supervisor.protocol import ErrorCode, RequestError
+from supervisor.store import LIVE_STATUSES, Session, iso_from_unix, utc_now
+
+log = structlog.get_logger()
+
+# Signals after which a session that ends is recorded as killed, not failed.
+TERMINATING_SIGNALS = frozenset(
+    {signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGABRT}
+)
+# How much of the latest output the checkpoint pattern looks at.
+CHECKPOINT_WINDOW = 4096
+
+
+def current_boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def process_create_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def describe_exit(exit_code: int | None, signum: int | None) -> str:
+    if signum is not None:
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        return f"killed by {name}"
+    return f"exit code {exit_code}"
+
+
+@dataclass
+class LiveSession:
+    """What the daemon knows of a live session beyond its database row."""
+
+    id: str
+    slot: int
+    status: str
+    spool_dir: Path
+    shim_pid: int | None = None
+    pid: int | None = None
+    stop_requested: bool = False
+    started: trio.Event = field(default_factory=trio.Event)
+    ended: trio.Event = field(default_factory=trio.Event)
+    send_lock: trio.Lock = field(default_factory=trio.Lock)
+
+
+class SlotManager:
+    def __init__(self, config: Config, writer: DatabaseWriter, ingestor: Ingestor) -> None:
+        self.config = config
+        self.writer = writer
+        self.store = writer.store
+        self.ingestor = ingestor
+        self.checkpoint_regex = config.checkpoint_regex
+        self.live: dict[str, LiveSession] = {}
+        self.draining = False
+        self.boot_id = current_boot_id()
+        self._dispatch_wanted = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._shims: dict[str, subprocess.Popen] = {}
+
+    # -- the manager's task ----------------------------------------------------------
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Hold every session task, and start queued sessions as slots free up."""
+        self.draining = await self.writer.run(self.store.get_setting, "draining", "0") == "1"
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            while True:
+                await self._dispatch_wanted.wait()
+                self._dispatch_wanted = trio.Event()
+                await self._start_queued()
+
+    def wake_dispatch(self) -> None:
+        self._dispatch_wanted.set()
+
+    def free_slot(self) -> int | None:
+        taken = {live.slot for live in self.live.values()}
+        for slot in range(1, self.config.slots + 1):
+            if slot not in taken:
+                return slot
+        return None
+
+    async def _start_queued(self) -> None:
+        while not self.draining and (slot := self.free_slot()) is not None:
+            session = await self.writer.run(self.store.next_queued)
+            if session is None:
+                return
+            await self._start(session, slot)
+
+    # -- submitting and starting -----------------------------------------------------
+
+    async def submit(
+        self, argv: list[str], cwd: str, env: dict, labels: dict, priority: int, queue: bool
+    ) -> Session:
+        if not os.path.isabs(cwd):
+            raise RequestError(ErrorCode.INVALID_ARGUMENT, f"start: 'cwd' must be an absolute path, got {cwd!r}")
+        if not queue and (self.draining or self.free_slot() is None):
+            why = "the daemon is draining" if self.draining else f"all {self.config.slots} slots are busy"
+            raise RequestError(ErrorCode.SLOTS_FULL, f"not started: {why} (and queueing was refused)")
+        session = Session(
+            id=str(uuid.uuid4()),
+            arrival=0,
+            argv=argv,
+            cwd=cwd,
+            env=env,
+            labels=labels,
+            priority=priority,
+            status="queued",
+            queued_at=utc_now(),
+        )
+        session = await self.writer.run(self.store.create_session, session)
+        self.ingestor.register(session.id, 0)
+        log.info("session_queued", session_id=session.id, argv=argv, priority=priority)
+        if not queue:
+            slot = self.free_slot()
+            if slot is None:  # taken while the insert ran: never queue what was refused
+                await self.writer.run(self.store.transition, session.id, ("queued",), status="cancelled", ended_at=utc_now(), reason="no free slot")
+                raise RequestError(ErrorCode.SLOTS_FULL, "not started: every slot was taken meanwhile")
+            await self._start(session, slot)
+        else:
+            self.wake_dispatch()
+        return await self.writer.run(self.store.get_session, session.id)
+
+    def _write_spec(self, session: Session, slot: int, spool_dir: Path) -> None:
+        spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        env = dict(session.env)
+        env["SLOTD_SESSION_ID"] = session.id
+        env["SLOTD_SLOT"] = str(slot)
+        spec = {
+            "argv": session.argv,
+            "cwd": session.cwd,
+            "env": env,
+            "flush_interval": self.config.flush_interval,
+            "max_chunk_bytes": self.config.max_chunk_bytes,
+            "segment_bytes": self.config.spool_segment_bytes,
+            "max_segments": max(2, self.config.spool_max_bytes // self.config.spool_segment_bytes),
+            "stop_timeout": self.config.stop_timeout,
+        }
+        (spool_dir / spool.SPEC_FILE).write_text(json.dumps(spec))
+        fifo = spool_dir / spool.STDIN_FIFO
+        if not fifo.exists():
+            os.mkfifo(fifo, 0o600)
+
+    async def _start(self, session: Session, slot: int) -> None:
+        """Give a queued session a slot and spawn its shim."""
+        spool_dir = self.config.sessions_dir / session.id
+        live = LiveSession(session.id, slot, "running", spool_dir)
+        self.live[session.id] = live  # reserves the slot before the first await
+        try:
+            started = await self.writer.run(
+                self.store.transition,
+                session.id,
+                ("queued",),
+                status="running",
+                slot=slot,
+                started_at=utc_now(),
+                spool_dir=str(spool_dir),
+                boot_id=self.boot_id,
+                spool_segment=0,
+                spool_offset=0,
+            )
+        except BaseException:
+            del self.live[session.id]
+            raise
+        if started is None:  # cancelled meanwhile
+            del self.live[session.id]
+            return
+        bound = log.bind(session_id=session.id, slot=slot)
+        if not self.ingestor.is_registered(session.id):
+            self.ingestor.register(session.id, await self.writer.run(self.store.last_seq, session.id))
+        try:
+            self._write_spec(session, slot, spool_dir)
+            shim = subprocess.Popen(
+                [sys.executable, "-m", "supervisor.shim", str(spool_dir)],
+                stdin=subprocess.DEVNULL,
+                stdout=open(spool_dir / "shim.log", "ab"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+                cwd="/",
+            )
+        except OSError as error:
+            bound.error("shim_spawn_failed", error=str(error))
+            self.ingestor.append(session.id, "system", f"could not start the shim: {error}\n".encode())
+            self.ingestor.update(session.id, status="failed", slot=None, ended_at=utc_now(), reason=f"could not start shim: {error.strerror}")
+            await self._finish(live)
+            return
+        live.shim_pid = shim.pid
+        self._shims[session.id] = shim
+        self.ingestor.append(session.id, "system", f"started in slot {slot}\n".encode())
+        self.ingestor.update(session.id, shim_pid=shim.pid, shim_create_time=process_create_time(shim.pid))
+        bound.info("session_started", argv=session.argv, shim_pid=shim.pid)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._supervise, live, spool.Position(0, 0))
+
+    async def attach(self, session: Session, shim_pid: int | None, command_alive: bool, note: str) -> LiveSession:
+        """Re-attach a session found live at start: resume its spool at the committed offset.
+
+        shim_pid and command_alive come from reconcile's identity checks: an unverified
+        PID is never signalled.
+        """
+        assert session.slot is not None and session.spool_dir is not None
+        live = LiveSession(session.id, session.slot, session.status, Path(session.spool_dir))
+        live.shim_pid = shim_pid
+        live.pid = session.pid if command_alive else None
+        live.stop_requested = session.stop_requested
+        if session.pid is not None:
+            live.started.set()
+        self.live[session.id] = live
+        last_seq = await self.writer.run(self.store.last_seq, session.id)
+        self.ingestor.register(session.id, last_seq)
+        self.ingestor.append(session.id, "system", f"{note}\n".encode())
+        assert self._nursery is not None
+        position = spool.Position(session.spool_segment, session.spool_offset)
+        self._nursery.start_soon(self._supervise, live, position)
+        return live
+
+    # -- watching --------------------------------------------------------------------
+
+    async def _supervise(self, live: LiveSession, position: spool.Position) -> None:
+        bound = log.bind(session_id=live.id, slot=live.slot)
+        try:
+            final = await tail_spool(
+                live.id,
+                live.spool_dir,
+                position,
+                live.shim_pid,
+                self.ingestor,
+                on_event=lambda record, end: self._on_event(live, record, end),
+                on_output=lambda data: self._on_output(live, data),
+            )
+        finally:
+            # A shim still running here is left to the next daemon on purpose
+            # (shutdown with on_shutdown = "keep"); reap the ones that have ended.
+            self.reap_finished_shims()
+        await self._reap_shim(live.id)
+        if final is None:
+            reason = "shim ended without recording an exit status"
+            bound.warning("session_lost", reason=reason)
+            self._kill_leftovers(live)
+            self.ingestor.append(live.id, "system", f"lost: {reason}\n".encode())
+            self.ingestor.update(live.id, status="lost", slot=None, ended_at=utc_now(), reason=reason)
+        await self._finish(live)
+
+    def _on_event(self, live: LiveSession, record: spool.Record, end: spool.Position) -> None:
+        payload = json.loads(record.data)
+        self.ingestor.set_position(live.id, end, live.spool_dir)
+        bound = log.bind(session_id=live.id, slot=live.slot)
+        if record.kind == spool.START:
+            live.pid = payload["pid"]
+            live.started.set()
+            self.ingestor.update(live.id, pid=live.pid, pid_create_time=process_create_time(live.pid))
+            bound.info("command_started", pid=live.pid)
+        elif record.kind == spool.EXIT:
+            exit_code, signum = payload["exit_code"], payload["signal"]
+            how = describe_exit(exit_code, signum)
+            if live.stop_requested:
+                status, reason = "killed", f"stopped on request ({how})"
+            elif exit_code == 0:
+                status, reason = "completed", None
+            else:
+                status, reason = "failed", how
+            self.ingestor.append(live.id, "system", f"{how}\n".encode())
+            self.ingestor.update(
+                live.id,
+                status=status,
+                slot=None,
+                exit_code=exit_code,
+                signal=signum,
+                reason=reason,
+                ended_at=iso_from_unix(payload["ended_at"]),
+            )
+            live.started.set()
+            bound.info("session_exited", status=status, exit_code=exit_code, signal=signum)
+        elif record.kind == spool.SPAWN_FAILED:
+            reason = payload["reason"]
+            self.ingestor.append(live.id, "system", f"failed to start: {payload['detail']}\n".encode())
+            self.ingestor.update(
+                live.id, status="failed", slot=None, reason=reason, ended_at=iso_from_unix(payload["ended_at"])
+            )
+            live.started.set()
+            bound.warning("session_spawn_failed", reason=reason, detail=payload["detail"])
+
+    def _on_output(self, live: LiveSession, data: bytes) -> None:
+        """A session whose latest output matches the checkpoint pattern waits for a person."""
+        if self.checkpoint_regex is None or live.status not in ("running", "waiting_checkpoint"):
+            return
+        waiting = self.checkpoint_regex.search(data[-CHECKPOINT_WINDOW:]) is not None
+        status = "waiting_checkpoint" if waiting else "running"
+        if status != live.status:
+            live.status = status
+            self.ingestor.update(live.id, status=status)
+            log.info("session_checkpoint" if waiting else "session_resumed_output", session_id=live.id, slot=live.slot)
+
+    async def _finish(self, live: LiveSession) -> None:
+        """Commit the session's end, free its slot and start the next queued one."""
+        await self.ingestor.commit_now()
+        self.live.pop(live.id, None)
+        live.ended.set()
+        shutil.rmtree(live.spool_dir, ignore_errors=True)
+        self.wake_dispatch()
+
+    def _kill_leftovers(self, live: LiveSession) -> None:
+        """No process of a lost session may run on unseen: end its process group."""
+        if live.pid is not None:
+            try:
+                os.killpg(live.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    # -- requests on live sessions -----------------------------------------------------
+
+    def live_session(self, session: Session, action: str) -> LiveSession:
+        live = self.live.get(session.id)
+        if live is None:
+            raise RequestError(ErrorCode.INVALID_STATE, f"cannot {action} session {session.id}: it is {session.status}")
+        return live
+
+    async def _signal(self, live: LiveSession, signum: int) -> None:
+        # The group exists once the shim has started the command.
+        with trio.move_on_after(2):
+            await live.started.wait()
+        if live.pid is None or live.ended.is_set():
+            return
+        try:
+            os.killpg(live.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    async def stop(self, session: Session, timeout: float | None, wait: bool) -> None:
+        if session.status == "queued":
+            await self.cancel(session)
+            return
+        live = self.live_session(session, "stop")
+        timeout = self.config.stop_timeout if timeout is None else timeout
+        await self._request_stop(live, f"stop requested: SIGTERM, then SIGKILL after {timeout:g}s")
+        await self._signal(live, signal.SIGTERM)
+        if live.status == "paused":
+            await self._signal(live, signal.SIGCONT)
+        if not wait:
+            return
+        with trio.move_on_after(timeout):
+            await live.ended.wait()
+        if not live.ended.is_set():
+            log.info("session_stop_escalated", session_id=live.id, slot=live.slot)
+            await self._signal(live, signal.SIGKILL)
+            with trio.move_on_after(max(5.0, timeout)):
+                await live.ended.wait()
+
+    async def _request_stop(self, live: LiveSession, note: str) -> None:
+        live.stop_requested = True
+        self.ingestor.append(live.id, "system", f"{note}\n".encode())
+        self.ingestor.update(live.id, stop_requested=True)
+        await self.ingestor.commit_now()
+
+    async def kill(self, session: Session, signum: int) -> None:
+        live = self.live_session(session, "signal")
+        name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
+        if signum in TERMINATING_SIGNALS:
+            await self._request_stop(live, f"kill requested: {name}")
+        await self._signal(live, signum)
+
+    async def pause(self, session: Session) -> None:
+        live = self.live_session(session, "pause")
+        if live.status == "paused":
+            return
+        await self._signal(live, signal.SIGSTOP)
+        await self._set_status(live, "paused")
+
+    async def resume(self, session: Session) -> None:
+        live = self.live_session(session, "resume")
+        if live.status != "paused":
+            raise RequestError(ErrorCode.INVALID_STATE, f"cannot resume session {session.id}: it is {live.status}")
+        await self._signal(live, signal.SIGCONT)
+        await self._set_status(live, "running")
+
+    async def _set_status(self, live: LiveSession, status: str) -> None:
+        if live.ended.is_set():
+            return
+        live.status = status
+        self.ingestor.append(live.id, "system", f"{status}\n".encode())
+        self.ingestor.update(live.id, status=status)
+        await self.ingestor.commit_now()
+        log.info("session_status", session_id=live.id, slot=live.slot, status=status)
+
+    async def cancel(self, session: Session) -> None:
+        cancelled = await self.writer.run(
+            self.store.transition, session.id, ("queued",), status="cancelled", ended_at=utc_now(), reason="cancelled"
+        )
+        if cancelled is None:
+            raise RequestError(ErrorCode.INVALID_STATE, f"cannot cancel session {session.id}: it is {session.status} (stop ends a live one)")
+        log.info("session_cancelled", session_id=session.id)
+
+    async def send(self, session: Session, data: bytes, eof: bool) -> None:
+        live = self.live_session(session, "send input to")
+        frames = b""
+        if data:
+            frames += spool.FIFO_FRAME.pack(spool.FIFO_DATA, len(data)) + data
+        if eof:
+            frames += spool.FIFO_FRAME.pack(spool.FIFO_EOF, 0)
+        async with live.send_lock:
+            with trio.move_on_after(30) as scope:
+                await _write_fifo(live.spool_dir / spool.STDIN_FIFO, frames)
+            if scope.cancelled_caught:
+                raise RequestError(ErrorCode.INVALID_STATE, f"session {session.id} is not reading its input (stdin stayed full for 30s)")
+        if live.status == "waiting_checkpoint":
+            live.status = "running"
+            self.ingestor.update(live.id, status="running")
+            await self.ingestor.commit_now()
+
+    async def set_draining(self, draining: bool) -> None:
+        self.draining = draining
+        await self.writer.run(self.store.set_setting, "draining", "1" if draining else "0")
+        log.info("drain" if draining else "undrain")
+        self.wake_dispatch()
+
+    async def stop_all(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for live in list(self.live.values()):
+                session = await self.writer.run(self.store.get_session, live.id)
+                if session is not None and session.status in LIVE_STATUSES:
+                    nursery.start_soon(self.stop, session, None, True)
+
+    async def _reap_shim(self, session_id: str) -> None:
+        """The shim exits right after its last record: wait for it, so no zombie stays."""
+        shim = self._shims.get(session_id)
+        if shim is None:
+            return
+        with trio.move_on_after(5):
+            while shim.poll() is None:
+                await trio.sleep(0.01)
+        if shim.returncode is not None:
+            del self._shims[session_id]
+
+    def reap_finished_shims(self) -> None:
+        for session_id, shim in list(self._shims.items()):
+            if shim.poll() is not None:
+                del self._shims[session_id]
+
+
+async def _write_fifo(path: Path, frames: bytes) -> None:
+    # The shim holds its FIFO open for reading, so this open does not block; ENXIO
+    # means the shim has not opened it yet (it is starting): try again shortly.
+    for _attempt in range(100):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            break
+        except OSError as error:
+            if error.errno != errno.ENXIO:
+                raise
+            await trio.sleep(0.02)
+    else:
+        raise RequestError(ErrorCode.INVALID_STATE, "the session's shim is not reading its input FIFO")
+    async with trio.lowlevel.FdStream(fd) as stream:
+        await stream.send_all(frames)

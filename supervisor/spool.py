@@ -1,0 +1,238 @@
+"""The spool record format, shared by the shim (writer) and ingest (reader).
+
+Standard library only: the shim imports it and must start fast.
+
+A session's spool is a numbered series of append-only segment files in its runtime
+directory. Each record is a fixed header followed by its payload::
+
+    kind (u8) | timestamp (f64, UNIX seconds) | length (u32) | crc32 (u32) | payload
+
+Output records carry the exact bytes read from the command's pipes. The shim writes
+records in the order it read them; a segment ends with a ROTATE record, after which the
+next segment holds the rest. The last record of a spool is EXIT (or SPAWN_FAILED). The
+daemon deletes a segment once every record in it is committed to the database, which
+keeps the spool's disk use bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import time
+import zlib
+from pathlib import Path
+from typing import NamedTuple
+
+HEADER = struct.Struct("<BdII")
+
+STDOUT = 1
+STDERR = 2
+STDIN = 3
+START = 4
+EXIT = 5
+SPAWN_FAILED = 6
+ROTATE = 7
+
+STREAM_NAMES = {STDOUT: "stdout", STDERR: "stderr", STDIN: "stdin"}
+# Records that only the daemon reads as events, never stored as transcript rows.
+EVENT_KINDS = frozenset({START, EXIT, SPAWN_FAILED, ROTATE})
+# A record longer than this is corruption, not data: the shim never writes one.
+MAX_PAYLOAD = 16 * 1024 * 1024
+
+SEGMENT_PREFIX = "spool."
+SPEC_FILE = "spec.json"
+STDIN_FIFO = "stdin"
+
+# Frames on the stdin FIFO, written by the daemon, read by the shim.
+FIFO_FRAME = struct.Struct("<BI")
+FIFO_DATA = 0
+FIFO_EOF = 1
+
+
+class CorruptSpool(Exception):
+    """A record whose checksum or length cannot be right."""
+
+
+class Record(NamedTuple):
+    kind: int
+    timestamp: float
+    data: bytes
+
+
+class Position(NamedTuple):
+    """Where ingest stands: the segment number and the byte offset within it."""
+
+    segment: int
+    offset: int
+
+
+def segment_path(session_dir: Path, segment: int) -> Path:
+    return session_dir / f"{SEGMENT_PREFIX}{segment:08d}"
+
+
+def list_segments(session_dir: Path) -> list[int]:
+    """The segment numbers present in a session directory, in order."""
+    numbers = []
+    try:
+        names = os.listdir(session_dir)
+    except FileNotFoundError:
+        return []
+    for name in names:
+        if name.startswith(SEGMENT_PREFIX):
+            suffix = name[len(SEGMENT_PREFIX) :]
+            if suffix.isdigit():
+                numbers.append(int(suffix))
+    return sorted(numbers)
+
+
+def encode(kind: int, data: bytes, timestamp: float | None = None) -> bytes:
+    if timestamp is None:
+        timestamp = time.time()
+    return HEADER.pack(kind, timestamp, len(data), zlib.crc32(data)) + data
+
+
+def encode_event(kind: int, payload: dict, timestamp: float | None = None) -> bytes:
+    return encode(kind, json.dumps(payload).encode(), timestamp)
+
+
+def decode(buffer: bytes | memoryview, start: int = 0) -> tuple[list[Record], int]:
+    """Decode every complete record in buffer from start; return them and the end offset.
+
+    An incomplete record at the end is left for the next read: the shim may be in the
+    middle of writing it, or may have died there.
+    """
+    records = []
+    view = memoryview(buffer)
+    offset = start
+    end = len(view)
+    while end - offset >= HEADER.size:
+        kind, timestamp, length, crc = HEADER.unpack_from(view, offset)
+        if length > MAX_PAYLOAD or not 1 <= kind <= ROTATE:
+            raise CorruptSpool(f"bad record header at offset {offset}")
+        data_start = offset + HEADER.size
+        if end - data_start < length:
+            break
+        data = bytes(view[data_start : data_start + length])
+        if zlib.crc32(data) != crc:
+            raise CorruptSpool(f"checksum mismatch at offset {offset}")
+        records.append(Record(kind, timestamp, data))
+        offset = data_start + length
+    return records, offset
+
+
+class SpoolWriter:
+    """Appends records to a session's spool, rotating segments and applying back-pressure.
+
+    Used by the shim. When the daemon has fallen behind by max_segments segments (it is
+    down, or the disk is slow), rotation waits until it catches up: only then does the
+    shim stop reading the command's output, and only then does the command block.
+    """
+
+    def __init__(self, session_dir: Path, segment_bytes: int, max_segments: int) -> None:
+        self.session_dir = session_dir
+        self.segment_bytes = segment_bytes
+        self.max_segments = max(2, max_segments)
+        existing = list_segments(session_dir)
+        self.segment = existing[-1] if existing else 0
+        self._open()
+
+    def _open(self) -> None:
+        path = segment_path(self.session_dir, self.segment)
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self.size = os.fstat(self.fd).st_size
+
+    def append(self, kind: int, data: bytes, timestamp: float | None = None) -> None:
+        if self.size >= self.segment_bytes and kind not in EVENT_KINDS:
+            self._rotate()
+        self._write(encode(kind, data, timestamp))
+
+    def append_event(self, kind: int, payload: dict) -> None:
+        self._write(encode_event(kind, payload))
+
+    def _write(self, record: bytes) -> None:
+        view = memoryview(record)
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
+        self.size += len(record)
+
+    def _rotate(self) -> None:
+        self._write(encode(ROTATE, b""))
+        os.close(self.fd)
+        while len(list_segments(self.session_dir)) >= self.max_segments:
+            time.sleep(0.05)
+        self.segment += 1
+        self._open()
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class SpoolReader:
+    """Reads records from a session's spool starting at a committed position.
+
+    Used by ingest. read() never blocks: it returns what is complete now.
+    """
+
+    def __init__(self, session_dir: Path, position: Position) -> None:
+        self.session_dir = session_dir
+        self.position = position
+        self._fd: int | None = None
+        self._buffer = b""
+
+    def _ensure_open(self) -> bool:
+        if self._fd is None:
+            try:
+                self._fd = os.open(segment_path(self.session_dir, self.position.segment), os.O_RDONLY)
+            except FileNotFoundError:
+                return False
+        return True
+
+    def read(self, max_bytes: int) -> list[tuple[Record, Position]]:
+        """Return complete records, each with the position just after it."""
+        out: list[tuple[Record, Position]] = []
+        budget = max_bytes
+        while budget > 0 and self._ensure_open():
+            assert self._fd is not None
+            read_at = self.position.offset + len(self._buffer)
+            chunk = os.pread(self._fd, min(budget, 1 << 20), read_at)
+            if chunk:
+                self._buffer += chunk
+                budget -= len(chunk)
+            records, consumed = decode(self._buffer)
+            offset = self.position.offset
+            rotated = False
+            for record in records:
+                offset += HEADER.size + len(record.data)
+                if record.kind == ROTATE:
+                    rotated = True
+                    out.append((record, Position(self.position.segment + 1, 0)))
+                    break
+                out.append((record, Position(self.position.segment, offset)))
+            if rotated:
+                os.close(self._fd)
+                self._fd = None
+                self._buffer = b""
+                self.position = Position(self.position.segment + 1, 0)
+                continue
+            self._buffer = self._buffer[consumed:]
+            self.position = Position(self.position.segment, self.position.offset + consumed)
+            if not chunk:
+                break
+        return out
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def delete_segments_before(session_dir: Path, segment: int) -> None:
+    """Remove segments wholly ingested: every number below the committed one."""
+    for number in list_segments(session_dir):
+        if number < segment:
+            try:
+                segment_path(session_dir, number).unlink()
+            except FileNotFoundError:
+                pass

@@ -1,0 +1,501 @@
+"""The SQLite store, through APSW: schema, migrations and every SQL statement.
+
+One writer connection (``BEGIN IMMEDIATE``, WAL, no automatic checkpoints on the
+capture path) and any number of reader connections. Nothing here is async: the daemon
+calls these methods from worker threads so a commit never stalls the event loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import apsw
+import apsw.bestpractice
+
+LIVE_STATUSES = ("running", "paused", "waiting_checkpoint")
+ENDED_STATUSES = ("completed", "failed", "killed", "lost", "cancelled")
+ALL_STATUSES = ("queued", *LIVE_STATUSES, *ENDED_STATUSES)
+STREAMS = ("stdout", "stderr", "stdin", "system")
+
+BUSY_TIMEOUT_MS = 10_000
+
+_bestpractice_applied = False
+_bestpractice_lock = threading.Lock()
+
+
+def _apply_bestpractice() -> None:
+    global _bestpractice_applied
+    with _bestpractice_lock:
+        if not _bestpractice_applied:
+            apsw.bestpractice.apply(apsw.bestpractice.recommended)
+            _bestpractice_applied = True
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
+
+
+def iso_from_unix(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat(timespec="microseconds")
+
+
+def unix_from_iso(text: str) -> float:
+    """Parse an ISO 8601 time; a time without a zone is taken as UTC."""
+    moment = datetime.datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
+
+
+# Each step runs in its own transaction and moves PRAGMA user_version up by one.
+MIGRATIONS: list[str] = [
+    # 1: sessions, their transcripts, daemon-wide settings
+    """
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        arrival INTEGER NOT NULL UNIQUE,
+        priority INTEGER NOT NULL DEFAULT 0,
+        slot INTEGER,
+        status TEXT NOT NULL CHECK (status IN
+            ('queued', 'running', 'paused', 'waiting_checkpoint',
+             'completed', 'failed', 'killed', 'lost', 'cancelled')),
+        argv TEXT NOT NULL,
+        cwd TEXT NOT NULL,
+        env TEXT NOT NULL DEFAULT '{}',
+        labels TEXT NOT NULL DEFAULT '{}',
+        pid INTEGER,
+        pid_create_time REAL,
+        shim_pid INTEGER,
+        shim_create_time REAL,
+        boot_id TEXT,
+        exit_code INTEGER,
+        signal INTEGER,
+        reason TEXT,
+        stop_requested INTEGER NOT NULL DEFAULT 0,
+        queued_at TEXT NOT NULL,
+        started_at TEXT,
+        ended_at TEXT,
+        spool_dir TEXT,
+        spool_segment INTEGER NOT NULL DEFAULT 0,
+        spool_offset INTEGER NOT NULL DEFAULT 0,
+        transcript_bytes INTEGER NOT NULL DEFAULT 0,
+        CHECK ((slot IS NOT NULL) = (status IN ('running', 'paused', 'waiting_checkpoint')))
+    );
+    -- Two live sessions in one slot are impossible, whatever the code does.
+    CREATE UNIQUE INDEX sessions_one_live_per_slot ON sessions(slot)
+        WHERE status IN ('running', 'paused', 'waiting_checkpoint');
+    CREATE INDEX sessions_by_status ON sessions(status, priority DESC, arrival);
+
+    CREATE TABLE transcript (
+        id INTEGER PRIMARY KEY,
+        session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        ts REAL NOT NULL,
+        stream TEXT NOT NULL CHECK (stream IN ('stdout', 'stderr', 'stdin', 'system')),
+        data BLOB NOT NULL
+    );
+    CREATE UNIQUE INDEX transcript_by_session ON transcript(session_id, seq);
+
+    CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclass(frozen=True)
+class Session:
+    id: str
+    arrival: int
+    argv: list[str]
+    cwd: str
+    status: str
+    queued_at: str
+    priority: int = 0
+    slot: int | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, Any] = field(default_factory=dict)
+    pid: int | None = None
+    pid_create_time: float | None = None
+    shim_pid: int | None = None
+    shim_create_time: float | None = None
+    boot_id: str | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str | None = None
+    stop_requested: bool = False
+    started_at: str | None = None
+    ended_at: str | None = None
+    spool_dir: str | None = None
+    spool_segment: int = 0
+    spool_offset: int = 0
+    transcript_bytes: int = 0
+
+    @property
+    def is_live(self) -> bool:
+        return self.status in LIVE_STATUSES
+
+    @property
+    def is_ended(self) -> bool:
+        return self.status in ENDED_STATUSES
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_SESSION_FIELDS = [f.name for f in dataclasses.fields(Session)]
+_JSON_FIELDS = {"argv", "env", "labels"}
+_SESSION_COLUMNS = ", ".join(_SESSION_FIELDS)
+
+
+def _session_from_row(row: Sequence[Any]) -> Session:
+    values = dict(zip(_SESSION_FIELDS, row))
+    for name in _JSON_FIELDS:
+        values[name] = json.loads(values[name])
+    values["stop_requested"] = bool(values["stop_requested"])
+    return Session(**values)
+
+
+def _to_column(name: str, value: Any) -> Any:
+    if name in _JSON_FIELDS:
+        return json.dumps(value)
+    if name == "stop_requested":
+        return int(bool(value))
+    return value
+
+
+@dataclass(frozen=True)
+class Row:
+    """One transcript row."""
+
+    session_id: str
+    seq: int
+    ts: float
+    stream: str
+    data: bytes
+
+
+@dataclass
+class Batch:
+    """Everything one flush commits in one transaction."""
+
+    rows: list[Row] = field(default_factory=list)
+    # session id -> (segment, offset) reached in its spool
+    positions: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # session id -> columns to set, applied after the rows
+    updates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    size: int = 0
+
+    def add_row(self, row: Row) -> None:
+        self.rows.append(row)
+        self.size += len(row.data)
+
+    def update(self, session_id: str, **columns: Any) -> None:
+        self.updates.setdefault(session_id, {}).update(columns)
+
+    def __bool__(self) -> bool:
+        return bool(self.rows or self.positions or self.updates)
+
+
+class AmbiguousPrefix(Exception):
+    def __init__(self, prefix: str, matches: list[str]) -> None:
+        super().__init__(f"id prefix {prefix!r} matches {len(matches)} sessions")
+        self.matches = matches
+
+
+def connect(path: Path, *, writer: bool) -> apsw.Connection:
+    """Open a connection with the daemon's settings applied."""
+    _apply_bestpractice()
+    flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE if writer else apsw.SQLITE_OPEN_READONLY
+    connection = apsw.Connection(str(path), flags=flags)
+    # bestpractice sets 100 ms; a daemon with outside readers needs more patience.
+    connection.set_busy_timeout(BUSY_TIMEOUT_MS)
+    connection.pragma("foreign_keys", True)
+    if writer:
+        connection.pragma("journal_mode", "wal")
+        connection.pragma("synchronous", "NORMAL")
+        # Checkpoints cost ~30 % on the capture path: a background task runs them.
+        connection.pragma("wal_autocheckpoint", 0)
+        connection.transaction_mode = "IMMEDIATE"
+    return connection
+
+
+class Checkpointer:
+    """A connection of its own for WAL checkpoints, so they run beside commits, not in them."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = connect(path, writer=True)
+        # Keep the WAL file from staying huge after a burst.
+        self.db.pragma("journal_size_limit", 64 * 1024 * 1024)
+
+    def checkpoint(self) -> tuple[int, int]:
+        """A passive checkpoint: never waits for readers or the writer; (log, checkpointed)."""
+        return self.db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def migrate(connection: apsw.Connection) -> int:
+    """Apply the numbered migrations the database lacks; return the version reached."""
+    version = connection.pragma("user_version")
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"database schema version {version} is newer than this slotd knows ({SCHEMA_VERSION})"
+        )
+    for number in range(version, SCHEMA_VERSION):
+        with connection:
+            connection.execute(MIGRATIONS[number])
+            connection.pragma("user_version", number + 1)
+    return SCHEMA_VERSION
+
+
+class Reader:
+    """A read-only connection: queries that never block the writer (WAL)."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = connect(path, writer=False)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def get_session(self, session_id: str) -> Session | None:
+        for row in self.db.execute(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)):
+            return _session_from_row(row)
+        return None
+
+    def find_session(self, prefix: str) -> Session | None:
+        """The one session whose id starts with prefix; AmbiguousPrefix if several."""
+        exact = self.get_session(prefix)
+        if exact is not None:
+            return exact
+        # Ids are lowercase hex with dashes: escape LIKE's wildcards all the same.
+        pattern = prefix.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = list(
+            self.db.execute(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id LIKE ? ESCAPE '\\' LIMIT 10",
+                (pattern,),
+            )
+        )
+        if len(rows) > 1:
+            raise AmbiguousPrefix(prefix, [row[0] for row in rows])
+        return _session_from_row(rows[0]) if rows else None
+
+    def list_sessions(
+        self,
+        statuses: Sequence[str] | None = None,
+        labels: dict[str, Any] | None = None,
+        limit: int | None = None,
+    ) -> list[Session]:
+        """Sessions, the ones waiting for an operator first, then live, queued, ended."""
+        query = f"SELECT {_SESSION_COLUMNS} FROM sessions"
+        clauses, args = [], []
+        if statuses:
+            clauses.append(f"status IN ({', '.join('?' for _ in statuses)})")
+            args.extend(statuses)
+        for key, value in (labels or {}).items():
+            clauses.append("json_extract(labels, '$.' || json_quote(?)) = json_extract(?, '$')")
+            args.extend([key, json.dumps(value)])
+        if clauses:
+            query += " WHERE " + " AND ".join(clauses)
+        query += """ ORDER BY CASE status
+                WHEN 'waiting_checkpoint' THEN 0 WHEN 'running' THEN 1 WHEN 'paused' THEN 1
+                WHEN 'queued' THEN 2 ELSE 3 END,
+            CASE WHEN status = 'queued' THEN -priority ELSE 0 END,
+            CASE WHEN status IN ('running', 'paused', 'waiting_checkpoint') THEN slot ELSE 0 END,
+            CASE WHEN status = 'queued' THEN arrival ELSE -arrival END"""
+        if limit is not None:
+            query += " LIMIT ?"
+            args.append(limit)
+        return [_session_from_row(row) for row in self.db.execute(query, args)]
+
+    def sessions_with_status(self, statuses: Sequence[str]) -> list[Session]:
+        marks = ", ".join("?" for _ in statuses)
+        query = f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE status IN ({marks}) ORDER BY priority DESC, arrival"
+        return [_session_from_row(row) for row in self.db.execute(query, list(statuses))]
+
+    def count_with_status(self, statuses: Sequence[str]) -> int:
+        marks = ", ".join("?" for _ in statuses)
+        return self.db.execute(f"SELECT count(*) FROM sessions WHERE status IN ({marks})", list(statuses)).get
+
+    # -- transcript ----------------------------------------------------------------
+
+    def last_seq(self, session_id: str) -> int:
+        return self.db.execute(
+            "SELECT coalesce(max(seq), 0) FROM transcript WHERE session_id = ?", (session_id,)
+        ).get
+
+    def transcript_stats(self, session_id: str) -> dict[str, int]:
+        rows, size, last = self.db.execute(
+            "SELECT count(*), coalesce(sum(length(data)), 0), coalesce(max(seq), 0) "
+            "FROM transcript WHERE session_id = ?",
+            (session_id,),
+        ).get
+        return {"rows": rows, "bytes": size, "last_seq": last}
+
+    def rows_after(
+        self,
+        session_id: str,
+        after_seq: int,
+        limit: int,
+        streams: Sequence[str] | None = None,
+        since_ts: float | None = None,
+    ) -> list[Row]:
+        """Up to limit rows with seq > after_seq, oldest first: one page of a transcript."""
+        query = "SELECT seq, ts, stream, data FROM transcript WHERE session_id = ? AND seq > ?"
+        args: list[Any] = [session_id, after_seq]
+        if streams:
+            query += f" AND stream IN ({', '.join('?' for _ in streams)})"
+            args.extend(streams)
+        if since_ts is not None:
+            query += " AND ts >= ?"
+            args.append(since_ts)
+        query += " ORDER BY seq LIMIT ?"
+        args.append(limit)
+        return [Row(session_id, seq, ts, stream, data) for seq, ts, stream, data in self.db.execute(query, args)]
+
+    def rows_before(
+        self, session_id: str, before_seq: int, limit: int, streams: Sequence[str] | None = None
+    ) -> list[Row]:
+        """Up to limit rows with seq < before_seq, newest first: reading a transcript backwards."""
+        query = "SELECT seq, ts, stream, data FROM transcript WHERE session_id = ? AND seq < ?"
+        args: list[Any] = [session_id, before_seq]
+        if streams:
+            query += f" AND stream IN ({', '.join('?' for _ in streams)})"
+            args.extend(streams)
+        query += " ORDER BY seq DESC LIMIT ?"
+        args.append(limit)
+        return [Row(session_id, seq, ts, stream, data) for seq, ts, stream, data in self.db.execute(query, args)]
+
+    def iter_transcript(
+        self, session_id: str, after_seq: int = 0, page_size: int = 500, streams: Sequence[str] | None = None
+    ) -> Iterator[Row]:
+        """The whole transcript, page by page: never loaded whole into memory."""
+        while True:
+            page = self.rows_after(session_id, after_seq, page_size, streams)
+            yield from page
+            if len(page) < page_size:
+                return
+            after_seq = page[-1].seq
+
+    def database_bytes(self) -> int:
+        page_count = self.db.pragma("page_count")
+        page_size = self.db.pragma("page_size")
+        return page_count * page_size
+
+
+class Store(Reader):
+    """The writer connection: every write the daemon makes, and the reads it needs too."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db = connect(path, writer=True)
+        migrate(self.db)
+
+    # -- sessions ------------------------------------------------------------------
+
+    def next_arrival(self) -> int:
+        return self.db.execute("SELECT coalesce(max(arrival), 0) + 1 FROM sessions").get
+
+    def create_session(self, session: Session) -> Session:
+        """Insert a session; it arrives after every session already stored."""
+        with self.db:
+            session = dataclasses.replace(session, arrival=self.next_arrival())
+            placeholders = ", ".join("?" for _ in _SESSION_FIELDS)
+            values = [_to_column(name, getattr(session, name)) for name in _SESSION_FIELDS]
+            self.db.execute(f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES ({placeholders})", values)
+        return session
+
+    def next_queued(self) -> Session | None:
+        """The session to start next: highest priority, then first in."""
+        for row in self.db.execute(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE status = 'queued' "
+            "ORDER BY priority DESC, arrival LIMIT 1"
+        ):
+            return _session_from_row(row)
+        return None
+
+    def transition(self, session_id: str, from_statuses: Sequence[str], **columns: Any) -> Session | None:
+        """Change a session only if it is still in one of from_statuses; return it after."""
+        with self.db:
+            current = self.get_session(session_id)
+            if current is None or current.status not in from_statuses:
+                return None
+            self._update(session_id, columns)
+            return self.get_session(session_id)
+
+    def update_session(self, session_id: str, **columns: Any) -> None:
+        with self.db:
+            self._update(session_id, columns)
+
+    def _update(self, session_id: str, columns: dict[str, Any]) -> None:
+        for name in columns:
+            if name not in _SESSION_FIELDS or name == "id":
+                raise ValueError(f"not a session column: {name}")
+        assignments = ", ".join(f"{name} = ?" for name in columns)
+        values = [_to_column(name, value) for name, value in columns.items()]
+        self.db.execute(f"UPDATE sessions SET {assignments} WHERE id = ?", [*values, session_id])
+
+    def delete_session(self, session_id: str) -> bool:
+        with self.db:
+            self.db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+            return self.db.changes() > 0
+
+    def commit_batch(self, batch: Batch) -> None:
+        """Rows, spool positions and status changes, in one transaction."""
+        with self.db:
+            self.db.executemany(
+                "INSERT INTO transcript (session_id, seq, ts, stream, data) VALUES (?, ?, ?, ?, ?)",
+                ((r.session_id, r.seq, r.ts, r.stream, r.data) for r in batch.rows),
+            )
+            sizes: dict[str, int] = {}
+            for row in batch.rows:
+                sizes[row.session_id] = sizes.get(row.session_id, 0) + len(row.data)
+            self.db.executemany(
+                "UPDATE sessions SET transcript_bytes = transcript_bytes + ? WHERE id = ?",
+                ((size, session_id) for session_id, size in sizes.items()),
+            )
+            self.db.executemany(
+                "UPDATE sessions SET spool_segment = ?, spool_offset = ? WHERE id = ?",
+                ((segment, offset, session_id) for session_id, (segment, offset) in batch.positions.items()),
+            )
+            for session_id, columns in batch.updates.items():
+                self._update(session_id, columns)
+
+    def get_setting(self, key: str, default: str | None = None) -> str | None:
+        for (value,) in self.db.execute("SELECT value FROM settings WHERE key = ?", (key,)):
+            return value
+        return default
+
+    def set_setting(self, key: str, value: str) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT INTO settings (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    def prune(self, ended_before: str | None, statuses: Iterable[str]) -> list[str]:
+        """Delete ended sessions (and, by cascade, their rows); return their ids."""
+        statuses = [s for s in statuses if s in ENDED_STATUSES]
+        marks = ", ".join("?" for _ in statuses)
+        query = f"SELECT id FROM sessions WHERE status IN ({marks})"
+        args: list[Any] = list(statuses)
+        if ended_before is not None:
+            query += " AND ended_at < ?"
+            args.append(ended_before)
+        with self.db:
+            ids = [session_id for (session_id,) in self.db.execute(query, args)]
+            self.db.executemany("DELETE FROM sessions WHERE id = ?", ((i,) for i in ids))
+        return ids
+
+
