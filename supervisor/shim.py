@@ -351,8 +351,10 @@ def main() -> None:
         sys.exit("usage: python -m supervisor.shim SESSION_DIR")
     session_dir = Path(sys.argv[1])
     spec = json.loads((session_dir / spool.SPEC_FILE).read_text())
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Handlers, not SIG_IGN: an ignored signal would stay ignored in the command after
+    # exec, and the command must get SIGINT and SIGHUP as usual.
+    for signum in (signal.SIGHUP, signal.SIGINT):
+        signal.signal(signum, lambda _signum, _frame: None)
     sys.exit(Shim(session_dir, spec).run())
 
 

@@ -193,10 +193,13 @@ class SpoolReader:
         """Return complete records, each with the position just after it."""
         out: list[tuple[Record, Position]] = []
         budget = max_bytes
-        while budget > 0 and self._ensure_open():
+        # Past the budget only while nothing is complete yet: a record longer than
+        # max_bytes must still come back, or the caller would wait for a write that
+        # may never come.
+        while (budget > 0 or not out) and self._ensure_open():
             assert self._fd is not None
             read_at = self.position.offset + len(self._buffer)
-            chunk = os.pread(self._fd, min(budget, 1 << 20), read_at)
+            chunk = os.pread(self._fd, min(budget, 1 << 20) if budget > 0 else 1 << 20, read_at)
             if chunk:
                 self._buffer += chunk
                 budget -= len(chunk)

@@ -1,0 +1,205 @@
+"""Fixtures that run real daemons on real sockets and real SQLite files under tmp_path."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from supervisor.client import Client, DaemonUnavailable
+from supervisor.store import Reader
+
+DEADLINE = 15.0
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = DEADLINE, interval: float = 0.02, what: str = "condition") -> Any:
+    """Poll condition until it returns something truthy; fail after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class DaemonHandle:
+    """A slotd process of the test's own, and ways to talk to it."""
+
+    def __init__(self, root: Path, settings: dict[str, Any]) -> None:
+        self.root = root
+        self.config_path = root / "slotd.toml"
+        self.settings = {
+            "state_dir": "state",
+            "runtime_dir": "run",
+            "stop_timeout": 2.0,
+            **settings,
+        }
+        self.process: subprocess.Popen | None = None
+        self.log_path = root / "slotd.log"
+        self.write_config()
+
+    def write_config(self) -> None:
+        lines = []
+        for key, value in self.settings.items():
+            if isinstance(value, str):
+                lines.append(f"{key} = '{value}'")
+            elif isinstance(value, bool):
+                lines.append(f"{key} = {'true' if value else 'false'}")
+            else:
+                lines.append(f"{key} = {value}")
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    @property
+    def socket(self) -> Path:
+        return self.root / "run" / "slotd.sock"
+
+    @property
+    def database(self) -> Path:
+        return self.root / "state" / "slotd.db"
+
+    def start(self, wait: bool = True) -> subprocess.Popen:
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "supervisor", "daemon", "--config", str(self.config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        if wait:
+            wait_for(self.is_ready, what=f"slotd ready (log: {self.log_path})")
+        return self.process
+
+    def is_ready(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(f"slotd exited with {self.process.returncode}:\n{self.log_path.read_text()[-4000:]}")
+        if not self.socket.exists():
+            return False
+        try:
+            with self.client() as client:
+                client.request("info")
+            return True
+        except (OSError, ConnectionError, DaemonUnavailable):
+            return False
+
+    def client(self, timeout: float | None = 30) -> Client:
+        return Client(self.socket, timeout=timeout)
+
+    def request(self, cmd: str, **args: Any) -> Any:
+        with self.client() as client:
+            return client.request(cmd, **args)
+
+    def start_session(self, argv: list[str], **args: Any) -> dict[str, Any]:
+        args.setdefault("cwd", str(self.root))
+        session = self.request("start", argv=argv, **args)
+        return session
+
+    def session(self, session_id: str) -> dict[str, Any]:
+        session = self.request("show", session=session_id)
+        return session
+
+    def wait_status(self, session_id: str, *statuses: str, timeout: float = DEADLINE) -> dict[str, Any]:
+        return wait_for(
+            lambda: (s := self.session(session_id))["status"] in statuses and s,
+            timeout=timeout,
+            what=f"session {session_id[:8]} to be {'/'.join(statuses)}",
+        )
+
+    def wait_ended(self, session_id: str, timeout: float = DEADLINE) -> dict[str, Any]:
+        return self.wait_status(session_id, "completed", "failed", "killed", "lost", "cancelled", timeout=timeout)
+
+    def cli(self, *args: str, input: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "supervisor", "--socket", str(self.socket), *args],
+            input=input,
+            capture_output=True,
+            timeout=timeout,
+            cwd=self.root,
+        )
+
+    def reader(self) -> Reader:
+        return Reader(self.database)
+
+    def stdout_bytes(self, session_id: str) -> bytes:
+        reader = self.reader()
+        try:
+            return b"".join(row.data for row in reader.iter_transcript(session_id, streams=["stdout"]))
+        finally:
+            reader.close()
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        """End the daemon and every process of every session it ran (by PID)."""
+        if self.process is not None and self.process.poll() is None:
+            try:
+                self.request("shutdown", mode="stop")
+                self.process.wait(30)
+            except Exception:
+                self.process.kill()
+                self.process.wait(10)
+        self.kill_leftovers()
+
+    def kill_leftovers(self) -> None:
+        """SIGKILL what this daemon's sessions left, verified by recorded create times."""
+        if not self.database.exists():
+            return
+        reader = self.reader()
+        try:
+            sessions = reader.list_sessions()
+        finally:
+            reader.close()
+        for session in sessions:
+            for pid, created, is_group in (
+                (session.pid, session.pid_create_time, True),
+                (session.shim_pid, session.shim_create_time, False),
+            ):
+                if pid is None or created is None:
+                    continue
+                try:
+                    if abs(psutil.Process(pid).create_time() - created) > 0.05:
+                        continue  # the PID was reused: not ours
+                    os.killpg(pid, signal.SIGKILL) if is_group else os.kill(pid, signal.SIGKILL)
+                except (psutil.NoSuchProcess, ProcessLookupError, PermissionError):
+                    pass
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonHandle]]:
+    handles: list[DaemonHandle] = []
+
+    def make(start: bool = True, **settings: Any) -> DaemonHandle:
+        root = tmp_path / f"d{len(handles)}"
+        root.mkdir()
+        handle = DaemonHandle(root, settings)
+        handles.append(handle)
+        if start:
+            handle.start()
+        return handle
+
+    yield make
+    for handle in handles:
+        handle.stop()
+
+
+@pytest.fixture
+def daemon(make_daemon: Callable[..., DaemonHandle]) -> DaemonHandle:
+    return make_daemon()
+
+
+def py(code: str) -> list[str]:
+    """A session command: this Python running code."""
+    return [sys.executable, "-c", code]

@@ -1,0 +1,128 @@
+"""Stopping, signalling, pausing, checkpoints and input, against real process groups."""
+
+from __future__ import annotations
+
+import psutil
+import pytest
+
+from supervisor.client import RemoteError
+from tests.conftest import py, wait_for
+
+# A session whose child ignores SIGTERM and writes its pid, then both wait forever.
+STUBBORN_FAMILY = (
+    "import os, signal, subprocess, sys, time\n"
+    "child = subprocess.Popen([sys.executable, '-c', "
+    "'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print(\"grandchild ready\", flush=True); time.sleep(600)'])\n"
+    "print('child', child.pid, flush=True)\n"
+    "time.sleep(600)\n"
+)
+
+
+def pids_of(daemon, session_id):
+    out = daemon.stdout_bytes(session_id).decode()
+    return [int(line.split()[1]) for line in out.splitlines() if line.startswith("child ")]
+
+
+def test_stop_leaves_no_process_behind_even_one_ignoring_sigterm(make_daemon):
+    """Stop ends every process of the session's group, a grandchild ignoring SIGTERM included."""
+    daemon = make_daemon(stop_timeout=1.0)
+    session = daemon.start_session(py(STUBBORN_FAMILY))
+    wait_for(lambda: b"grandchild ready" in daemon.stdout_bytes(session["id"]), what="grandchild ready")
+    running = daemon.session(session["id"])
+    grandchild = pids_of(daemon, session["id"])[0]
+    family = [running["pid"], grandchild]
+    assert all(psutil.pid_exists(pid) for pid in family)
+
+    stopped = daemon.request("stop", session=session["id"])
+    assert stopped["status"] == "killed"
+    assert stopped["slot"] is None
+    wait_for(lambda: not any(_alive(pid) for pid in family + [running["shim_pid"]]), what="every process gone")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_kill_sends_the_signal_asked_for(daemon):
+    """kill with SIGINT ends a session by that signal, recorded as killed with the signal number."""
+    session = daemon.start_session(py("import time; print('up', flush=True); time.sleep(600)"))
+    wait_for(lambda: b"up" in daemon.stdout_bytes(session["id"]), what="session up")
+    daemon.request("kill", session=session["id"], signal="INT")
+    ended = daemon.wait_ended(session["id"])
+    assert ended["status"] == "killed"
+    # Python turns SIGINT into KeyboardInterrupt: exit code 1 after a traceback, or the signal.
+    assert ended["signal"] == 2 or ended["exit_code"] not in (None, 0)
+
+
+def test_pause_stops_the_process_and_resume_continues_it(daemon):
+    """pause SIGSTOPs the session (it keeps its slot) and resume SIGCONTs it back to running."""
+    session = daemon.start_session(py("import time\nwhile True:\n    print(time.time(), flush=True); time.sleep(0.02)"))
+    running = daemon.wait_status(session["id"], "running")
+    wait_for(lambda: daemon.session(session["id"])["pid"], what="pid")
+    pid = daemon.session(session["id"])["pid"]
+    paused = daemon.request("pause", session=session["id"])
+    assert paused["status"] == "paused"
+    assert paused["slot"] == running["slot"]
+    wait_for(lambda: psutil.Process(pid).status() == psutil.STATUS_STOPPED, what="process stopped")
+    resumed = daemon.request("resume", session=session["id"])
+    assert resumed["status"] == "running"
+    wait_for(lambda: psutil.Process(pid).status() != psutil.STATUS_STOPPED, what="process continued")
+    with pytest.raises(RemoteError) as caught:
+        daemon.request("resume", session=session["id"])
+    assert caught.value.code == "invalid_state"
+    daemon.request("stop", session=session["id"])
+
+
+def test_checkpoint_prompt_waits_for_an_operator_and_send_resumes_it(make_daemon):
+    """Output matching checkpoint_pattern makes a session waiting_checkpoint, listed first; send delivers input, records it, and returns it to running."""
+    daemon = make_daemon(checkpoint_pattern=r"Continue\? \[y/N\]")
+    busy = daemon.start_session(py("import time; time.sleep(600)"))
+    code = (
+        "import sys\n"
+        "sys.stdout.write('Continue? [y/N] '); sys.stdout.flush()\n"
+        "answer = sys.stdin.readline()\n"
+        "print('got', answer.strip(), flush=True)\n"
+        "import time; time.sleep(600)\n"
+    )
+    session = daemon.start_session(py(code))
+    daemon.wait_status(session["id"], "waiting_checkpoint")
+    assert daemon.request("ps")[0]["id"] == session["id"]
+
+    daemon.request("send", session=session["id"], data="y\n")
+    assert daemon.session(session["id"])["status"] == "running"
+    wait_for(lambda: b"got y" in daemon.stdout_bytes(session["id"]), what="the answer delivered")
+    reader = daemon.reader()
+    try:
+        stdin_rows = list(reader.iter_transcript(session["id"], streams=["stdin"]))
+    finally:
+        reader.close()
+    assert [row.data for row in stdin_rows] == [b"y\n"]
+    assert daemon.session(session["id"])["status"] == "running"
+    for s in (session, busy):
+        daemon.request("stop", session=s["id"])
+
+
+def test_send_eof_closes_the_sessions_stdin(daemon):
+    """send with eof closes the command's stdin, so a reader of stdin sees the end."""
+    session = daemon.start_session(py("import sys; data = sys.stdin.read(); print(len(data))"))
+    daemon.wait_status(session["id"], "running")
+    daemon.request("send", session=session["id"], data="abc", eof=True)
+    assert daemon.wait_ended(session["id"])["status"] == "completed"
+    assert daemon.stdout_bytes(session["id"]) == b"3\n"
+
+
+def test_leftover_processes_end_with_the_command(daemon):
+    """When a session's command exits, what it left running in its group is ended too."""
+    code = (
+        "import subprocess, sys\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], stdout=subprocess.DEVNULL)\n"
+        "print('child', child.pid, flush=True)\n"
+    )
+    session = daemon.start_session(py(code))
+    daemon.wait_ended(session["id"])
+    child = pids_of(daemon, session["id"])[0]
+    wait_for(lambda: not _alive(child), what="leftover child ended")
