@@ -26,6 +26,8 @@ from supervisor.store import ENDED_STATUSES, AmbiguousPrefix, Reader, Row, Sessi
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 
 PAGE_ROWS = 500
+# What a daemon on its way out still answers.
+READ_ONLY_COMMANDS = frozenset({"ps", "show", "logs", "follow", "info"})
 
 
 def row_message(row: Row) -> dict[str, Any]:
@@ -94,10 +96,13 @@ class Commands:
         self.readers = readers
         self.ingestor = ingestor
         self.request_shutdown = request_shutdown
+        self.shutting_down = False
         self.started_monotonic = time.monotonic()
         self.started_at = utc_now()
 
     async def handle(self, command: str, args: dict[str, Any], emit: Emit) -> Any:
+        if self.shutting_down and command not in READ_ONLY_COMMANDS:
+            raise RequestError(ErrorCode.SHUTTING_DOWN, f"slotd is shutting down: {command} refused (reads still work)")
         handler = getattr(self, f"cmd_{command}")
         return await handler(args, emit)
 

@@ -139,7 +139,10 @@ class Connection:
                 self.buffer.clear()
             data = await self.stream.receive_some(RECEIVE_SIZE)
             if not data:
-                return None
+                # The client half-closed: a last message without its newline still counts.
+                last = bytes(self.buffer) if not self.discarding else b""
+                self.buffer.clear()
+                return last or None
             self.buffer += data
 
     async def serve(self) -> None:
@@ -200,6 +203,11 @@ async def serve(
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the client went away: nothing to answer
 
-    async with trio.open_nursery() as nursery:
-        task_status.started()
-        await trio.serve_listeners(handle, [listener], handler_nursery=nursery)
+    async with trio.open_nursery() as handlers:
+        # Cancelling this scope stops accepting; open connections go on until the
+        # daemon's nursery ends them.
+        accepting = trio.CancelScope()
+        task_status.started(accepting)
+        with accepting:
+            await trio.serve_listeners(handle, [listener], handler_nursery=handlers)
+        await listener.aclose()

@@ -71,12 +71,15 @@ class Daemon:
         self.shutdown_mode = config.on_shutdown
         # Cancelled by a shutdown request that arrives before READY.
         self.startup_scope = trio.CancelScope()
+        self.commands: Commands | None = None
 
     def request_shutdown(self, mode: str | None) -> None:
         if not self.shutdown_requested.is_set():
             self.shutdown_mode = mode or self.config.on_shutdown
             self.shutdown_requested.set()
             self.startup_scope.cancel()
+            if self.commands is not None:
+                self.commands.shutting_down = True
 
     async def watch_signals(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
@@ -126,19 +129,19 @@ class Daemon:
         readers = ReaderPool(config.database)
         ingestor = Ingestor(writer, config.flush_interval, config.batch_max_bytes)
         slots = SlotManager(config, writer, ingestor)
-        commands = Commands(config, slots, readers, ingestor, self.request_shutdown)
+        commands = self.commands = Commands(config, slots, readers, ingestor, self.request_shutdown)
         try:
             async with trio.open_nursery() as outer:
                 await outer.start(ingestor.run)
                 async with trio.open_nursery() as inner:
                     await inner.start(self.watch_signals)
                     await inner.start(slots.run)
-                    sock = None
+                    accepting = None
                     with self.startup_scope:
                         counts = await recovery.reconcile(slots)
                         log.info("reconciled", **counts)
                         sock = await control.bind_socket(config.socket, config.socket_group)
-                        await inner.start(control.serve, sock, commands, control.PeerPolicy(config.socket_group))
+                        accepting = await inner.start(control.serve, sock, commands, control.PeerPolicy(config.socket_group))
                         await inner.start(self.maintenance, slots, ingestor, checkpointer)
                         slots.wake_dispatch()
                         systemd.notify("READY=1", f"STATUS=0/{config.slots} slots busy")
@@ -147,8 +150,9 @@ class Daemon:
                     systemd.notify("STOPPING=1")
                     log.info("shutting_down", mode=self.shutdown_mode, live=len(slots.live))
                     # Stop serving new clients and dispatching; keep ingesting.
-                    if sock is not None:
-                        sock.close()
+                    if accepting is not None:
+                        accepting.cancel()
+                        config.socket.unlink(missing_ok=True)
                     if self.shutdown_mode == "stop":
                         slots.draining = True
                         await slots.stop_all()

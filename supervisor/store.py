@@ -275,6 +275,8 @@ class Reader:
 
     def find_session(self, prefix: str) -> Session | None:
         """The one session whose id starts with prefix; AmbiguousPrefix if several."""
+        if not prefix:
+            return None  # "" is a prefix of every id: it must never pick the only session
         exact = self.get_session(prefix)
         if exact is not None:
             return exact
