@@ -228,12 +228,15 @@ class Commands:
                 except ValueError:
                     raise RequestError(ErrorCode.INVALID_ARGUMENT, f"logs: 'since_time' is not an ISO 8601 time: {args['since_time']!r}") from None
             after = args["since_seq"] or 0
+            # A follow carries on from here: at least what existed when we looked.
+            last_seq = max(after, await self.readers.run(Reader.last_seq, session.id))
             while True:
                 page = await self.readers.run(Reader.rows_after, session.id, after, PAGE_ROWS, streams, since_ts)
                 for row in page:
                     await emit({"row": row_message(row)})
                 if page:
-                    after = last_seq = page[-1].seq
+                    after = page[-1].seq
+                    last_seq = max(last_seq, after)
                 sent += len(page)
                 if len(page) < PAGE_ROWS:
                     break
@@ -287,7 +290,7 @@ class Commands:
             "uptime": round(time.monotonic() - self.started_monotonic, 3),
             "slots": self.config.slots,
             "busy": len(self.slots.live),
-            "live": {live.slot: live.id for live in self.slots.live.values()},
+            "live": [{"slot": live.slot, "session": live.id, "status": live.status} for live in sorted(self.slots.live.values(), key=lambda l: l.slot)],
             "queued": queued,
             "draining": self.slots.draining,
             "ingest_lag": round(self.ingestor.lag(), 3),

@@ -9,7 +9,6 @@ client.
 from __future__ import annotations
 
 import grp
-import json
 import os
 import pwd
 import socket
@@ -27,6 +26,7 @@ from supervisor.protocol import (
     MAX_MESSAGE_BYTES,
     ErrorCode,
     RequestError,
+    decode_message,
     encode_message,
     error_reply,
     ok_reply,
@@ -155,8 +155,8 @@ class Connection:
         request_id = None
         try:
             try:
-                message = json.loads(line)
-            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                message = decode_message(line)
+            except (UnicodeDecodeError, ValueError) as error:
                 raise RequestError(ErrorCode.BAD_REQUEST, f"not valid JSON: {error}") from None
             if isinstance(message, dict):
                 request_id = message.get("id")

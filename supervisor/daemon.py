@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import grp
 import os
 import signal
 import sys
@@ -123,6 +124,11 @@ class Daemon:
         config = self.config
         config.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         config.sessions_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if config.socket_group:
+            # Members must reach the socket: search (not read) permission on its
+            # directory; the spools below stay private (sessions/ is 0700).
+            os.chown(config.socket.parent, -1, grp.getgrnam(config.socket_group).gr_gid)
+            os.chmod(config.socket.parent, 0o710)
         store = Store(config.database)
         checkpointer = Checkpointer(config.database)
         writer = DatabaseWriter(store)

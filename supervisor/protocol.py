@@ -12,7 +12,9 @@ describes every command, argument and error code.
 from __future__ import annotations
 
 import base64
+import copy
 import json
+import math
 import signal
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -47,6 +49,15 @@ class RequestError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def decode_message(line: bytes) -> Any:
+    """Parse one message; NaN and Infinity (which Python's json would accept) are refused."""
+    return json.loads(line, parse_constant=_refuse_constant)
 
 
 def encode_message(message: dict[str, Any]) -> bytes:
@@ -86,20 +97,33 @@ class Arg:
     default: Any = None
 
 
+INT64 = 1 << 63
+
+
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    # SQLite stores 64-bit integers: anything wider is refused here, not deep inside.
+    return isinstance(value, int) and not isinstance(value, bool) and -INT64 <= value < INT64
 
 
 def _is_str(value: Any) -> bool:
-    return isinstance(value, str)
+    # A lone surrogate (JSON allows "\ud800") cannot become UTF-8: refuse it here.
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return _is_int(value)
 
 
 def _is_str_list(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    return isinstance(value, list) and all(_is_str(item) for item in value)
 
 
 def _is_argv(value: Any) -> bool:
@@ -107,7 +131,7 @@ def _is_argv(value: Any) -> bool:
 
 
 def _is_str_map(value: Any) -> bool:
-    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+    return isinstance(value, dict) and all(_is_str(k) and _is_str(v) for k, v in value.items())
 
 
 def _is_object(value: Any) -> bool:
@@ -236,7 +260,7 @@ def parse_request(message: Any) -> tuple[Any, str, dict[str, Any]]:
         if key not in args:
             if arg.required:
                 raise RequestError(ErrorCode.INVALID_ARGUMENT, f"{command}: missing argument {key!r} ({arg.expected})")
-            args[key] = arg.default
+            args[key] = copy.deepcopy(arg.default)
     return request_id, command, args
 
 

@@ -181,6 +181,8 @@ class SlotManager:
 
     async def _start(self, session: Session, slot: int) -> None:
         """Give a queued session a slot and spawn its shim."""
+        if session.id in self.live:
+            return  # already being started (by the dispatcher, or a start with queue=false)
         spool_dir = self.config.sessions_dir / session.id
         live = LiveSession(session.id, slot, "running", spool_dir)
         self.live[session.id] = live  # reserves the slot before the first await
@@ -332,6 +334,7 @@ class SlotManager:
 
     async def _finish(self, live: LiveSession) -> None:
         """Commit the session's end, free its slot and start the next queued one."""
+        self.ingestor.update(live.id, spool_dir=None)  # removed below: everything is ingested
         await self.ingestor.commit_now()
         self.live.pop(live.id, None)
         live.ended.set()
@@ -372,11 +375,21 @@ class SlotManager:
         live = self.live_session(session, "stop")
         timeout = self.config.stop_timeout if timeout is None else timeout
         await self._request_stop(live, f"stop requested: SIGTERM, then SIGKILL after {timeout:g}s")
-        await self._signal(live, signal.SIGTERM)
+        await self._terminate(live, signal.SIGTERM)
+        if wait:
+            await self._escalate(live, timeout)
+        else:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._escalate, live, timeout)
+
+    async def _terminate(self, live: LiveSession, signum: int) -> None:
+        """Send a terminating signal; a paused group must also continue to act on it."""
+        await self._signal(live, signum)
         if live.status == "paused":
             await self._signal(live, signal.SIGCONT)
-        if not wait:
-            return
+
+    async def _escalate(self, live: LiveSession, timeout: float) -> None:
+        """SIGKILL the group if it has not ended timeout seconds after SIGTERM."""
         with trio.move_on_after(timeout):
             await live.ended.wait()
         if not live.ended.is_set():
@@ -393,10 +406,15 @@ class SlotManager:
 
     async def kill(self, session: Session, signum: int) -> None:
         live = self.live_session(session, "signal")
-        name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
-        if signum in TERMINATING_SIGNALS:
-            await self._request_stop(live, f"kill requested: {name}")
-        await self._signal(live, signum)
+        if signum == signal.SIGSTOP:
+            await self.pause(session)
+        elif signum == signal.SIGCONT:
+            await self.resume(session)
+        elif signum in TERMINATING_SIGNALS:
+            await self._request_stop(live, f"kill requested: {signal.Signals(signum).name}")
+            await self._terminate(live, signum)
+        else:
+            await self._signal(live, signum)
 
     async def pause(self, session: Session) -> None:
         live = self.live_session(session, "pause")
@@ -408,7 +426,7 @@ class SlotManager:
     async def resume(self, session: Session) -> None:
         live = self.live_session(session, "resume")
         if live.status != "paused":
-            raise RequestError(ErrorCode.INVALID_STATE, f"cannot resume session {session.id}: it is {live.status}")
+            return
         await self._signal(live, signal.SIGCONT)
         await self._set_status(live, "running")
 

@@ -305,8 +305,12 @@ class Reader:
             clauses.append(f"status IN ({', '.join('?' for _ in statuses)})")
             args.extend(statuses)
         for key, value in (labels or {}).items():
-            clauses.append("json_extract(labels, '$.' || json_quote(?)) = json_extract(?, '$')")
-            args.extend([key, json.dumps(value)])
+            # Same JSON type and value: true is not 1, and a null label matches null.
+            path = "'$.' || json_quote(?)"
+            clauses.append(
+                f"json_type(labels, {path}) IS json_type(?, '$') AND json_extract(labels, {path}) IS json_extract(?, '$')"
+            )
+            args.extend([key, json.dumps(value), key, json.dumps(value)])
         if clauses:
             query += " WHERE " + " AND ".join(clauses)
         query += """ ORDER BY CASE status
@@ -314,7 +318,8 @@ class Reader:
                 WHEN 'queued' THEN 2 ELSE 3 END,
             CASE WHEN status = 'queued' THEN -priority ELSE 0 END,
             CASE WHEN status IN ('running', 'paused', 'waiting_checkpoint') THEN slot ELSE 0 END,
-            CASE WHEN status = 'queued' THEN arrival ELSE -arrival END"""
+            CASE WHEN status = 'queued' THEN arrival ELSE 0 END,
+            ended_at DESC, arrival DESC"""
         if limit is not None:
             query += " LIMIT ?"
             args.append(limit)

@@ -94,3 +94,22 @@ def test_refused_requests_exit_1_with_the_error_code(daemon):
     result = daemon.cli("show", "ffffffff-no-such")
     assert result.returncode == 1
     assert b"not_found" in result.stderr
+
+
+def test_logs_since_then_follow_prints_each_row_once(daemon):
+    """logs --since SEQ -f on an ended session prints only the rows after SEQ, once."""
+    session = daemon.start_session(py("for i in range(5): print(i)"))
+    daemon.wait_ended(session["id"])
+    rows = [json.loads(line) for line in daemon.cli("logs", "--json", session["id"]).stdout.splitlines()]
+    last = rows[-1]["seq"]
+    again = daemon.cli("logs", "--json", "--since", str(last), "-f", session["id"])
+    assert again.returncode == 0
+    assert again.stdout == b""
+
+
+def test_ps_label_filter_matches_type_and_value(daemon):
+    """A label filter matches only the same JSON type and value: true is not 1."""
+    flagged = daemon.start_session(py("pass"), labels={"flag": True})
+    daemon.start_session(py("pass"), labels={"flag": 1})
+    matches = daemon.request("ps", labels={"flag": True})
+    assert [s["id"] for s in matches] == [flagged["id"]]

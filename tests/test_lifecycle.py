@@ -71,10 +71,11 @@ def test_pause_stops_the_process_and_resume_continues_it(daemon):
     resumed = daemon.request("resume", session=session["id"])
     assert resumed["status"] == "running"
     wait_for(lambda: psutil.Process(pid).status() != psutil.STATUS_STOPPED, what="process continued")
-    with pytest.raises(RemoteError) as caught:
-        daemon.request("resume", session=session["id"])
-    assert caught.value.code == "invalid_state"
+    assert daemon.request("resume", session=session["id"])["status"] == "running"
     daemon.request("stop", session=session["id"])
+    with pytest.raises(RemoteError) as caught:
+        daemon.request("pause", session=session["id"])
+    assert caught.value.code == "invalid_state"
 
 
 def test_checkpoint_prompt_waits_for_an_operator_and_send_resumes_it(make_daemon):
@@ -126,3 +127,25 @@ def test_leftover_processes_end_with_the_command(daemon):
     daemon.wait_ended(session["id"])
     child = pids_of(daemon, session["id"])[0]
     wait_for(lambda: not _alive(child), what="leftover child ended")
+
+
+def test_stop_without_waiting_still_escalates_to_sigkill(make_daemon):
+    """stop with wait=false returns at once, and SIGKILL still follows the timeout."""
+    daemon = make_daemon(stop_timeout=0.5)
+    stubborn = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('up', flush=True)\ntime.sleep(600)"
+    session = daemon.start_session(py(stubborn))
+    wait_for(lambda: b"up" in daemon.stdout_bytes(session["id"]), what="session up")
+    reply = daemon.request("stop", session=session["id"], wait=False)
+    assert reply["status"] == "running"
+    ended = daemon.wait_ended(session["id"])
+    assert ended["status"] == "killed"
+    assert ended["signal"] == 9
+
+
+def test_kill_with_sigstop_and_sigcont_pauses_and_resumes(daemon):
+    """kill -s STOP marks the session paused and kill -s CONT running again."""
+    session = daemon.start_session(py("import time; time.sleep(600)"))
+    daemon.wait_status(session["id"], "running")
+    assert daemon.request("kill", session=session["id"], signal="STOP")["status"] == "paused"
+    assert daemon.request("kill", session=session["id"], signal="SIGCONT")["status"] == "running"
+    daemon.request("stop", session=session["id"])
