@@ -22,7 +22,7 @@ import apsw
 import structlog
 import trio
 
-from supervisor import __version__, control, recovery, systemd
+from supervisor import __version__, control, recovery, retention, systemd
 from supervisor.commands import Commands
 from supervisor.config import EXIT_CONFIG, Config, ConfigError, load_config
 from supervisor.database import DatabaseWriter, ReaderPool
@@ -39,6 +39,7 @@ EXIT_STARTUP_FAILED = 1
 # A passive checkpoint runs when the WAL passes this size, or once ingest goes idle.
 CHECKPOINT_WAL_BYTES = 32 * 1024 * 1024
 MAINTENANCE_INTERVAL = 1.0
+PRUNE_INTERVAL = 60.0
 
 
 class StartupError(Exception):
@@ -99,11 +100,16 @@ class Daemon:
         checkpointed_after = -1
         watchdog = systemd.watchdog_interval()
         last_status = ""
+        next_prune = time.monotonic()
         task_status.started()
         interval = min(MAINTENANCE_INTERVAL, watchdog or MAINTENANCE_INTERVAL)
         while True:
             await trio.sleep(interval)
             slots.reap_finished_shims()
+            await retention.enforce_session_cap(slots.writer, self.config.retention)
+            if time.monotonic() >= next_prune:
+                await retention.enforce_age_and_budget(slots.writer, self.config.retention)
+                next_prune = time.monotonic() + PRUNE_INTERVAL
             try:
                 wal_bytes = wal.stat().st_size
             except FileNotFoundError:

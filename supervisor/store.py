@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 import json
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,11 @@ MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     );
     """,
+    # 2: retention's per-session cap: where the truncation marker stands, what it dropped
+    """
+    ALTER TABLE sessions ADD COLUMN truncation_seq INTEGER;
+    ALTER TABLE sessions ADD COLUMN truncated_bytes INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -139,6 +145,8 @@ class Session:
     spool_segment: int = 0
     spool_offset: int = 0
     transcript_bytes: int = 0
+    truncation_seq: int | None = None
+    truncated_bytes: int = 0
 
     @property
     def is_live(self) -> bool:
@@ -504,5 +512,88 @@ class Store(Reader):
             ids = [session_id for (session_id,) in self.db.execute(query, args)]
             self.db.executemany("DELETE FROM sessions WHERE id = ?", ((i,) for i in ids))
         return ids
+
+    def sessions_over_cap(self, cap: int) -> list[str]:
+        return [sid for (sid,) in self.db.execute("SELECT id FROM sessions WHERE transcript_bytes > ?", (cap,))]
+
+    def truncate_transcript(self, session_id: str, cap: int) -> int:
+        """Keep the first and last cap/2 bytes of a transcript, with a marker between.
+
+        The marker is a system row that takes the first dropped row's sequence number,
+        so sequence numbers stay strictly increasing and the gap is explained where it
+        is. Returns the bytes dropped.
+        """
+        half = cap // 2
+        with self.db:
+            session = self.get_session(session_id)
+            if session is None or session.transcript_bytes <= cap:
+                return 0
+            marker = session.truncation_seq
+            if marker is None:
+                # The head: the first rows that fit in half the cap.
+                head_end = self.db.execute(
+                    "SELECT coalesce(max(seq), 0) FROM (SELECT seq, sum(length(data)) OVER (ORDER BY seq) AS total "
+                    "FROM transcript WHERE session_id = ?) WHERE total <= ?",
+                    (session_id, half),
+                ).get
+            else:
+                head_end = marker
+            # The tail: the last rows that fit in half the cap (at least the last one).
+            tail_start = self.db.execute(
+                "SELECT coalesce(min(seq), 0) FROM (SELECT seq, sum(length(data)) OVER (ORDER BY seq DESC) AS total "
+                "FROM transcript WHERE session_id = ? AND seq > ?) WHERE total <= ?",
+                (session_id, head_end, half),
+            ).get or self.last_seq(session_id)
+            dropped_rows, dropped = self.db.execute(
+                "SELECT count(*), coalesce(sum(length(data)), 0) FROM transcript "
+                "WHERE session_id = ? AND seq > ? AND seq < ?",
+                (session_id, head_end, tail_start),
+            ).get
+            if dropped_rows == 0:
+                return 0
+            self.db.execute(
+                "DELETE FROM transcript WHERE session_id = ? AND seq > ? AND seq < ?",
+                (session_id, head_end, tail_start),
+            )
+            total_dropped = session.truncated_bytes + dropped
+            text = (
+                f"transcript truncated: {total_dropped} bytes dropped here to keep it under "
+                f"{cap} bytes (retention.max_session_bytes)\n"
+            ).encode()
+            if marker is None:
+                marker = head_end + 1
+                self.db.execute(
+                    "INSERT INTO transcript (session_id, seq, ts, stream, data) VALUES (?, ?, ?, 'system', ?)",
+                    (session_id, marker, time.time(), text),
+                )
+                dropped -= len(text)
+            else:
+                self.db.execute(
+                    "UPDATE transcript SET data = ? WHERE session_id = ? AND seq = ?", (text, session_id, marker)
+                )
+            self._update(
+                session_id,
+                {
+                    "truncation_seq": marker,
+                    "truncated_bytes": total_dropped,
+                    "transcript_bytes": session.transcript_bytes - dropped,
+                },
+            )
+            return dropped
+
+    def oldest_ended(self, limit: int) -> list[str]:
+        return [
+            sid
+            for (sid,) in self.db.execute(
+                f"SELECT id FROM sessions WHERE status IN ({', '.join('?' for _ in ENDED_STATUSES)}) "
+                "ORDER BY ended_at LIMIT ?",
+                (*ENDED_STATUSES, limit),
+            )
+        ]
+
+    def used_bytes(self) -> int:
+        """Bytes the database's live pages take (free pages excluded)."""
+        pages = self.db.pragma("page_count") - self.db.pragma("freelist_count")
+        return pages * self.db.pragma("page_size")
 
 

@@ -49,14 +49,18 @@ class DaemonHandle:
         self.write_config()
 
     def write_config(self) -> None:
-        lines = []
-        for key, value in self.settings.items():
+        def toml(value: Any) -> str:
             if isinstance(value, str):
-                lines.append(f"{key} = '{value}'")
-            elif isinstance(value, bool):
-                lines.append(f"{key} = {'true' if value else 'false'}")
-            else:
-                lines.append(f"{key} = {value}")
+                return f"'{value}'"
+            if isinstance(value, bool):
+                return "true" if value else "false"
+            return str(value)
+
+        lines = [f"{key} = {toml(value)}" for key, value in self.settings.items() if not isinstance(value, dict)]
+        for table, values in self.settings.items():
+            if isinstance(values, dict):
+                lines.append(f"[{table}]")
+                lines.extend(f"{key} = {toml(value)}" for key, value in values.items())
         self.config_path.write_text("\n".join(lines) + "\n")
 
     @property

@@ -94,8 +94,9 @@ def test_a_prompt_without_newline_is_readable_within_200ms(daemon):
 
 
 @pytest.mark.slow
-def test_a_gibibyte_without_newline_keeps_daemon_and_shim_memory_bounded(daemon):
+def test_a_gibibyte_without_newline_keeps_daemon_and_shim_memory_bounded(make_daemon):
     """A session writing 1 GiB with no newline keeps daemon and shim RSS under 100 MB, and every byte is stored."""
+    daemon = make_daemon(retention={"max_session_bytes": 0})
     total = 1 << 30
     code = (
         "import sys\n"

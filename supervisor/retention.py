@@ -1,0 +1,45 @@
+"""Retention, on by default: a byte cap per transcript, a max age for ended sessions,
+and a budget for the whole database. Runs from the daemon's maintenance task, through
+the writer, so it never races ingest.
+"""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+
+from supervisor.config import Retention
+from supervisor.database import DatabaseWriter
+from supervisor.store import ENDED_STATUSES, iso_from_unix
+
+log = structlog.get_logger()
+
+async def enforce_session_cap(writer: DatabaseWriter, retention: Retention) -> None:
+    """Truncate the middle of every transcript over max_session_bytes."""
+    cap = retention.max_session_bytes
+    if not cap:
+        return
+    for session_id in await writer.run(writer.store.sessions_over_cap, cap):
+        dropped = await writer.run(writer.store.truncate_transcript, session_id, cap)
+        if dropped:
+            log.info("transcript_truncated", session_id=session_id, dropped_bytes=dropped, cap=cap)
+
+
+async def enforce_age_and_budget(writer: DatabaseWriter, retention: Retention) -> list[str]:
+    """Delete ended sessions past max_age_days, then the oldest while over max_db_bytes."""
+    deleted: list[str] = []
+    if retention.max_age_days:
+        cutoff = iso_from_unix(time.time() - retention.max_age_days * 86400)
+        deleted += await writer.run(writer.store.prune, cutoff, ENDED_STATUSES)
+    if retention.max_db_bytes:
+        while await writer.run(writer.store.used_bytes) > retention.max_db_bytes:
+            # One at a time, oldest first: delete no more than the budget needs.
+            oldest = await writer.run(writer.store.oldest_ended, 1)
+            if not oldest:
+                break  # only live or queued sessions left: nothing more may go
+            await writer.run(writer.store.delete_session, oldest[0])
+            deleted += oldest
+    if deleted:
+        log.info("sessions_pruned", count=len(deleted))
+    return deleted
