@@ -109,6 +109,10 @@ class Ingestor:
         """The event the next commit sets: take it before reading, wait on it after."""
         return self._committed
 
+    def saturated(self) -> bool:
+        """True while commits cannot keep up: the last flush was full, or one is overdue."""
+        return self._batch.size >= self.batch_max_bytes or self.lag() > 2 * self.flush_interval
+
     def lag(self) -> float:
         """Seconds the oldest uncommitted change has waited."""
         if self.oldest_pending_since is None:

@@ -25,3 +25,14 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+    # SQLite's own log (apsw forwards it to the logging module) joins the same stream.
+    root = logging.getLogger()
+    root.handlers[:] = [_ToStructlog()]
+    root.setLevel(LEVELS[level])
+
+
+class _ToStructlog(logging.Handler):
+    """Re-emit standard-library log records (SQLite's notices) as structlog events."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        structlog.get_logger().log(record.levelno, "library_log", logger=record.name, message=record.getMessage())

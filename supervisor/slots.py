@@ -486,12 +486,12 @@ class SlotManager:
             while shim.poll() is None:
                 await trio.sleep(0.01)
         if shim.returncode is not None:
-            del self._shims[session_id]
+            self._shims.pop(session_id, None)  # reap_finished_shims may have been first
 
     def reap_finished_shims(self) -> None:
         for session_id, shim in list(self._shims.items()):
             if shim.poll() is not None:
-                del self._shims[session_id]
+                self._shims.pop(session_id, None)
 
 
 async def _write_fifo(path: Path, frames: bytes) -> None:

@@ -153,12 +153,15 @@ def test_a_peer_with_another_uid_is_refused(daemon):
             client.connect("slotd.sock")
             client.sendall(b'{"id": 1, "cmd": "ps"}\n')
             os.write(write_end, client.makefile("rb").readline())
+        except BaseException as error:
+            os.write(write_end, f"child failed: {error!r}".encode())
         finally:
             os._exit(0)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as pipe:
         reply = pipe.read()
     os.waitpid(child, 0)
+    assert reply.startswith(b"{"), reply
     assert json.loads(reply)["error"]["code"] == "permission_denied"
     assert daemon.request("info")["pid"] == daemon.process.pid
 

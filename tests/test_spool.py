@@ -235,15 +235,16 @@ def test_delete_segments_before_removes_only_fully_ingested_segments(session_dir
     assert without_rotations(items[: index + 1]) + without_rotations(items[index + 1 :]) == written
 
 
-def test_corrupted_checksum_raises_corrupt_spool(session_dir: Path) -> None:
-    """A payload byte changed on disk makes the reader raise CorruptSpool instead of returning wrong bytes."""
+def test_a_damaged_header_raises_corrupt_spool(session_dir: Path) -> None:
+    """A header byte changed on disk makes the reader raise CorruptSpool instead of misreading what follows."""
     writer = SpoolWriter(session_dir, segment_bytes=1 << 20, max_segments=4)
     writer.append(spool.STDOUT, b"good\n", 1.0)
+    second = writer.size
     writer.append(spool.STDOUT, b"will be damaged\n", 2.0)
     writer.close()
     path = spool.segment_path(session_dir, 0)
     content = bytearray(path.read_bytes())
-    content[-3] ^= 0x01
+    content[second + 9] ^= 0x01  # the length field of the second record
     path.write_bytes(bytes(content))
 
     reader = SpoolReader(session_dir, Position(0, 0))
@@ -254,12 +255,23 @@ def test_corrupted_checksum_raises_corrupt_spool(session_dir: Path) -> None:
         reader.close()
 
 
+def test_a_zeroed_region_raises_corrupt_spool(session_dir: Path) -> None:
+    """Zeros where a record should start (a file extended by a crash) are corruption, not a record."""
+    spool.segment_path(session_dir, 0).write_bytes(bytes(64))
+    reader = SpoolReader(session_dir, Position(0, 0))
+    try:
+        with pytest.raises(spool.CorruptSpool):
+            reader.read(1 << 20)
+    finally:
+        reader.close()
+
+
 @pytest.mark.parametrize(
     "header",
     [
-        spool.HEADER.pack(0, 1.0, 4, 0),  # kind 0 is no record kind
-        spool.HEADER.pack(99, 1.0, 4, 0),
-        spool.HEADER.pack(spool.STDOUT, 1.0, spool.MAX_PAYLOAD + 1, 0),  # longer than any record
+        spool.header(0, 1.0, 4),  # kind 0 is no record kind
+        spool.header(99, 1.0, 4),
+        spool.header(spool.STDOUT, 1.0, spool.MAX_PAYLOAD + 1),  # longer than any record
     ],
     ids=["kind-zero", "unknown-kind", "oversized-length"],
 )

@@ -1,0 +1,471 @@
+"""The ingest benchmark (SPEC §8, first bullet): slotd against limits measured in the same run.
+
+    .venv/bin/python bench/ingest.py                 # 3 sessions x 1,000,000 lines of 100 bytes
+    .venv/bin/python bench/ingest.py --lines 100000  # a quick run
+    .venv/bin/python bench/ingest.py --json out.json # the numbers as JSON too
+
+It measures, on the same data (numbered lines of exactly 100 bytes):
+
+1. raw APSW batched inserts, the upper limit: rows of whole lines up to 64 KiB, about
+   1000 rows per transaction, into slotd's own schema with slotd's own pragmas; twice:
+   inserting rows built beforehand (insert only), and producing the lines in the timed
+   run with the sessions' own generator (like for like with slotd, whose time includes
+   its sessions producing their output; SPEC §8's "about 2M lines/s" matches this one);
+2. one transaction per line (on a sample: it is slow), the approach slotd must beat 20x;
+3. slotd itself: a real daemon with 3 sessions started at once, timed from the first
+   start request until all three are completed, with the peak RSS of the daemon and of
+   each shim sampled every 50 ms; afterwards every session's stdout in the database is
+   checked to be exactly the bytes written, with sequence numbers 1..N without a gap.
+
+It prints a table of ratios against the bars. A missed bar is reported, not an error;
+the exit status is non-zero only if the stored transcripts are wrong. Everything it
+creates lives in a temporary directory that is removed at the end. MB = 10**6 bytes,
+MiB = 2**20 bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import inspect
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import apsw
+import psutil
+
+# The checkout this script belongs to, not whichever one the virtualenv points at (the
+# daemon is started from that checkout too).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from supervisor.client import Client, DaemonUnavailable  # noqa: E402
+from supervisor.store import Reader, Session, Store, utc_now  # noqa: E402
+
+SESSIONS = 3
+LINE_BYTES = 100
+MAX_CHUNK = 64 * 1024
+LINES_PER_ROW = MAX_CHUNK // LINE_BYTES  # 655 whole lines: 65,500 bytes
+ROWS_PER_TRANSACTION = 1000
+PER_LINE_SAMPLE = 20_000
+PER_LINE_BUDGET = 5.0  # seconds
+RSS_INTERVAL = 0.05
+POLL_INTERVAL = 0.02
+INSERT = "INSERT INTO transcript (session_id, seq, ts, stream, data) VALUES (?, ?, ?, ?, ?)"
+
+
+def line_blocks(lines):
+    """Numbered lines of exactly 100 bytes ("000000042 xxx...x\\n"), 1000 to a block.
+
+    This function's source is also the session's program, so the benchmark knows the
+    exact bytes each session writes. One %-format per block keeps the writer fast.
+    """
+    per_block = 1000
+    fill = b"x" * 89
+    template = b"".join(b"%06d" + b"%03d " % j + fill + b"\n" for j in range(per_block))
+    for block in range(-(-lines // per_block)):
+        data = template % ((block,) * per_block)
+        remaining = lines - block * per_block
+        yield data if remaining >= per_block else data[: remaining * 100]
+
+
+def session_program(lines: int) -> str:
+    """The Python source a session runs: write the lines to stdout as fast as it can."""
+    return textwrap.dedent(inspect.getsource(line_blocks)) + textwrap.dedent(f"""
+        import sys
+        out = sys.stdout.buffer
+        for block in line_blocks({lines}):
+            out.write(block)
+        out.flush()
+        """)
+
+
+def session_rows(lines: int) -> list[bytes]:
+    """One session's stdout as slotd would store it at best: rows of whole lines up to 64 KiB."""
+    data = b"".join(line_blocks(lines))
+    step = LINES_PER_ROW * LINE_BYTES
+    return [data[start : start + step] for start in range(0, len(data), step)]
+
+
+def new_database(path: Path, session_ids: list[str]) -> apsw.Connection:
+    """A database with slotd's schema and pragmas, holding the given (running) sessions."""
+    store = Store(path)
+    for session_id in session_ids:
+        store.create_session(
+            Session(id=session_id, arrival=0, argv=["bench"], cwd="/", status="queued", queued_at=utc_now())
+        )
+    # Store opened it with supervisor.store.connect and migrate: slotd's pragmas exactly.
+    return store.db
+
+
+def remove_database(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def settle() -> None:
+    """Flush dirty pages, so the kernel's writeback of one measurement does not slow the next."""
+    os.sync()
+
+
+def measure_raw_batched(workdir: Path, lines: int) -> dict:
+    """The limit: 3 sessions' rows, interleaved, ~1000 rows per transaction."""
+    ids = [f"raw-{n}" for n in range(SESSIONS)]
+    path = workdir / "raw.db"
+    db = new_database(path, ids)
+    rows = session_rows(lines)
+    # Interleave the sessions, as one flush of slotd's ingest would.
+    work = [(session_id, seq, chunk) for seq, chunk in enumerate(rows, 1) for session_id in ids]
+    del rows
+    settle()
+    started = time.perf_counter()
+    for start in range(0, len(work), ROWS_PER_TRANSACTION):
+        with db:
+            db.executemany(
+                INSERT,
+                ((sid, seq, time.time(), "stdout", chunk) for sid, seq, chunk in work[start : start + ROWS_PER_TRANSACTION]),
+            )
+    elapsed = time.perf_counter() - started
+    db.close()
+    remove_database(path)
+    return _rates(SESSIONS * lines, elapsed) | {"rows": len(work), "transactions": -(-len(work) // ROWS_PER_TRANSACTION)}
+
+
+def measure_raw_generating(workdir: Path, lines: int) -> dict:
+    """Raw APSW batched again, with the data produced inside the timed run.
+
+    The same lines made by the same generator the sessions run, packed into the same
+    rows, inserted the same way: what programs writing straight into SQLite would cost.
+    slotd's own time includes its sessions producing their output, so this is the
+    like-for-like limit; the insert-only limit above is printed beside it.
+    """
+    ids = [f"gen-{n}" for n in range(SESSIONS)]
+    path = workdir / "raw_generating.db"
+    db = new_database(path, ids)
+    step = LINES_PER_ROW * LINE_BYTES
+    settle()
+    started = time.perf_counter()
+    outputs = [b"".join(line_blocks(lines)) for _ in ids]
+    work = [
+        (session_id, seq, output[start : start + step])
+        for seq, start in enumerate(range(0, len(outputs[0]), step), 1)
+        for session_id, output in zip(ids, outputs)
+    ]
+    for start in range(0, len(work), ROWS_PER_TRANSACTION):
+        with db:
+            db.executemany(
+                INSERT,
+                ((sid, seq, time.time(), "stdout", chunk) for sid, seq, chunk in work[start : start + ROWS_PER_TRANSACTION]),
+            )
+    elapsed = time.perf_counter() - started
+    db.close()
+    remove_database(path)
+    return _rates(SESSIONS * lines, elapsed)
+
+
+def measure_per_line(workdir: Path, lines: int) -> dict:
+    """The approach to beat: each line a row in a transaction of its own (on a sample)."""
+    path = workdir / "per_line.db"
+    db = new_database(path, ["per-line"])
+    sample = min(lines, PER_LINE_SAMPLE)
+    done = 0
+    settle()
+    started = time.perf_counter()
+    deadline = started + PER_LINE_BUDGET
+    for block in line_blocks(sample):
+        for offset in range(0, len(block), LINE_BYTES):
+            done += 1
+            with db:
+                db.execute(INSERT, ("per-line", done, time.time(), "stdout", block[offset : offset + LINE_BYTES]))
+        if time.perf_counter() > deadline:
+            break
+    elapsed = time.perf_counter() - started
+    db.close()
+    remove_database(path)
+    return _rates(done, elapsed) | {"sample_lines": done}
+
+
+def _rates(lines: int, seconds: float) -> dict:
+    return {
+        "lines": lines,
+        "seconds": seconds,
+        "lines_per_s": lines / seconds,
+        "mb_per_s": lines * LINE_BYTES / seconds / 1e6,
+    }
+
+
+class RssSampler(threading.Thread):
+    """Peak RSS of the daemon and of each shim (the daemon's `-m supervisor.shim` children)."""
+
+    def __init__(self, daemon_pid: int, shims: int) -> None:
+        super().__init__(daemon=True)
+        self.daemon_process = psutil.Process(daemon_pid)
+        self.expected_shims = shims
+        self.shims: dict[int, psutil.Process] = {}
+        self.commands: dict[int, psutil.Process] = {}  # only so they can be cleaned up
+        self.daemon_peak = 0
+        self.shim_peaks: dict[int, int] = {}
+        # CPU seconds (user + system) at the last sample: where the machine's time went.
+        self.cpu: dict[int, float] = {}
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(RSS_INTERVAL):
+            self.sample()
+
+    def sample(self) -> None:
+        try:
+            self.daemon_peak = max(self.daemon_peak, self.daemon_process.memory_info().rss)
+            # Listing children scans all of /proc: only until every shim has been seen.
+            children = self.daemon_process.children() if len(self.shims) < self.expected_shims else []
+        except psutil.NoSuchProcess:
+            return
+        for child in children:
+            if child.pid not in self.shims:
+                try:
+                    if "supervisor.shim" in child.cmdline():
+                        self.shims[child.pid] = child
+                except psutil.NoSuchProcess:
+                    continue
+        for pid, shim in self.shims.items():
+            try:
+                self.shim_peaks[pid] = max(self.shim_peaks.get(pid, 0), shim.memory_info().rss)
+                self.cpu[pid] = sum(shim.cpu_times()[:2])
+                if len(self.commands) < len(self.shims):
+                    for command in shim.children():
+                        self.commands.setdefault(command.pid, command)
+            except psutil.NoSuchProcess:
+                pass
+        for pid, command in self.commands.items():
+            try:
+                self.cpu[pid] = sum(command.cpu_times()[:2])
+            except psutil.NoSuchProcess:
+                pass
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join()
+
+    def kill_leftovers(self) -> None:
+        """Kill any shim or session command of ours still running (only if the daemon failed)."""
+        for process in [*self.commands.values(), *self.shims.values()]:
+            try:
+                if process.is_running():  # also checks the create time: never a reused PID
+                    process.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
+def write_config(root: Path) -> Path:
+    path = root / "slotd.toml"
+    path.write_text('state_dir = "state"\nruntime_dir = "run"\non_shutdown = "stop"\n')
+    return path
+
+
+def wait_until_ready(socket_path: Path, daemon: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if daemon.poll() is not None:
+            raise RuntimeError(f"slotd exited with status {daemon.returncode} before it was ready")
+        try:
+            with Client(socket_path, timeout=5) as client:
+                client.request("info")
+                return
+        except (DaemonUnavailable, ConnectionError):
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"slotd not ready after {timeout}s")
+        time.sleep(POLL_INTERVAL)
+
+
+def measure_slotd(workdir: Path, lines: int) -> dict:
+    """A real daemon, 3 sessions at once: time to all completed, peak RSS, then verification."""
+    root = workdir / "slotd"
+    root.mkdir()
+    config = write_config(root)
+    socket_path = root / "run" / "slotd.sock"
+    log = open(root / "slotd.log", "wb")
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "supervisor", "daemon", "--config", str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    log.close()
+    sampler = None
+    try:
+        wait_until_ready(socket_path, daemon)
+        sampler = RssSampler(daemon.pid, SESSIONS)
+        sampler.start()
+        program = session_program(lines)
+        settle()
+        # Generous: even 10,000 lines/s would make it.
+        timeout = 60 + SESSIONS * lines / 10_000
+        with Client(socket_path, timeout=30) as client:
+            daemon_cpu_before = sum(psutil.Process(daemon.pid).cpu_times()[:2])
+            started = time.perf_counter()
+            ids = [client.request("start", argv=[sys.executable, "-c", program], cwd=str(root))["id"] for _ in range(SESSIONS)]
+            statuses = wait_until_ended(client, ids, started + timeout)
+            elapsed = time.perf_counter() - started
+            sampler.stop()
+            daemon_cpu = sum(psutil.Process(daemon.pid).cpu_times()[:2]) - daemon_cpu_before
+            client.request("shutdown", mode="stop")
+        daemon.wait(timeout=60)
+    except BaseException:
+        # The temporary directory goes with the exception: show why the daemon failed
+        # first, giving a crashing daemon a moment to write its traceback.
+        try:
+            daemon.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        tail = [line[:300] for line in (root / "slotd.log").read_text(errors="replace").splitlines()[-40:]]
+        print(f"slotd (exit status {daemon.returncode}) log, last lines:", *tail, sep="\n  ", file=sys.stderr)
+        raise
+    finally:
+        if sampler is not None:
+            sampler.stop()
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        if sampler is not None:
+            sampler.kill_leftovers()
+    return _rates(SESSIONS * lines, elapsed) | {
+        "statuses": statuses,
+        "daemon_cpu_s": daemon_cpu,
+        "shims_cpu_s": sum(sampler.cpu.get(pid, 0.0) for pid in sampler.shims),
+        "commands_cpu_s": sum(sampler.cpu.get(pid, 0.0) for pid in sampler.commands),
+        "daemon_peak_rss": sampler.daemon_peak,
+        "shim_peak_rss": max(sampler.shim_peaks.values(), default=0),
+        "shims_sampled": len(sampler.shim_peaks),
+        "daemon_exit": daemon.returncode,
+        "problems": verify(root / "state" / "slotd.db", ids, lines, statuses)
+        + ([f"slotd exited with status {daemon.returncode} after shutdown"] if daemon.returncode else []),
+    }
+
+
+def wait_until_ended(client: Client, ids: list[str], deadline: float) -> dict[str, str]:
+    """Poll each session until none is queued or live; return their final statuses."""
+    statuses = {session_id: "queued" for session_id in ids}
+    unfinished = ("queued", "running", "paused", "waiting_checkpoint")
+    while any(status in unfinished for status in statuses.values()):
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"sessions not done in time: {statuses}")
+        time.sleep(POLL_INTERVAL)
+        for session_id, status in statuses.items():
+            if status in unfinished:
+                statuses[session_id] = client.request("show", session=session_id)["status"]
+    return statuses
+
+
+def verify(database: Path, ids: list[str], lines: int, statuses: dict[str, str]) -> list[str]:
+    """What is wrong with the stored transcripts: every line once, in order, no seq gap."""
+    expected = hashlib.sha256()
+    for block in line_blocks(lines):
+        expected.update(block)
+    problems = []
+    reader = Reader(database)
+    try:
+        for session_id in ids:
+            if statuses[session_id] != "completed":
+                problems.append(f"{session_id}: ended {statuses[session_id]}, not completed")
+            stdout, stdout_bytes, seq = hashlib.sha256(), 0, 0
+            for row in reader.iter_transcript(session_id):
+                seq += 1
+                if row.seq != seq:
+                    problems.append(f"{session_id}: seq {row.seq} where {seq} was due")
+                    seq = row.seq
+                if row.stream == "stdout":
+                    stdout.update(row.data)
+                    stdout_bytes += len(row.data)
+            if stdout_bytes != lines * LINE_BYTES or stdout.digest() != expected.digest():
+                problems.append(f"{session_id}: stdout has {stdout_bytes:,} bytes, not the {lines * LINE_BYTES:,} written")
+    finally:
+        reader.close()
+    return problems
+
+
+def report(lines: int, raw: dict, raw_generating: dict, per_line: dict, slotd: dict) -> dict:
+    """Print the table; return the numbers and verdicts."""
+
+    def row(name: str, result: dict) -> str:
+        return f"{name:<42}{result['lines_per_s']:>12,.0f}{result['mb_per_s']:>9.1f}{result['lines_per_s'] / raw['lines_per_s']:>9.3f}"
+
+    def verdict(ok: bool) -> str:
+        return "PASS" if ok else "FAIL"
+
+    vs_raw = slotd["lines_per_s"] / raw["lines_per_s"]
+    vs_generating = slotd["lines_per_s"] / raw_generating["lines_per_s"]
+    vs_per_line = slotd["lines_per_s"] / per_line["lines_per_s"]
+    daemon_mib = slotd["daemon_peak_rss"] / 2**20
+    shim_mib = slotd["shim_peak_rss"] / 2**20
+    stored_ok = not slotd["problems"]
+    print(f"ingest benchmark: {SESSIONS} sessions x {lines:,} lines x {LINE_BYTES} bytes  (machine: {os.cpu_count()} cores)")
+    print(f"{'approach':<42}{'lines/s':>12}{'MB/s':>9}{'vs raw':>9}")
+    print(row("raw APSW batched, insert only", raw))
+    print(row("raw APSW batched, generating the lines", raw_generating))
+    print(row(f"one transaction per line ({per_line['sample_lines']:,} sample)", per_line))
+    print(row(f"slotd ({SESSIONS} concurrent sessions)", slotd))
+    print(f"slotd / raw APSW (insert only)      = {vs_raw:.2f}  (bar: >= 0.5)  {verdict(vs_raw >= 0.5)}")
+    print(f"slotd / raw APSW (generating lines) = {vs_generating:.2f}  (bar: >= 0.5)  {verdict(vs_generating >= 0.5)}")
+    print(f"slotd / per-line  = {vs_per_line:.0f}x  (bar: >= 20x)    {verdict(vs_per_line >= 20)}")
+    print(f"daemon peak RSS   = {daemon_mib:.1f} MiB (bar: < 100 MB) {verdict(daemon_mib * 2**20 < 100e6)}")
+    print(f"shim peak RSS     = {shim_mib:.1f} MiB (bar: < 100 MB) {verdict(shim_mib * 2**20 < 100e6)}  (max of {slotd['shims_sampled']} shims)")
+    print(
+        f"slotd CPU seconds = daemon {slotd['daemon_cpu_s']:.2f}, shims {slotd['shims_cpu_s']:.2f}, "
+        f"commands {slotd['commands_cpu_s']:.2f}  (of {os.cpu_count()} cores x {slotd['seconds']:.2f} s wall)"
+    )
+    print(f"every line stored exactly once: {'yes' if stored_ok else 'no'}")
+    for problem in slotd["problems"]:
+        print(f"  {problem}")
+    return {
+        "sessions": SESSIONS,
+        "lines_per_session": lines,
+        "line_bytes": LINE_BYTES,
+        "cpu_count": os.cpu_count(),
+        "raw_batched": raw,
+        "raw_batched_generating": raw_generating,
+        "slotd_vs_raw_generating": vs_generating,
+        "per_line": per_line,
+        "slotd": slotd,
+        "slotd_vs_raw": vs_raw,
+        "slotd_vs_per_line": vs_per_line,
+        "pass": {
+            "vs_raw": vs_raw >= 0.5,
+            "vs_raw_generating": vs_generating >= 0.5,
+            "vs_per_line": vs_per_line >= 20,
+            "daemon_rss": slotd["daemon_peak_rss"] < 100e6,
+            "shim_rss": slotd["shim_peak_rss"] < 100e6,
+            "stored_exactly_once": stored_ok,
+        },
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--lines", type=int, default=1_000_000, help="lines per session (default 1,000,000)")
+    parser.add_argument("--json", metavar="PATH", help="also write the numbers as JSON to PATH")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="slotd-bench-"))
+    try:
+        raw = measure_raw_batched(workdir, args.lines)
+        raw_generating = measure_raw_generating(workdir, args.lines)
+        per_line = measure_per_line(workdir, args.lines)
+        slotd = measure_slotd(workdir, args.lines)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    results = report(args.lines, raw, raw_generating, per_line, slotd)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0 if results["pass"]["stored_exactly_once"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
