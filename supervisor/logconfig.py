@@ -35,4 +35,8 @@ class _ToStructlog(logging.Handler):
     """Re-emit standard-library log records (SQLite's notices) as structlog events."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        structlog.get_logger().log(record.levelno, "library_log", logger=record.name, message=record.getMessage())
+        message = record.getMessage()
+        # apsw logs every SQLite message as a warning; a NOTICE (e.g. WAL recovered
+        # after a crash) is routine information.
+        level = logging.INFO if "SQLITE_NOTICE" in message else record.levelno
+        structlog.get_logger().log(level, "sqlite_log" if "SQLITE_" in message else "library_log", logger=record.name, message=message)

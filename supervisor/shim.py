@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from supervisor import spool
+from supervisor import procfs, spool
 
 READ_SIZE = 65536
 # Stop reading operator input while this much is waiting for the command to read it.
@@ -108,6 +108,7 @@ class Shim:
         self.stdin_buffer = bytearray()
         self.stdin_eof_requested = False
         self.fifo_buffer = bytearray()
+        self.early_signals: list[int] = []
 
     # -- output --------------------------------------------------------------------
 
@@ -235,29 +236,44 @@ class Shim:
                 {"reason": spawn_failure_reason(error), "detail": str(error), "ended_at": time.time()},
             )
             return False
+        # Start ticks identify both processes for good: the daemon compares them with
+        # what it finds after a restart, so a reused PID is never taken for ours.
         self.writer.append_event(
             spool.START,
-            {"shim_pid": os.getpid(), "pid": self.proc.pid, "started_at": time.time()},
+            {
+                "shim_pid": os.getpid(),
+                "shim_start_ticks": procfs.start_ticks(os.getpid()),
+                "pid": self.proc.pid,
+                "start_ticks": procfs.start_ticks(self.proc.pid),
+                "started_at": time.time(),
+            },
         )
         return True
 
     def forward_signal(self, signum: int, _frame) -> None:
         """A signal sent to the shim is meant for the session: pass it to the group."""
-        if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, signum)
-            except ProcessLookupError:
-                pass
+        if self.proc is None:
+            # Arrived while the command is being started: pass it on once it exists.
+            self.early_signals.append(signum)
+            return
+        try:
+            os.killpg(self.proc.pid, signum)
+        except ProcessLookupError:
+            pass
 
     def run(self) -> int:
         fifo = os.open(self.session_dir / spool.STDIN_FIFO, os.O_RDWR | os.O_NONBLOCK)
         # Opened read-write: the shim is then always a writer of its own FIFO, so reads
         # never see EOF when the daemon closes its end or restarts.
+        # The handler goes in before the spawn: a SIGTERM just after START would
+        # otherwise kill the shim and leave the command running without an EXIT to come.
+        signal.signal(signal.SIGTERM, self.forward_signal)
         if not self.spawn():
             self.writer.close()
             return 0
         assert self.proc is not None and self.proc.stdout and self.proc.stderr
-        signal.signal(signal.SIGTERM, self.forward_signal)
+        for signum in self.early_signals:
+            signal_group(self.proc.pid, signum)
         streams = {self.proc.stdout: spool.STDOUT, self.proc.stderr: spool.STDERR}
         for pipe in (*streams, self.proc.stdin):
             os.set_blocking(pipe.fileno(), False)

@@ -20,14 +20,14 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
 import structlog
 import trio
 
-from supervisor import spool
+from supervisor import procfs, spool
 from supervisor.config import Config
 from supervisor.database import DatabaseWriter
 from supervisor.ingest import Ingestor, tail_spool
+from supervisor.processes import current_boot_id, process_create_time, signal_group
 from supervisor.protocol import ErrorCode, RequestError
 from supervisor.store import LIVE_STATUSES, Session, iso_from_unix, utc_now
 
@@ -41,18 +41,8 @@ TERMINATING_SIGNALS = frozenset(
 CHECKPOINT_WINDOW = 4096
 
 
-def current_boot_id() -> str | None:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return None
-
-
-def process_create_time(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
+def _create_time(ticks: int | None) -> float | None:
+    return None if ticks is None else procfs.create_time_from_ticks(ticks)
 
 
 def describe_exit(exit_code: int | None, signum: int | None) -> str:
@@ -75,6 +65,7 @@ class LiveSession:
     spool_dir: Path
     shim_pid: int | None = None
     pid: int | None = None
+    pid_create_time: float | None = None
     stop_requested: bool = False
     started: trio.Event = field(default_factory=trio.Event)
     ended: trio.Event = field(default_factory=trio.Event)
@@ -242,7 +233,8 @@ class SlotManager:
         assert session.slot is not None and session.spool_dir is not None
         live = LiveSession(session.id, session.slot, session.status, Path(session.spool_dir))
         live.shim_pid = shim_pid
-        live.pid = session.pid if command_alive else None
+        if command_alive:
+            live.pid, live.pid_create_time = session.pid, session.pid_create_time
         live.stop_requested = session.stop_requested
         if session.pid is not None:
             live.started.set()
@@ -288,8 +280,14 @@ class SlotManager:
         bound = log.bind(session_id=live.id, slot=live.slot)
         if record.kind == spool.START:
             live.pid = payload["pid"]
+            live.pid_create_time = _create_time(payload.get("start_ticks"))
+            columns = {"pid": live.pid, "pid_create_time": live.pid_create_time}
+            if live.shim_pid is None:
+                # The daemon died between spawning the shim and recording it.
+                live.shim_pid = payload["shim_pid"]
+                columns |= {"shim_pid": live.shim_pid, "shim_create_time": _create_time(payload.get("shim_start_ticks"))}
             live.started.set()
-            self.ingestor.update(live.id, pid=live.pid, pid_create_time=process_create_time(live.pid))
+            self.ingestor.update(live.id, **columns)
             bound.info("command_started", pid=live.pid)
         elif record.kind == spool.EXIT:
             exit_code, signum = payload["exit_code"], payload["signal"]
@@ -343,11 +341,7 @@ class SlotManager:
 
     def _kill_leftovers(self, live: LiveSession) -> None:
         """No process of a lost session may run on unseen: end its process group."""
-        if live.pid is not None:
-            try:
-                os.killpg(live.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        signal_group(live.pid, live.pid_create_time, signal.SIGKILL)
 
     # -- requests on live sessions -----------------------------------------------------
 
@@ -361,12 +355,8 @@ class SlotManager:
         # The group exists once the shim has started the command.
         with trio.move_on_after(2):
             await live.started.wait()
-        if live.pid is None or live.ended.is_set():
-            return
-        try:
-            os.killpg(live.pid, signum)
-        except ProcessLookupError:
-            pass
+        if not live.ended.is_set():
+            signal_group(live.pid, live.pid_create_time, signum)
 
     async def stop(self, session: Session, timeout: float | None, wait: bool) -> None:
         if session.status == "queued":

@@ -72,6 +72,7 @@ class DaemonHandle:
         return self.root / "state" / "slotd.db"
 
     def start(self, wait: bool = True) -> subprocess.Popen:
+        assert self.process is None or self.process.poll() is not None, "this daemon is already running"
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "supervisor", "daemon", "--config", str(self.config_path)],
@@ -91,8 +92,8 @@ class DaemonHandle:
             return False
         try:
             with self.client() as client:
-                client.request("info")
-            return True
+                # Ready means *this* process answers, not one left over on the socket.
+                return client.request("info")["pid"] == self.process.pid
         except (OSError, ConnectionError, DaemonUnavailable):
             return False
 

@@ -1,0 +1,269 @@
+"""Crash recovery: kill -9 the daemon, restart it, lose nothing."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import apsw
+import psutil
+
+from tests.conftest import py, wait_for
+
+# Prints numbered lines as fast as it can for about `seconds`, then exits with `code`.
+NUMBERS = (
+    "import sys, time\n"
+    "seconds, code = float(sys.argv[1]), int(sys.argv[2])\n"
+    "end = time.monotonic() + seconds\n"
+    "i = 0\n"
+    "while time.monotonic() < end:\n"
+    "    sys.stdout.write(''.join(f'{n}\\n' for n in range(i, i + 100))); i += 100\n"
+    "    sys.stdout.flush()\n"
+    "print('done', i, flush=True)\n"
+    "sys.exit(code)\n"
+)
+
+
+def numbers(seconds: float, code: int = 0) -> list[str]:
+    return [*py(NUMBERS), str(seconds), str(code)]
+
+
+def assert_numbers_exactly_once(daemon, session_id: str) -> None:
+    """Every printed number once, in order, then 'done N' with the count; seqs gapless."""
+    reader = daemon.reader()
+    try:
+        rows = list(reader.iter_transcript(session_id))
+    finally:
+        reader.close()
+    assert [row.seq for row in rows] == list(range(1, len(rows) + 1))
+    lines = b"".join(row.data for row in rows if row.stream == "stdout").decode().splitlines()
+    assert lines[-1].startswith("done ")
+    count = int(lines[-1].split()[1])
+    assert lines[:-1] == [str(n) for n in range(count)]
+
+
+def alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def edit_session(daemon, session_id: str, **columns) -> None:
+    """Change a session's row behind the daemon's back (it must be stopped)."""
+    connection = apsw.Connection(str(daemon.database))
+    connection.set_busy_timeout(5000)
+    assignments = ", ".join(f"{name} = ?" for name in columns)
+    with connection:
+        connection.execute(f"UPDATE sessions SET {assignments} WHERE id = ?", (*columns.values(), session_id))
+    connection.close()
+
+
+def test_sessions_survive_a_sigkilled_daemon_with_every_line_once(daemon):
+    """Three sessions printing at full speed keep running through a daemon SIGKILL; after the restart their transcripts hold every number exactly once."""
+    sessions = [daemon.start_session(numbers(3.0, code)) for code in (0, 1, 2)]
+    for session in sessions:
+        wait_for(lambda s=session: daemon.session(s["id"])["transcript"]["bytes"] > 100_000, what="output flowing")
+    shims = [daemon.session(s["id"])["shim_pid"] for s in sessions]
+    daemon.kill9()
+    assert all(alive(pid) for pid in shims)
+    time.sleep(0.5)  # the sessions keep writing while no daemon is there
+    daemon.start()
+    for session in sessions:
+        assert daemon.session(session["id"])["status"] == "running"
+    ended = [daemon.wait_ended(s["id"], timeout=30) for s in sessions]
+    assert [(s["status"], s["exit_code"]) for s in ended] == [("completed", 0), ("failed", 1), ("failed", 2)]
+    for session in sessions:
+        assert_numbers_exactly_once(daemon, session["id"])
+        human = daemon.cli("logs", "--stream", "system", session["id"]).stdout
+        assert b"re-attached after restart" in human
+
+
+def test_a_session_that_ends_while_the_daemon_is_down_keeps_its_exit_code_and_output(daemon):
+    """A session exiting with code 7 while the daemon is down is recorded failed with code 7 and its full output."""
+    session = daemon.start_session(numbers(1.0, 7))
+    wait_for(lambda: daemon.session(session["id"])["pid"], what="command started")
+    shim = daemon.session(session["id"])["shim_pid"]
+    daemon.kill9()
+    wait_for(lambda: not alive(shim), what="the shim to finish")
+    daemon.start()
+    ended = daemon.session(session["id"])  # settled before the daemon reports ready
+    assert (ended["status"], ended["exit_code"]) == ("failed", 7)
+    assert_numbers_exactly_once(daemon, session["id"])
+
+
+def test_a_session_whose_shim_was_killed_while_down_is_lost_and_leaves_nothing(daemon):
+    """A session whose shim is SIGKILLed while the daemon is down ends lost with a reason, and no process of it remains."""
+    session = daemon.start_session(py("import time\nwhile True:\n    print('tick', flush=True); time.sleep(0.05)"))
+    wait_for(lambda: daemon.session(session["id"])["pid"], what="command started")
+    running = daemon.session(session["id"])
+    daemon.kill9()
+    os.kill(running["shim_pid"], signal.SIGKILL)
+    wait_for(lambda: not alive(running["shim_pid"]), what="shim gone")
+    daemon.start()
+    lost = daemon.wait_ended(session["id"])
+    assert lost["status"] == "lost"
+    assert lost["reason"]
+    wait_for(lambda: not alive(running["pid"]), what="the command ended too")
+
+
+def test_a_reused_pid_is_not_touched_and_the_session_is_lost(daemon):
+    """A recorded PID that now names an unrelated process (other create time) is left alone, and the session is lost."""
+    session = daemon.start_session(py("import time\nwhile True:\n    print('tick', flush=True); time.sleep(0.05)"))
+    wait_for(lambda: daemon.session(session["id"])["pid"], what="command started")
+    running = daemon.session(session["id"])
+    daemon.kill9()
+    for pid in (running["shim_pid"], running["pid"]):
+        os.kill(pid, signal.SIGKILL)
+    unrelated = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        # As if both PIDs had been reused: the numbers now name the unrelated process.
+        edit_session(daemon, session["id"], shim_pid=unrelated.pid, pid=unrelated.pid)
+        daemon.start()
+        lost = daemon.wait_ended(session["id"])
+        assert lost["status"] == "lost"
+        assert unrelated.poll() is None
+        assert psutil.Process(unrelated.pid).status() != psutil.STATUS_STOPPED
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+
+
+def test_a_changed_boot_id_marks_every_live_session_lost(daemon):
+    """After a reboot (a different boot id), every session recorded live is lost with reason 'machine rebooted'."""
+    sessions = [daemon.start_session(py("import time; time.sleep(600)")) for _ in range(2)]
+    for session in sessions:
+        wait_for(lambda s=session: daemon.session(s["id"])["pid"], what="command started")
+    daemon.kill9()
+    for session in sessions:
+        edit_session(daemon, session["id"], boot_id="00000000-0000-0000-0000-000000000000")
+    daemon.start()
+    for session in sessions:
+        lost = daemon.session(session["id"])
+        assert (lost["status"], lost["reason"]) == ("lost", "machine rebooted")
+
+
+def test_a_session_waiting_for_input_keeps_waiting_across_a_restart(daemon):
+    """A session blocked reading stdin does not see EOF when the daemon restarts, and gets the input sent afterwards."""
+    code = "import sys\nprint('ready', flush=True)\nline = sys.stdin.readline()\nprint('got', repr(line), flush=True)"
+    session = daemon.start_session(py(code))
+    wait_for(lambda: b"ready" in daemon.stdout_bytes(session["id"]), what="ready")
+    daemon.kill9()
+    time.sleep(0.3)
+    daemon.start()
+    assert daemon.session(session["id"])["status"] == "running"
+    daemon.request("send", session=session["id"], data="after restart\n")
+    assert daemon.wait_ended(session["id"])["status"] == "completed"
+    assert daemon.stdout_bytes(session["id"]) == b"ready\ngot 'after restart\\n'\n"
+
+
+def test_sigterm_with_keep_loses_no_line_and_the_next_start_reattaches(daemon):
+    """SIGTERM with on_shutdown = keep leaves sessions running; the next daemon re-attaches and every line is stored once."""
+    session = daemon.start_session(numbers(2.5))
+    wait_for(lambda: daemon.session(session["id"])["transcript"]["bytes"] > 50_000, what="output flowing")
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.process.wait(30) == 0
+    reader = daemon.reader()
+    try:
+        assert alive(reader.get_session(session["id"]).shim_pid)
+    finally:
+        reader.close()
+    daemon.start()
+    assert daemon.wait_ended(session["id"], timeout=30)["status"] == "completed"
+    assert_numbers_exactly_once(daemon, session["id"])
+
+
+def test_sigterm_with_stop_kills_every_session(make_daemon):
+    """SIGTERM with on_shutdown = stop stops every session and records it killed."""
+    daemon = make_daemon(on_shutdown="stop")
+    sessions = [daemon.start_session(py("import time; time.sleep(600)")) for _ in range(3)]
+    pids = [wait_for(lambda s=s: daemon.session(s["id"])["pid"], what="started") for s in sessions]
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.process.wait(30) == 0
+    reader = daemon.reader()
+    try:
+        assert [reader.get_session(s["id"]).status for s in sessions] == ["killed"] * 3
+    finally:
+        reader.close()
+    assert not any(alive(pid) for pid in pids)
+
+
+def test_logs_follow_across_a_restart_prints_every_line_once(daemon):
+    """slotctl logs -f started before a daemon restart reconnects and prints every line exactly once."""
+    code = "import time\nfor i in range(60):\n    print(i, flush=True); time.sleep(0.05)"
+    session = daemon.start_session(py(code))
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "supervisor", "--socket", str(daemon.socket), "logs", "-f", "--raw", session["id"]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(lambda: daemon.session(session["id"])["transcript"]["rows"] > 10, what="some lines")
+        daemon.kill9()
+        time.sleep(0.5)
+        daemon.start()
+        out, err = follower.communicate(timeout=60)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+    assert follower.returncode == 0, err
+    assert out == b"".join(f"{i}\n".encode() for i in range(60))
+
+
+def assert_processes_match_statuses(daemon) -> None:
+    """A session recorded live has its shim running; one recorded ended has none."""
+    from supervisor.processes import same_process
+
+    reader = daemon.reader()
+    try:
+        sessions = reader.list_sessions()
+    finally:
+        reader.close()
+    for session in sessions:
+        shim_running = same_process(session.shim_pid, session.shim_create_time)
+        if session.is_ended:
+            assert not shim_running, f"{session.id} is {session.status} but its shim runs"
+
+
+def test_chaos_twenty_sigkills_lose_nothing(make_daemon):
+    """Twenty SIGKILLs at random moments while sessions start, run and end: afterwards no gap, no duplicate, a sound database, true statuses and no orphan."""
+    rng = random.Random(20261121)
+    daemon = make_daemon(start=False, stop_timeout=1.0)
+    expected: dict[str, int] = {}
+    for cycle in range(20):
+        daemon.start(wait=cycle % 5 != 4)
+        if cycle % 5 == 4:
+            # Now and then the kill lands while the daemon is still starting up.
+            time.sleep(rng.uniform(0.0, 0.4))
+        else:
+            assert_processes_match_statuses(daemon)
+            for _ in range(rng.randint(0, 3)):
+                code = rng.choice([0, 0, 1, 3])
+                session = daemon.start_session(numbers(rng.uniform(0.1, 1.5), code))
+                expected[session["id"]] = code
+            time.sleep(rng.uniform(0.05, 0.8))
+        daemon.kill9()
+
+    daemon.start()
+    assert_processes_match_statuses(daemon)
+    for session_id, code in expected.items():
+        ended = daemon.wait_ended(session_id, timeout=60)
+        assert ended["exit_code"] == code, ended
+        assert ended["status"] == ("completed" if code == 0 else "failed")
+        assert_numbers_exactly_once(daemon, session_id)
+    reader = daemon.reader()
+    try:
+        recorded = reader.list_sessions()
+        assert reader.db.execute("PRAGMA integrity_check").get == "ok"
+    finally:
+        reader.close()
+    assert {s.id for s in recorded} == set(expected)
+    for session in recorded:
+        assert not alive(session.shim_pid) and not alive(session.pid), session
