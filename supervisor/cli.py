@@ -52,16 +52,39 @@ def short_id(session_id: str) -> str:
 def age(iso: str | None) -> str:
     if not iso:
         return "-"
-    seconds = time.time() - datetime.datetime.fromisoformat(iso).timestamp()
+    return age_text(time.time() - datetime.datetime.fromisoformat(iso).timestamp())
+
+
+def command_text(argv: list[str], width: int = 40) -> str:
+    # Control characters (a newline in a `python -c` program) would break the table.
+    text = " ".join(argv).encode("unicode_escape").decode("ascii")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def human_value(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None:
+        return "-"
+    if key.endswith("_bytes") and isinstance(value, int):
+        for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+            if value >= size:
+                return f"{value / size:.1f} {unit}"
+        return f"{value} B"
+    if key == "uptime":
+        return age_text(value)
+    if key == "live" and isinstance(value, list):
+        return ", ".join(f"slot {item['slot']}: {short_id(item['session'])} {item['status']}" for item in value) or "-"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)
+
+
+def age_text(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{int(seconds // size)}{unit}"
     return f"{int(max(seconds, 0))}s"
-
-
-def command_text(argv: list[str], width: int = 40) -> str:
-    text = " ".join(argv)
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def outcome(session: dict[str, Any]) -> str:
@@ -348,7 +371,7 @@ def daemon_command(command: str):
             print_json(result)
         elif command == "info" or command in ("drain", "undrain"):
             for key, value in result.items():
-                print(f"{key + ':':16} {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+                print(f"{key + ':':16} {human_value(key, value)}")
         else:
             print(f"shutting down ({result['mode']})")
         return EXIT_OK

@@ -200,6 +200,8 @@ class Commands:
             raise RequestError(ErrorCode.INVALID_ARGUMENT, f"prune: only ended sessions can be pruned, not {', '.join(not_ended)}")
         before = None
         if args["older_than"] is not None:
+            if args["older_than"] > time.time():
+                return {"deleted": []}  # older than the epoch: nothing is
             before = iso_from_unix(time.time() - args["older_than"])
         deleted = await self.slots.writer.run(self.slots.store.prune, before, statuses)
         for session_id in deleted:

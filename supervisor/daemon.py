@@ -134,11 +134,12 @@ class Daemon:
         config = self.config
         config.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         config.sessions_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if config.socket_group:
-            # Members must reach the socket: search (not read) permission on its
-            # directory; the spools below stay private (sessions/ is 0700).
-            os.chown(config.socket.parent, -1, grp.getgrnam(config.socket_group).gr_gid)
-            os.chmod(config.socket.parent, 0o710)
+        if config.socket_group and config.socket.parent == config.runtime_dir:
+            # Members must reach the socket: search (not read) permission on slotd's
+            # own runtime directory; the spools below stay private (sessions/ is 0700).
+            # A socket placed elsewhere keeps that directory's permissions.
+            os.chown(config.runtime_dir, -1, grp.getgrnam(config.socket_group).gr_gid)
+            os.chmod(config.runtime_dir, 0o710)
         store = Store(config.database)
         checkpointer = Checkpointer(config.database)
         writer = DatabaseWriter(store)

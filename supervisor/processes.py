@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import psutil
@@ -45,6 +46,17 @@ def signal_group(pgid: int | None, create_time: float | None, signum: int) -> bo
         return False
     try:
         os.killpg(pgid, signum)  # type: ignore[arg-type]
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def kill_process(pid: int | None, create_time: float | None) -> bool:
+    """SIGKILL one process, only if it is still the one recorded."""
+    if not same_process(pid, create_time):
+        return False
+    try:
+        os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
     except (ProcessLookupError, PermissionError):
         return False
     return True

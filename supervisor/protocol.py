@@ -55,13 +55,21 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range for a number")
+    return value
+
+
 def decode_message(line: bytes) -> Any:
-    """Parse one message; NaN and Infinity (which Python's json would accept) are refused."""
-    return json.loads(line, parse_constant=_refuse_constant)
+    """Parse one message. NaN, Infinity and numbers too large for a float (which
+    Python's json would turn into inf) are refused: they could never be sent back."""
+    return json.loads(line, parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
 def encode_message(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+    return json.dumps(message, separators=(",", ":"), allow_nan=False).encode() + b"\n"
 
 
 def ok_reply(request_id: Any, result: Any) -> dict[str, Any]:

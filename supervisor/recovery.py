@@ -10,13 +10,14 @@ log line.
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import structlog
 import trio
 
 from supervisor import spool
-from supervisor.processes import current_boot_id, find_shim, process_create_time, same_process
+from supervisor.processes import current_boot_id, find_shim, kill_process, process_create_time, same_process, signal_group
 from supervisor.slots import LiveSession, SlotManager
 from supervisor.store import LIVE_STATUSES, Session, utc_now
 
@@ -64,6 +65,9 @@ async def reconcile_one(slots: SlotManager, session: Session, boot_id: str | Non
         if session.shim_pid is None:
             await requeue(slots, session)
             return "requeued", None
+        # Without its spool nothing of it can be ingested: end what still runs of it.
+        signal_group(session.pid, session.pid_create_time, signal.SIGKILL)
+        kill_process(session.shim_pid, session.shim_create_time)
         await mark_lost(slots, session, "its spool directory is gone")
         return "lost", None
     shim_pid = locate_shim(session, spool_dir)

@@ -147,7 +147,7 @@ class SlotManager:
                 raise RequestError(ErrorCode.SLOTS_FULL, "not started: every slot was taken meanwhile")
             await self._start(session, slot)
         else:
-            self.wake_dispatch()
+            await self._start_queued()  # a free slot takes it now: the reply says running
         return await self.writer.run(self.store.get_session, session.id)
 
     def _write_spec(self, session: Session, slot: int, spool_dir: Path) -> None:
@@ -245,6 +245,9 @@ class SlotManager:
         assert self._nursery is not None
         position = spool.Position(session.spool_segment, session.spool_offset)
         self._nursery.start_soon(self._supervise, live, position)
+        if live.stop_requested and shim_pid is not None:
+            # A stop was under way when the daemon went: its SIGKILL must still follow.
+            self._nursery.start_soon(self._escalate, live, self.config.stop_timeout)
         return live
 
     # -- watching --------------------------------------------------------------------
@@ -293,7 +296,7 @@ class SlotManager:
             exit_code, signum = payload["exit_code"], payload["signal"]
             how = describe_exit(exit_code, signum)
             if live.stop_requested:
-                status, reason = "killed", f"stopped on request ({how})"
+                status, reason = "killed", f"stopped on request, {how}"
             elif exit_code == 0:
                 status, reason = "completed", None
             else:
@@ -351,12 +354,14 @@ class SlotManager:
             raise RequestError(ErrorCode.INVALID_STATE, f"cannot {action} session {session.id}: it is {session.status}")
         return live
 
-    async def _signal(self, live: LiveSession, signum: int) -> None:
+    async def _signal(self, live: LiveSession, signum: int) -> bool:
+        """Signal the session's process group; False if there was none to signal."""
         # The group exists once the shim has started the command.
         with trio.move_on_after(2):
             await live.started.wait()
-        if not live.ended.is_set():
-            signal_group(live.pid, live.pid_create_time, signum)
+        if live.ended.is_set():
+            return False
+        return signal_group(live.pid, live.pid_create_time, signum)
 
     async def stop(self, session: Session, timeout: float | None, wait: bool) -> None:
         if session.status == "queued":
@@ -375,8 +380,8 @@ class SlotManager:
     async def _terminate(self, live: LiveSession, signum: int) -> None:
         """Send a terminating signal; a paused group must also continue to act on it."""
         await self._signal(live, signum)
-        if live.status == "paused":
-            await self._signal(live, signal.SIGCONT)
+        if live.status == "paused" and await self._signal(live, signal.SIGCONT):
+            await self._set_status(live, "running")
 
     async def _escalate(self, live: LiveSession, timeout: float) -> None:
         """SIGKILL the group if it has not ended timeout seconds after SIGTERM."""
@@ -410,7 +415,8 @@ class SlotManager:
         live = self.live_session(session, "pause")
         if live.status == "paused":
             return
-        await self._signal(live, signal.SIGSTOP)
+        if not await self._signal(live, signal.SIGSTOP):
+            raise RequestError(ErrorCode.INVALID_STATE, f"cannot pause session {session.id}: its command is not running")
         await self._set_status(live, "paused")
 
     async def resume(self, session: Session) -> None:

@@ -216,7 +216,8 @@ class Batch:
 
 class AmbiguousPrefix(Exception):
     def __init__(self, prefix: str, matches: list[str]) -> None:
-        super().__init__(f"id prefix {prefix!r} matches {len(matches)} sessions")
+        more = "+" if len(matches) >= 10 else ""
+        super().__init__(f"id prefix {prefix!r} matches {len(matches)}{more} sessions")
         self.matches = matches
 
 
@@ -562,12 +563,15 @@ class Store(Reader):
             ).encode()
             if marker is None:
                 marker = head_end + 1
+                old_marker_bytes = 0
                 self.db.execute(
                     "INSERT INTO transcript (session_id, seq, ts, stream, data) VALUES (?, ?, ?, 'system', ?)",
                     (session_id, marker, time.time(), text),
                 )
-                dropped -= len(text)
             else:
+                old_marker_bytes = self.db.execute(
+                    "SELECT length(data) FROM transcript WHERE session_id = ? AND seq = ?", (session_id, marker)
+                ).get
                 self.db.execute(
                     "UPDATE transcript SET data = ? WHERE session_id = ? AND seq = ?", (text, session_id, marker)
                 )
@@ -576,7 +580,7 @@ class Store(Reader):
                 {
                     "truncation_seq": marker,
                     "truncated_bytes": total_dropped,
-                    "transcript_bytes": session.transcript_bytes - dropped,
+                    "transcript_bytes": session.transcript_bytes - dropped - old_marker_bytes + len(text),
                 },
             )
             return dropped

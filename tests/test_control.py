@@ -77,6 +77,7 @@ def assert_served(raw_connection: Raw) -> None:
         (b'{"id": 1, "cmd": "logs", "session": "x", "tail": 3, "since_seq": 1}\n', "invalid_argument"),
         (b'{"id": 1, "cmd": "ps", "limit": 99999999999999999999}\n', "invalid_argument"),
         (b'{"id": 1, "cmd": "prune", "older_than": Infinity}\n', "bad_request"),
+        (b'{"id": 1, "cmd": "start", "argv": ["true"], "cwd": "/", "labels": {"x": 1e400}}\n', "bad_request"),
         (b'{"id": 1, "cmd": "send", "session": "x", "data": "\\ud800"}\n', "invalid_argument"),
         (b'{"id": 1, "cmd": "show", "session": "ffffffff"}\n', "not_found"),
     ],

@@ -149,3 +149,40 @@ def test_kill_with_sigstop_and_sigcont_pauses_and_resumes(daemon):
     assert daemon.request("kill", session=session["id"], signal="STOP")["status"] == "paused"
     assert daemon.request("kill", session=session["id"], signal="SIGCONT")["status"] == "running"
     daemon.request("stop", session=session["id"])
+
+
+def test_a_terminating_signal_to_a_paused_session_continues_it(daemon):
+    """kill -s TERM on a paused session also sends SIGCONT, and the session shows running again."""
+    code = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *a: print('term', flush=True))\n"
+        "print('up', flush=True)\n"
+        "while True: time.sleep(0.05)\n"
+    )
+    session = daemon.start_session(py(code))
+    wait_for(lambda: b"up" in daemon.stdout_bytes(session["id"]), what="session up")
+    daemon.request("pause", session=session["id"])
+    assert daemon.request("kill", session=session["id"], signal="TERM")["status"] == "running"
+    wait_for(lambda: b"term" in daemon.stdout_bytes(session["id"]), what="the handler ran")
+    daemon.request("kill", session=session["id"], signal="KILL")
+    assert daemon.wait_ended(session["id"])["status"] == "killed"
+
+
+def test_pausing_a_session_whose_command_has_exited_is_refused(make_daemon):
+    """pause answers invalid_state, and leaves the status alone, once the command itself has exited (its leftovers are being ended)."""
+    daemon = make_daemon(stop_timeout=5.0)
+    code = (
+        "import subprocess, sys\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True); time.sleep(600)'], stdout=subprocess.PIPE)\n"
+        "child.stdout.readline()  # it ignores SIGTERM from here on; it still holds our stderr\n"
+        "print('leaving', flush=True)\n"
+    )
+    session = daemon.start_session(py(code))
+    pid = wait_for(lambda: daemon.session(session["id"])["pid"], what="pid")
+    wait_for(lambda: not _alive(pid), what="the command to exit")
+    assert daemon.session(session["id"])["status"] == "running"  # the shim is ending what it left
+    with pytest.raises(RemoteError) as caught:
+        daemon.request("pause", session=session["id"])
+    assert caught.value.code == "invalid_state"
+    assert daemon.session(session["id"])["status"] == "running"
+    assert daemon.wait_ended(session["id"], timeout=20)["status"] == "completed"

@@ -142,3 +142,22 @@ def test_sessions_can_be_named_by_a_unique_prefix(daemon):
     with pytest.raises(RemoteError) as caught:
         daemon.request("show", session="zzzz")
     assert caught.value.code == "not_found"
+
+
+def test_start_with_a_free_slot_replies_running(daemon):
+    """A session started while a slot is free is running in the reply itself."""
+    session, gate = gated(daemon, "now")
+    assert session["status"] == "running"
+    assert session["slot"] == 1
+    gate.touch()
+
+
+def test_prune_removes_ended_sessions_only(daemon):
+    """prune deletes ended sessions and keeps live ones; an age beyond the epoch deletes nothing."""
+    done = daemon.start_session(py("pass"))
+    daemon.wait_ended(done["id"])
+    live, gate = gated(daemon, "live")
+    assert daemon.request("prune", older_than=1e12) == {"deleted": []}
+    assert daemon.request("prune")["deleted"] == [done["id"]]
+    assert [s["id"] for s in daemon.request("ps")] == [live["id"]]
+    gate.touch()
