@@ -267,3 +267,18 @@ def test_chaos_twenty_sigkills_lose_nothing(make_daemon):
     assert {s.id for s in recorded} == set(expected)
     for session in recorded:
         assert not alive(session.shim_pid) and not alive(session.pid), session
+
+
+def test_the_queue_and_drain_survive_a_restart(daemon):
+    """Queued sessions and the drain setting survive a SIGKILL; after undrain the queue starts as slots allow."""
+    daemon.request("drain")
+    queued = [daemon.start_session(py(f"print({i})"), priority=i) for i in range(4)]
+    daemon.kill9()
+    daemon.start()
+    assert daemon.request("info")["draining"] is True
+    assert [s["status"] for s in daemon.request("ps", status="queued")] == ["queued"] * 4
+    daemon.request("undrain")
+    for session in queued:
+        assert daemon.wait_ended(session["id"])["status"] == "completed"
+    started = sorted(queued, key=lambda s: daemon.session(s["id"])["started_at"])
+    assert [s["priority"] for s in started] == [3, 2, 1, 0]
