@@ -94,6 +94,12 @@ class Daemon:
                 log.info("shutdown_signal", signal=signal.Signals(signum).name, mode=self.config.on_shutdown)
                 self.request_shutdown(None)
 
+    async def status_text(self, slots: SlotManager) -> str:
+        """The STATUS= line: "2/3 slots busy, 1 queued"."""
+        queued = await slots.writer.run(slots.store.count_with_status, ["queued"])
+        draining = ", draining" if slots.draining else ""
+        return f"{len(slots.live)}/{self.config.slots} slots busy, {queued} queued{draining}"
+
     async def maintenance(self, slots: SlotManager, ingestor: Ingestor, checkpointer: Checkpointer, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """WAL checkpoints off the capture path, shim reaping, systemd STATUS and WATCHDOG."""
         limiter = trio.CapacityLimiter(1)
@@ -122,7 +128,7 @@ class Daemon:
             if wal_bytes > busy_limit or (idle and ingestor.rows_committed != checkpointed_after and wal_bytes):
                 await trio.to_thread.run_sync(checkpointer.checkpoint, limiter=limiter)
                 checkpointed_after = ingestor.rows_committed
-            status = f"{len(slots.live)}/{self.config.slots} slots busy, {await slots.writer.run(slots.store.count_with_status, ['queued'])} queued" + (", draining" if slots.draining else "")
+            status = await self.status_text(slots)
             if status != last_status:
                 systemd.notify(f"STATUS={status}")
                 last_status = status
@@ -161,7 +167,7 @@ class Daemon:
                         accepting = await inner.start(control.serve, sock, commands, control.PeerPolicy(config.socket_group))
                         await inner.start(self.maintenance, slots, ingestor, checkpointer)
                         slots.wake_dispatch()
-                        systemd.notify("READY=1", f"STATUS=0/{config.slots} slots busy")
+                        systemd.notify("READY=1", f"STATUS={await self.status_text(slots)}")
                         log.info("ready", pid=os.getpid(), socket=str(config.socket), slots=config.slots, version=__version__)
                     await self.shutdown_requested.wait()
                     systemd.notify("STOPPING=1")

@@ -60,6 +60,8 @@ class LineAssembler:
         while len(rest) >= self.max_chunk:
             chunks.append(rest[: self.max_chunk])
             rest = rest[self.max_chunk :]
+            # What is left came in this read (less than max_chunk was held before it).
+            pending_since = now
         self.pending = bytearray(rest)
         self.pending_since = pending_since if rest else None
         return chunks
