@@ -13,7 +13,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import trio
 
 from supervisor import __version__
 from supervisor.config import Config

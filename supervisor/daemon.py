@@ -14,15 +14,13 @@ import grp
 import os
 import signal
 import sys
-import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import apsw
 import structlog
 import trio
 
-from supervisor import __version__, control, recovery, retention, systemd
+from supervisor import __version__, control, maintenance, recovery, systemd
 from supervisor.commands import Commands
 from supervisor.config import EXIT_CONFIG, Config, ConfigError, load_config
 from supervisor.database import DatabaseWriter, ReaderPool
@@ -36,11 +34,6 @@ log = structlog.get_logger()
 EXIT_ALREADY_RUNNING = 75
 EXIT_STARTUP_FAILED = 1
 
-# A passive checkpoint runs when the WAL passes this size, or once ingest goes idle.
-CHECKPOINT_WAL_BYTES = 32 * 1024 * 1024
-CHECKPOINT_WAL_BYTES_BUSY = 512 * 1024 * 1024
-MAINTENANCE_INTERVAL = 1.0
-PRUNE_INTERVAL = 60.0
 
 
 class StartupError(Exception):
@@ -94,48 +87,6 @@ class Daemon:
                 log.info("shutdown_signal", signal=signal.Signals(signum).name, mode=self.config.on_shutdown)
                 self.request_shutdown(None)
 
-    async def status_text(self, slots: SlotManager) -> str:
-        """The STATUS= line: "2/3 slots busy, 1 queued"."""
-        queued = await slots.writer.run(slots.store.count_with_status, ["queued"])
-        draining = ", draining" if slots.draining else ""
-        return f"{len(slots.live)}/{self.config.slots} slots busy, {queued} queued{draining}"
-
-    async def maintenance(self, slots: SlotManager, ingestor: Ingestor, checkpointer: Checkpointer, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """WAL checkpoints off the capture path, shim reaping, systemd STATUS and WATCHDOG."""
-        limiter = trio.CapacityLimiter(1)
-        wal = Path(f"{self.config.database}-wal")
-        checkpointed_after = -1
-        watchdog = systemd.watchdog_interval()
-        last_status = ""
-        next_prune = time.monotonic()
-        task_status.started()
-        interval = min(MAINTENANCE_INTERVAL, watchdog or MAINTENANCE_INTERVAL)
-        while True:
-            await trio.sleep(interval)
-            slots.reap_finished_shims()
-            await retention.enforce_session_cap(slots.writer, self.config.retention)
-            if time.monotonic() >= next_prune:
-                await retention.enforce_age_and_budget(slots.writer, self.config.retention)
-                next_prune = time.monotonic() + PRUNE_INTERVAL
-            try:
-                wal_bytes = wal.stat().st_size
-            except FileNotFoundError:
-                wal_bytes = 0
-            idle = ingestor.lag() == 0 and time.monotonic() - ingestor.last_commit_at > 1.0
-            # A checkpoint beside a busy capture costs it ~15 %: wait for a lull unless
-            # the WAL grows past what readers should have to scan.
-            busy_limit = CHECKPOINT_WAL_BYTES if not ingestor.saturated() else CHECKPOINT_WAL_BYTES_BUSY
-            if wal_bytes > busy_limit or (idle and ingestor.rows_committed != checkpointed_after and wal_bytes):
-                await trio.to_thread.run_sync(checkpointer.checkpoint, limiter=limiter)
-                checkpointed_after = ingestor.rows_committed
-            status = await self.status_text(slots)
-            if status != last_status:
-                systemd.notify(f"STATUS={status}")
-                last_status = status
-            # The loop ran to here, so trio makes progress; the writer must too.
-            if watchdog and slots.writer.stalled_for() < 2 * watchdog:
-                systemd.notify("WATCHDOG=1")
-
     async def run(self) -> None:
         config = self.config
         config.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -165,9 +116,13 @@ class Daemon:
                         log.info("reconciled", **counts)
                         sock = await control.bind_socket(config.socket, config.socket_group)
                         accepting = await inner.start(control.serve, sock, commands, control.PeerPolicy(config.socket_group))
-                        await inner.start(self.maintenance, slots, ingestor, checkpointer)
+                        await inner.start(maintenance.checkpoint_loop, config, ingestor, checkpointer)
+                        await inner.start(maintenance.retention_loop, config, writer)
+                        await inner.start(maintenance.status_loop, config, slots, readers)
+                        if (interval := systemd.watchdog_interval()) is not None:
+                            await inner.start(maintenance.watchdog_loop, writer, interval)
                         slots.wake_dispatch()
-                        systemd.notify("READY=1", f"STATUS={await self.status_text(slots)}")
+                        systemd.notify("READY=1", f"STATUS={await maintenance.status_text(config, slots, readers)}")
                         log.info("ready", pid=os.getpid(), socket=str(config.socket), slots=config.slots, version=__version__)
                     await self.shutdown_requested.wait()
                     systemd.notify("STOPPING=1")
