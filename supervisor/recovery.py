@@ -47,12 +47,15 @@ def spool_is_empty(spool_dir: Path) -> bool:
     return all(spool.segment_path(spool_dir, n).stat().st_size == 0 for n in spool.list_segments(spool_dir))
 
 
-def locate_shim(session: Session, spool_dir: Path) -> int | None:
-    """The session's live shim: by its recorded PID and create time, or, when the daemon
-    died before recording it, by its command line."""
+def locate_shim(session: Session, spool_dir: Path) -> tuple[int, float | None] | None:
+    """The session's live shim (PID, create time): by its recorded PID and create time,
+    or, when the daemon died before recording it, by its command line."""
     if session.shim_pid is not None:
-        return session.shim_pid if same_process(session.shim_pid, session.shim_create_time) else None
-    return find_shim(spool_dir)
+        if same_process(session.shim_pid, session.shim_create_time):
+            return session.shim_pid, session.shim_create_time
+        return None
+    pid = find_shim(spool_dir)
+    return (pid, process_create_time(pid)) if pid is not None else None
 
 
 async def reconcile_one(slots: SlotManager, session: Session, boot_id: str | None) -> tuple[str, LiveSession | None]:
@@ -70,24 +73,24 @@ async def reconcile_one(slots: SlotManager, session: Session, boot_id: str | Non
         kill_process(session.shim_pid, session.shim_create_time)
         await mark_lost(slots, session, "its spool directory is gone")
         return "lost", None
-    shim_pid = locate_shim(session, spool_dir)
-    if shim_pid is None and session.shim_pid is None and spool_is_empty(spool_dir):
+    shim = locate_shim(session, spool_dir)
+    if shim is None and session.shim_pid is None and spool_is_empty(spool_dir):
         await requeue(slots, session)
         return "requeued", None
     command_alive = same_process(session.pid, session.pid_create_time)
-    if shim_pid is not None:
+    if shim is not None:
         if session.shim_pid is None:
-            slots.ingestor.update(session.id, shim_pid=shim_pid, shim_create_time=process_create_time(shim_pid))
+            slots.ingestor.update(session.id, shim_pid=shim[0], shim_create_time=shim[1])
         decision, note = "reattached", "re-attached after restart"
     else:
         decision, note = "ended_while_down", "daemon restarted: the shim had ended; reading the rest of its spool"
-    live = await slots.attach(session, shim_pid, command_alive, note)
+    live = await slots.attach(session, shim, command_alive, note)
     log.info(
         "session_reconciled",
         session_id=session.id,
         slot=session.slot,
         decision=decision,
-        shim_alive=shim_pid is not None,
+        shim_alive=shim is not None,
         command_alive=command_alive,
     )
     return decision, live

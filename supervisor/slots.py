@@ -27,7 +27,7 @@ from supervisor import procfs, spool
 from supervisor.config import Config
 from supervisor.database import DatabaseWriter
 from supervisor.ingest import Ingestor, tail_spool
-from supervisor.processes import current_boot_id, process_create_time, signal_group
+from supervisor.processes import current_boot_id, kill_process, process_create_time, signal_group
 from supervisor.protocol import ErrorCode, RequestError
 from supervisor.store import LIVE_STATUSES, Session, iso_from_unix, utc_now
 
@@ -64,6 +64,7 @@ class LiveSession:
     status: str
     spool_dir: Path
     shim_pid: int | None = None
+    shim_create_time: float | None = None
     pid: int | None = None
     pid_create_time: float | None = None
     stop_requested: bool = False
@@ -216,23 +217,26 @@ class SlotManager:
             self.ingestor.update(session.id, status="failed", slot=None, ended_at=utc_now(), reason=f"could not start shim: {error.strerror}")
             await self._finish(live)
             return
-        live.shim_pid = shim.pid
+        live.shim_pid, live.shim_create_time = shim.pid, process_create_time(shim.pid)
         self._shims[session.id] = shim
         self.ingestor.append(session.id, "system", f"started in slot {slot}\n".encode())
-        self.ingestor.update(session.id, shim_pid=shim.pid, shim_create_time=process_create_time(shim.pid))
+        self.ingestor.update(session.id, shim_pid=shim.pid, shim_create_time=live.shim_create_time)
         bound.info("session_started", argv=session.argv, shim_pid=shim.pid)
         assert self._nursery is not None
         self._nursery.start_soon(self._supervise, live, spool.Position(0, 0))
 
-    async def attach(self, session: Session, shim_pid: int | None, command_alive: bool, note: str) -> LiveSession:
+    async def attach(
+        self, session: Session, shim: tuple[int, float | None] | None, command_alive: bool, note: str
+    ) -> LiveSession:
         """Re-attach a session found live at start: resume its spool at the committed offset.
 
-        shim_pid and command_alive come from reconcile's identity checks: an unverified
-        PID is never signalled.
+        shim (its PID and create time) and command_alive come from reconcile's identity
+        checks: an unverified PID is never signalled.
         """
         assert session.slot is not None and session.spool_dir is not None
         live = LiveSession(session.id, session.slot, session.status, Path(session.spool_dir))
-        live.shim_pid = shim_pid
+        if shim is not None:
+            live.shim_pid, live.shim_create_time = shim
         if command_alive:
             live.pid, live.pid_create_time = session.pid, session.pid_create_time
         live.stop_requested = session.stop_requested
@@ -245,7 +249,7 @@ class SlotManager:
         assert self._nursery is not None
         position = spool.Position(session.spool_segment, session.spool_offset)
         self._nursery.start_soon(self._supervise, live, position)
-        if live.stop_requested and shim_pid is not None:
+        if live.stop_requested and shim is not None:
             # A stop was under way when the daemon went: its SIGKILL must still follow.
             self._nursery.start_soon(self._escalate, live, self.config.stop_timeout)
         return live
@@ -254,6 +258,7 @@ class SlotManager:
 
     async def _supervise(self, live: LiveSession, position: spool.Position) -> None:
         bound = log.bind(session_id=live.id, slot=live.slot)
+        reason = None
         try:
             final = await tail_spool(
                 live.id,
@@ -264,17 +269,22 @@ class SlotManager:
                 on_event=lambda record, end: self._on_event(live, record, end),
                 on_output=lambda data: self._on_output(live, data),
             )
+            if final is None:
+                reason = "shim ended without recording an exit status"
+        except spool.CorruptSpool as error:
+            # Not a daemon bug to crash (and crash again) on: this session's record is
+            # damaged past its last good record; everything before it is kept.
+            reason = f"its spool is damaged ({error})"
         finally:
             # A shim still running here is left to the next daemon on purpose
             # (shutdown with on_shutdown = "keep"); reap the ones that have ended.
             self.reap_finished_shims()
-        await self._reap_shim(live.id)
-        if final is None:
-            reason = "shim ended without recording an exit status"
+        if reason is not None:
             bound.warning("session_lost", reason=reason)
             self._kill_leftovers(live)
             self.ingestor.append(live.id, "system", f"lost: {reason}\n".encode())
             self.ingestor.update(live.id, status="lost", slot=None, ended_at=utc_now(), reason=reason)
+        await self._reap_shim(live.id)
         await self._finish(live)
 
     def _on_event(self, live: LiveSession, record: spool.Record, end: spool.Position) -> None:
@@ -288,7 +298,8 @@ class SlotManager:
             if live.shim_pid is None:
                 # The daemon died between spawning the shim and recording it.
                 live.shim_pid = payload["shim_pid"]
-                columns |= {"shim_pid": live.shim_pid, "shim_create_time": _create_time(payload.get("shim_start_ticks"))}
+                live.shim_create_time = _create_time(payload.get("shim_start_ticks"))
+                columns |= {"shim_pid": live.shim_pid, "shim_create_time": live.shim_create_time}
             live.started.set()
             self.ingestor.update(live.id, **columns)
             bound.info("command_started", pid=live.pid)
@@ -343,8 +354,9 @@ class SlotManager:
         self.wake_dispatch()
 
     def _kill_leftovers(self, live: LiveSession) -> None:
-        """No process of a lost session may run on unseen: end its process group."""
+        """No process of a lost session may run on unseen: end its group and its shim."""
         signal_group(live.pid, live.pid_create_time, signal.SIGKILL)
+        kill_process(live.shim_pid, live.shim_create_time)
 
     # -- requests on live sessions -----------------------------------------------------
 

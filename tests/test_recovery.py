@@ -282,3 +282,23 @@ def test_the_queue_and_drain_survive_a_restart(daemon):
         assert daemon.wait_ended(session["id"])["status"] == "completed"
     started = sorted(queued, key=lambda s: daemon.session(s["id"])["started_at"])
     assert [s["priority"] for s in started] == [3, 2, 1, 0]
+
+
+def test_a_damaged_spool_loses_only_its_session_and_the_daemon_carries_on(daemon):
+    """Garbage in one session's spool makes that session lost (what came before kept, its processes ended); the daemon and the other sessions go on."""
+    damaged = daemon.start_session(py("import time\nwhile True:\n    print('tick', flush=True); time.sleep(0.05)"))
+    healthy = daemon.start_session(numbers(2.0))
+    wait_for(lambda: b"tick" in daemon.stdout_bytes(damaged["id"]), what="first ticks")
+    running = daemon.session(damaged["id"])
+    daemon.kill9()
+    spool_dir = daemon.root / "run" / "sessions" / damaged["id"]
+    segment = sorted(spool_dir.glob("spool.*"))[-1]
+    with open(segment, "ab") as spool_file:
+        spool_file.write(b"\x07garbage that is no record header at all")
+    daemon.start()
+    lost = daemon.wait_ended(damaged["id"])
+    assert lost["status"] == "lost" and "damaged" in lost["reason"]
+    assert daemon.stdout_bytes(damaged["id"]).startswith(b"tick\n")
+    wait_for(lambda: not alive(running["pid"]) and not alive(running["shim_pid"]), what="its processes ended")
+    assert daemon.wait_ended(healthy["id"], timeout=30)["status"] == "completed"
+    assert_numbers_exactly_once(daemon, healthy["id"])

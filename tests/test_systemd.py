@@ -267,11 +267,12 @@ def test_kill_9_of_the_main_pid_restarts_the_daemon_and_sessions_survive(systemd
     """kill -9 of the main PID: systemd restarts slotd, the three sessions keep running, re-attached, and their transcripts end complete."""
     service = Service(systemd)
     systemd.ctl("start", "slotd")
-    sessions = [service.start_numbers(3.0) for _ in range(3)]
+    sessions = [service.start_numbers(8.0) for _ in range(3)]
     for session_id in sessions:
         wait_for(lambda s=session_id: service.session(s).transcript_bytes > 1000, what="output flowing")
     old = service.main_pid()
     systemd.run("kill", "-9", str(old))
+    assert len(service.session_processes()) == 3  # KillMode=process: only the daemon died
     service.wait_active(old)
     assert len(service.session_processes()) == 3
     for session_id in sessions:
