@@ -115,6 +115,16 @@ def settle() -> None:
     os.sync()
 
 
+def insert_batched(db: apsw.Connection, work: list[tuple[str, int, bytes]]) -> None:
+    """Insert (session, seq, row) triples, ROWS_PER_TRANSACTION to a transaction."""
+    for start in range(0, len(work), ROWS_PER_TRANSACTION):
+        with db:
+            db.executemany(
+                INSERT,
+                ((sid, seq, time.time(), "stdout", chunk) for sid, seq, chunk in work[start : start + ROWS_PER_TRANSACTION]),
+            )
+
+
 def measure_raw_batched(workdir: Path, lines: int) -> dict:
     """The limit: 3 sessions' rows, interleaved, ~1000 rows per transaction."""
     ids = [f"raw-{n}" for n in range(SESSIONS)]
@@ -126,12 +136,7 @@ def measure_raw_batched(workdir: Path, lines: int) -> dict:
     del rows
     settle()
     started = time.perf_counter()
-    for start in range(0, len(work), ROWS_PER_TRANSACTION):
-        with db:
-            db.executemany(
-                INSERT,
-                ((sid, seq, time.time(), "stdout", chunk) for sid, seq, chunk in work[start : start + ROWS_PER_TRANSACTION]),
-            )
+    insert_batched(db, work)
     elapsed = time.perf_counter() - started
     db.close()
     remove_database(path)
@@ -158,12 +163,7 @@ def measure_raw_generating(workdir: Path, lines: int) -> dict:
         for seq, start in enumerate(range(0, len(outputs[0]), step), 1)
         for session_id, output in zip(ids, outputs)
     ]
-    for start in range(0, len(work), ROWS_PER_TRANSACTION):
-        with db:
-            db.executemany(
-                INSERT,
-                ((sid, seq, time.time(), "stdout", chunk) for sid, seq, chunk in work[start : start + ROWS_PER_TRANSACTION]),
-            )
+    insert_batched(db, work)
     elapsed = time.perf_counter() - started
     db.close()
     remove_database(path)

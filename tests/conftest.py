@@ -32,6 +32,16 @@ def wait_for(condition: Callable[[], Any], timeout: float = DEADLINE, interval: 
         time.sleep(interval)
 
 
+def alive(pid: int | None) -> bool:
+    """True while pid is a running process (a zombie waiting to be reaped counts as gone)."""
+    if pid is None:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 class DaemonHandle:
     """A slotd process of the test's own, and ways to talk to it."""
 

@@ -25,6 +25,7 @@ from supervisor.database import DatabaseWriter
 from supervisor.ingest import Ingestor, tail_spool
 from supervisor.spool import Position, Record, SpoolReader, SpoolWriter
 from supervisor.store import Batch, Reader, Row, Session, Store, utc_now
+from tests.conftest import wait_for
 
 DEADLINE = 20.0
 POLL = 0.02
@@ -102,15 +103,6 @@ async def poll_until(condition: Callable[[], Any], what: str) -> Any:
     with trio.fail_after(DEADLINE):
         while not (value := condition()):
             await trio.sleep(POLL)
-    return value
-
-
-def wait_until(condition: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + DEADLINE
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {DEADLINE}s waiting for {what}")
-        time.sleep(POLL)
     return value
 
 
@@ -808,7 +800,7 @@ def start_shim(tmp_path: Path) -> Iterator[Callable[..., LiveShim]]:
         shim = LiveShim(spool_dir, process)
         shims.append(shim)
         # Wait for START: the FIFO is held by the shim from then on.
-        wait_until(lambda: any(r.kind == spool.START for r in spool_records(spool_dir)), "START")
+        wait_for(lambda: any(r.kind == spool.START for r in spool_records(spool_dir)), what="START")
         return shim
 
     yield start
@@ -864,7 +856,7 @@ async def test_tail_spool_returns_none_when_the_shim_dies_without_writing_exit(
     session_id = new_session(store, spool_dir=spool_dir)
     shim = start_shim(ECHO, spool_dir)
     shim.send(b"before\n")
-    wait_until(lambda: any(r.data == b"echo before\n" for r in spool_records(spool_dir)), "the echo in the spool")
+    wait_for(lambda: any(r.data == b"echo before\n" for r in spool_records(spool_dir)), what="the echo in the spool")
     shim.process.send_signal(signal.SIGKILL)
     with trio.fail_after(DEADLINE):
         returned, final = await ingest_session(store, spool_dir, session_id, shim.process.pid)

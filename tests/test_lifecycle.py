@@ -6,7 +6,7 @@ import psutil
 import pytest
 
 from supervisor.client import RemoteError
-from tests.conftest import py, wait_for
+from tests.conftest import alive, py, wait_for
 
 # A session whose child ignores SIGTERM and writes its pid, then both wait forever.
 STUBBORN_FAMILY = (
@@ -37,14 +37,7 @@ def test_stop_leaves_no_process_behind_even_one_ignoring_sigterm(make_daemon):
     stopped = daemon.request("stop", session=session["id"])
     assert stopped["status"] == "killed"
     assert stopped["slot"] is None
-    wait_for(lambda: not any(_alive(pid) for pid in family + [running["shim_pid"]]), what="every process gone")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+    wait_for(lambda: not any(alive(pid) for pid in family + [running["shim_pid"]]), what="every process gone")
 
 
 def test_kill_sends_the_signal_asked_for(daemon):
@@ -126,7 +119,7 @@ def test_leftover_processes_end_with_the_command(daemon):
     session = daemon.start_session(py(code))
     daemon.wait_ended(session["id"])
     child = pids_of(daemon, session["id"])[0]
-    wait_for(lambda: not _alive(child), what="leftover child ended")
+    wait_for(lambda: not alive(child), what="leftover child ended")
 
 
 def test_stop_without_waiting_still_escalates_to_sigkill(make_daemon):
@@ -179,7 +172,7 @@ def test_pausing_a_session_whose_command_has_exited_is_refused(make_daemon):
     )
     session = daemon.start_session(py(code))
     pid = wait_for(lambda: daemon.session(session["id"])["pid"], what="pid")
-    wait_for(lambda: not _alive(pid), what="the command to exit")
+    wait_for(lambda: not alive(pid), what="the command to exit")
     assert daemon.session(session["id"])["status"] == "running"  # the shim is ending what it left
     with pytest.raises(RemoteError) as caught:
         daemon.request("pause", session=session["id"])

@@ -12,7 +12,7 @@ import time
 import apsw
 import psutil
 
-from tests.conftest import py, wait_for
+from tests.conftest import alive, py, wait_for
 
 # Prints numbered lines as fast as it can for about `seconds`, then exits with `code`.
 NUMBERS = (
@@ -44,15 +44,6 @@ def assert_numbers_exactly_once(daemon, session_id: str) -> None:
     assert lines[-1].startswith("done ")
     count = int(lines[-1].split()[1])
     assert lines[:-1] == [str(n) for n in range(count)]
-
-
-def alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def edit_session(daemon, session_id: str, **columns) -> None:

@@ -20,6 +20,7 @@ import pytest
 from supervisor import spool
 from supervisor.shim import LineAssembler
 from supervisor.spool import Position, Record, SpoolReader
+from tests.conftest import alive, wait_for
 
 DEADLINE = 15.0
 POLL = 0.02
@@ -157,25 +158,6 @@ def test_any_split_of_the_input_comes_back_exactly_in_bounded_chunks(max_chunk: 
 # -- the real shim process --------------------------------------------------------------
 
 
-def alive(pid: int) -> bool:
-    """True while pid is a running process (a zombie waiting to be reaped counts as gone)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def wait_until(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(POLL)
-
-
 class ShimRun:
     """One shim process of the test's own, its session directory and what its spool holds so far."""
 
@@ -193,7 +175,7 @@ class ShimRun:
         return self.records
 
     def wait_for(self, predicate: Callable[[list[Record]], Any], what: str, timeout: float = DEADLINE) -> Any:
-        return wait_until(lambda: predicate(self.poll()), what=what, timeout=timeout)
+        return wait_for(lambda: predicate(self.poll()), what=what, timeout=timeout, interval=POLL)
 
     def wait_final(self, timeout: float = DEADLINE) -> list[Record]:
         """Every record up to the spool's last one (EXIT or SPAWN_FAILED)."""
@@ -509,7 +491,7 @@ def test_a_child_left_running_in_the_group_is_ended_when_the_command_exits(start
     # SIGTERM ends it at once: no waiting for the SIGKILL that follows stop_timeout.
     assert time.monotonic() - seen_at < stop_timeout
     assert event(records, spool.EXIT)["exit_code"] == 4
-    wait_until(lambda: not alive(child_pid), what=f"child {child_pid} to be gone")
+    wait_for(lambda: not alive(child_pid), what=f"child {child_pid} to be gone")
     assert run.process.wait(DEADLINE) == 0
 
 
@@ -535,7 +517,7 @@ def test_a_child_that_ignores_sigterm_and_holds_the_pipes_is_killed_after_stop_t
     records = run.wait_final()
     assert event(records, spool.EXIT)["exit_code"] == 0
     assert time.monotonic() - exited_at >= stop_timeout - 0.05
-    wait_until(lambda: not alive(child_pid), what=f"child {child_pid} to be gone")
+    wait_for(lambda: not alive(child_pid), what=f"child {child_pid} to be gone")
     assert run.process.wait(DEADLINE) == 0
 
 
@@ -559,7 +541,7 @@ def test_sigterm_to_the_shim_is_forwarded_to_the_command_group_and_exit_is_still
     assert exit_["exit_code"] is None
     assert run.process.wait(DEADLINE) == 0
     assert not alive(command_pid)
-    wait_until(lambda: not alive(child_pid), what=f"child {child_pid} to be gone")
+    wait_for(lambda: not alive(child_pid), what=f"child {child_pid} to be gone")
 
 
 def test_the_shim_exits_zero_only_after_the_exit_record_is_written(start_shim) -> None:
