@@ -81,6 +81,13 @@ def _trim_to_lines(picked_newest_first: list[Row], newlines: int, needed: int) -
     return rows
 
 
+def read_follow_page(reader: Reader, session_id: str, after: int, streams: list[str] | None) -> tuple[Session | None, list[Row]]:
+    """The session as it is, then its rows after `after`: in that order, so a session
+    seen ended has all its rows in the page (its end is committed with them)."""
+    session = reader.get_session(session_id)
+    return session, reader.rows_after(session_id, after, PAGE_ROWS, streams)
+
+
 class Commands:
     def __init__(
         self,
@@ -249,22 +256,20 @@ class Commands:
         after = args["since_seq"]
         while True:
             # Take the event before reading: a commit after this point wakes us.
-            committed = self.ingestor.current_commit_event()
-            current = await self.readers.run(Reader.get_session, session.id)
+            changed = self.ingestor.session_commit_event(session.id)
+            current, page = await self.readers.run(read_follow_page, session.id, after, streams)
             if current is None:
                 raise RequestError(ErrorCode.NOT_FOUND, f"session {session.id} was deleted")
-            while True:
-                page = await self.readers.run(Reader.rows_after, session.id, after, PAGE_ROWS, streams, None)
-                for row in page:
-                    await emit({"row": row_message(row)})
-                if page:
-                    after = page[-1].seq
-                if len(page) < PAGE_ROWS:
-                    break
+            for row in page:
+                await emit({"row": row_message(row)})
+            if page:
+                after = page[-1].seq
+            if len(page) == PAGE_ROWS:
+                continue
             if current.is_ended:
                 # A session's end is committed with its last rows: nothing more will come.
                 return {**current.to_json(), "last_seq": after}
-            await committed.wait()
+            await changed.wait()
 
     # -- the daemon ----------------------------------------------------------------
 

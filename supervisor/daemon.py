@@ -116,7 +116,7 @@ class Daemon:
                         log.info("reconciled", **counts)
                         sock = await control.bind_socket(config.socket, config.socket_group)
                         accepting = await inner.start(control.serve, sock, commands, control.PeerPolicy(config.socket_group))
-                        await inner.start(maintenance.checkpoint_loop, config, ingestor, checkpointer)
+                        await inner.start(maintenance.checkpoint_loop, ingestor, writer, checkpointer)
                         await inner.start(maintenance.retention_loop, config, writer)
                         await inner.start(maintenance.status_loop, config, slots, readers)
                         if (interval := systemd.watchdog_interval()) is not None:

@@ -37,13 +37,16 @@ class Ingestor:
         self._batch = Batch()
         self._next_seq: dict[str, int] = {}
         self._spool_dirs: dict[str, Path] = {}
+        # A session may hold this much of the open batch before it must wait for a flush:
+        # a busy session is held back without holding back a quiet one.
+        self.session_share = max(1, batch_max_bytes // 2)
         self._has_work = trio.Event()
         self._urgent = trio.Event()
-        self._room = trio.Event()
-        self._room.set()
+        self._flushed = trio.Event()
         self._open_generation = 0
         self._committed_generation = -1
         self._committed = trio.Event()
+        self._session_committed: dict[str, trio.Event] = {}
         self.rows_committed = 0
         self.bytes_committed = 0
         self.last_commit_at = time.monotonic()
@@ -59,8 +62,10 @@ class Ingestor:
         return session_id in self._next_seq
 
     def forget(self, session_id: str) -> None:
+        """The session is deleted: stop numbering it, and wake whoever follows it."""
         self._next_seq.pop(session_id, None)
         self._spool_dirs.pop(session_id, None)
+        self._wake_followers({session_id})
 
     def append(self, session_id: str, stream: str, data: bytes, ts: float | None = None) -> int:
         seq = self._next_seq[session_id]
@@ -83,15 +88,15 @@ class Ingestor:
             self.oldest_pending_since = time.monotonic()
         self._has_work.set()
         if self._batch.size >= self.batch_max_bytes:
-            self._room = trio.Event() if self._room.is_set() else self._room
             self._urgent.set()
 
     # -- waiting ---------------------------------------------------------------------
 
-    async def wait_for_room(self) -> None:
-        """Back-pressure: wait while the open batch is full."""
-        while self._batch.size >= self.batch_max_bytes:
-            await self._room.wait()
+    async def wait_for_room(self, session_id: str) -> None:
+        """Back-pressure: wait while this session holds its share of the open batch."""
+        while self._batch.session_bytes.get(session_id, 0) >= self.session_share:
+            self._urgent.set()
+            await self._flushed.wait()
 
     async def commit_now(self) -> None:
         """Return once everything added so far is committed."""
@@ -105,13 +110,16 @@ class Ingestor:
         """Wait for the next successful commit (of any session)."""
         await self._committed.wait()
 
-    def current_commit_event(self) -> trio.Event:
-        """The event the next commit sets: take it before reading, wait on it after."""
-        return self._committed
+    def session_commit_event(self, session_id: str) -> trio.Event:
+        """Set by the next commit that changes this session (or by its deletion): take
+        it before reading, wait on it after, and no change slips in between."""
+        return self._session_committed.setdefault(session_id, trio.Event())
 
-    def saturated(self) -> bool:
-        """True while commits cannot keep up: the last flush was full, or one is overdue."""
-        return self._batch.size >= self.batch_max_bytes or self.lag() > 2 * self.flush_interval
+    def _wake_followers(self, session_ids: set[str]) -> None:
+        for session_id in session_ids:
+            event = self._session_committed.pop(session_id, None)
+            if event is not None:
+                event.set()
 
     def lag(self) -> float:
         """Seconds the oldest uncommitted change has waited."""
@@ -144,7 +152,8 @@ class Ingestor:
         self._has_work = trio.Event()
         self._urgent = trio.Event()
         pending_since, self.oldest_pending_since = self.oldest_pending_since, None
-        self._room.set()
+        flushed, self._flushed = self._flushed, trio.Event()
+        flushed.set()
         if batch:
             try:
                 await self.writer.run(self.writer.store.commit_batch, batch)
@@ -157,6 +166,7 @@ class Ingestor:
             self.bytes_committed += batch.size
             self.last_commit_at = time.monotonic()
             self._delete_ingested_segments(batch)
+            self._wake_followers(batch.touched())
         self._committed_generation = generation
         event, self._committed = self._committed, trio.Event()
         event.set()
@@ -164,17 +174,10 @@ class Ingestor:
 
     def _requeue(self, failed: Batch, pending_since: float | None) -> None:
         """Put a failed batch back in front of what arrived since: nothing is lost."""
-        newer = self._batch
-        failed.rows.extend(newer.rows)
-        failed.size += newer.size
-        failed.positions.update(newer.positions)
-        for session_id, columns in newer.updates.items():
-            failed.update(session_id, **columns)
+        failed.extend(self._batch)
         self._batch = failed
         self.oldest_pending_since = pending_since
         self._has_work.set()
-        if failed.size >= self.batch_max_bytes and self._room.is_set():
-            self._room = trio.Event()
 
     def _delete_ingested_segments(self, batch: Batch) -> None:
         for session_id, (segment, _offset) in batch.positions.items():
@@ -243,7 +246,7 @@ async def tail_spool(
     shim = ShimWatch(shim_pid)
     try:
         while True:
-            await ingestor.wait_for_room()
+            await ingestor.wait_for_room(session_id)
             watch.drain()
             items = reader.read(READ_BUDGET)
             latest_output = None

@@ -4,8 +4,8 @@ retention, reaping shims with the systemd STATUS line, and the systemd watchdog.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
+import structlog
 import trio
 
 from supervisor import retention, systemd
@@ -15,11 +15,14 @@ from supervisor.ingest import Ingestor
 from supervisor.slots import SlotManager
 from supervisor.store import Checkpointer, Reader
 
-# A passive checkpoint runs once ingest goes idle, or when the WAL passes this size; while
-# capture is saturated it waits for the larger size (a checkpoint beside it costs ~15 %).
-CHECKPOINT_WAL_BYTES = 32 * 1024 * 1024
-CHECKPOINT_WAL_BYTES_BUSY = 512 * 1024 * 1024
-CHECKPOINT_INTERVAL = 1.0
+log = structlog.get_logger()
+
+# The WAL is checkpointed to completion (and restarted) once this much was committed
+# since the last time, or when ingest goes idle.
+CHECKPOINT_WAL_BYTES = 64 * 1024 * 1024
+BACKGROUND_PASSES = 3
+WRITER_PASS_FRAMES = 2048  # what the writer thread may be left to copy (8 MiB)
+CHECKPOINT_INTERVAL = 0.25
 CAP_INTERVAL = 1.0
 PRUNE_INTERVAL = 60.0
 STATUS_INTERVAL = 1.0
@@ -32,22 +35,40 @@ async def status_text(config: Config, slots: SlotManager, readers: ReaderPool) -
     return f"{len(slots.live)}/{config.slots} slots busy, {queued} queued{draining}"
 
 
-async def checkpoint_loop(config: Config, ingestor: Ingestor, checkpointer: Checkpointer, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    wal = Path(f"{config.database}-wal")
-    checkpointed_after = -1
+async def checkpoint_loop(
+    ingestor: Ingestor, writer: DatabaseWriter, checkpointer: Checkpointer, task_status=trio.TASK_STATUS_IGNORED
+) -> None:
+    """Keep the WAL short without stalling capture.
+
+    A passive checkpoint on a connection of its own copies frames beside the commits;
+    under continuous commits it never quite catches up, so the WAL would only grow. A
+    second, short checkpoint on the writer thread, between two commits, then copies the
+    few frames left: complete, so the next commit restarts the WAL (and
+    journal_size_limit trims the file).
+    """
+    checkpointed_at = -1  # ingestor.bytes_committed when the WAL was last checkpointed whole
     task_status.started()
     while True:
         await trio.sleep(CHECKPOINT_INTERVAL)
-        try:
-            wal_bytes = wal.stat().st_size
-        except FileNotFoundError:
-            continue
+        grown = ingestor.bytes_committed - checkpointed_at
         idle = ingestor.lag() == 0 and time.monotonic() - ingestor.last_commit_at > 1.0
-        limit = CHECKPOINT_WAL_BYTES_BUSY if ingestor.saturated() else CHECKPOINT_WAL_BYTES
-        if wal_bytes > limit or (idle and wal_bytes and ingestor.rows_committed != checkpointed_after):
-            # Its own connection and thread: commits go on beside it.
-            await trio.to_thread.run_sync(checkpointer.checkpoint)
-            checkpointed_after = ingestor.rows_committed
+        if grown == 0 or not (idle or grown > CHECKPOINT_WAL_BYTES):
+            continue
+        committed = ingestor.bytes_committed
+        # Beside the commits, as long as each pass leaves a sizeable remainder behind.
+        for _ in range(BACKGROUND_PASSES):
+            log_frames, done = await trio.to_thread.run_sync(checkpointer.checkpoint)
+            if log_frames - done <= WRITER_PASS_FRAMES:
+                break
+        background = (log_frames, done)
+        # Always, even after a complete background pass: the WAL restarts only when a
+        # write transaction *begins* with every frame checkpointed, and under steady
+        # commits that happens only right after a checkpoint run between two of them.
+        committed = ingestor.bytes_committed
+        log_frames, done = await writer.run(writer.store.checkpoint)
+        log.debug("wal_checkpoint", background=background, writer=(log_frames, done), complete=done == log_frames)
+        if done == log_frames:
+            checkpointed_at = committed
 
 
 async def retention_loop(config: Config, writer: DatabaseWriter, task_status=trio.TASK_STATUS_IGNORED) -> None:

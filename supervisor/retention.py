@@ -21,9 +21,12 @@ async def enforce_session_cap(writer: DatabaseWriter, retention: Retention) -> N
     if not cap:
         return
     for session_id in await writer.run(writer.store.sessions_over_cap, cap):
-        dropped = await writer.run(writer.store.truncate_transcript, session_id, cap)
-        if dropped:
-            log.info("transcript_truncated", session_id=session_id, dropped_bytes=dropped, cap=cap)
+        total = 0
+        # In slices, each its own call: commits of live output get their turns between.
+        while dropped := await writer.run(writer.store.truncate_transcript, session_id, cap):
+            total += dropped
+        if total:
+            log.info("transcript_truncated", session_id=session_id, dropped_bytes=total, cap=cap)
 
 
 async def enforce_age_and_budget(writer: DatabaseWriter, retention: Retention) -> list[str]:

@@ -26,6 +26,7 @@ ALL_STATUSES = ("queued", *LIVE_STATUSES, *ENDED_STATUSES)
 STREAMS = ("stdout", "stderr", "stdin", "system")
 
 BUSY_TIMEOUT_MS = 10_000
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 _bestpractice_applied = False
 _bestpractice_lock = threading.Lock()
@@ -202,10 +203,25 @@ class Batch:
     # session id -> columns to set, applied after the rows
     updates: dict[str, dict[str, Any]] = field(default_factory=dict)
     size: int = 0
+    # session id -> bytes of its rows in this batch
+    session_bytes: dict[str, int] = field(default_factory=dict)
 
     def add_row(self, row: Row) -> None:
         self.rows.append(row)
         self.size += len(row.data)
+        self.session_bytes[row.session_id] = self.session_bytes.get(row.session_id, 0) + len(row.data)
+
+    def touched(self) -> set[str]:
+        """Every session this batch changes."""
+        return {*self.session_bytes, *self.positions, *self.updates}
+
+    def extend(self, newer: Batch) -> None:
+        """Append a later batch to this one (keeping this one's changes first)."""
+        for row in newer.rows:
+            self.add_row(row)
+        self.positions.update(newer.positions)
+        for session_id, columns in newer.updates.items():
+            self.update(session_id, **columns)
 
     def update(self, session_id: str, **columns: Any) -> None:
         self.updates.setdefault(session_id, {}).update(columns)
@@ -234,6 +250,9 @@ def connect(path: Path, *, writer: bool) -> apsw.Connection:
         connection.pragma("synchronous", "NORMAL")
         # Checkpoints cost ~30 % on the capture path: a background task runs them.
         connection.pragma("wal_autocheckpoint", 0)
+        # Applied by the connection that restarts the WAL (the writer, at its first commit
+        # after a complete checkpoint): the file shrinks back after a burst.
+        connection.pragma("journal_size_limit", WAL_SIZE_LIMIT)
         connection.transaction_mode = "IMMEDIATE"
     return connection
 
@@ -243,8 +262,6 @@ class Checkpointer:
 
     def __init__(self, path: Path) -> None:
         self.db = connect(path, writer=True)
-        # Keep the WAL file from staying huge after a burst.
-        self.db.pragma("journal_size_limit", 64 * 1024 * 1024)
 
     def checkpoint(self) -> tuple[int, int]:
         """A passive checkpoint: never waits for readers or the writer; (log, checkpointed)."""
@@ -473,12 +490,9 @@ class Store(Reader):
                 "INSERT INTO transcript (session_id, seq, ts, stream, data) VALUES (?, ?, ?, ?, ?)",
                 ((r.session_id, r.seq, r.ts, r.stream, r.data) for r in batch.rows),
             )
-            sizes: dict[str, int] = {}
-            for row in batch.rows:
-                sizes[row.session_id] = sizes.get(row.session_id, 0) + len(row.data)
             self.db.executemany(
                 "UPDATE sessions SET transcript_bytes = transcript_bytes + ? WHERE id = ?",
-                ((size, session_id) for session_id, size in sizes.items()),
+                ((size, session_id) for session_id, size in batch.session_bytes.items()),
             )
             self.db.executemany(
                 "UPDATE sessions SET spool_segment = ?, spool_offset = ? WHERE id = ?",
@@ -514,11 +528,18 @@ class Store(Reader):
             self.db.executemany("DELETE FROM sessions WHERE id = ?", ((i,) for i in ids))
         return ids
 
+    def checkpoint(self) -> tuple[int, int]:
+        """A passive checkpoint on the writer connection, between commits: with no write
+        racing it, it completes, and the next commit restarts the WAL from its start."""
+        return self.db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+
     def sessions_over_cap(self, cap: int) -> list[str]:
         return [sid for (sid,) in self.db.execute("SELECT id FROM sessions WHERE transcript_bytes > ?", (cap,))]
 
-    def truncate_transcript(self, session_id: str, cap: int) -> int:
-        """Keep the first and last cap/2 bytes of a transcript, with a marker between.
+    def truncate_transcript(self, session_id: str, cap: int, max_rows: int = 256) -> int:
+        """Drop rows from the middle of a transcript over cap, keeping its first and last
+        cap/2 bytes, with a marker between; at most max_rows rows per call, so a call
+        stays short between two commits (call again until it returns 0).
 
         The marker is a system row that takes the first dropped row's sequence number,
         so sequence numbers stay strictly increasing and the gap is explained where it
@@ -545,16 +566,21 @@ class Store(Reader):
                 "FROM transcript WHERE session_id = ? AND seq > ?) WHERE total <= ?",
                 (session_id, head_end, half),
             ).get or self.last_seq(session_id)
-            dropped_rows, dropped = self.db.execute(
-                "SELECT count(*), coalesce(sum(length(data)), 0) FROM transcript "
-                "WHERE session_id = ? AND seq > ? AND seq < ?",
-                (session_id, head_end, tail_start),
+            # The oldest middle rows first: what is left of the middle stays contiguous.
+            drop_end = self.db.execute(
+                "SELECT coalesce(max(seq), 0) FROM (SELECT seq FROM transcript "
+                "WHERE session_id = ? AND seq > ? AND seq < ? ORDER BY seq LIMIT ?)",
+                (session_id, head_end, tail_start, max_rows),
             ).get
-            if dropped_rows == 0:
+            if drop_end == 0:
                 return 0
+            dropped = self.db.execute(
+                "SELECT coalesce(sum(length(data)), 0) FROM transcript WHERE session_id = ? AND seq > ? AND seq <= ?",
+                (session_id, head_end, drop_end),
+            ).get
             self.db.execute(
-                "DELETE FROM transcript WHERE session_id = ? AND seq > ? AND seq < ?",
-                (session_id, head_end, tail_start),
+                "DELETE FROM transcript WHERE session_id = ? AND seq > ? AND seq <= ?",
+                (session_id, head_end, drop_end),
             )
             total_dropped = session.truncated_bytes + dropped
             text = (

@@ -290,38 +290,41 @@ async def test_many_appends_within_one_flush_interval_are_committed_in_one_trans
     assert_gapless(rows_of(db_path, session_id))
 
 
-async def test_wait_for_room_blocks_while_the_batch_is_full_and_returns_after_a_flush(
+async def test_a_session_holding_its_share_of_the_batch_waits_for_a_flush_and_others_do_not(
     store: RecordingStore, db_path: Path, open_ingestor, nursery
 ) -> None:
-    """With the batch at batch_max_bytes, wait_for_room() blocks until a flush empties it."""
-    session_id = new_session(store)
+    """A session holding half of batch_max_bytes in the open batch waits in wait_for_room() until a flush; a quiet session does not wait."""
+    busy, quiet = new_session(store, slot=1), new_session(store, slot=2)
     ingestor = await open_ingestor(batch_max_bytes=100, run=False)
-    ingestor.register(session_id, 0)
-    ingestor.append(session_id, "stdout", b"x" * 60)
+    ingestor.register(busy, 0)
+    ingestor.register(quiet, 0)
+    ingestor.append(busy, "stdout", b"x" * 40)
     with trio.fail_after(DEADLINE):
-        await ingestor.wait_for_room()  # room left: returns at once
+        await ingestor.wait_for_room(busy)  # under its share: returns at once
 
-    ingestor.append(session_id, "stdout", b"y" * 60)
+    ingestor.append(busy, "stdout", b"y" * 40)
     room = trio.Event()
 
     async def wait_for_room() -> None:
-        await ingestor.wait_for_room()
+        await ingestor.wait_for_room(busy)
         room.set()
 
     nursery.start_soon(wait_for_room)
     await trio.testing.wait_all_tasks_blocked(cushion=0.05)
     assert not room.is_set()
+    with trio.fail_after(DEADLINE):
+        await ingestor.wait_for_room(quiet)  # the busy one's share is not the quiet one's
 
     assert await ingestor.flush()
     with trio.fail_after(DEADLINE):
         await room.wait()
-    assert [r.data for r in rows_of(db_path, session_id)] == [b"x" * 60, b"y" * 60]
+    assert [r.data for r in rows_of(db_path, busy)] == [b"x" * 40, b"y" * 40]
 
 
 async def test_a_producer_waiting_for_room_holds_at_most_two_batches_while_the_writer_is_stalled(
     store: RecordingStore, db_path: Path, open_ingestor, nursery
 ) -> None:
-    """While a commit is stalled, a producer that waits for room stops after filling one more batch, and resumes after the commit."""
+    """While a commit is stalled, a producer that waits for room stops after filling its share of one more batch, and resumes after the commit."""
     session_id = new_session(store)
     ingestor = await open_ingestor(flush_interval=0.02, batch_max_bytes=1000)
     ingestor.register(session_id, 0)
@@ -335,15 +338,15 @@ async def test_a_producer_waiting_for_room_holds_at_most_two_batches_while_the_w
     async def produce() -> None:
         nonlocal produced
         for index in range(200):
-            await ingestor.wait_for_room()
+            await ingestor.wait_for_room(session_id)
             ingestor.append(session_id, "stdout", b"%04d" % index + b"." * 95 + b"\n")
             produced += 1
         done.set()
 
     nursery.start_soon(produce)
     await trio.testing.wait_all_tasks_blocked(cushion=0.1)
-    # One batch taken by the stalled flush, one more filled: 100-byte rows, 1000-byte batches.
-    assert produced == 20
+    # One share taken by the stalled flush, one more filled: 100-byte rows, 500-byte shares.
+    assert produced == 10
     assert not done.is_set()
 
     stall.release.set()
