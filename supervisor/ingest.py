@@ -115,6 +115,10 @@ class Ingestor:
         it before reading, wait on it after, and no change slips in between."""
         return self._session_committed.setdefault(session_id, trio.Event())
 
+    def notify_changed(self, session_id: str) -> None:
+        """A change made outside the batch (cancel): wake who follows the session."""
+        self._wake_followers({session_id})
+
     def _wake_followers(self, session_ids: set[str]) -> None:
         for session_id in session_ids:
             event = self._session_committed.pop(session_id, None)
@@ -158,6 +162,13 @@ class Ingestor:
             try:
                 await self.writer.run(self.writer.store.commit_batch, batch)
             except apsw.Error as error:
+                if isinstance(error, apsw.ConstraintError) and batch.updates:
+                    # A status change the schema refuses is a bug; it must not hold every
+                    # session's output hostage. Keep rows and positions, drop the updates.
+                    log.error("batch_updates_refused", error=str(error), updates=repr(batch.updates)[:2000])
+                    batch.updates.clear()
+                    self._requeue(batch, pending_since)
+                    return False
                 log.error("batch_commit_failed", error=str(error), rows=len(batch.rows), retry_in=1.0)
                 self._requeue(batch, pending_since)
                 await trio.sleep(1.0)
@@ -260,11 +271,14 @@ async def tail_spool(
                 if record.kind == spool.ROTATE:
                     ingestor.set_position(session_id, record_end, spool_dir)
                     continue
-                on_event(record, record_end)
                 if record.kind in (spool.EXIT, spool.SPAWN_FAILED):
+                    # The last output's checkpoint check goes before the exit is
+                    # recorded: nothing may change a session's status after its end.
                     if latest_output is not None:
                         on_output(latest_output)
+                    on_event(record, record_end)
                     return record
+                on_event(record, record_end)
             if latest_output is not None:
                 on_output(latest_output)
             if items:

@@ -25,6 +25,9 @@ from supervisor import procfs, spool
 READ_SIZE = 65536
 # Stop reading operator input while this much is waiting for the command to read it.
 STDIN_BUFFER_LIMIT = 1 << 20
+# The daemon writes frames of at most PIPE_BUF bytes; a frame claiming more than this is
+# not its, and waiting for it would grow the buffer without bound.
+MAX_INPUT_FRAME = STDIN_BUFFER_LIMIT
 
 
 class LineAssembler:
@@ -151,6 +154,10 @@ class Shim:
         self.fifo_buffer += data
         while len(self.fifo_buffer) >= spool.FIFO_FRAME.size:
             kind, length = spool.FIFO_FRAME.unpack_from(self.fifo_buffer)
+            if length > MAX_INPUT_FRAME:
+                print(f"shim: input frame of {length} bytes is not the daemon's; dropping input", file=sys.stderr)
+                self.fifo_buffer.clear()
+                break
             end = spool.FIFO_FRAME.size + length
             if len(self.fifo_buffer) < end:
                 break
@@ -162,6 +169,10 @@ class Shim:
                     self.stdin_buffer += payload
             elif kind == spool.FIFO_EOF:
                 self.stdin_eof_requested = True
+            else:
+                # Not the daemon's framing: the rest cannot be trusted to line up.
+                print(f"shim: unknown input frame kind {kind}; dropping {len(self.fifo_buffer)} bytes", file=sys.stderr)
+                self.fifo_buffer.clear()
         self.write_stdin()
 
     def write_stdin(self) -> None:

@@ -9,7 +9,6 @@ ingestor, and records how it ended.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -29,14 +28,19 @@ from supervisor.database import DatabaseWriter
 from supervisor.ingest import Ingestor, tail_spool
 from supervisor.processes import current_boot_id, kill_process, process_create_time, signal_group
 from supervisor.protocol import ErrorCode, RequestError
+from supervisor.stdin import InputClosed, InputWriter
 from supervisor.store import LIVE_STATUSES, Session, iso_from_unix, utc_now
 
 log = structlog.get_logger()
 
 # Signals after which a session that ends is recorded as killed, not failed.
-TERMINATING_SIGNALS = frozenset(
-    {signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGABRT}
-)
+# (SIGINT, SIGHUP and the like may be handled and survived: a session that later exits
+# on its own is not "killed".)
+TERMINATING_SIGNALS = frozenset({signal.SIGTERM, signal.SIGKILL})
+# How long `send` waits for a session that does not read its input.
+SEND_TIMEOUT = 30.0
+# How long a request waits for its change to be committed before it replies anyway.
+REPLY_COMMIT_WAIT = 2.0
 # How much of the latest output the checkpoint pattern looks at.
 CHECKPOINT_WINDOW = 4096
 
@@ -68,6 +72,8 @@ class LiveSession:
     pid: int | None = None
     pid_create_time: float | None = None
     stop_requested: bool = False
+    # Set once the exit (or a failed start) is read: no status may change after it.
+    final: bool = False
     started: trio.Event = field(default_factory=trio.Event)
     ended: trio.Event = field(default_factory=trio.Event)
     send_lock: trio.Lock = field(default_factory=trio.Lock)
@@ -82,6 +88,7 @@ class SlotManager:
         self.checkpoint_regex = config.checkpoint_regex
         self.live: dict[str, LiveSession] = {}
         self.draining = False
+        self.stopping = False  # shutdown with mode stop: start nothing more
         self.boot_id = current_boot_id()
         self._dispatch_wanted = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -111,9 +118,12 @@ class SlotManager:
         return None
 
     async def _start_queued(self) -> None:
-        while not self.draining and (slot := self.free_slot()) is not None:
+        while not self.draining and self.free_slot() is not None:
             session = await self.writer.run(self.store.next_queued)
-            if session is None:
+            # The slot is chosen only now, with no await before _start reserves it: a
+            # start with queue=false may have taken the one that was free a moment ago.
+            slot = self.free_slot()
+            if session is None or slot is None or self.draining:
                 return
             await self._start(session, slot)
 
@@ -197,6 +207,11 @@ class SlotManager:
         if started is None:  # cancelled meanwhile
             del self.live[session.id]
             return
+        if self.stopping:
+            # Shutdown with mode stop began while this start waited: do not start it.
+            await self.writer.run(self.store.transition, session.id, ("running",), status="queued", slot=None, started_at=None, spool_dir=None)
+            del self.live[session.id]
+            return
         bound = log.bind(session_id=session.id, slot=slot)
         if not self.ingestor.is_registered(session.id):
             self.ingestor.register(session.id, await self.writer.run(self.store.last_seq, session.id))
@@ -248,6 +263,9 @@ class SlotManager:
         self.ingestor.append(session.id, "system", f"{note}\n".encode())
         assert self._nursery is not None
         position = spool.Position(session.spool_segment, session.spool_offset)
+        # Segments committed whole before a crash may still be there: a shim waiting
+        # for room in its spool must get it.
+        spool.delete_segments_before(live.spool_dir, position.segment)
         self._nursery.start_soon(self._supervise, live, position)
         if live.stop_requested and shim is not None:
             # A stop was under way when the daemon went: its SIGKILL must still follow.
@@ -304,6 +322,7 @@ class SlotManager:
             self.ingestor.update(live.id, **columns)
             bound.info("command_started", pid=live.pid)
         elif record.kind == spool.EXIT:
+            live.final = True
             exit_code, signum = payload["exit_code"], payload["signal"]
             how = describe_exit(exit_code, signum)
             if live.stop_requested:
@@ -325,6 +344,7 @@ class SlotManager:
             live.started.set()
             bound.info("session_exited", status=status, exit_code=exit_code, signal=signum)
         elif record.kind == spool.SPAWN_FAILED:
+            live.final = True
             reason = payload["reason"]
             self.ingestor.append(live.id, "system", f"failed to start: {payload['detail']}\n".encode())
             self.ingestor.update(
@@ -335,7 +355,7 @@ class SlotManager:
 
     def _on_output(self, live: LiveSession, data: bytes) -> None:
         """A session whose latest output matches the checkpoint pattern waits for a person."""
-        if self.checkpoint_regex is None or live.status not in ("running", "waiting_checkpoint"):
+        if self.checkpoint_regex is None or live.final or live.status not in ("running", "waiting_checkpoint"):
             return
         waiting = self.checkpoint_regex.search(data[-CHECKPOINT_WINDOW:]) is not None
         status = "waiting_checkpoint" if waiting else "running"
@@ -381,7 +401,7 @@ class SlotManager:
             return
         live = self.live_session(session, "stop")
         timeout = self.config.stop_timeout if timeout is None else timeout
-        await self._request_stop(live, f"stop requested: SIGTERM, then SIGKILL after {timeout:g}s")
+        self._request_stop(live, f"stop requested: SIGTERM, then SIGKILL after {timeout:g}s")
         await self._terminate(live, signal.SIGTERM)
         if wait:
             await self._escalate(live, timeout)
@@ -393,7 +413,8 @@ class SlotManager:
         """Send a terminating signal; a paused group must also continue to act on it."""
         await self._signal(live, signum)
         if live.status == "paused" and await self._signal(live, signal.SIGCONT):
-            await self._set_status(live, "running")
+            self._set_status(live, "running")
+            await self._commit_briefly()
 
     async def _escalate(self, live: LiveSession, timeout: float) -> None:
         """SIGKILL the group if it has not ended timeout seconds after SIGTERM."""
@@ -405,11 +426,12 @@ class SlotManager:
             with trio.move_on_after(max(5.0, timeout)):
                 await live.ended.wait()
 
-    async def _request_stop(self, live: LiveSession, note: str) -> None:
+    def _request_stop(self, live: LiveSession, note: str) -> None:
+        # Recorded with the next flush, not waited for: the signal must go out even
+        # when the disk is full.
         live.stop_requested = True
         self.ingestor.append(live.id, "system", f"{note}\n".encode())
         self.ingestor.update(live.id, stop_requested=True)
-        await self.ingestor.commit_now()
 
     async def kill(self, session: Session, signum: int) -> None:
         live = self.live_session(session, "signal")
@@ -418,10 +440,10 @@ class SlotManager:
         elif signum == signal.SIGCONT:
             await self.resume(session)
         elif signum in TERMINATING_SIGNALS:
-            await self._request_stop(live, f"kill requested: {signal.Signals(signum).name}")
+            self._request_stop(live, f"kill requested: {signal.Signals(signum).name}")
             await self._terminate(live, signum)
-        else:
-            await self._signal(live, signum)
+        elif not await self._signal(live, signum):
+            raise RequestError(ErrorCode.INVALID_STATE, f"cannot signal session {session.id}: its command is not running")
 
     async def pause(self, session: Session) -> None:
         live = self.live_session(session, "pause")
@@ -429,22 +451,30 @@ class SlotManager:
             return
         if not await self._signal(live, signal.SIGSTOP):
             raise RequestError(ErrorCode.INVALID_STATE, f"cannot pause session {session.id}: its command is not running")
-        await self._set_status(live, "paused")
+        self._set_status(live, "paused")
+        await self._commit_briefly()
 
     async def resume(self, session: Session) -> None:
         live = self.live_session(session, "resume")
         if live.status != "paused":
             return
         await self._signal(live, signal.SIGCONT)
-        await self._set_status(live, "running")
+        self._set_status(live, "running")
+        await self._commit_briefly()
 
-    async def _set_status(self, live: LiveSession, status: str) -> None:
-        if live.ended.is_set():
+    async def _commit_briefly(self) -> None:
+        """Let the reply show the change, but never hang a request on a full disk."""
+        with trio.move_on_after(REPLY_COMMIT_WAIT):
+            await self.ingestor.commit_now()
+
+    def _set_status(self, live: LiveSession, status: str) -> None:
+        """Record a status change (committed with the next flush, never waited for: a
+        full disk must not stop an operator from pausing or stopping anything)."""
+        if live.final:
             return
         live.status = status
         self.ingestor.append(live.id, "system", f"{status}\n".encode())
         self.ingestor.update(live.id, status=status)
-        await self.ingestor.commit_now()
         log.info("session_status", session_id=live.id, slot=live.slot, status=status)
 
     async def cancel(self, session: Session) -> None:
@@ -453,24 +483,28 @@ class SlotManager:
         )
         if cancelled is None:
             raise RequestError(ErrorCode.INVALID_STATE, f"cannot cancel session {session.id}: it is {session.status} (stop ends a live one)")
+        self.ingestor.notify_changed(session.id)  # a follower of it ends now
         log.info("session_cancelled", session_id=session.id)
 
     async def send(self, session: Session, data: bytes, eof: bool) -> None:
         live = self.live_session(session, "send input to")
-        frames = b""
-        if data:
-            frames += spool.FIFO_FRAME.pack(spool.FIFO_DATA, len(data)) + data
-        if eof:
-            frames += spool.FIFO_FRAME.pack(spool.FIFO_EOF, 0)
+        writer = InputWriter(live.spool_dir / spool.STDIN_FIFO)
         async with live.send_lock:
-            with trio.move_on_after(30) as scope:
-                await _write_fifo(live.spool_dir / spool.STDIN_FIFO, frames)
+            try:
+                with trio.move_on_after(SEND_TIMEOUT) as scope:
+                    await writer.write(data, eof)
+            except InputClosed as error:
+                raise RequestError(ErrorCode.INVALID_STATE, f"cannot send input to session {session.id}: {error}") from None
             if scope.cancelled_caught:
-                raise RequestError(ErrorCode.INVALID_STATE, f"session {session.id} is not reading its input (stdin stayed full for 30s)")
-        if live.status == "waiting_checkpoint":
+                raise RequestError(
+                    ErrorCode.INVALID_STATE,
+                    f"session {session.id} is not reading its input: {writer.sent} of {len(data)} bytes sent "
+                    f"before its stdin stayed full for {SEND_TIMEOUT:g}s",
+                )
+        if live.status == "waiting_checkpoint" and not live.final:
             live.status = "running"
             self.ingestor.update(live.id, status="running")
-            await self.ingestor.commit_now()
+            await self._commit_briefly()
 
     async def set_draining(self, draining: bool) -> None:
         self.draining = draining
@@ -479,11 +513,15 @@ class SlotManager:
         self.wake_dispatch()
 
     async def stop_all(self) -> None:
-        async with trio.open_nursery() as nursery:
-            for live in list(self.live.values()):
-                session = await self.writer.run(self.store.get_session, live.id)
-                if session is not None and session.status in LIVE_STATUSES:
-                    nursery.start_soon(self.stop, session, None, True)
+        """Stop every live session, including one whose start was under way."""
+        self.stopping = self.draining = True
+        while self.live:
+            async with trio.open_nursery() as nursery:
+                for live in list(self.live.values()):
+                    session = await self.writer.run(self.store.get_session, live.id)
+                    if session is not None and session.status in LIVE_STATUSES:
+                        nursery.start_soon(self.stop, session, None, True)
+            await trio.sleep(0.05)  # a start that was mid-way has registered or backed off
 
     async def _reap_shim(self, session_id: str) -> None:
         """The shim exits right after its last record: wait for it, so no zombie stays."""
@@ -500,20 +538,3 @@ class SlotManager:
         for session_id, shim in list(self._shims.items()):
             if shim.poll() is not None:
                 self._shims.pop(session_id, None)
-
-
-async def _write_fifo(path: Path, frames: bytes) -> None:
-    # The shim holds its FIFO open for reading, so this open does not block; ENXIO
-    # means the shim has not opened it yet (it is starting): try again shortly.
-    for _attempt in range(100):
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            break
-        except OSError as error:
-            if error.errno != errno.ENXIO:
-                raise
-            await trio.sleep(0.02)
-    else:
-        raise RequestError(ErrorCode.INVALID_STATE, "the session's shim is not reading its input FIFO")
-    async with trio.lowlevel.FdStream(fd) as stream:
-        await stream.send_all(frames)

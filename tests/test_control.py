@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 
+import apsw
 import pytest
 
 from supervisor.client import RemoteError
@@ -211,7 +212,27 @@ def test_requests_that_change_things_are_refused_while_shutting_down(make_daemon
 
 
 def test_an_unexpected_failure_in_a_handler_is_reported_and_survived(daemon):
-    """When a handler meets a fault nobody planned for (its session's runtime files deleted), the client gets internal_error with what failed, and the daemon carries on."""
+    """When a handler meets a fault nobody planned for (a session row edited into invalid JSON behind the daemon's back), the client gets internal_error saying what failed, and the daemon carries on."""
+    session = daemon.start_session(py("pass"))
+    daemon.wait_ended(session["id"])
+    connection = apsw.Connection(str(daemon.database))
+    connection.set_busy_timeout(5000)
+    with connection:
+        connection.execute("UPDATE sessions SET labels = '{broken' WHERE id = ?", (session["id"],))
+    try:
+        with pytest.raises(RemoteError) as caught:
+            daemon.request("show", session=session["id"])
+        assert caught.value.code == "internal_error"
+        assert "JSONDecodeError" in caught.value.message
+        assert daemon.request("info")["pid"] == daemon.process.pid
+    finally:
+        with connection:
+            connection.execute("UPDATE sessions SET labels = '{}' WHERE id = ?", (session["id"],))
+        connection.close()
+
+
+def test_input_to_a_session_whose_input_is_gone_is_refused_clearly(daemon):
+    """send to a session whose input FIFO was removed answers invalid_state, and the daemon carries on."""
     session = daemon.start_session(py("import time; time.sleep(600)"))
     daemon.wait_status(session["id"], "running")
     fifo = daemon.root / "run" / "sessions" / session["id"] / "stdin"
@@ -219,9 +240,8 @@ def test_an_unexpected_failure_in_a_handler_is_reported_and_survived(daemon):
     fifo.unlink()
     with pytest.raises(RemoteError) as caught:
         daemon.request("send", session=session["id"], data="hello")
-    assert caught.value.code == "internal_error"
-    assert "FileNotFoundError" in caught.value.message
-    assert daemon.request("info")["busy"] == 1
+    assert caught.value.code == "invalid_state"
+    assert "gone" in caught.value.message
     daemon.request("stop", session=session["id"])
 
 

@@ -332,7 +332,8 @@ def test_large_output_is_spooled_exactly_in_records_of_at_most_max_chunk_across_
     code = "import sys; data = sys.stdin.buffer.read(); sys.stdout.buffer.write(data)"
     run = start_shim(py(code), max_chunk_bytes=4096, segment_bytes=64 * 1024, max_segments=10_000)
     run.start_payload()
-    run.send(spool.FIFO_DATA, data)
+    for start in range(0, len(data), 4000):  # the daemon's frames fit in PIPE_BUF
+        run.send(spool.FIFO_DATA, data[start : start + 4000])
     run.send(spool.FIFO_EOF)
     records = run.wait_final()
     assert stream_bytes(records, spool.STDOUT) == data
