@@ -15,6 +15,7 @@ import socket
 import stat
 import struct
 from pathlib import Path
+from collections.abc import Awaitable
 from typing import Any
 
 import apsw
@@ -24,6 +25,7 @@ import trio
 from supervisor.commands import Commands
 from supervisor.protocol import (
     MAX_MESSAGE_BYTES,
+    STREAMING_COMMANDS,
     ErrorCode,
     RequestError,
     decode_message,
@@ -151,6 +153,36 @@ class Connection:
                 continue
             await self.answer(line)
 
+    async def stream_while_connected(self, handler: Awaitable[Any]) -> Any:
+        """Run a streaming handler, ending it if the client hangs up meanwhile.
+
+        A follow of a quiet session may wait for hours without sending anything: only
+        reading from the client notices it is gone, and frees the task and its socket.
+        Whatever the client sends meanwhile waits its turn in the buffer.
+        """
+        result: list[Any] = []
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def run_handler() -> None:
+                    result.append(await handler)
+                    nursery.cancel_scope.cancel()
+
+                async def watch_hangup() -> None:
+                    while data := await self.stream.receive_some(RECEIVE_SIZE):
+                        self.buffer += data
+                    raise trio.BrokenResourceError("the client hung up")
+
+                nursery.start_soon(run_handler)
+                nursery.start_soon(watch_hangup)
+        except BaseExceptionGroup as group:
+            # One task failed and the other was cancelled by it: hand on that one
+            # failure as it is, so answer() treats it like any request's.
+            if len(group.exceptions) != 1:
+                raise
+            raise group.exceptions[0] from None
+        return result[0]
+
     async def answer(self, line: bytes) -> None:
         request_id = None
         try:
@@ -165,7 +197,10 @@ class Connection:
             async def emit(item: dict[str, Any]) -> None:
                 await self.send({"id": request_id, **item})
 
-            result = await self.commands.handle(command, args, emit)
+            if command in STREAMING_COMMANDS:
+                result = await self.stream_while_connected(self.commands.handle(command, args, emit))
+            else:
+                result = await self.commands.handle(command, args, emit)
             reply = ok_reply(request_id, result)
         except RequestError as error:
             reply = error_reply(request_id, error.code, error.message)

@@ -9,6 +9,7 @@ ingest resumes where the last commit left off: no row lost, none twice, no gap.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -253,12 +254,19 @@ async def tail_spool(
     the session's outcome cannot be known.
     """
     reader = spool.SpoolReader(spool_dir, position)
-    watch = DirectoryWatch(spool_dir)
+    try:
+        watch: DirectoryWatch | None = DirectoryWatch(spool_dir)
+    except OSError as error:
+        # inotify instances are a per-user limit shared with every other program:
+        # without one, look every flush_interval instead.
+        log.warning("spool_watch_unavailable", session_id=session_id, error=str(error), fallback="polling")
+        watch = None
     shim = ShimWatch(shim_pid)
     try:
         while True:
             await ingestor.wait_for_room(session_id)
-            watch.drain()
+            if watch is not None:
+                watch.drain()
             items = reader.read(READ_BUDGET)
             latest_output = None
             for record, record_end in items:
@@ -286,13 +294,15 @@ async def tail_spool(
                 continue
             if shim.ended:
                 return None
-            fds = [watch.fd] + ([shim.fd] if shim.fd is not None else [])
-            ready = await _wait_any_readable(fds)
-            if shim.fd in ready:
+            fds = ([watch.fd] if watch is not None else []) + ([shim.fd] if shim.fd is not None else [])
+            with trio.move_on_after(ingestor.flush_interval if watch is None else math.inf):
+                ready = await _wait_any_readable(fds)
+            if shim.fd is not None and shim.fd in ready:
                 # One more read after the shim is gone picks up its last records.
                 shim.close()
     finally:
         reader.close()
-        trio.lowlevel.notify_closing(watch.fd)
-        watch.close()
+        if watch is not None:
+            trio.lowlevel.notify_closing(watch.fd)
+            watch.close()
         shim.close()

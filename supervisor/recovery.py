@@ -10,6 +10,7 @@ log line.
 
 from __future__ import annotations
 
+import shutil
 import signal
 from pathlib import Path
 
@@ -107,10 +108,22 @@ async def reconcile(slots: SlotManager, wait_for_ended: float = 30.0) -> dict[st
         counts[decision] += 1
         if decision == "ended_while_down" and live is not None:
             finishing.append(live)
-    await slots.ingestor.commit_now()
+    remove_stray_spools(slots)
     # Sessions that ended while the daemon was down are settled before READY: their
-    # spools are finite, and `ps` right after start should tell the truth.
+    # spools are finite, and `ps` right after start should tell the truth. (Bounded: a
+    # full disk must not keep the daemon from answering.)
     with trio.move_on_after(wait_for_ended):
+        await slots.ingestor.commit_now()
         for live in finishing:
             await live.ended.wait()
     return counts
+
+
+def remove_stray_spools(slots: SlotManager) -> None:
+    """Spool directories of sessions no longer live (lost at a reboot, or ended just
+    before a crash) hold nothing still needed: remove them."""
+    sessions_dir = slots.config.sessions_dir
+    for entry in sessions_dir.iterdir() if sessions_dir.is_dir() else []:
+        if entry.name not in slots.live:
+            shutil.rmtree(entry, ignore_errors=True)
+            log.info("stray_spool_removed", session_id=entry.name)

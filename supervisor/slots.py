@@ -293,6 +293,11 @@ class SlotManager:
             # Not a daemon bug to crash (and crash again) on: this session's record is
             # damaged past its last good record; everything before it is kept.
             reason = f"its spool is damaged ({error})"
+        except Exception as error:
+            # Whatever else breaks the watch of one session (a file limit, a bug) must
+            # not end the daemon, nor leave the session running unseen: account for it.
+            bound.exception("session_watch_failed")
+            reason = f"slotd could not follow it ({type(error).__name__}: {error})"
         finally:
             # A shim still running here is left to the next daemon on purpose
             # (shutdown with on_shutdown = "keep"); reap the ones that have ended.
@@ -371,6 +376,7 @@ class SlotManager:
         self.live.pop(live.id, None)
         live.ended.set()
         shutil.rmtree(live.spool_dir, ignore_errors=True)
+        self.ingestor.forget(live.id)
         self.wake_dispatch()
 
     def _kill_leftovers(self, live: LiveSession) -> None:
@@ -429,6 +435,8 @@ class SlotManager:
     def _request_stop(self, live: LiveSession, note: str) -> None:
         # Recorded with the next flush, not waited for: the signal must go out even
         # when the disk is full.
+        if live.final:
+            return  # it has ended already: its end is being recorded
         live.stop_requested = True
         self.ingestor.append(live.id, "system", f"{note}\n".encode())
         self.ingestor.update(live.id, stop_requested=True)

@@ -290,3 +290,18 @@ def test_a_full_disk_is_reported_and_nothing_is_lost_once_space_returns(make_dae
     finally:
         daemon.stop()
         subprocess.run(["umount", "-l", str(state)], check=False)
+
+
+def test_followers_that_hang_up_are_let_go(daemon, raw):
+    """Clients that start following a quiet session and hang up do not pile up: the daemon's open files come back down."""
+    session = daemon.start_session(py("import time; print('once', flush=True); time.sleep(600)"))
+    wait_for(lambda: b"once" in daemon.stdout_bytes(session["id"]), what="the one line")
+    before = len(os.listdir(f"/proc/{daemon.process.pid}/fd"))
+    for _ in range(50):
+        connection = Raw(daemon.socket)
+        connection.send(json.dumps({"id": 1, "cmd": "follow", "session": session["id"]}).encode() + b"\n")
+        assert "row" in connection.reply()
+        connection.close()
+    wait_for(lambda: len(os.listdir(f"/proc/{daemon.process.pid}/fd")) <= before + 5, what="the followers' sockets closed")
+    assert_served(raw())
+    daemon.request("stop", session=session["id"])

@@ -58,7 +58,7 @@ def edit_session(daemon, session_id: str, **columns) -> None:
 
 def test_sessions_survive_a_sigkilled_daemon_with_every_line_once(daemon):
     """Three sessions printing at full speed keep running through a daemon SIGKILL; after the restart their transcripts hold every number exactly once."""
-    sessions = [daemon.start_session(numbers(3.0, code)) for code in (0, 1, 2)]
+    sessions = [daemon.start_session(numbers(6.0, code)) for code in (0, 1, 2)]
     for session in sessions:
         wait_for(lambda s=session: daemon.session(s["id"])["transcript"]["bytes"] > 100_000, what="output flowing")
     shims = [daemon.session(s["id"])["shim_pid"] for s in sessions]
