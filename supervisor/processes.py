@@ -1,15 +1,15 @@
-"""Is this still our process? psutil checks by PID and create time, and the boot id."""
+"""Is this still our process? By PID and start ticks (procfs.py), and the boot id."""
 
 from __future__ import annotations
 
 import os
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
-# Create times are floats computed from clock ticks; allow for rounding, not more.
-CREATE_TIME_TOLERANCE = 0.05
+from supervisor import procfs
 
 
 def current_boot_id() -> str | None:
@@ -19,51 +19,63 @@ def current_boot_id() -> str | None:
         return None
 
 
-def process_create_time(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
+@dataclass(frozen=True)
+class ProcessRef:
+    """One process for good: its PID and its start time in clock ticks since boot."""
+
+    pid: int
+    start_ticks: int
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessRef | None:
+        """The process now running as pid, if any."""
+        ticks = procfs.running_start_ticks(pid)
+        return cls(pid, ticks) if ticks is not None else None
+
+    @classmethod
+    def recorded(cls, pid: int | None, start_ticks: int | None) -> ProcessRef | None:
+        if pid is None or start_ticks is None:
+            return None
+        return cls(pid, start_ticks)
+
+    def alive(self) -> bool:
+        """True while this very process runs (not a reuse of its PID, not a zombie)."""
+        return procfs.running_start_ticks(self.pid) == self.start_ticks
+
+    def create_time(self) -> float:
+        """UNIX seconds, for people and the database; identity uses the ticks."""
+        return procfs.create_time_from_ticks(self.start_ticks)
 
 
-def same_process(pid: int | None, create_time: float | None) -> bool:
-    """True when pid is the very process that was recorded, not a reuse of its number."""
-    if pid is None or create_time is None:
-        return False
-    try:
-        process = psutil.Process(pid)
-        if abs(process.create_time() - create_time) > CREATE_TIME_TOLERANCE:
-            return False
-        return process.status() != psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
+def alive(process: ProcessRef | None) -> bool:
+    return process is not None and process.alive()
 
 
-def signal_group(pgid: int | None, create_time: float | None, signum: int) -> bool:
+def signal_group(leader: ProcessRef | None, signum: int) -> bool:
     """Signal a session's process group, but only while its leader is still the process
     recorded: a reused PID is never signalled. True if the signal was sent."""
-    if not same_process(pgid, create_time):
+    if not alive(leader):
         return False
     try:
-        os.killpg(pgid, signum)  # type: ignore[arg-type]
+        os.killpg(leader.pid, signum)  # type: ignore[union-attr]
     except (ProcessLookupError, PermissionError):
         return False
     return True
 
 
-def kill_process(pid: int | None, create_time: float | None) -> bool:
+def kill_process(process: ProcessRef | None) -> bool:
     """SIGKILL one process, only if it is still the one recorded."""
-    if not same_process(pid, create_time):
+    if not alive(process):
         return False
     try:
-        os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
+        os.kill(process.pid, signal.SIGKILL)  # type: ignore[union-attr]
     except (ProcessLookupError, PermissionError):
         return False
     return True
 
 
-def find_shim(spool_dir: Path) -> int | None:
-    """The PID of a running shim for this spool directory, found by its command line.
+def find_shim(spool_dir: Path) -> ProcessRef | None:
+    """The running shim for this spool directory, found by its command line.
 
     Only for the moment between spawning a shim and recording its PID, which a crash
     can fall into: then nothing else names it.
@@ -72,7 +84,7 @@ def find_shim(spool_dir: Path) -> int | None:
     for process in psutil.process_iter(["cmdline"]):
         cmdline = process.info["cmdline"] or []
         if len(cmdline) >= 4 and cmdline[-3:] == ["-m", "supervisor.shim", wanted]:
-            if process.status() != psutil.STATUS_ZOMBIE:
-                return process.pid
+            ref = ProcessRef.of(process.pid)
+            if ref is not None:
+                return ref
     return None
-

@@ -1,8 +1,9 @@
 """Process identity from /proc, standard library only (the shim uses it too).
 
 A PID names a process only until it is reused; (PID, start time) names it for good.
-The start time is field 22 of /proc/PID/stat, in clock ticks since boot: the same
-number psutil turns into create_time, so both sides of a restart agree on it.
+The start time is field 22 of /proc/PID/stat, in clock ticks since boot. Unlike a
+create time in UNIX seconds (psutil's, which adds the boot time), it does not move when
+the clock is stepped (NTP's first sync, a VM resumed), so it is what identity compares.
 """
 
 from __future__ import annotations
@@ -12,15 +13,28 @@ import os
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot, or None if it is gone."""
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """/proc/PID/stat from field 3 on, or None if the process is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             content = stat.read()
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    fields = content[content.rindex(b")") + 2 :].split()
+    return content[content.rindex(b")") + 2 :].split()
+
+
+def start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None if it is gone."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None
+
+
+def running_start_ticks(pid: int) -> int | None:
+    """Like start_ticks, but None for a zombie too: it has ended, only not been reaped."""
+    fields = _stat_fields(pid)
+    if not fields or fields[0] in (b"Z", b"X"):
+        return None
     return int(fields[19])
 
 

@@ -1,11 +1,11 @@
 """Reconcile on start: every session recorded as live is checked against the processes.
 
-A recorded PID is ours only if the process exists and its create time matches the one
-recorded (PIDs are reused); a changed boot id means the machine rebooted and nothing
-recorded can still be running. Alive: re-attach at the committed spool offset. Ended
-while the daemon was down: ingest the rest of its spool, exit status included. Neither:
-lost, with the reason. Each decision is a system row in the session's transcript and a
-log line.
+A recorded PID is ours only if the process exists and its start time, in clock ticks
+since boot, is the one recorded (PIDs are reused; the ticks do not move when the clock
+is stepped). A changed boot id means the machine rebooted and nothing recorded can
+still be running. Alive: re-attach at the committed spool offset. Ended while the daemon
+was down: ingest the rest of its spool, exit status included. Neither: lost, with the
+reason. Each decision is a system row in the session's transcript and a log line.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import structlog
 import trio
 
 from supervisor import spool
-from supervisor.processes import current_boot_id, find_shim, kill_process, process_create_time, same_process, signal_group
-from supervisor.slots import LiveSession, SlotManager
+from supervisor.processes import ProcessRef, alive, current_boot_id, find_shim, kill_process, signal_group
+from supervisor.slots import LiveSession, SlotManager, shim_columns
 from supervisor.store import LIVE_STATUSES, Session, utc_now
 
 log = structlog.get_logger()
@@ -48,15 +48,13 @@ def spool_is_empty(spool_dir: Path) -> bool:
     return all(spool.segment_path(spool_dir, n).stat().st_size == 0 for n in spool.list_segments(spool_dir))
 
 
-def locate_shim(session: Session, spool_dir: Path) -> tuple[int, float | None] | None:
-    """The session's live shim (PID, create time): by its recorded PID and create time,
-    or, when the daemon died before recording it, by its command line."""
+def locate_shim(session: Session, spool_dir: Path) -> ProcessRef | None:
+    """The session's shim if it still runs: by its recorded PID and start ticks, or, when
+    the daemon died before recording it, by its command line."""
     if session.shim_pid is not None:
-        if same_process(session.shim_pid, session.shim_create_time):
-            return session.shim_pid, session.shim_create_time
-        return None
-    pid = find_shim(spool_dir)
-    return (pid, process_create_time(pid)) if pid is not None else None
+        shim = ProcessRef.recorded(session.shim_pid, session.shim_start_ticks)
+        return shim if alive(shim) else None
+    return find_shim(spool_dir)
 
 
 async def reconcile_one(slots: SlotManager, session: Session, boot_id: str | None) -> tuple[str, LiveSession | None]:
@@ -64,35 +62,36 @@ async def reconcile_one(slots: SlotManager, session: Session, boot_id: str | Non
     if session.boot_id and boot_id and session.boot_id != boot_id:
         await mark_lost(slots, session, "machine rebooted")
         return "lost", None
+    command = ProcessRef.recorded(session.pid, session.pid_start_ticks)
     spool_dir = Path(session.spool_dir) if session.spool_dir else None
     if spool_dir is None or not spool_dir.is_dir():
         if session.shim_pid is None:
             await requeue(slots, session)
             return "requeued", None
         # Without its spool nothing of it can be ingested: end what still runs of it.
-        signal_group(session.pid, session.pid_create_time, signal.SIGKILL)
-        kill_process(session.shim_pid, session.shim_create_time)
+        signal_group(command, signal.SIGKILL)
+        kill_process(ProcessRef.recorded(session.shim_pid, session.shim_start_ticks))
         await mark_lost(slots, session, "its spool directory is gone")
         return "lost", None
     shim = locate_shim(session, spool_dir)
     if shim is None and session.shim_pid is None and spool_is_empty(spool_dir):
         await requeue(slots, session)
         return "requeued", None
-    command_alive = same_process(session.pid, session.pid_create_time)
+    command = command if alive(command) else None
     if shim is not None:
         if session.shim_pid is None:
-            slots.ingestor.update(session.id, shim_pid=shim[0], shim_create_time=shim[1])
+            slots.ingestor.update(session.id, **shim_columns(shim, shim.pid))
         decision, note = "reattached", "re-attached after restart"
     else:
         decision, note = "ended_while_down", "daemon restarted: the shim had ended; reading the rest of its spool"
-    live = await slots.attach(session, shim, command_alive, note)
+    live = await slots.attach(session, shim, command, note)
     log.info(
         "session_reconciled",
         session_id=session.id,
         slot=session.slot,
         decision=decision,
         shim_alive=shim is not None,
-        command_alive=command_alive,
+        command_alive=command is not None,
     )
     return decision, live
 

@@ -22,11 +22,11 @@ from pathlib import Path
 import structlog
 import trio
 
-from supervisor import procfs, spool
+from supervisor import spool
 from supervisor.config import Config
 from supervisor.database import DatabaseWriter
 from supervisor.ingest import Ingestor, tail_spool
-from supervisor.processes import current_boot_id, kill_process, process_create_time, signal_group
+from supervisor.processes import ProcessRef, current_boot_id, kill_process, signal_group
 from supervisor.protocol import ErrorCode, RequestError
 from supervisor.stdin import InputClosed, InputWriter
 from supervisor.store import LIVE_STATUSES, Session, iso_from_unix, utc_now
@@ -45,8 +45,21 @@ REPLY_COMMIT_WAIT = 2.0
 CHECKPOINT_WINDOW = 4096
 
 
-def _create_time(ticks: int | None) -> float | None:
-    return None if ticks is None else procfs.create_time_from_ticks(ticks)
+def shim_columns(shim: ProcessRef | None, pid: int) -> dict:
+    """What the database records of a shim: PID, start ticks, and create time for people."""
+    return {
+        "shim_pid": pid,
+        "shim_start_ticks": shim.start_ticks if shim else None,
+        "shim_create_time": shim.create_time() if shim else None,
+    }
+
+
+def command_columns(command: ProcessRef | None, pid: int) -> dict:
+    return {
+        "pid": pid,
+        "pid_start_ticks": command.start_ticks if command else None,
+        "pid_create_time": command.create_time() if command else None,
+    }
 
 
 def describe_exit(exit_code: int | None, signum: int | None) -> str:
@@ -67,10 +80,8 @@ class LiveSession:
     slot: int
     status: str
     spool_dir: Path
-    shim_pid: int | None = None
-    shim_create_time: float | None = None
-    pid: int | None = None
-    pid_create_time: float | None = None
+    shim: ProcessRef | None = None
+    command: ProcessRef | None = None  # the command, leader of the session's group
     stop_requested: bool = False
     # Set once the exit (or a failed start) is read: no status may change after it.
     final: bool = False
@@ -232,28 +243,23 @@ class SlotManager:
             self.ingestor.update(session.id, status="failed", slot=None, ended_at=utc_now(), reason=f"could not start shim: {error.strerror}")
             await self._finish(live)
             return
-        live.shim_pid, live.shim_create_time = shim.pid, process_create_time(shim.pid)
+        live.shim = ProcessRef.of(shim.pid)
         self._shims[session.id] = shim
         self.ingestor.append(session.id, "system", f"started in slot {slot}\n".encode())
-        self.ingestor.update(session.id, shim_pid=shim.pid, shim_create_time=live.shim_create_time)
+        self.ingestor.update(session.id, **shim_columns(live.shim, shim.pid))
         bound.info("session_started", argv=session.argv, shim_pid=shim.pid)
         assert self._nursery is not None
         self._nursery.start_soon(self._supervise, live, spool.Position(0, 0))
 
-    async def attach(
-        self, session: Session, shim: tuple[int, float | None] | None, command_alive: bool, note: str
-    ) -> LiveSession:
+    async def attach(self, session: Session, shim: ProcessRef | None, command: ProcessRef | None, note: str) -> LiveSession:
         """Re-attach a session found live at start: resume its spool at the committed offset.
 
-        shim (its PID and create time) and command_alive come from reconcile's identity
-        checks: an unverified PID is never signalled.
+        shim and command come from reconcile's identity checks (None when not running):
+        an unverified PID is never signalled.
         """
         assert session.slot is not None and session.spool_dir is not None
         live = LiveSession(session.id, session.slot, session.status, Path(session.spool_dir))
-        if shim is not None:
-            live.shim_pid, live.shim_create_time = shim
-        if command_alive:
-            live.pid, live.pid_create_time = session.pid, session.pid_create_time
+        live.shim, live.command = shim, command
         live.stop_requested = session.stop_requested
         if session.pid is not None:
             live.started.set()
@@ -282,7 +288,7 @@ class SlotManager:
                 live.id,
                 live.spool_dir,
                 position,
-                live.shim_pid,
+                live.shim.pid if live.shim is not None else None,
                 self.ingestor,
                 on_event=lambda record, end: self._on_event(live, record, end),
                 on_output=lambda data: self._on_output(live, data),
@@ -315,17 +321,15 @@ class SlotManager:
         self.ingestor.set_position(live.id, end, live.spool_dir)
         bound = log.bind(session_id=live.id, slot=live.slot)
         if record.kind == spool.START:
-            live.pid = payload["pid"]
-            live.pid_create_time = _create_time(payload.get("start_ticks"))
-            columns = {"pid": live.pid, "pid_create_time": live.pid_create_time}
-            if live.shim_pid is None:
+            live.command = ProcessRef.recorded(payload["pid"], payload.get("start_ticks"))
+            columns = command_columns(live.command, payload["pid"])
+            if live.shim is None and payload.get("shim_start_ticks") is not None:
                 # The daemon died between spawning the shim and recording it.
-                live.shim_pid = payload["shim_pid"]
-                live.shim_create_time = _create_time(payload.get("shim_start_ticks"))
-                columns |= {"shim_pid": live.shim_pid, "shim_create_time": live.shim_create_time}
+                live.shim = ProcessRef(payload["shim_pid"], payload["shim_start_ticks"])
+                columns |= shim_columns(live.shim, live.shim.pid)
             live.started.set()
             self.ingestor.update(live.id, **columns)
-            bound.info("command_started", pid=live.pid)
+            bound.info("command_started", pid=payload["pid"])
         elif record.kind == spool.EXIT:
             live.final = True
             exit_code, signum = payload["exit_code"], payload["signal"]
@@ -381,8 +385,8 @@ class SlotManager:
 
     def _kill_leftovers(self, live: LiveSession) -> None:
         """No process of a lost session may run on unseen: end its group and its shim."""
-        signal_group(live.pid, live.pid_create_time, signal.SIGKILL)
-        kill_process(live.shim_pid, live.shim_create_time)
+        signal_group(live.command, signal.SIGKILL)
+        kill_process(live.shim)
 
     # -- requests on live sessions -----------------------------------------------------
 
@@ -399,7 +403,7 @@ class SlotManager:
             await live.started.wait()
         if live.ended.is_set():
             return False
-        return signal_group(live.pid, live.pid_create_time, signum)
+        return signal_group(live.command, signum)
 
     async def stop(self, session: Session, timeout: float | None, wait: bool) -> None:
         if session.status == "queued":

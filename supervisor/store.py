@@ -115,6 +115,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE sessions ADD COLUMN truncation_seq INTEGER;
     ALTER TABLE sessions ADD COLUMN truncated_bytes INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3: process identity by start time in clock ticks since boot, which a clock step
+    # cannot move (the create times stay, for people)
+    """
+    ALTER TABLE sessions ADD COLUMN pid_start_ticks INTEGER;
+    ALTER TABLE sessions ADD COLUMN shim_start_ticks INTEGER;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -148,6 +154,8 @@ class Session:
     transcript_bytes: int = 0
     truncation_seq: int | None = None
     truncated_bytes: int = 0
+    pid_start_ticks: int | None = None
+    shim_start_ticks: int | None = None
 
     @property
     def is_live(self) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import psutil
 import pytest
 
 from supervisor.client import Client, DaemonUnavailable
+from supervisor.processes import ProcessRef, kill_process, signal_group
 from supervisor.store import Reader
 
 DEADLINE = 15.0
@@ -178,18 +178,9 @@ class DaemonHandle:
         finally:
             reader.close()
         for session in sessions:
-            for pid, created, is_group in (
-                (session.pid, session.pid_create_time, True),
-                (session.shim_pid, session.shim_create_time, False),
-            ):
-                if pid is None or created is None:
-                    continue
-                try:
-                    if abs(psutil.Process(pid).create_time() - created) > 0.05:
-                        continue  # the PID was reused: not ours
-                    os.killpg(pid, signal.SIGKILL) if is_group else os.kill(pid, signal.SIGKILL)
-                except (psutil.NoSuchProcess, ProcessLookupError, PermissionError):
-                    pass
+            # By PID and start ticks: a reused PID is never ours to kill.
+            signal_group(ProcessRef.recorded(session.pid, session.pid_start_ticks), signal.SIGKILL)
+            kill_process(ProcessRef.recorded(session.shim_pid, session.shim_start_ticks))
 
 
 @pytest.fixture

@@ -12,6 +12,8 @@ import time
 import apsw
 import psutil
 
+from supervisor.processes import ProcessRef
+from supervisor.processes import alive as alive_ref
 from tests.conftest import alive, py, wait_for
 
 # Prints numbered lines as fast as it can for about `seconds`, then exits with `code`.
@@ -210,15 +212,13 @@ def test_logs_follow_across_a_restart_prints_every_line_once(daemon):
 
 def assert_processes_match_statuses(daemon) -> None:
     """A session recorded live has its shim running; one recorded ended has none."""
-    from supervisor.processes import same_process
-
     reader = daemon.reader()
     try:
         sessions = reader.list_sessions()
     finally:
         reader.close()
     for session in sessions:
-        shim_running = same_process(session.shim_pid, session.shim_create_time)
+        shim_running = alive_ref(ProcessRef.recorded(session.shim_pid, session.shim_start_ticks))
         if session.is_ended:
             assert not shim_running, f"{session.id} is {session.status} but its shim runs"
 
