@@ -117,7 +117,7 @@ class Daemon:
                         sock = await control.bind_socket(config.socket, config.socket_group)
                         accepting = await inner.start(control.serve, sock, commands, control.PeerPolicy(config.socket_group))
                         await inner.start(maintenance.checkpoint_loop, ingestor, writer, checkpointer)
-                        await inner.start(maintenance.retention_loop, config, writer)
+                        await inner.start(maintenance.retention_loop, config, writer, readers)
                         await inner.start(maintenance.status_loop, config, slots, readers)
                         if (interval := systemd.watchdog_interval()) is not None:
                             await inner.start(maintenance.watchdog_loop, writer, interval)

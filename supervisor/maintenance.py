@@ -71,12 +71,12 @@ async def checkpoint_loop(
             checkpointed_at = committed
 
 
-async def retention_loop(config: Config, writer: DatabaseWriter, task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def retention_loop(config: Config, writer: DatabaseWriter, readers: ReaderPool, task_status=trio.TASK_STATUS_IGNORED) -> None:
     next_prune = time.monotonic()
     task_status.started()
     while True:
         await trio.sleep(CAP_INTERVAL)
-        await retention.enforce_session_cap(writer, config.retention)
+        await retention.enforce_session_cap(writer, readers, config.retention)
         if time.monotonic() >= next_prune:
             await retention.enforce_age_and_budget(writer, config.retention)
             next_prune = time.monotonic() + PRUNE_INTERVAL

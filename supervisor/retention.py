@@ -10,20 +10,26 @@ import time
 import structlog
 
 from supervisor.config import Retention
-from supervisor.database import DatabaseWriter
-from supervisor.store import ENDED_STATUSES, iso_from_unix
+from supervisor.database import DatabaseWriter, ReaderPool
+from supervisor.store import ENDED_STATUSES, Reader, iso_from_unix
 
 log = structlog.get_logger()
 
-async def enforce_session_cap(writer: DatabaseWriter, retention: Retention) -> None:
+async def enforce_session_cap(writer: DatabaseWriter, readers: ReaderPool, retention: Retention) -> None:
     """Truncate the middle of every transcript over max_session_bytes."""
     cap = retention.max_session_bytes
     if not cap:
         return
+    # Down to 90 % of the cap: a session writing on is truncated again only after
+    # another tenth of the cap, not at every tick.
+    target = cap * 9 // 10
     for session_id in await writer.run(writer.store.sessions_over_cap, cap):
+        plan = await readers.run(Reader.truncation_plan, session_id, cap, target)
+        if plan is None:
+            continue
         total = 0
         # In slices, each its own call: commits of live output get their turns between.
-        while dropped := await writer.run(writer.store.truncate_transcript, session_id, cap):
+        while dropped := await writer.run(writer.store.drop_middle_rows, session_id, *plan, cap):
             total += dropped
         if total:
             log.info("transcript_truncated", session_id=session_id, dropped_bytes=total, cap=cap)

@@ -428,6 +428,40 @@ class Reader:
                 return
             after_seq = page[-1].seq
 
+    def truncation_plan(self, session_id: str, cap: int, target: int) -> tuple[int, int] | None:
+        """Which rows to drop so a transcript over cap comes down to about target bytes:
+        (head_end, tail_start), to drop every row strictly between; None if none.
+
+        The head is the first cap/2 bytes, fixed once truncated (it ends at the marker);
+        the tail is the newest target - cap/2 bytes. Both are found by scanning from
+        their end and stopping there, never by reading the whole transcript; and on a
+        reader connection, so the scan never holds up a commit.
+        """
+        session = self.get_session(session_id)
+        if session is None or session.transcript_bytes <= cap:
+            return None
+        half = cap // 2
+        head_end = session.truncation_seq or self._scan_until(session_id, half, "ASC") or 0
+        tail_start = self._scan_until(session_id, max(target - half, 0), "DESC") or self.last_seq(session_id)
+        if tail_start <= head_end + 1:
+            return None
+        return head_end, tail_start
+
+    def _scan_until(self, session_id: str, budget: int, order: str) -> int | None:
+        """The last seq reached, scanning rows in `order`, before their bytes pass budget."""
+        reached = None
+        total = 0
+        rows = self.db.execute(
+            f"SELECT seq, length(data) FROM transcript WHERE session_id = ? ORDER BY seq {order}", (session_id,)
+        )
+        for seq, size in rows:
+            total += size
+            if total > budget:
+                break
+            reached = seq
+        rows.close()
+        return reached
+
     def database_bytes(self) -> int:
         page_count = self.db.pragma("page_count")
         page_size = self.db.pragma("page_size")
@@ -544,51 +578,35 @@ class Store(Reader):
     def sessions_over_cap(self, cap: int) -> list[str]:
         return [sid for (sid,) in self.db.execute("SELECT id FROM sessions WHERE transcript_bytes > ?", (cap,))]
 
-    def truncate_transcript(self, session_id: str, cap: int, max_rows: int = 256) -> int:
-        """Drop rows from the middle of a transcript over cap, keeping its first and last
-        cap/2 bytes, with a marker between; at most max_rows rows per call, so a call
-        stays short between two commits (call again until it returns 0).
+    def drop_middle_rows(self, session_id: str, head_end: int, tail_start: int, cap: int, max_rows: int = 256) -> int:
+        """Drop up to max_rows of the oldest rows strictly between head_end and
+        tail_start (a truncation_plan), keeping one marker row there; returns the bytes
+        dropped, 0 once nothing is left to drop. Slices keep each call short, so the
+        commits of live output get their turns between them.
 
         The marker is a system row that takes the first dropped row's sequence number,
-        so sequence numbers stay strictly increasing and the gap is explained where it
-        is. Returns the bytes dropped.
+        so sequence numbers stay strictly increasing and the gap is explained where it is.
         """
-        half = cap // 2
         with self.db:
             session = self.get_session(session_id)
-            if session is None or session.transcript_bytes <= cap:
+            if session is None:
                 return 0
             marker = session.truncation_seq
-            if marker is None:
-                # The head: the first rows that fit in half the cap.
-                head_end = self.db.execute(
-                    "SELECT coalesce(max(seq), 0) FROM (SELECT seq, sum(length(data)) OVER (ORDER BY seq) AS total "
-                    "FROM transcript WHERE session_id = ?) WHERE total <= ?",
-                    (session_id, half),
-                ).get
-            else:
-                head_end = marker
-            # The tail: the last rows that fit in half the cap (at least the last one).
-            tail_start = self.db.execute(
-                "SELECT coalesce(min(seq), 0) FROM (SELECT seq, sum(length(data)) OVER (ORDER BY seq DESC) AS total "
-                "FROM transcript WHERE session_id = ? AND seq > ?) WHERE total <= ?",
-                (session_id, head_end, half),
-            ).get or self.last_seq(session_id)
-            # The oldest middle rows first: what is left of the middle stays contiguous.
+            lower = marker if marker is not None else head_end
             drop_end = self.db.execute(
                 "SELECT coalesce(max(seq), 0) FROM (SELECT seq FROM transcript "
                 "WHERE session_id = ? AND seq > ? AND seq < ? ORDER BY seq LIMIT ?)",
-                (session_id, head_end, tail_start, max_rows),
+                (session_id, lower, tail_start, max_rows),
             ).get
             if drop_end == 0:
                 return 0
             dropped = self.db.execute(
                 "SELECT coalesce(sum(length(data)), 0) FROM transcript WHERE session_id = ? AND seq > ? AND seq <= ?",
-                (session_id, head_end, drop_end),
+                (session_id, lower, drop_end),
             ).get
             self.db.execute(
                 "DELETE FROM transcript WHERE session_id = ? AND seq > ? AND seq <= ?",
-                (session_id, head_end, drop_end),
+                (session_id, lower, drop_end),
             )
             total_dropped = session.truncated_bytes + dropped
             text = (
@@ -596,7 +614,7 @@ class Store(Reader):
                 f"{cap} bytes (retention.max_session_bytes)\n"
             ).encode()
             if marker is None:
-                marker = head_end + 1
+                marker = lower + 1
                 old_marker_bytes = 0
                 self.db.execute(
                     "INSERT INTO transcript (session_id, seq, ts, stream, data) VALUES (?, ?, ?, 'system', ?)",

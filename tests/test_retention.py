@@ -5,7 +5,7 @@ from __future__ import annotations
 from supervisor import retention
 from supervisor.config import Retention
 from supervisor.database import DatabaseWriter
-from supervisor.store import Batch, Row, Session, Store, iso_from_unix
+from supervisor.store import Batch, Reader, Row, Session, Store, iso_from_unix
 from tests.conftest import py, wait_for
 
 MiB = 1 << 20
@@ -92,3 +92,42 @@ def test_retention_defaults_are_on():
     """Retention is on by default: a per-session cap and a max age."""
     defaults = Retention()
     assert defaults.max_session_bytes > 0 and defaults.max_age_days > 0
+
+
+def test_truncation_in_slices_keeps_head_tail_and_an_exact_byte_count(tmp_path):
+    """Slices of a truncation plan drop only middle rows, leave one marker, and keep transcript_bytes equal to what is stored."""
+    store = Store(tmp_path / "slotd.db")
+    session = store.create_session(_session(1, "completed", iso_from_unix(1000)))
+    batch = Batch()
+    for seq in range(1, 5001):
+        batch.add_row(Row(session.id, seq, 0.0, "stdout", b"%09d\n" % seq))  # 10 bytes each
+    store.commit_batch(batch)
+    cap = 10_000
+    reader = Reader(tmp_path / "slotd.db")
+    try:
+        for _ in range(2):  # a second round moves the marker's count, not the head
+            plan = reader.truncation_plan(session.id, cap, cap * 9 // 10)
+            assert plan is not None
+            while store.drop_middle_rows(session.id, *plan, cap, max_rows=100):
+                pass
+            more = Batch()
+            last = reader.last_seq(session.id)
+            for seq in range(last + 1, last + 2001):
+                more.add_row(Row(session.id, seq, 0.0, "stdout", b"%09d\n" % seq))
+            store.commit_batch(more)
+        rows = list(reader.iter_transcript(session.id))
+    finally:
+        reader.close()
+    seqs = [row.seq for row in rows]
+    assert seqs == sorted(set(seqs))
+    markers = [row for row in rows if row.stream == "system"]
+    assert len(markers) == 1
+    head = [row for row in rows if row.seq < markers[0].seq]
+    assert [int(row.data) for row in head] == list(range(1, len(head) + 1))
+    assert sum(len(row.data) for row in head) <= cap // 2
+    tail = [row for row in rows if row.seq > markers[0].seq]
+    assert [int(row.data) for row in tail] == list(range(tail[0].seq, seqs[-1] + 1))
+    recorded = store.get_session(session.id)
+    assert recorded.transcript_bytes == sum(len(row.data) for row in rows)
+    assert recorded.truncation_seq == markers[0].seq
+    store.close()
