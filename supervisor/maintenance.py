@@ -21,8 +21,9 @@ log = structlog.get_logger()
 # since the last time, or when ingest goes idle.
 CHECKPOINT_WAL_BYTES = 64 * 1024 * 1024
 BACKGROUND_PASSES = 3
-WRITER_PASS_FRAMES = 2048  # what the writer thread may be left to copy (8 MiB)
-CHECKPOINT_INTERVAL = 0.25
+WRITER_PASS_FRAMES = 8192  # what the writer thread may be left to copy (32 MiB)
+WAL_HARD_FRAMES = 65536  # past 256 MiB of WAL the writer copies whatever is left
+CHECKPOINT_INTERVAL = 0.5
 CAP_INTERVAL = 1.0
 PRUNE_INTERVAL = 60.0
 STATUS_INTERVAL = 1.0
@@ -61,9 +62,11 @@ async def checkpoint_loop(
             if log_frames - done <= WRITER_PASS_FRAMES:
                 break
         background = (log_frames, done)
-        # Always, even after a complete background pass: the WAL restarts only when a
-        # write transaction *begins* with every frame checkpointed, and under steady
-        # commits that happens only right after a checkpoint run between two of them.
+        if log_frames - done > WRITER_PASS_FRAMES and log_frames < WAL_HARD_FRAMES:
+            continue  # too much left to copy between two commits: try again shortly
+        # Even after a complete background pass: the WAL restarts only when a write
+        # transaction *begins* with every frame checkpointed, and under steady commits
+        # that happens only right after a checkpoint run between two of them.
         committed = ingestor.bytes_committed
         log_frames, done = await writer.run(writer.store.checkpoint)
         log.debug("wal_checkpoint", background=background, writer=(log_frames, done), complete=done == log_frames)

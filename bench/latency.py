@@ -1,0 +1,717 @@
+"""The latency benchmark (SPEC §8, the bars after ingest): follow and control latency
+under load, restart to READY with 10,000,000 stored rows, and idle CPU.
+
+    .venv/bin/python bench/latency.py                    # the full run (about 80 seconds)
+    .venv/bin/python bench/latency.py --quick            # a short run (about 20 seconds)
+    .venv/bin/python bench/latency.py --only restart     # some phases: load, restart, idle
+    .venv/bin/python bench/latency.py --json out.json    # the numbers as JSON too
+
+Each phase runs a real daemon (``python -m supervisor daemon``) in a directory of its own:
+
+1. load: two sessions write 100-byte lines as fast as they can (bench/ingest.py's
+   generator) while a third prints one line every 20 ms carrying its own ``time.time()``.
+   Meanwhile, on two connections at once:
+   - follow latency: a ``follow`` client on the third session takes, for each line,
+     the time it arrived minus the time written in it (lines written before the follow
+     request are left out: they come from the stored backlog). Bar: p99 < 100 ms.
+   - control latency: ``ps`` round trips on one persistent connection, one every 10 ms.
+     Bar: p99 < 20 ms.
+2. restart: a database with 10,000,000 transcript rows (10 bytes each, spread over
+   ended sessions, inserted straight into slotd's schema with APSW while no daemon runs)
+   and 3 live sessions (sleep-print loops). The daemon is SIGKILLed and started again,
+   3 times; each start is timed from just before the process is spawned until the
+   "READY=1" datagram arrives on $NOTIFY_SOCKET (a datagram socket bound in the temporary
+   directory, as systemd would), and until the control socket answers ``info``. After each
+   start the 3 sessions must be running again with the same command pids (re-attached, not
+   restarted). Bar: READY in under 1 s, every time.
+3. idle: a daemon with 3 sleeping sessions and nothing else; its CPU time (user + system,
+   psutil) over 30 s, in percent of one core. Bar: < 0.5 %.
+
+On a 2-core machine the load phase is CPU-bound by design: the writers take all the CPU
+they are given, so its figures move with whatever else runs (±50 % between runs is
+usual); psutil counts CPU time in 10 ms ticks, so the idle figure is ±0.03 % over 30 s.
+
+It prints a table with each bar and PASS or FAIL. A missed bar is reported, not an error;
+the exit status is non-zero only if a phase could not be measured (or re-attaching
+failed). Percentiles are nearest-rank. Everything it creates lives in a temporary directory
+that is removed at the end, with every daemon, shim and session it started ended (the
+sessions by their recorded pid and create time, never by name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import apsw
+import psutil
+
+# The checkout this script belongs to (the daemon is started from it), and bench/ itself
+# for the ingest benchmark's helpers.
+CHECKOUT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(CHECKOUT))
+sys.path.insert(0, str(CHECKOUT / "bench"))
+
+from ingest import LINE_BYTES, POLL_INTERVAL, session_program, settle, wait_until_ready, write_config  # noqa: E402
+
+from supervisor.client import Client, DaemonUnavailable  # noqa: E402
+from supervisor.protocol import decode_data  # noqa: E402
+from supervisor.store import Session, Store, unix_from_iso, utc_now  # noqa: E402
+
+FULL = {"follow_lines": 500, "ps_rounds": 1000, "rows": 10_000_000, "restarts": 3, "idle_seconds": 30.0}
+QUICK = {"follow_lines": 100, "ps_rounds": 200, "rows": 1_000_000, "restarts": 1, "idle_seconds": 5.0}
+PHASES = ("load", "restart", "idle")
+
+FOLLOW_BAR = 0.100  # s, p99
+CONTROL_BAR = 0.020  # s, p99
+READY_BAR = 1.0  # s, every start
+IDLE_BAR = 0.5  # % of one core
+
+TICK_INTERVAL = 0.020  # the followed session's line interval
+PS_INTERVAL = 0.010
+WARMUP = 1.0  # s of full-speed ingest before the clocks start
+# bench/ingest.py's writer, told to write more lines than any run lasts: it writes until stopped.
+ENDLESS = 10**12
+
+ENDED_SESSIONS = 5
+ROW_DATA = b"123456789\n"
+BUILD_ROWS_PER_TRANSACTION = 1_000_000
+# One statement per million rows, the rows made inside SQLite: twice as fast here as
+# executemany, whose per-row binding and stepping costs more than the insert itself.
+BUILD_ROWS = (
+    "WITH RECURSIVE seqs(seq) AS (SELECT ? UNION ALL SELECT seq + 1 FROM seqs WHERE seq < ?) "
+    "INSERT INTO transcript (session_id, seq, ts, stream, data) SELECT ?, seq, ?, 'stdout', ? FROM seqs"
+)
+LIVE_SESSIONS = 3
+SLEEP_PRINT = "import time\nn = 0\nwhile True:\n    n += 1\n    print(n, flush=True)\n    time.sleep(0.5)\n"
+SLEEPER = "import time\ntime.sleep(10**6)\n"
+# How far a create time read back may differ from the recorded one (psutil's rounding).
+CREATE_TIME_TOLERANCE = 0.05
+
+
+def ticker_program(interval: float) -> str:
+    """The followed session: line n carries the time it was written, on a fixed schedule."""
+    return textwrap.dedent(f"""
+        import os, time
+        n = 0
+        due = time.monotonic()
+        while True:
+            n += 1
+            os.write(1, b"%d %.6f\\n" % (n, time.time()))
+            due += {interval}
+            time.sleep(max(0.0, due - time.monotonic()))
+        """)
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile: the smallest value with at least p % of values at or below it."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def summary(values: list[float]) -> dict:
+    return {
+        "n": len(values),
+        "p50": percentile(values, 50),
+        "p99": percentile(values, 99),
+        "max": max(values),
+    }
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+# -- processes -------------------------------------------------------------------------
+
+
+class SessionProcesses:
+    """Every shim and session command the daemons reported, to end any left over.
+
+    By pid and create time, as slotd itself does: a pid reused meanwhile is never touched.
+    """
+
+    def __init__(self) -> None:
+        self.known: dict[tuple[int, float], bool] = {}  # (pid, create time) -> is a group leader
+
+    def record(self, session: dict) -> None:
+        if session.get("pid") and session.get("pid_create_time"):
+            self.known[(session["pid"], session["pid_create_time"])] = True
+        if session.get("shim_pid") and session.get("shim_create_time"):
+            self.known[(session["shim_pid"], session["shim_create_time"])] = False
+
+    def kill_leftovers(self) -> int:
+        killed = 0
+        for (pid, create_time), leader in self.known.items():
+            try:
+                process = psutil.Process(pid)
+                if abs(process.create_time() - create_time) > CREATE_TIME_TOLERANCE:
+                    continue
+                if process.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                if leader:
+                    os.killpg(pid, signal.SIGKILL)  # the command's whole process group
+                else:
+                    process.kill()
+                killed += 1
+            except (psutil.NoSuchProcess, ProcessLookupError):
+                pass
+        return killed
+
+
+class DaemonProcess:
+    """A slotd under test in a directory of its own (config, state, runtime, log)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.config = write_config(root)
+        self.socket = root / "run" / "slotd.sock"
+        self.log = root / "slotd.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, env: dict[str, str] | None = None) -> float:
+        """Spawn the daemon; return the perf_counter time just before the spawn."""
+        with open(self.log, "ab") as log:
+            started = time.perf_counter()
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "supervisor", "daemon", "--config", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=CHECKOUT,
+                env=env,
+            )
+        return started
+
+    def wait_until_ready(self) -> None:
+        assert self.process is not None
+        wait_until_ready(self.socket, self.process)
+
+    def client(self, timeout: float = 30) -> Client:
+        return Client(self.socket, timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: the shims live on."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def shutdown(self, timeout: float = 300) -> None:
+        """Stop every session, let the daemon commit what they wrote, wait for it to exit."""
+        assert self.process is not None
+        with self.client() as client:
+            client.request("shutdown", mode="stop")
+        self.process.wait(timeout=timeout)
+
+    def ensure_gone(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def log_tail(self, lines: int = 40) -> list[str]:
+        try:
+            text = self.log.read_text(errors="replace")
+        except FileNotFoundError:
+            return []
+        return [line[:300] for line in text.splitlines()[-lines:]]
+
+
+def start_sessions(client: Client, programs: list[str], cwd: Path) -> list[str]:
+    return [client.request("start", argv=[sys.executable, "-c", program], cwd=str(cwd))["id"] for program in programs]
+
+
+def wait_until_started(client: Client, ids: list[str], processes: SessionProcesses, timeout: float = 30) -> dict[str, dict]:
+    """Poll until every session runs its command (its pid is recorded); return them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sessions = {session["id"]: session for session in client.request("ps") if session["id"] in ids}
+        for session in sessions.values():
+            processes.record(session)
+        if len(sessions) == len(ids) and all(s["status"] == "running" and s["pid"] for s in sessions.values()):
+            return sessions
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"sessions not running after {timeout}s: {[(s['id'][:8], s['status']) for s in sessions.values()]}")
+        time.sleep(POLL_INTERVAL)
+
+
+# -- 1. follow and control latency under load --------------------------------------------
+
+
+class FollowProbe(threading.Thread):
+    """Follows the ticking session; per line, arrival time minus the time written in it."""
+
+    def __init__(self, daemon: DaemonProcess, session_id: str, lines: int) -> None:
+        super().__init__(daemon=True)
+        self.daemon_process = daemon
+        self.session_id = session_id
+        self.wanted = lines
+        self.latencies: list[float] = []
+        # Where the time goes: command write -> shim record (the row's ts), row ts -> arrival.
+        self.to_shim: list[float] = []
+        self.to_client: list[float] = []
+        self.skipped = 0
+        self.numbers: list[int] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.follow()
+        except BaseException as error:  # reported by the main thread
+            self.error = error
+
+    def follow(self) -> None:
+        partial = b""
+        with self.daemon_process.client() as client:
+            requested = time.time()
+            client.send("follow", session=self.session_id, stream="stdout")
+            while len(self.latencies) < self.wanted:
+                message = client.receive()
+                arrived = time.time()
+                if "ok" in message:
+                    raise RuntimeError(f"follow ended early: {message}")
+                row = message["row"]
+                recorded = unix_from_iso(row["ts"])
+                data = partial + decode_data(row)
+                *lines, partial = data.split(b"\n")
+                for line in lines:
+                    number, written = line.split()
+                    written = float(written)
+                    if written < requested:
+                        self.skipped += 1  # stored before the follow began: backlog, not latency
+                        continue
+                    self.numbers.append(int(number))
+                    self.latencies.append(arrived - written)
+                    self.to_shim.append(recorded - written)
+                    self.to_client.append(arrived - recorded)
+
+    def missing(self) -> int:
+        """Lines the follow never delivered between the first and last it measured."""
+        if not self.numbers:
+            return 0
+        return (self.numbers[-1] - self.numbers[0] + 1) - len(set(self.numbers))
+
+
+class ControlProbe(threading.Thread):
+    """`ps` round trips on one persistent connection, one every PS_INTERVAL."""
+
+    def __init__(self, daemon: DaemonProcess, rounds: int) -> None:
+        super().__init__(daemon=True)
+        self.daemon_process = daemon
+        self.rounds = rounds
+        self.latencies: list[float] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with self.daemon_process.client() as client:
+                due = time.perf_counter()
+                for _ in range(self.rounds):
+                    started = time.perf_counter()
+                    client.request("ps")
+                    self.latencies.append(time.perf_counter() - started)
+                    due += PS_INTERVAL
+                    time.sleep(max(0.0, due - time.perf_counter()))
+        except BaseException as error:  # reported by the main thread
+            self.error = error
+
+
+def stored_bytes(client: Client, ids: list[str]) -> int:
+    """Transcript bytes ever stored for these sessions, counting what retention cut."""
+    return sum(s["transcript_bytes"] + s["truncated_bytes"] for s in client.request("ps") if s["id"] in ids)
+
+
+def wal_size(daemon: DaemonProcess) -> int:
+    try:
+        return (daemon.root / "state" / "slotd.db-wal").stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def measure_under_load(workdir: Path, follow_lines: int, ps_rounds: int, processes: SessionProcesses) -> dict:
+    daemon = DaemonProcess(workdir / "load")
+    daemon.start()
+    try:
+        daemon.wait_until_ready()
+        settle()
+        with daemon.client() as client:
+            writers = start_sessions(client, [session_program(ENDLESS)] * 2, daemon.root)
+            (ticker,) = start_sessions(client, [ticker_program(TICK_INTERVAL)], daemon.root)
+            wait_until_started(client, [*writers, ticker], processes)
+            time.sleep(WARMUP)
+            process = psutil.Process(daemon.process.pid)
+            bytes_before, cpu_before, started = stored_bytes(client, writers), cpu_seconds(process), time.perf_counter()
+            follow = FollowProbe(daemon, ticker, follow_lines)
+            control = ControlProbe(daemon, ps_rounds)
+            follow.start()
+            control.start()
+            follow.join()
+            control.join()
+            elapsed = time.perf_counter() - started
+            bytes_after, cpu_after = stored_bytes(client, writers), cpu_seconds(process)
+            info = client.request("info")
+            wal_bytes = wal_size(daemon)
+        for probe in (follow, control):
+            if probe.error is not None:
+                raise probe.error
+        daemon.shutdown()
+    except BaseException:
+        print("slotd (load) log, last lines:", *daemon.log_tail(), sep="\n  ", file=sys.stderr)
+        raise
+    finally:
+        daemon.ensure_gone()
+    ingested = (bytes_after - bytes_before) / elapsed
+    return {
+        "seconds": elapsed,
+        "follow": summary(follow.latencies)
+        | {
+            "write_to_shim": summary(follow.to_shim),
+            "shim_to_client": summary(follow.to_client),
+            "skipped_backlog_lines": follow.skipped,
+            "missing_lines": follow.missing(),
+        },
+        "control": summary(control.latencies),
+        "load_mb_per_s": ingested / 1e6,
+        "load_lines_per_s": ingested / LINE_BYTES,
+        "daemon_cpu_share": (cpu_after - cpu_before) / elapsed,
+        "ingest_lag_at_end": info["ingest_lag"],
+        "wal_bytes_at_end": wal_bytes,
+    }
+
+
+# -- 2. restart to READY ----------------------------------------------------------------
+
+
+def build_database(path: Path, rows: int) -> dict:
+    """Fill slotd's database with `rows` transcript rows of ended sessions, no daemon running."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    started = time.perf_counter()
+    store = Store(path)  # slotd's schema, migrations and pragmas
+    db = store.db
+    # Building, not capturing: let SQLite checkpoint as it goes so the WAL stays small,
+    # and skip the fsyncs. The daemon opens the file with its own settings later.
+    db.pragma("wal_autocheckpoint", 10_000)
+    db.pragma("synchronous", "OFF")
+    now, ts = utc_now(), time.time()
+    per_session = -(-rows // ENDED_SESSIONS)
+    for number in range(ENDED_SESSIONS):
+        count = min(per_session, rows - number * per_session)
+        if count <= 0:
+            break
+        session_id = str(uuid.uuid4())
+        # Ended now, not long ago: retention's max_age_days must not prune them mid-benchmark.
+        store.create_session(
+            Session(
+                id=session_id,
+                arrival=0,
+                argv=["bench", "ended", str(number)],
+                cwd="/",
+                status="completed",
+                queued_at=now,
+                started_at=now,
+                ended_at=now,
+                exit_code=0,
+                transcript_bytes=count * len(ROW_DATA),
+            )
+        )
+        for first in range(1, count + 1, BUILD_ROWS_PER_TRANSACTION):
+            last = min(count, first + BUILD_ROWS_PER_TRANSACTION - 1)
+            with db:
+                db.execute(BUILD_ROWS, (first, last, session_id, ts, ROW_DATA))
+    db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+    stored = db.execute("SELECT count(*) FROM transcript").get
+    store.close()
+    settle()
+    return {"rows": stored, "seconds": time.perf_counter() - started, "bytes": path.stat().st_size}
+
+
+class NotifyListener:
+    """A datagram socket standing in for systemd's: notes when READY=1 arrives."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(os.fspath(path))
+        self.ready_at: float | None = None
+        self.messages: list[str] = []
+        self.thread: threading.Thread | None = None
+
+    def listen(self, timeout: float) -> None:
+        """Wait in a thread for the next READY=1, so nothing delays reading it."""
+        self.ready_at = None
+        self.sock.settimeout(timeout)
+        self.thread = threading.Thread(target=self._receive, daemon=True)
+        self.thread.start()
+
+    def _receive(self) -> None:
+        try:
+            while True:
+                data = self.sock.recv(4096)
+                arrived = time.perf_counter()
+                self.messages.append(data.decode(errors="replace"))
+                if "READY=1" in data.decode(errors="replace").split("\n"):
+                    self.ready_at = arrived
+                    return
+        except TimeoutError:
+            return
+
+    def wait(self) -> float | None:
+        assert self.thread is not None
+        self.thread.join()
+        return self.ready_at
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def wait_for_info(daemon: DaemonProcess, timeout: float = 30) -> float:
+    """Poll the control socket every 5 ms until `info` answers; the perf_counter time it did."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        if daemon.process.poll() is not None:
+            raise RuntimeError(f"slotd exited with status {daemon.process.returncode} while starting")
+        try:
+            with daemon.client(timeout=5) as client:
+                client.request("info")
+                return time.perf_counter()
+        except (DaemonUnavailable, ConnectionError):
+            time.sleep(0.005)
+    raise RuntimeError(f"slotd did not answer info within {timeout}s")
+
+
+def python_start_seconds() -> float:
+    """What the interpreter alone takes to start and import the daemon's modules: the floor."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import supervisor.daemon"], cwd=CHECKOUT, check=True)
+    return time.perf_counter() - started
+
+
+def measure_restart(workdir: Path, rows: int, restarts: int, processes: SessionProcesses) -> dict:
+    daemon = DaemonProcess(workdir / "restart")
+    built = build_database(daemon.root / "state" / "slotd.db", rows)
+    notify = NotifyListener(daemon.root / "notify.sock")
+    env = dict(os.environ, NOTIFY_SOCKET=str(notify.path))
+    runs: list[dict] = []
+    try:
+        daemon.start()
+        daemon.wait_until_ready()
+        with daemon.client() as client:
+            ids = start_sessions(client, [SLEEP_PRINT] * LIVE_SESSIONS, daemon.root)
+            before = wait_until_started(client, ids, processes)
+        for _ in range(restarts):
+            daemon.kill()
+            settle()
+            notify.listen(timeout=30)
+            started = daemon.start(env)
+            info_at = wait_for_info(daemon)
+            ready_at = notify.wait()
+            with daemon.client() as client:
+                after = {s["id"]: s for s in client.request("ps") if s["id"] in ids}
+            reattached = sum(
+                1
+                for session_id in ids
+                if after.get(session_id, {}).get("status") == "running" and after[session_id]["pid"] == before[session_id]["pid"]
+            )
+            runs.append(
+                {
+                    "ready_s": None if ready_at is None else ready_at - started,
+                    "info_s": info_at - started,
+                    "reattached": reattached,
+                }
+            )
+        floor = python_start_seconds()
+        daemon.shutdown()
+    except BaseException:
+        print("slotd (restart) log, last lines:", *daemon.log_tail(), sep="\n  ", file=sys.stderr)
+        raise
+    finally:
+        daemon.ensure_gone()
+        notify.close()
+    return {"database": built, "runs": runs, "python_import_s": floor, "live_sessions": LIVE_SESSIONS}
+
+
+# -- 3. idle CPU ---------------------------------------------------------------------------
+
+
+def measure_idle(workdir: Path, seconds: float, processes: SessionProcesses) -> dict:
+    daemon = DaemonProcess(workdir / "idle")
+    daemon.start()
+    try:
+        daemon.wait_until_ready()
+        with daemon.client() as client:
+            ids = start_sessions(client, [SLEEPER] * LIVE_SESSIONS, daemon.root)
+            sessions = wait_until_started(client, ids, processes)
+        # Let start-up settle (the first idle checkpoint, the first retention pass).
+        time.sleep(3.0)
+        process = psutil.Process(daemon.process.pid)
+        shims = [psutil.Process(s["shim_pid"]) for s in sessions.values()]
+        cpu_before, switches_before = cpu_seconds(process), sum(process.num_ctx_switches())
+        shims_before = sum(cpu_seconds(shim) for shim in shims)
+        started = time.perf_counter()
+        time.sleep(seconds)
+        elapsed = time.perf_counter() - started
+        cpu = cpu_seconds(process) - cpu_before
+        switches = sum(process.num_ctx_switches()) - switches_before
+        shims_cpu = sum(cpu_seconds(shim) for shim in shims) - shims_before
+        threads = process.num_threads()
+        daemon.shutdown()
+    except BaseException:
+        print("slotd (idle) log, last lines:", *daemon.log_tail(), sep="\n  ", file=sys.stderr)
+        raise
+    finally:
+        daemon.ensure_gone()
+    return {
+        "seconds": elapsed,
+        "daemon_cpu_s": cpu,
+        "daemon_cpu_percent": 100 * cpu / elapsed,
+        "daemon_wakeups_per_s": switches / elapsed,
+        "daemon_threads": threads,
+        "shims_cpu_percent": 100 * shims_cpu / elapsed,
+    }
+
+
+# -- the table ----------------------------------------------------------------------------
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:7.1f} ms"
+
+
+def report(results: dict, errors: dict[str, str]) -> dict[str, bool]:
+    """Print the table; return the verdict per bar."""
+    passes: dict[str, bool] = {}
+    print(f"latency benchmark (SPEC §8)  machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end")
+    print(f"{'measure':<44}{'p50':>10}{'p99':>11}{'max':>11}{'n':>6}   bar")
+    if "load" in results:
+        load = results["load"]
+        follow, control = load["follow"], load["control"]
+        passes["follow_p99"] = follow["p99"] < FOLLOW_BAR
+        passes["control_p99"] = control["p99"] < CONTROL_BAR
+        print(
+            f"{'follow: line written -> follow client':<44}{ms(follow['p50'])}{ms(follow['p99']):>11}{ms(follow['max']):>11}"
+            f"{follow['n']:>6}   p99 < {FOLLOW_BAR * 1000:.0f} ms  {verdict(passes['follow_p99'])}"
+        )
+        for name, part in (("write -> shim record", follow["write_to_shim"]), ("shim record -> follow client", follow["shim_to_client"])):
+            print(f"{'  of which ' + name:<44}{ms(part['p50'])}{ms(part['p99']):>11}{ms(part['max']):>11}")
+        print(
+            f"{'control: ps round trip':<44}{ms(control['p50'])}{ms(control['p99']):>11}{ms(control['max']):>11}"
+            f"{control['n']:>6}   p99 < {CONTROL_BAR * 1000:.0f} ms   {verdict(passes['control_p99'])}"
+        )
+        print(
+            f"  load: 2 writers ingested {load['load_lines_per_s']:,.0f} lines/s ({load['load_mb_per_s']:.1f} MB/s) "
+            f"over {load['seconds']:.1f} s; daemon CPU {load['daemon_cpu_share']:.2f} cores"
+        )
+        print(f"  at the end: ingest lag {load['ingest_lag_at_end']:.3f} s, WAL file {load['wal_bytes_at_end'] / 1e6:,.0f} MB")
+        print(
+            f"  follow: {follow['skipped_backlog_lines']} backlog lines left out, "
+            f"{follow['missing_lines']} lines missing between the first and last measured"
+        )
+    if "restart" in results:
+        restart = results["restart"]
+        runs, built = restart["runs"], restart["database"]
+        readies = [run["ready_s"] for run in runs]
+        ok = all(ready is not None and ready < READY_BAR for ready in readies)
+        reattached_ok = all(run["reattached"] == restart["live_sessions"] for run in runs)
+        passes["restart_ready"] = ok
+        passes["restart_reattached"] = reattached_ok
+        shown = ", ".join("none" if ready is None else f"{ready:.3f}" for ready in readies)
+        worst = max((ready for ready in readies if ready is not None), default=float("nan"))
+        print(
+            f"restart: process start -> READY=1 ({built['rows']:,} rows, {restart['live_sessions']} live): "
+            f"{shown} s; max {worst:.3f} s   bar < {READY_BAR:.0f} s  {verdict(ok)}"
+        )
+        infos = [run["info_s"] for run in runs]
+        print(f"  process start -> info answers: {', '.join(f'{i:.3f}' for i in infos)} s; max {max(infos):.3f} s")
+        print(
+            f"  re-attached (running, same command pid): {', '.join(str(run['reattached']) for run in runs)} "
+            f"of {restart['live_sessions']}   {verdict(reattached_ok)}"
+        )
+        print(
+            f"  python start + import supervisor.daemon alone: {restart['python_import_s']:.3f} s; "
+            f"database {built['bytes'] / 1e9:.2f} GB, built in {built['seconds']:.1f} s"
+        )
+    if "idle" in results:
+        idle = results["idle"]
+        passes["idle_cpu"] = idle["daemon_cpu_percent"] < IDLE_BAR
+        print(
+            f"idle: daemon CPU with {LIVE_SESSIONS} sleeping sessions over {idle['seconds']:.0f} s: "
+            f"{idle['daemon_cpu_percent']:.3f} % of one core ({idle['daemon_cpu_s']:.3f} s)   bar < {IDLE_BAR} %  "
+            f"{verdict(passes['idle_cpu'])}"
+        )
+        print(
+            f"  daemon: {idle['daemon_wakeups_per_s']:.1f} context switches/s, {idle['daemon_threads']} threads; "
+            f"shims together {idle['shims_cpu_percent']:.3f} % of one core"
+        )
+    for phase, error in errors.items():
+        print(f"{phase}: NOT MEASURED: {error}")
+    return passes
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a short run: " + ", ".join(f"{k}={v:,}" for k, v in QUICK.items()))
+    parser.add_argument("--only", help=f"comma-separated phases to run ({', '.join(PHASES)}; default all)")
+    parser.add_argument("--follow-lines", type=int, help=f"lines the follow measures (default {FULL['follow_lines']})")
+    parser.add_argument("--ps-rounds", type=int, help=f"ps round trips (default {FULL['ps_rounds']})")
+    parser.add_argument("--rows", type=int, help=f"stored transcript rows for the restart (default {FULL['rows']:,})")
+    parser.add_argument("--restarts", type=int, help=f"timed restarts (default {FULL['restarts']})")
+    parser.add_argument("--idle-seconds", type=float, help=f"idle measurement (default {FULL['idle_seconds']:.0f} s)")
+    parser.add_argument("--json", metavar="PATH", help="also write the numbers as JSON to PATH")
+    args = parser.parse_args()
+    settings = {key: getattr(args, key) if getattr(args, key) is not None else value for key, value in (QUICK if args.quick else FULL).items()}
+    phases = args.only.split(",") if args.only else list(PHASES)
+    unknown = [phase for phase in phases if phase not in PHASES]
+    if unknown:
+        parser.error(f"unknown phase {', '.join(unknown)} (known: {', '.join(PHASES)})")
+
+    workdir = Path(tempfile.mkdtemp(prefix="slotd-latency-"))
+    processes = SessionProcesses()
+    results: dict[str, dict] = {}
+    errors: dict[str, str] = {}
+    started = time.perf_counter()
+    try:
+        for phase in PHASES:
+            if phase not in phases:
+                continue
+            try:
+                if phase == "load":
+                    results[phase] = measure_under_load(workdir, settings["follow_lines"], settings["ps_rounds"], processes)
+                elif phase == "restart":
+                    results[phase] = measure_restart(workdir, settings["rows"], settings["restarts"], processes)
+                else:
+                    results[phase] = measure_idle(workdir, settings["idle_seconds"], processes)
+            except Exception as error:
+                errors[phase] = f"{type(error).__name__}: {error}"
+            finally:
+                # Only if a daemon failed: the sessions it left behind.
+                processes.kill_leftovers()
+    finally:
+        processes.kill_leftovers()
+        shutil.rmtree(workdir, ignore_errors=True)
+    passes = report(results, errors)
+    print(f"wall time {time.perf_counter() - started:.1f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"settings": settings, "results": results, "errors": errors, "pass": passes}, indent=2) + "\n")
+    return 1 if errors or not passes.get("restart_reattached", True) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
