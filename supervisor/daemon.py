@@ -177,13 +177,23 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_ALREADY_RUNNING)
 
 
+def leaves(error: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, in order."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in leaves(inner)]
+    return [error]
+
+
 def run_until_stopped(config: Config) -> None:
     try:
         trio.run(Daemon(config).run)
     except* (control.SocketPathError, OSError, apsw.Error) as group:
-        for error in group.exceptions:
-            print(f"slotd: cannot run: {error}", file=sys.stderr)
+        # Say what failed, not "Exceptions from Trio nursery"; the traceback goes to the log.
+        for error in leaves(group):
+            log.error("daemon_failed", error=f"{type(error).__name__}: {error}", exc_info=error)
+            print(f"slotd: cannot run: {type(error).__name__}: {error}", file=sys.stderr)
         sys.exit(EXIT_STARTUP_FAILED)
+
 
 if __name__ == "__main__":
     main()
