@@ -42,6 +42,30 @@ def alive(pid: int | None) -> bool:
         return False
 
 
+def assert_numbers_exactly_once(database: Path, session_id: str) -> None:
+    """A session that printed 0, 1, 2... then 'done N' has each line stored once, in
+    order, with gapless sequence numbers."""
+    reader = Reader(database)
+    try:
+        rows = list(reader.iter_transcript(session_id))
+    finally:
+        reader.close()
+    assert [row.seq for row in rows] == list(range(1, len(rows) + 1))
+    lines = b"".join(row.data for row in rows if row.stream == "stdout").decode().splitlines()
+    assert lines[-1].startswith("done ")
+    count = int(lines[-1].split()[1])
+    assert lines[:-1] == [str(n) for n in range(count)]
+
+
+def system_text(database: Path, session_id: str) -> str:
+    """A session's system rows (the daemon's notes on it), as text."""
+    reader = Reader(database)
+    try:
+        return b"".join(row.data for row in reader.iter_transcript(session_id, streams=["system"])).decode()
+    finally:
+        reader.close()
+
+
 class DaemonHandle:
     """A slotd process of the test's own, and ways to talk to it."""
 

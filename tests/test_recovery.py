@@ -14,7 +14,7 @@ import psutil
 
 from supervisor.processes import ProcessRef
 from supervisor.processes import alive as alive_ref
-from tests.conftest import alive, py, wait_for
+from tests.conftest import alive, assert_numbers_exactly_once, py, wait_for
 
 # Prints numbered lines as fast as it can for about `seconds`, then exits with `code`.
 NUMBERS = (
@@ -32,20 +32,6 @@ NUMBERS = (
 
 def numbers(seconds: float, code: int = 0) -> list[str]:
     return [*py(NUMBERS), str(seconds), str(code)]
-
-
-def assert_numbers_exactly_once(daemon, session_id: str) -> None:
-    """Every printed number once, in order, then 'done N' with the count; seqs gapless."""
-    reader = daemon.reader()
-    try:
-        rows = list(reader.iter_transcript(session_id))
-    finally:
-        reader.close()
-    assert [row.seq for row in rows] == list(range(1, len(rows) + 1))
-    lines = b"".join(row.data for row in rows if row.stream == "stdout").decode().splitlines()
-    assert lines[-1].startswith("done ")
-    count = int(lines[-1].split()[1])
-    assert lines[:-1] == [str(n) for n in range(count)]
 
 
 def edit_session(daemon, session_id: str, **columns) -> None:
@@ -73,7 +59,7 @@ def test_sessions_survive_a_sigkilled_daemon_with_every_line_once(daemon):
     ended = [daemon.wait_ended(s["id"], timeout=30) for s in sessions]
     assert [(s["status"], s["exit_code"]) for s in ended] == [("completed", 0), ("failed", 1), ("failed", 2)]
     for session in sessions:
-        assert_numbers_exactly_once(daemon, session["id"])
+        assert_numbers_exactly_once(daemon.database, session["id"])
         human = daemon.cli("logs", "--stream", "system", session["id"]).stdout
         assert b"re-attached after restart" in human
 
@@ -88,7 +74,7 @@ def test_a_session_that_ends_while_the_daemon_is_down_keeps_its_exit_code_and_ou
     daemon.start()
     ended = daemon.session(session["id"])  # settled before the daemon reports ready
     assert (ended["status"], ended["exit_code"]) == ("failed", 7)
-    assert_numbers_exactly_once(daemon, session["id"])
+    assert_numbers_exactly_once(daemon.database, session["id"])
 
 
 def test_a_session_whose_shim_was_killed_while_down_is_lost_and_leaves_nothing(daemon):
@@ -169,7 +155,7 @@ def test_sigterm_with_keep_loses_no_line_and_the_next_start_reattaches(daemon):
         reader.close()
     daemon.start()
     assert daemon.wait_ended(session["id"], timeout=30)["status"] == "completed"
-    assert_numbers_exactly_once(daemon, session["id"])
+    assert_numbers_exactly_once(daemon.database, session["id"])
 
 
 def test_sigterm_with_stop_kills_every_session(make_daemon):
@@ -248,7 +234,7 @@ def test_chaos_twenty_sigkills_lose_nothing(make_daemon):
         ended = daemon.wait_ended(session_id, timeout=60)
         assert ended["exit_code"] == code, ended
         assert ended["status"] == ("completed" if code == 0 else "failed")
-        assert_numbers_exactly_once(daemon, session_id)
+        assert_numbers_exactly_once(daemon.database, session_id)
     reader = daemon.reader()
     try:
         recorded = reader.list_sessions()
@@ -292,4 +278,4 @@ def test_a_damaged_spool_loses_only_its_session_and_the_daemon_carries_on(daemon
     assert daemon.stdout_bytes(damaged["id"]).startswith(b"tick\n")
     wait_for(lambda: not alive(running["pid"]) and not alive(running["shim_pid"]), what="its processes ended")
     assert daemon.wait_ended(healthy["id"], timeout=30)["status"] == "completed"
-    assert_numbers_exactly_once(daemon, healthy["id"])
+    assert_numbers_exactly_once(daemon.database, healthy["id"])
