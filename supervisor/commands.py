@@ -20,7 +20,7 @@ from supervisor.database import ReaderPool
 from supervisor.ingest import Ingestor
 from supervisor.protocol import ErrorCode, RequestError, encode_data, signal_number
 from supervisor.slots import SlotManager
-from supervisor.store import ENDED_STATUSES, AmbiguousPrefix, Reader, Row, Session, iso_from_unix, unix_from_iso, utc_now
+from supervisor.store import ENDED_STATUSES, AmbiguousPrefix, DamagedRow, Reader, Row, Session, iso_from_unix, unix_from_iso, utc_now
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -175,7 +175,16 @@ class Commands:
         return await self._current(session.id)
 
     async def cmd_delete(self, args: dict, emit: Emit) -> Any:
-        session = await self._session(args["session"])
+        try:
+            session = await self._session(args["session"])
+        except DamagedRow as error:
+            # A row edited into nonsense can still be deleted (if it is not live).
+            session_id = error.session_id
+            if session_id in self.slots.live:
+                raise
+            await self.slots.writer.run(self.slots.store.delete_session, session_id)
+            self.ingestor.forget(session_id)
+            return {"deleted": session_id}
         if not session.is_ended:
             raise RequestError(
                 ErrorCode.INVALID_STATE, f"cannot delete session {session.id}: it is {session.status} (stop or cancel it first)"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import select
 import socket
 import stat
 import struct
@@ -39,6 +40,8 @@ log = structlog.get_logger()
 
 _UCRED = struct.Struct("3i")
 RECEIVE_SIZE = 65536
+# How often a stream whose client stopped sending checks that the client is still there.
+HANGUP_POLL_INTERVAL = 2.0
 
 
 class SocketPathError(Exception):
@@ -104,6 +107,13 @@ async def bind_socket(path: Path, group_name: str | None) -> trio.socket.SocketT
     return sock
 
 
+def hung_up(sock: trio.socket.SocketType) -> bool:
+    """True once the peer has closed its socket for good (not just its writing side)."""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLHUP)
+    return any(events & select.POLLHUP for _fd, events in poller.poll(0))
+
+
 class Connection:
     """One client: reads requests one after another and answers each."""
 
@@ -114,7 +124,14 @@ class Connection:
         self.discarding = False
 
     async def send(self, message: dict[str, Any]) -> None:
-        await self.stream.send_all(encode_message(message))
+        try:
+            data = encode_message(message)
+        except ValueError as error:  # e.g. a stored label of Infinity: not JSON
+            log.error("reply_not_json", error=str(error))
+            data = encode_message(
+                error_reply(message.get("id"), ErrorCode.INTERNAL_ERROR, f"the reply cannot be sent as JSON: {error}")
+            )
+        await self.stream.send_all(data)
 
     async def next_line(self) -> bytes | None:
         """The next newline-terminated message, or None at end of stream.
@@ -169,8 +186,15 @@ class Connection:
                     nursery.cancel_scope.cancel()
 
                 async def watch_hangup() -> None:
-                    while data := await self.stream.receive_some(RECEIVE_SIZE):
+                    while len(self.buffer) <= MAX_MESSAGE_BYTES:
+                        data = await self.stream.receive_some(RECEIVE_SIZE)
+                        if not data:
+                            break  # end of its requests; it may still be reading
                         self.buffer += data
+                    # A half-closed client (shutdown(SHUT_WR), `nc -N`) still reads the
+                    # stream; one that closed altogether leaves the socket hung up.
+                    while not hung_up(self.stream.socket):
+                        await trio.sleep(HANGUP_POLL_INTERVAL)
                     raise trio.BrokenResourceError("the client hung up")
 
                 nursery.start_soon(run_handler)

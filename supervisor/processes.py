@@ -33,9 +33,15 @@ class ProcessRef:
         return cls(pid, ticks) if ticks is not None else None
 
     @classmethod
-    def recorded(cls, pid: int | None, start_ticks: int | None) -> ProcessRef | None:
-        if pid is None or start_ticks is None:
+    def recorded(cls, pid: int | None, start_ticks: int | None, create_time: float | None = None) -> ProcessRef | None:
+        """The process a session row names. A row from before start ticks were recorded
+        (schema version 2) has only a create time: turned back into ticks on this boot."""
+        if pid is None:
             return None
+        if start_ticks is None:
+            if create_time is None:
+                return None
+            start_ticks = procfs.ticks_from_create_time(create_time)
         return cls(pid, start_ticks)
 
     def alive(self) -> bool:

@@ -50,3 +50,8 @@ def boot_time() -> float:
 def create_time_from_ticks(ticks: int) -> float:
     """psutil's create_time for a process that started `ticks` after boot."""
     return ticks / CLOCK_TICKS + boot_time()
+
+
+def ticks_from_create_time(create_time: float) -> int:
+    """The inverse of create_time_from_ticks, on this boot (and unstepped clock)."""
+    return round((create_time - boot_time()) * CLOCK_TICKS)

@@ -52,7 +52,7 @@ def locate_shim(session: Session, spool_dir: Path) -> ProcessRef | None:
     """The session's shim if it still runs: by its recorded PID and start ticks, or, when
     the daemon died before recording it, by its command line."""
     if session.shim_pid is not None:
-        shim = ProcessRef.recorded(session.shim_pid, session.shim_start_ticks)
+        shim = ProcessRef.recorded(session.shim_pid, session.shim_start_ticks, session.shim_create_time)
         return shim if alive(shim) else None
     return find_shim(spool_dir)
 
@@ -62,7 +62,7 @@ async def reconcile_one(slots: SlotManager, session: Session, boot_id: str | Non
     if session.boot_id and boot_id and session.boot_id != boot_id:
         await mark_lost(slots, session, "machine rebooted")
         return "lost", None
-    command = ProcessRef.recorded(session.pid, session.pid_start_ticks)
+    command = ProcessRef.recorded(session.pid, session.pid_start_ticks, session.pid_create_time)
     spool_dir = Path(session.spool_dir) if session.spool_dir else None
     if spool_dir is None or not spool_dir.is_dir():
         if session.shim_pid is None:
@@ -70,7 +70,7 @@ async def reconcile_one(slots: SlotManager, session: Session, boot_id: str | Non
             return "requeued", None
         # Without its spool nothing of it can be ingested: end what still runs of it.
         signal_group(command, signal.SIGKILL)
-        kill_process(ProcessRef.recorded(session.shim_pid, session.shim_start_ticks))
+        kill_process(ProcessRef.recorded(session.shim_pid, session.shim_start_ticks, session.shim_create_time))
         await mark_lost(slots, session, "its spool directory is gone")
         return "lost", None
     shim = locate_shim(session, spool_dir)

@@ -413,6 +413,7 @@ class SlotManager:
         timeout = self.config.stop_timeout if timeout is None else timeout
         self._request_stop(live, f"stop requested: SIGTERM, then SIGKILL after {timeout:g}s")
         await self._terminate(live, signal.SIGTERM)
+        await self._commit_briefly()
         if wait:
             await self._escalate(live, timeout)
         else:
@@ -454,6 +455,7 @@ class SlotManager:
         elif signum in TERMINATING_SIGNALS:
             self._request_stop(live, f"kill requested: {signal.Signals(signum).name}")
             await self._terminate(live, signum)
+            await self._commit_briefly()
         elif not await self._signal(live, signum):
             raise RequestError(ErrorCode.INVALID_STATE, f"cannot signal session {session.id}: its command is not running")
 
@@ -527,6 +529,12 @@ class SlotManager:
     async def stop_all(self) -> None:
         """Stop every live session, including one whose start was under way."""
         self.stopping = self.draining = True
+        # Bounded: a session whose end cannot be committed (a full disk) must not keep
+        # the daemon from exiting; the next start reconciles it.
+        with trio.move_on_after(2 * self.config.stop_timeout + 30):
+            await self._stop_every_live_session()
+
+    async def _stop_every_live_session(self) -> None:
         while self.live:
             async with trio.open_nursery() as nursery:
                 for live in list(self.live.values()):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -174,12 +175,35 @@ _JSON_FIELDS = {"argv", "env", "labels"}
 _SESSION_COLUMNS = ", ".join(_SESSION_FIELDS)
 
 
+class DamagedRow(ValueError):
+    """A session row whose JSON columns do not parse (edited behind slotd's back)."""
+
+    def __init__(self, session_id: str, column: str, error: Exception) -> None:
+        super().__init__(f"session {session_id}: column {column} is not valid JSON ({error})")
+        self.session_id = session_id
+
+
 def _session_from_row(row: Sequence[Any]) -> Session:
     values = dict(zip(_SESSION_FIELDS, row))
     for name in _JSON_FIELDS:
-        values[name] = json.loads(values[name])
+        try:
+            values[name] = json.loads(values[name])
+        except (TypeError, ValueError) as error:
+            raise DamagedRow(values["id"], name, error) from None
     values["stop_requested"] = bool(values["stop_requested"])
     return Session(**values)
+
+
+def _sessions_from_rows(rows: Iterable[Sequence[Any]]) -> list[Session]:
+    """Sessions from rows, leaving out (and logging) damaged ones: one bad row must not
+    hide every other session from `ps` or the queue."""
+    sessions = []
+    for row in rows:
+        try:
+            sessions.append(_session_from_row(row))
+        except DamagedRow as error:
+            logging.getLogger("slotd.store").error("damaged session row left out: %s", error)
+    return sessions
 
 
 def _to_column(name: str, value: Any) -> Any:
@@ -357,12 +381,12 @@ class Reader:
         if limit is not None:
             query += " LIMIT ?"
             args.append(limit)
-        return [_session_from_row(row) for row in self.db.execute(query, args)]
+        return _sessions_from_rows(self.db.execute(query, args))
 
     def sessions_with_status(self, statuses: Sequence[str]) -> list[Session]:
         marks = ", ".join("?" for _ in statuses)
         query = f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE status IN ({marks}) ORDER BY priority DESC, arrival"
-        return [_session_from_row(row) for row in self.db.execute(query, list(statuses))]
+        return _sessions_from_rows(self.db.execute(query, list(statuses)))
 
     def count_with_status(self, statuses: Sequence[str]) -> int:
         marks = ", ".join("?" for _ in statuses)
@@ -491,13 +515,25 @@ class Store(Reader):
         return session
 
     def next_queued(self) -> Session | None:
-        """The session to start next: highest priority, then first in."""
-        for row in self.db.execute(
-            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE status = 'queued' "
-            "ORDER BY priority DESC, arrival LIMIT 1"
-        ):
-            return _session_from_row(row)
-        return None
+        """The session to start next: highest priority, then first in. A damaged row
+        is failed on the spot, so it can neither start nor block the queue."""
+        while True:
+            rows = list(
+                self.db.execute(
+                    f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE status = 'queued' "
+                    "ORDER BY priority DESC, arrival LIMIT 1"
+                )
+            )
+            if not rows:
+                return None
+            try:
+                return _session_from_row(rows[0])
+            except DamagedRow as error:
+                with self.db:
+                    self.db.execute(
+                        "UPDATE sessions SET status = 'failed', reason = ?, ended_at = ? WHERE id = ?",
+                        (f"its record is damaged: {error}", utc_now(), error.session_id),
+                    )
 
     def transition(self, session_id: str, from_statuses: Sequence[str], **columns: Any) -> Session | None:
         """Change a session only if it is still in one of from_statuses; return it after."""

@@ -15,6 +15,7 @@ import apsw
 import pytest
 
 from supervisor.client import RemoteError
+from supervisor.protocol import decode_data
 from tests.conftest import py, wait_for
 
 
@@ -212,7 +213,7 @@ def test_requests_that_change_things_are_refused_while_shutting_down(make_daemon
 
 
 def test_an_unexpected_failure_in_a_handler_is_reported_and_survived(daemon):
-    """When a handler meets a fault nobody planned for (a session row edited into invalid JSON behind the daemon's back), the client gets internal_error saying what failed, and the daemon carries on."""
+    """When a handler meets a fault nobody planned for (a session row edited into invalid JSON behind the daemon's back), the client gets internal_error saying what failed, ps leaves the row out, and the daemon carries on."""
     session = daemon.start_session(py("pass"))
     daemon.wait_ended(session["id"])
     connection = apsw.Connection(str(daemon.database))
@@ -223,8 +224,9 @@ def test_an_unexpected_failure_in_a_handler_is_reported_and_survived(daemon):
         with pytest.raises(RemoteError) as caught:
             daemon.request("show", session=session["id"])
         assert caught.value.code == "internal_error"
-        assert "JSONDecodeError" in caught.value.message
+        assert "not valid JSON" in caught.value.message
         assert daemon.request("info")["pid"] == daemon.process.pid
+        assert session["id"] not in [s["id"] for s in daemon.request("ps")]  # left out, not fatal
     finally:
         with connection:
             connection.execute("UPDATE sessions SET labels = '{}' WHERE id = ?", (session["id"],))
@@ -305,3 +307,32 @@ def test_followers_that_hang_up_are_let_go(daemon, raw):
     wait_for(lambda: len(os.listdir(f"/proc/{daemon.process.pid}/fd")) <= before + 5, what="the followers' sockets closed")
     assert_served(raw())
     daemon.request("stop", session=session["id"])
+
+
+def test_a_damaged_queued_row_fails_instead_of_stopping_the_queue(daemon):
+    """A queued session whose row was edited into invalid JSON is failed when its turn comes; the queue goes on."""
+    daemon.request("drain")
+    damaged = daemon.start_session(py("print('never')"))
+    healthy = daemon.start_session(py("print('ran')"))
+    connection = apsw.Connection(str(daemon.database))
+    connection.set_busy_timeout(5000)
+    with connection:
+        connection.execute("UPDATE sessions SET argv = '[broken' WHERE id = ?", (damaged["id"],))
+    connection.close()
+    daemon.request("undrain")
+    assert daemon.wait_ended(healthy["id"])["status"] == "completed"
+    assert daemon.request("delete", session=damaged["id"]) == {"deleted": damaged["id"]}
+
+
+def test_a_half_closed_client_still_gets_its_whole_stream(daemon, raw):
+    """A logs request followed by a half-close (as `nc -N` does) is streamed to the end, final reply included."""
+    session = daemon.start_session(py("for i in range(5): print(i)"))
+    daemon.wait_ended(session["id"])
+    connection = raw()
+    connection.send(json.dumps({"id": 9, "cmd": "logs", "session": session["id"]}).encode() + b"\n")
+    connection.sock.shutdown(socket.SHUT_WR)
+    messages = []
+    while "ok" not in (message := connection.reply()):
+        messages.append(message)
+    assert message["ok"] is True and message["id"] == 9
+    assert b"".join(decode_data(m["row"]) for m in messages if m["row"]["stream"] == "stdout") == b"0\n1\n2\n3\n4\n"

@@ -279,3 +279,15 @@ def test_a_damaged_spool_loses_only_its_session_and_the_daemon_carries_on(daemon
     wait_for(lambda: not alive(running["pid"]) and not alive(running["shim_pid"]), what="its processes ended")
     assert daemon.wait_ended(healthy["id"], timeout=30)["status"] == "completed"
     assert_numbers_exactly_once(daemon.database, healthy["id"])
+
+
+def test_a_session_recorded_before_start_ticks_existed_is_still_recognised(daemon):
+    """A live session whose row has create times but no start ticks (written by an older slotd) is re-attached, not lost."""
+    session = daemon.start_session(numbers(4.0))
+    wait_for(lambda: daemon.session(session["id"])["pid"], what="command started")
+    daemon.kill9()
+    edit_session(daemon, session["id"], pid_start_ticks=None, shim_start_ticks=None)
+    daemon.start()
+    assert daemon.session(session["id"])["status"] == "running"
+    assert daemon.wait_ended(session["id"], timeout=30)["status"] == "completed"
+    assert_numbers_exactly_once(daemon.database, session["id"])
