@@ -36,7 +36,6 @@ class DatabaseWriter:
         self._thread: threading.Thread | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._busy_since: float | None = None
-        self.last_finished = time.monotonic()
 
     async def run(self, fn: Callable[..., T], *args, **kwargs) -> T:
         """Call fn(*args, **kwargs) (a bound Store method) on the writer thread."""
@@ -63,7 +62,6 @@ class DatabaseWriter:
             self._busy_since = time.monotonic()
             result = outcome.capture(call)
             self._busy_since = None
-            self.last_finished = time.monotonic()
             try:
                 assert self._token is not None
                 self._token.run_sync_soon(deliver, result)

@@ -19,7 +19,7 @@ import signal
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from supervisor.store import ALL_STATUSES
+from supervisor.store import ALL_STATUSES, STREAMS
 
 MAX_MESSAGE_BYTES = 1 << 20
 
@@ -160,7 +160,7 @@ def _is_statuses(value: Any) -> bool:
 
 
 def _is_stream(value: Any) -> bool:
-    return value in ("stdout", "stderr", "stdin", "system")
+    return value in STREAMS
 
 
 def _is_signal(value: Any) -> bool:

@@ -25,19 +25,15 @@ from supervisor.store import LIVE_STATUSES, Session, utc_now
 log = structlog.get_logger()
 
 
-async def _register(slots: SlotManager, session: Session) -> None:
-    slots.ingestor.register(session.id, await slots.writer.run(slots.store.last_seq, session.id))
-
-
 async def mark_lost(slots: SlotManager, session: Session, reason: str) -> None:
-    await _register(slots, session)
+    await slots.register(session.id)
     slots.ingestor.append(session.id, "system", f"lost: {reason}\n".encode())
     slots.ingestor.update(session.id, status="lost", slot=None, ended_at=utc_now(), reason=reason, spool_dir=None)
     log.warning("session_lost", session_id=session.id, slot=session.slot, reason=reason)
 
 
 async def requeue(slots: SlotManager, session: Session) -> None:
-    await _register(slots, session)
+    await slots.register(session.id)
     slots.ingestor.append(session.id, "system", b"requeued: the daemon stopped before the session started\n")
     slots.ingestor.update(session.id, status="queued", slot=None, started_at=None, spool_dir=None, boot_id=None)
     log.info("session_requeued", session_id=session.id, slot=session.slot)

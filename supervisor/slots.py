@@ -118,6 +118,11 @@ class SlotManager:
                 self._dispatch_wanted = trio.Event()
                 await self._start_queued()
 
+    async def register(self, session_id: str) -> None:
+        """Number the session's next rows after its highest committed one."""
+        if not self.ingestor.is_registered(session_id):
+            self.ingestor.register(session_id, await self.writer.run(self.store.last_seq, session_id))
+
     def wake_dispatch(self) -> None:
         self._dispatch_wanted.set()
 
@@ -224,8 +229,7 @@ class SlotManager:
             del self.live[session.id]
             return
         bound = log.bind(session_id=session.id, slot=slot)
-        if not self.ingestor.is_registered(session.id):
-            self.ingestor.register(session.id, await self.writer.run(self.store.last_seq, session.id))
+        await self.register(session.id)
         try:
             self._write_spec(session, slot, spool_dir)
             shim = subprocess.Popen(
@@ -264,8 +268,7 @@ class SlotManager:
         if session.pid is not None:
             live.started.set()
         self.live[session.id] = live
-        last_seq = await self.writer.run(self.store.last_seq, session.id)
-        self.ingestor.register(session.id, last_seq)
+        await self.register(session.id)
         self.ingestor.append(session.id, "system", f"{note}\n".encode())
         assert self._nursery is not None
         position = spool.Position(session.spool_segment, session.spool_offset)

@@ -159,10 +159,6 @@ class Session:
     shim_start_ticks: int | None = None
 
     @property
-    def is_live(self) -> bool:
-        return self.status in LIVE_STATUSES
-
-    @property
     def is_ended(self) -> bool:
         return self.status in ENDED_STATUSES
 
@@ -485,11 +481,6 @@ class Reader:
             reached = seq
         rows.close()
         return reached
-
-    def database_bytes(self) -> int:
-        page_count = self.db.pragma("page_count")
-        page_size = self.db.pragma("page_size")
-        return page_count * page_size
 
 
 class Store(Reader):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from typing import Any
 import psutil
 import pytest
 
+from supervisor import spool
 from supervisor.client import Client, DaemonUnavailable
 from supervisor.processes import ProcessRef, kill_process, signal_group
 from supervisor.store import Reader
@@ -40,6 +42,18 @@ def alive(pid: int | None) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def end_shim_run(process: subprocess.Popen, records: list[spool.Record]) -> None:
+    """Teardown of a test's own shim: if it recorded no exit, end its command's group
+    (verified by the start ticks in its START record), then the shim itself."""
+    finished = any(r.kind in (spool.EXIT, spool.SPAWN_FAILED) for r in records)
+    start = next((json.loads(r.data) for r in records if r.kind == spool.START), None)
+    if start is not None and not finished:
+        signal_group(ProcessRef.recorded(start["pid"], start.get("start_ticks")), signal.SIGKILL)
+    if process.poll() is None:
+        process.kill()
+    process.wait(10)
 
 
 def assert_numbers_exactly_once(database: Path, session_id: str) -> None:

@@ -25,7 +25,7 @@ from supervisor.database import DatabaseWriter
 from supervisor.ingest import Ingestor, tail_spool
 from supervisor.spool import Position, Record, SpoolReader, SpoolWriter
 from supervisor.store import Batch, Reader, Row, Session, Store, utc_now
-from tests.conftest import wait_for
+from tests.conftest import end_shim_run, wait_for
 
 DEADLINE = 20.0
 POLL = 0.02
@@ -809,16 +809,7 @@ def start_shim(tmp_path: Path) -> Iterator[Callable[..., LiveShim]]:
     yield start
     for shim in shims:
         shim.close()
-        records = spool_records(shim.spool_dir)
-        starts = [r for r in records if r.kind == spool.START]
-        if starts and not any(r.kind == spool.EXIT for r in records):
-            try:
-                os.killpg(json.loads(starts[0].data)["pid"], signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        if shim.process.poll() is None:
-            shim.process.kill()
-        shim.process.wait(10)
+        end_shim_run(shim.process, spool_records(shim.spool_dir))
 
 
 async def test_tail_spool_follows_a_live_shim_and_returns_its_exit_record(

@@ -20,7 +20,7 @@ import pytest
 from supervisor import spool
 from supervisor.shim import LineAssembler
 from supervisor.spool import Position, Record, SpoolReader
-from tests.conftest import alive, wait_for
+from tests.conftest import alive, end_shim_run, wait_for
 
 DEADLINE = 15.0
 POLL = 0.02
@@ -275,17 +275,8 @@ def start_shim(tmp_path: Path) -> Iterator[Callable[..., ShimRun]]:
 
     for run in runs:
         run.poll()
-        finished = any(r.kind in (spool.EXIT, spool.SPAWN_FAILED) for r in run.records)
-        start_records = [r for r in run.records if r.kind == spool.START]
-        if start_records and not finished:
-            # The shim has not ended the command's group (it does so before EXIT): end it here.
-            try:
-                os.killpg(json.loads(start_records[0].data)["pid"], signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        if run.process.poll() is None:
-            run.process.kill()
-        run.process.wait(10)
+        # Without an EXIT the shim has not ended the command's group: end it here.
+        end_shim_run(run.process, run.records)
         run.close()
     for pid, created in extra_pids:
         try:

@@ -177,6 +177,14 @@ class Service:
         )
         return self.request("start", argv=[sys.executable, "-c", program, str(seconds), str(code), self.marker], cwd="/")["id"]
 
+    def start_flowing(self, count: int, seconds: float) -> list[str]:
+        """Start slotd and `count` numbered-line sessions, once output flows from each."""
+        self.systemd.ctl("start", "slotd")
+        sessions = [self.start_numbers(seconds) for _ in range(count)]
+        for session_id in sessions:
+            wait_for(lambda s=session_id: self.session(s).transcript_bytes > 1000, what="output flowing")
+        return sessions
+
     def session_processes(self) -> list[psutil.Process]:
         """Processes of this test's sessions still running, found by the marker in their argv."""
         found = []
@@ -254,10 +262,7 @@ def test_start_is_ready_only_after_reconcile_and_shows_its_status(systemd):
 def test_kill_9_of_the_main_pid_restarts_the_daemon_and_sessions_survive(systemd):
     """kill -9 of the main PID: systemd restarts slotd, the three sessions keep running, re-attached, and their transcripts end complete."""
     service = Service(systemd)
-    systemd.ctl("start", "slotd")
-    sessions = [service.start_numbers(8.0) for _ in range(3)]
-    for session_id in sessions:
-        wait_for(lambda s=session_id: service.session(s).transcript_bytes > 1000, what="output flowing")
+    sessions = service.start_flowing(3, 8.0)
     old = service.main_pid()
     systemd.run("kill", "-9", str(old))
     assert len(service.session_processes()) == 3  # KillMode=process: only the daemon died
@@ -275,10 +280,7 @@ def test_kill_9_of_the_main_pid_restarts_the_daemon_and_sessions_survive(systemd
 def test_systemctl_restart_loses_no_line(systemd):
     """systemctl restart keeps the sessions running and every line stored once."""
     service = Service(systemd)
-    systemd.ctl("start", "slotd")
-    sessions = [service.start_numbers(6.0) for _ in range(3)]
-    for session_id in sessions:
-        wait_for(lambda s=session_id: service.session(s).transcript_bytes > 1000, what="output flowing")
+    sessions = service.start_flowing(3, 6.0)
     old = service.main_pid()
     systemd.ctl("restart", "slotd")
     service.wait_active(old)
@@ -291,10 +293,7 @@ def test_systemctl_restart_loses_no_line(systemd):
 def test_a_stuck_daemon_is_killed_by_the_watchdog_and_sessions_survive(systemd):
     """A SIGSTOPped daemon misses its watchdog; systemd kills and restarts it, and the sessions carry on."""
     service = Service(systemd, dropin="WatchdogSec=2\nTimeoutAbortSec=2\n")
-    systemd.ctl("start", "slotd")
-    sessions = [service.start_numbers(6.0) for _ in range(2)]
-    for session_id in sessions:
-        wait_for(lambda s=session_id: service.session(s).transcript_bytes > 1000, what="output flowing")
+    sessions = service.start_flowing(2, 6.0)
     old = service.main_pid()
     systemd.run("kill", "-STOP", str(old))
     service.wait_active(old)
