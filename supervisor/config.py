@@ -8,12 +8,17 @@ keeps its state beside the checkout.
 from __future__ import annotations
 
 import dataclasses
+import grp
+import math
 import os
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
+
+import re2
 
 # The exit status for a configuration error; the systemd units list it in
 # RestartPreventExitStatus= so a typo does not become a restart loop (EX_CONFIG).
@@ -21,6 +26,9 @@ EXIT_CONFIG = 78
 
 KiB = 1024
 MiB = 1024 * KiB
+GiB = 1024 * MiB
+TiB = 1024 * GiB
+PiB = 1024 * TiB
 
 
 class ConfigError(Exception):
@@ -70,56 +78,101 @@ class Config:
         return self.runtime_dir / "sessions"
 
     @property
-    def checkpoint_regex(self) -> re.Pattern[bytes] | None:
+    def checkpoint_regex(self) -> re2._Regexp | None:
         if not self.checkpoint_pattern:
             return None
-        return re.compile(self.checkpoint_pattern.encode())
+        return compile_checkpoint_pattern(self.checkpoint_pattern)
 
 
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+def compile_checkpoint_pattern(pattern: str) -> re2._Regexp:
+    """The checkpoint pattern as an RE2 program over raw output bytes (raises re2.error).
+
+    Session output is untrusted: RE2 matches in time linear in its length, where a
+    backtracking engine can spend hours on one line. Latin-1 mode makes every byte one
+    character, so output that is not UTF-8 is matched like any other, `.` is one byte,
+    and non-ASCII text in the pattern matches its UTF-8 bytes.
+    """
+    options = re2.Options()
+    options.encoding = re2.Options.Encoding.LATIN1
+    options.log_errors = False  # the caller reports the error; RE2 would also print it to stderr
+    return re2.compile(pattern.encode(), options)
 
 
-def _non_negative_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+# Constructs RE2 refuses that backtracking engines accept, recognised by RE2's error
+# text (which quotes the construct's syntax, not its name).
+_UNSUPPORTED_CONSTRUCTS = (
+    (re.compile(r"invalid escape sequence: \\(?:[1-9]|g)"), "a backreference"),
+    (re.compile(r"invalid perl operator: \(\?P$"), "a named backreference"),
+    (re.compile(r"invalid perl operator: \(\?[=!]$"), "lookahead"),
+    (re.compile(r"invalid perl operator: \(\?<[=!]$"), "lookbehind"),
+    (re.compile(r"invalid perl operator: \(\?>$"), "an atomic group"),
+    (re.compile(r"bad repetition operator: [*+?}]\+$"), "a possessive quantifier"),
+)
 
 
-def _positive_number(value: Any) -> bool:
-    return _non_negative_number(value) and value > 0
-
-
-def _valid_regex(value: Any) -> bool:
-    if not isinstance(value, str):
-        return False
+def _checkpoint_pattern_error(pattern: str) -> str | None:
+    """Why RE2 cannot use pattern, naming the construct where it is one RE2 lacks; None if it can."""
     try:
-        re.compile(value.encode())
-    except re.error:
-        return False
-    return True
+        compile_checkpoint_pattern(pattern)
+    except re2.error as error:
+        reason = error.args[0].decode("utf-8", "replace") if error.args else str(error)
+        construct = next((name for test, name in _UNSUPPORTED_CONSTRUCTS if test.search(reason)), None)
+        if construct:
+            reason += f"; {construct} is not supported by RE2, which matches output in linear time"
+        return f"RE2 cannot compile {pattern!r}: {reason}"
+    return None
 
 
-# key: (check, what was expected)
-_TOP_KEYS = {
-    "slots": (_positive_int, "a positive integer"),
+Check = Callable[[Any], bool]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer_in(low: int, high: int, unit: str = "") -> tuple[Check, str]:
+    """A check for an integer in [low, high], and its description for error messages."""
+    def check(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+    return check, f"an integer{unit} from {_size(low) if unit else low} to {_size(high) if unit else high}"
+
+
+def _number_in(low: float, high: float, unit: str) -> tuple[Check, str]:
+    """A check for a finite number in [low, high], and its description for error messages."""
+    return (lambda value: _is_number(value) and low <= value <= high), f"a number of {unit} from {low:g} to {high:g}"
+
+
+def _size(count: int) -> str:
+    """A byte count as people write it in config.toml, with its binary unit where exact."""
+    for name, unit in (("PiB", PiB), ("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if count >= unit and count % unit == 0:
+            return f"{count} ({count // unit} {name})"
+    return str(count)
+
+
+# key: (check, what was expected). The ranges are documented in config.toml.
+_TOP_KEYS: dict[str, tuple[Check, str]] = {
+    "slots": _integer_in(1, 256),
     "state_dir": (lambda v: isinstance(v, str) and v != "", "a directory path (string)"),
     "runtime_dir": (lambda v: isinstance(v, str) and v != "", "a directory path (string)"),
     "socket": (lambda v: isinstance(v, str) and v != "", "a socket path (string)"),
     "socket_group": (lambda v: isinstance(v, str), "a group name (string)"),
-    "stop_timeout": (_non_negative_number, "a number of seconds >= 0"),
-    "checkpoint_pattern": (_valid_regex, "a regular expression (string)"),
-    "flush_interval": (_positive_number, "a number of seconds > 0"),
-    "batch_max_bytes": (_positive_int, "a positive integer (bytes)"),
-    "max_chunk_bytes": (_positive_int, "a positive integer (bytes)"),
-    "spool_segment_bytes": (_positive_int, "a positive integer (bytes)"),
-    "spool_max_bytes": (_positive_int, "a positive integer (bytes)"),
+    "stop_timeout": _number_in(0, 86400, "seconds"),
+    "checkpoint_pattern": (lambda v: isinstance(v, str), "a regular expression (string, RE2 syntax)"),
+    "flush_interval": _number_in(0.001, 10, "seconds"),
+    "batch_max_bytes": _integer_in(KiB, GiB, " of bytes"),
+    "max_chunk_bytes": _integer_in(KiB, 16 * MiB, " of bytes"),
+    "spool_segment_bytes": _integer_in(64 * KiB, GiB, " of bytes"),
+    "spool_max_bytes": _integer_in(MiB, TiB, " of bytes"),
     "on_shutdown": (lambda v: v in ("keep", "stop"), '"keep" or "stop"'),
     "log_level": (lambda v: v in ("debug", "info", "warning", "error"), '"debug", "info", "warning" or "error"'),
     "log_format": (lambda v: v in ("auto", "json", "console"), '"auto", "json" or "console"'),
 }
-_RETENTION_KEYS = {
-    "max_session_bytes": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0 (bytes; 0 = no cap)"),
-    "max_age_days": (_non_negative_number, "a number of days >= 0 (0 = keep forever)"),
-    "max_db_bytes": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0 (bytes; 0 = no budget)"),
+_RETENTION_KEYS: dict[str, tuple[Check, str]] = {
+    "max_session_bytes": _integer_in(0, TiB, " of bytes"),
+    "max_age_days": _number_in(0, 36500, "days"),
+    "max_db_bytes": _integer_in(0, PiB, " of bytes"),
 }
 _PATH_KEYS = ("state_dir", "runtime_dir", "socket")
 
@@ -158,7 +211,7 @@ def load_config(explicit: str | os.PathLike | None = None, environ: Mapping[str,
     return build_config(data, path, environ)
 
 
-def _check_table(table: Mapping[str, Any], keys: dict, where: str, prefix: str) -> None:
+def _check_table(table: Mapping[str, Any], keys: dict[str, tuple[Check, str]], where: str, prefix: str) -> None:
     for key, value in table.items():
         if key not in keys:
             known = ", ".join(sorted(keys))
@@ -184,10 +237,17 @@ def build_config(data: Mapping[str, Any], source: Path | None, environ: Mapping[
     socket = paths.get("socket") or runtime_dir / "slotd.sock"
     if top.get("socket_group") == "":
         top.pop("socket_group")
+    if top.get("socket_group") is not None:
+        try:
+            grp.getgrnam(top["socket_group"])
+        except (KeyError, ValueError):  # ValueError: a NUL in the name
+            raise ConfigError(f"{where}: key 'socket_group': no group named {top['socket_group']!r} on this system") from None
     if top.get("checkpoint_pattern") == "":
         top.pop("checkpoint_pattern")
-    if top.get("max_chunk_bytes", 64 * KiB) > 16 * MiB:
-        raise ConfigError(f"{where}: key 'max_chunk_bytes': expected at most 16 MiB, got {top['max_chunk_bytes']}")
+    if top.get("checkpoint_pattern") is not None:
+        problem = _checkpoint_pattern_error(top["checkpoint_pattern"])
+        if problem:
+            raise ConfigError(f"{where}: key 'checkpoint_pattern': {problem}")
     for key in ("stop_timeout", "flush_interval"):
         if key in top:
             top[key] = float(top[key])

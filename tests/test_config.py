@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import grp
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -256,15 +259,33 @@ def test_directories_in_the_file_beat_systemd_directories(tmp_path: Path, home: 
 # (file contents, fragments the message must hold besides the file name)
 BAD_CONFIGS = {
     "unknown-key": ("slot = 3\n", ["'slot'", "unknown key", "slots"]),
-    "wrong-type-string-for-int": ('slots = "three"\n', ["'slots'", "a positive integer", "'three'"]),
-    "bool-is-not-an-int": ("slots = true\n", ["'slots'", "a positive integer", "True"]),
-    "zero-slots": ("slots = 0\n", ["'slots'", "a positive integer", "0"]),
-    "bad-regex": ("checkpoint_pattern = 'Continue\\? ['\n", ["'checkpoint_pattern'", "a regular expression"]),
+    "wrong-type-string-for-int": ('slots = "three"\n', ["'slots'", "an integer from 1 to 256", "'three'"]),
+    "bool-is-not-an-int": ("slots = true\n", ["'slots'", "an integer from 1 to 256", "True"]),
+    "zero-slots": ("slots = 0\n", ["'slots'", "an integer from 1 to 256", "got 0"]),
+    "too-many-slots": ("slots = 257\n", ["'slots'", "an integer from 1 to 256", "257"]),
+    "bad-regex": ("checkpoint_pattern = 'Continue\\? ['\n", ["'checkpoint_pattern'", "RE2 cannot compile", "missing ]"]),
+    "backreference": ("checkpoint_pattern = '(y|n)\\1'\n", ["'checkpoint_pattern'", "\\1", "a backreference is not supported"]),
+    "named-backreference": ("checkpoint_pattern = '(?P<a>y)(?P=a)'\n", ["'checkpoint_pattern'", "a named backreference"]),
+    "lookahead": ("checkpoint_pattern = 'Continue(?=\\?)'\n", ["'checkpoint_pattern'", "(?=", "lookahead is not supported"]),
+    "lookbehind": ("checkpoint_pattern = '(?<!no )Continue'\n", ["'checkpoint_pattern'", "(?<!", "lookbehind is not supported"]),
+    "possessive": ("checkpoint_pattern = 'a++'\n", ["'checkpoint_pattern'", "a possessive quantifier"]),
     "bad-choice": ('on_shutdown = "later"\n', ["'on_shutdown'", '"keep" or "stop"', "'later'"]),
-    "negative-timeout": ("stop_timeout = -1\n", ["'stop_timeout'", ">= 0", "-1"]),
-    "chunk-too-large": ("max_chunk_bytes = 33554432\n", ["'max_chunk_bytes'", "at most 16 MiB"]),
+    "negative-timeout": ("stop_timeout = -1\n", ["'stop_timeout'", "from 0 to 86400", "-1"]),
+    "infinite-timeout": ("stop_timeout = inf\n", ["'stop_timeout'", "from 0 to 86400", "inf"]),
+    "nan-timeout": ("stop_timeout = nan\n", ["'stop_timeout'", "from 0 to 86400", "nan"]),
+    "huge-flush-interval": ("flush_interval = 1e9\n", ["'flush_interval'", "from 0.001 to 10", "1000000000.0"]),
+    "zero-flush-interval": ("flush_interval = 0\n", ["'flush_interval'", "from 0.001 to 10"]),
+    "chunk-too-large": ("max_chunk_bytes = 33554432\n", ["'max_chunk_bytes'", "to 16777216 (16 MiB)"]),
+    "tiny-batch": ("batch_max_bytes = 10\n", ["'batch_max_bytes'", "from 1024 (1 KiB) to 1073741824 (1 GiB)"]),
+    "tiny-segment": ("spool_segment_bytes = 1\n", ["'spool_segment_bytes'", "from 65536 (64 KiB)"]),
+    "huge-spool": ("spool_max_bytes = 9223372036854775807\n", ["'spool_max_bytes'", "to 1099511627776 (1 TiB)"]),
+    "unknown-group": ("socket_group = 'no-such-group-slotd'\n", ["'socket_group'", "no group named 'no-such-group-slotd'"]),
     "unknown-retention-key": ("[retention]\nmax_age = 3\n", ["'retention.max_age'", "unknown key", "max_age_days"]),
     "wrong-retention-type": ('[retention]\nmax_age_days = "never"\n', ["'retention.max_age_days'", "a number of days", "'never'"]),
+    "age-beyond-a-century": ("[retention]\nmax_age_days = 1e7\n", ["'retention.max_age_days'", "from 0 to 36500", "10000000.0"]),
+    "infinite-age": ("[retention]\nmax_age_days = inf\n", ["'retention.max_age_days'", "from 0 to 36500", "inf"]),
+    "huge-session-cap": ("[retention]\nmax_session_bytes = 9223372036854775807\n", ["'retention.max_session_bytes'", "1 TiB"]),
+    "negative-db-budget": ("[retention]\nmax_db_bytes = -1\n", ["'retention.max_db_bytes'", "from 0 to", "1 PiB"]),
     "retention-not-a-table": ("retention = 5\n", ["'retention'", "a table"]),
     "invalid-toml": ("slots = 3\nstate_dir = \n", ["not valid TOML", "line 2"]),
     "duplicate-key": ("slots = 3\nslots = 4\n", ["not valid TOML", "line 2"]),
@@ -341,3 +362,73 @@ def test_valid_values_are_read_with_their_types(tmp_path: Path, home: Path) -> N
     assert (config.on_shutdown, config.log_level, config.log_format) == ("stop", "debug", "json")
     assert config.max_chunk_bytes == 1024
     assert config.retention == Retention(max_session_bytes=0, max_age_days=0.5, max_db_bytes=1_000_000)
+
+
+def test_every_numeric_key_accepts_both_ends_of_its_range(tmp_path: Path, home: Path) -> None:
+    """The smallest and largest value of each documented range load, and an existing group is accepted."""
+    group = grp.getgrgid(os.getgid()).gr_name
+    lowest = write(
+        tmp_path / "low.toml",
+        f"slots = 1\nstop_timeout = 0\nflush_interval = 0.001\nbatch_max_bytes = 1024\nmax_chunk_bytes = 1024\n"
+        f"spool_segment_bytes = 65536\nspool_max_bytes = 1048576\nsocket_group = '{group}'\n"
+        "[retention]\nmax_session_bytes = 0\nmax_age_days = 0\nmax_db_bytes = 0\n",
+    )
+    highest = write(
+        tmp_path / "high.toml",
+        "slots = 256\nstop_timeout = 86400\nflush_interval = 10\nbatch_max_bytes = 1073741824\n"
+        "max_chunk_bytes = 16777216\nspool_segment_bytes = 1073741824\nspool_max_bytes = 1099511627776\n"
+        "[retention]\nmax_session_bytes = 1099511627776\nmax_age_days = 36500\nmax_db_bytes = 1125899906842624\n",
+    )
+
+    low = load_config(lowest, environ={"HOME": str(home)})
+    high = load_config(highest, environ={"HOME": str(home)})
+
+    assert (low.slots, low.flush_interval, low.socket_group, low.retention.max_age_days) == (1, 0.001, group, 0)
+    assert (high.slots, high.stop_timeout, high.retention.max_age_days) == (256, 86400.0, 36500)
+
+
+def test_checkpoint_pattern_matches_output_bytes_that_are_not_utf8(tmp_path: Path, home: Path) -> None:
+    """The checkpoint pattern matches raw output bytes: invalid UTF-8 around or inside a match, `.` as any byte, non-ASCII pattern text as its UTF-8 bytes."""
+    path = write(tmp_path / "c.toml", "checkpoint_pattern = 'Continue\\? \\[y/N\\]|x.y|Überschreiben\\?'\n")
+
+    regex = load_config(path, environ={"HOME": str(home)}).checkpoint_regex
+
+    assert regex is not None
+    assert regex.search(b"\xff\xfe\xc3(Continue? [y/N] \x80")
+    assert regex.search(b"\xc3x\xffy\xc3")
+    assert regex.search("Datei Überschreiben?".encode())
+    assert not regex.search("Datei Überschreiben?".encode("latin-1"))
+    assert not regex.search(b"\xff" * 4096)
+
+
+BAD_AT_START = {
+    "unknown-group": ("socket_group = 'no-such-group-slotd'\n", ["'socket_group'", "no group named"]),
+    "age-beyond-a-century": ("[retention]\nmax_age_days = 1e7\n", ["'retention.max_age_days'", "from 0 to 36500"]),
+    "infinite-age": ("[retention]\nmax_age_days = inf\n", ["'retention.max_age_days'", "from 0 to 36500"]),
+    "infinite-stop-timeout": ("stop_timeout = inf\n", ["'stop_timeout'", "from 0 to 86400"]),
+    "huge-flush-interval": ("flush_interval = 1e9\n", ["'flush_interval'", "from 0.001 to 10"]),
+    "backreference": ("checkpoint_pattern = '(y|n)\\1'\n", ["'checkpoint_pattern'", "a backreference is not supported"]),
+}
+
+
+@pytest.mark.parametrize("contents, fragments", list(BAD_AT_START.values()), ids=list(BAD_AT_START))
+def test_daemon_refuses_a_config_that_would_fail_later_with_exit_78(tmp_path: Path, contents: str, fragments: list[str]) -> None:
+    """slotd exits 78 at once, without a traceback, on a value that would only fail after start, naming file, key and range."""
+    path = write(tmp_path / "slotd.toml", f"state_dir = 'state'\nruntime_dir = 'run'\n{contents}")
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "supervisor", "daemon", "--config", str(path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+    )
+    try:
+        out, err = daemon.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        out, err = daemon.communicate()
+        pytest.fail(f"slotd accepted the configuration and ran: {err.decode()[-2000:]}")
+
+    message = err.decode()
+    assert daemon.returncode == 78, message
+    assert "Traceback" not in message
+    assert message.startswith(f"slotd: configuration error: {path}: ")
+    for fragment in fragments:
+        assert fragment in message

@@ -102,6 +102,28 @@ def test_checkpoint_prompt_waits_for_an_operator_and_send_resumes_it(make_daemon
         daemon.request("stop", session=s["id"])
 
 
+def test_checkpoint_pattern_that_backtracks_elsewhere_leaves_the_daemon_answering(make_daemon):
+    """A checkpoint pattern that backtracks exponentially in other engines, against long output lines, costs the daemon no responsiveness and still matches."""
+    daemon = make_daemon(checkpoint_pattern="(a+)+$")
+    code = (
+        "import sys, time\n"
+        "for _ in range(20):\n"
+        "    sys.stdout.write('a' * 50000 + '!\\n'); sys.stdout.flush()\n"
+        "sys.stdout.write('aaaa'); sys.stdout.flush()\n"
+        "time.sleep(600)\n"
+    )
+    session = daemon.start_session(py(code))
+
+    def answers_promptly_and_waits() -> bool:
+        # A stalled event loop makes this fail after 5 s instead of hanging the test.
+        with daemon.client(timeout=5) as client:
+            client.request("info")
+            return client.request("show", session=session["id"])["status"] == "waiting_checkpoint"
+
+    wait_for(answers_promptly_and_waits, what="the trailing 'aaaa' to match while every request is answered")
+    wait_for(lambda: daemon.stdout_bytes(session["id"]).count(b"!\n") == 20, what="all 20 long lines stored")
+
+
 def test_send_eof_closes_the_sessions_stdin(daemon):
     """send with eof closes the command's stdin, so a reader of stdin sees the end."""
     session = daemon.start_session(py("import sys; data = sys.stdin.read(); print(len(data))"))
