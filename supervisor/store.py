@@ -494,12 +494,22 @@ class Store(Reader):
     # -- sessions ------------------------------------------------------------------
 
     def next_arrival(self) -> int:
-        return self.db.execute("SELECT coalesce(max(arrival), 0) + 1 FROM sessions").get
+        """The arrival after every one handed out, deleted sessions' included.
+
+        The last one is kept in settings, so a prune that empties the table does not
+        start the count again; the largest stored arrival covers a database from
+        before the counter (no migration needed).
+        """
+        return self.db.execute(
+            "SELECT max(coalesce((SELECT CAST(value AS INTEGER) FROM settings WHERE key = 'last_arrival'), 0),"
+            " coalesce((SELECT max(arrival) FROM sessions), 0)) + 1"
+        ).get
 
     def create_session(self, session: Session) -> Session:
-        """Insert a session; it arrives after every session already stored."""
+        """Insert a session; it arrives after every session ever stored."""
         with self.db:
             session = dataclasses.replace(session, arrival=self.next_arrival())
+            self.set_setting("last_arrival", str(session.arrival))
             placeholders = ", ".join("?" for _ in _SESSION_FIELDS)
             values = [_to_column(name, getattr(session, name)) for name in _SESSION_FIELDS]
             self.db.execute(f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES ({placeholders})", values)

@@ -528,6 +528,28 @@ def test_prune_without_cutoff_deletes_every_ended_session_of_the_given_statuses(
     assert store.count_with_status(["running"]) == 1
 
 
+def test_arrival_keeps_counting_after_a_prune_empties_the_table(store: Store, db_path: Path) -> None:
+    """A session created after every session was pruned, even after a reopen, arrives after all the deleted ones."""
+    ended = [store.create_session(new_session(status="completed", ended_at=utc_now())) for _ in range(3)]
+    assert store.prune(None, ENDED_STATUSES) and store.count_with_status(ENDED_STATUSES) == 0
+
+    assert store.create_session(new_session()).arrival == ended[-1].arrival + 1
+    store.db.execute("DELETE FROM sessions")  # the queued one too: nothing left to count from
+    store.close()
+    reopened = Store(db_path)
+    try:
+        assert reopened.create_session(new_session()).arrival == ended[-1].arrival + 2
+    finally:
+        reopened.close()
+
+
+def test_arrival_follows_sessions_stored_before_the_counter(store: Store) -> None:
+    """A database whose sessions predate the arrival counter goes on after its largest arrival."""
+    insert_raw(store.db, str(uuid.uuid4()), "completed", None, 41)
+
+    assert store.create_session(new_session()).arrival == 42
+
+
 def test_settings_round_trip_and_overwrite(store: Store) -> None:
     """A setting reads back as set, a second set replaces it, and a missing one gives the default."""
     assert store.get_setting("boot_id", "none") == "none"
