@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
+import re
 import signal
 import sys
 import time
@@ -238,6 +240,8 @@ def follow_rows(args: argparse.Namespace, session_id: str, since_seq: int, print
                         since_seq = message["row"]["seq"]
                     else:
                         return result_of(message)
+        except BrokenPipeError:
+            raise  # our stdout's reader went away, not the daemon
         except (ConnectionError, DaemonUnavailable, OSError):
             # The daemon went away (a restart?): carry on from the last row printed.
             deadline = deadline or time.monotonic() + RECONNECT_SECONDS
@@ -292,12 +296,7 @@ def cmd_logs(client: Client, args: argparse.Namespace) -> int:
     else:
         streams = None
     printer = RowPrinter(mode, streams)
-    since_seq, since_time = None, None
-    if args.since is not None:
-        if args.since.isdigit():
-            since_seq = int(args.since)
-        else:
-            since_time = args.since
+    since_seq, since_time = args.since if args.since is not None else (None, None)
     result = None
     for message in client.messages("logs", session=args.id, tail=args.n, since_seq=since_seq, since_time=since_time, stream=args.stream):
         if "row" in message:
@@ -345,19 +344,27 @@ def cmd_delete(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def parse_duration(text: str) -> float:
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    try:
-        if text[-1] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
-    except (ValueError, IndexError):
-        raise CliError(f"not a duration: {text!r} (use e.g. 30s, 12h, 7d)", EXIT_USAGE) from None
+def confirmed(question: str) -> bool:
+    """Ask on the terminal; only y or yes is a yes."""
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
 def cmd_prune(client: Client, args: argparse.Namespace) -> int:
-    older = parse_duration(args.older_than) if args.older_than else None
-    result = client.request("prune", older_than=older, status=args.status or None)
+    filtered = args.older_than is not None or bool(args.status)
+    if args.all and filtered:
+        raise CliError("--all means every ended session: give it without --older-than or --status", EXIT_USAGE)
+    if not args.all and not filtered:
+        raise CliError("prune needs --older-than AGE, --status STATUS, or --all for every ended session", EXIT_USAGE)
+    if args.all and not args.yes:
+        # As docker's prune commands: ask on a terminal, and without one refuse rather
+        # than delete everything unasked.
+        if not sys.stdin.isatty():
+            raise CliError("prune --all deletes every ended session: add -y to confirm (no terminal to ask on)", EXIT_USAGE)
+        if not confirmed("Delete every ended session and its transcript?"):
+            print("slotctl: nothing pruned", file=sys.stderr)
+            return EXIT_OK
+    result = client.request("prune", older_than=args.older_than, status=args.status or None)
     print_json(result) if args.json else print(f"pruned {len(result['deleted'])} sessions")
     return EXIT_OK
 
@@ -379,6 +386,47 @@ def daemon_command(command: str):
 
 
 # -- parser ---------------------------------------------------------------------------
+# Argument types: a bad value is a usage error (exit 2) naming the option, never a
+# traceback or a request the daemon must refuse.
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def seconds_arg(text: str) -> float:
+    """A finite number of seconds >= 0 (nan, inf and 1e400 are not)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def duration_arg(text: str) -> float:
+    """An age with its unit (30s, 12h, 7d, 1.5w), in seconds; a bare number is refused."""
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([smhdw])", text, re.ASCII)
+    seconds = float(match[1]) * DURATION_UNITS[match[2]] if match else math.nan
+    if not math.isfinite(seconds):
+        raise argparse.ArgumentTypeError(f"expected an age with a unit (30s, 12h, 7d, 2w), got {text!r}")
+    return seconds
+
+
+def since_arg(text: str) -> tuple[int | None, str | None]:
+    """(since_seq, since_time): a sequence number, or an ISO 8601 time."""
+    if text.isascii() and text.isdigit():
+        return int(text), None
+    try:
+        datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a sequence number or an ISO 8601 time, got {text!r}") from None
+    return None, text
+
+
+def signal_arg(text: str) -> int | str:
+    """A signal number (sent as a number) or name (the daemon checks it)."""
+    return int(text) if text.isascii() and text.isdigit() else text
+
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -422,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("logs", cmd_logs, "print a session's transcript")
     p.add_argument("id")
     p.add_argument("-n", type=int, metavar="N", help="only the last N lines")
-    p.add_argument("--since", metavar="SEQ|TIME", help="rows after this sequence number, or since this ISO time")
+    p.add_argument("--since", type=since_arg, metavar="SEQ|TIME", help="rows after this sequence number, or since this ISO time")
     p.add_argument("--stream", choices=["stdout", "stderr", "stdin", "system"], help="one stream only")
     p.add_argument("--raw", action="store_true", help="the exact bytes the command wrote, nothing added")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the session ends")
@@ -436,11 +484,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("stop", simple("stop", timeout="timeout"), "SIGTERM the session's process group, SIGKILL after a timeout")
     p.add_argument("id")
-    p.add_argument("-t", "--timeout", type=float, help="seconds before SIGKILL (default: stop_timeout)")
+    p.add_argument("-t", "--timeout", type=seconds_arg, help="seconds before SIGKILL (default: stop_timeout)")
 
     p = add("kill", simple("kill", signal="signal"), "send a signal to the session's process group")
     p.add_argument("id")
-    p.add_argument("-s", "--signal", default="KILL", help="signal name or number (default KILL)")
+    p.add_argument("-s", "--signal", type=signal_arg, default="KILL", help="signal name or number (default KILL)")
 
     for name, help_text in (
         ("pause", "SIGSTOP the session (it keeps its slot)"),
@@ -451,9 +499,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("delete", cmd_delete, "delete an ended session and its transcript").add_argument("id")
 
-    p = add("prune", cmd_prune, "delete ended sessions")
-    p.add_argument("--older-than", metavar="AGE", help="only those ended longer ago (30s, 12h, 7d)")
+    p = add("prune", cmd_prune, "delete ended sessions: those a filter selects, or --all")
+    p.add_argument("--older-than", type=duration_arg, metavar="AGE", help="only those ended longer ago (30s, 12h, 7d, 2w: a unit is required)")
     p.add_argument("-s", "--status", action="append", default=[], help="only this status (repeatable)")
+    p.add_argument(
+        "--all", action="store_true",
+        help="every ended session; asks on a terminal unless -y, and without a terminal needs -y (as docker's --force)",
+    )
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask before --all")
 
     add("drain", daemon_command("drain"), "stop starting queued sessions")
     add("undrain", daemon_command("undrain"), "start queued sessions again")
@@ -489,11 +542,15 @@ def main(argv: list[str] | None = None) -> None:
     except CliError as error:
         print(f"slotctl: {error}", file=sys.stderr)
         status = error.status
+    except BrokenPipeError:
+        # Our reader (head, less) went away: stop quietly, as cat does. (The client
+        # reports a broken socket as ConnectionResetError, so this is our stdout.)
+        # Python flushes stdout once more at exit; pointed at /dev/null, it cannot fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = EXIT_OK
     except ConnectionError as error:
         print(f"slotctl: lost the connection to slotd: {error}", file=sys.stderr)
         status = EXIT_UNAVAILABLE
-    except BrokenPipeError:
-        status = EXIT_OK  # our reader (head, less) went away
     except KeyboardInterrupt:
         status = 130
     sys.exit(status)

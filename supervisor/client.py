@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -65,7 +66,11 @@ class Client:
         request_id = self._next_id
         self._next_id += 1
         message = {"id": request_id, "cmd": cmd, **{k: v for k, v in args.items() if v is not None}}
-        self.sock.sendall(encode_message(message))
+        try:
+            self.sock.sendall(encode_message(message))
+        except BrokenPipeError:
+            # Not BrokenPipeError: to slotctl that means its own stdout's reader left.
+            raise ConnectionResetError(errno.EPIPE, "the daemon closed the connection") from None
         return request_id
 
     def receive(self) -> dict[str, Any]:

@@ -232,7 +232,7 @@ class Shim:
         env.update(self.spec["env"])
         try:
             if not os.path.isdir(cwd):
-                raise MissingWorkingDirectory(f"working directory {cwd!r} does not exist")
+                raise MissingWorkingDirectory(cwd)
             self.proc = subprocess.Popen(
                 self.spec["argv"],
                 cwd=cwd,
@@ -371,12 +371,16 @@ def signal_group(pgid: int, signum: int) -> None:
 
 
 class MissingWorkingDirectory(OSError):
-    """The session's cwd does not exist (checked before exec, to say so plainly)."""
+    """The session's cwd is missing or not a directory (checked before exec, to say so plainly)."""
+
+    def __init__(self, cwd: str) -> None:
+        self.not_a_directory = os.path.exists(cwd)
+        super().__init__(f"working directory {cwd!r} {'is not a directory' if self.not_a_directory else 'does not exist'}")
 
 
 def spawn_failure_reason(error: OSError) -> str:
     if isinstance(error, MissingWorkingDirectory):
-        return "working directory not found"
+        return "working directory is not a directory" if error.not_a_directory else "working directory not found"
     if isinstance(error, FileNotFoundError):
         return "command not found"
     if isinstance(error, PermissionError):

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import subprocess
 import sys
 
-from tests.conftest import py
+import pytest
+
+from tests.conftest import py, system_text
 
 
 def test_run_prints_output_and_exits_with_the_sessions_code(daemon):
@@ -113,3 +117,125 @@ def test_ps_label_filter_matches_type_and_value(daemon):
     daemon.start_session(py("pass"), labels={"flag": 1})
     matches = daemon.request("ps", labels={"flag": True})
     assert [s["id"] for s in matches] == [flagged["id"]]
+
+
+def ended_session(daemon) -> str:
+    """The id of a session that ran and completed."""
+    session = daemon.start_session(py("print('done')"))
+    daemon.wait_ended(session["id"])
+    return session["id"]
+
+
+def test_kill_takes_a_signal_number(daemon):
+    """kill -s 9 sends signal 9 (the number is sent as a number), and the session ends killed by it."""
+    session = daemon.start_session(py("import time; time.sleep(600)"))
+    daemon.wait_status(session["id"], "running")
+
+    result = daemon.cli("kill", "-s", "9", session["id"])
+
+    assert result.returncode == 0, result.stderr
+    ended = daemon.wait_ended(session["id"])
+    assert (ended["status"], ended["signal"]) == ("killed", 9)
+
+
+BAD_NUMBERS = [
+    (["stop", "-t", value, "ffffffff"], "-t/--timeout") for value in ("nan", "inf", "-1", "1e400", "²")
+] + [
+    (["prune", "--older-than", value], "--older-than") for value in ("nan", "infd", "1e400d", "9" * 400 + "d", "²", "²d", "10")
+] + [
+    (["logs", "--since", value, "ffffffff"], "--since") for value in ("nan", "inf", "1e400", "²", "yesterday")
+]
+
+
+@pytest.mark.parametrize("args, option", BAD_NUMBERS, ids=[f"{args[0]} {args[1]} {args[2][:8]}" for args, _ in BAD_NUMBERS])
+def test_a_bad_number_or_duration_is_a_usage_error_naming_the_option(daemon, args, option):
+    """nan, inf, 1e400, a superscript digit, or an age without its unit: exit 2 with a message naming the option, no traceback, nothing deleted."""
+    kept = ended_session(daemon)
+
+    result = daemon.cli(*args)
+
+    stderr = result.stderr.decode()
+    assert result.returncode == 2, stderr
+    assert "Traceback" not in stderr
+    assert f"argument {option}" in stderr and repr(args[2]) in stderr
+    assert daemon.session(kept)["status"] == "completed"
+
+
+def test_prune_deletes_nothing_without_a_filter_or_all(daemon):
+    """prune with neither a filter nor --all, and --all without -y and without a terminal, exit 2 and delete nothing; --all -y deletes every ended session."""
+    kept = ended_session(daemon)
+
+    bare = daemon.cli("prune")
+    unconfirmed = daemon.cli("prune", "--all", input=b"y\n")
+
+    assert bare.returncode == 2 and b"--all" in bare.stderr
+    assert unconfirmed.returncode == 2 and b"-y" in unconfirmed.stderr
+    assert daemon.session(kept)["status"] == "completed"
+    confirmed = daemon.cli("prune", "--all", "-y")
+    assert confirmed.returncode == 0, confirmed.stderr
+    assert confirmed.stdout == b"pruned 1 sessions\n"
+    assert daemon.request("ps") == []
+
+
+def prune_all_on_a_terminal(daemon, answer: bytes) -> subprocess.CompletedProcess:
+    """slotctl prune --all with a pseudo-terminal as stdin, answering the question with answer."""
+    controller, terminal = pty.openpty()
+    try:
+        os.write(controller, answer)
+        process = subprocess.run(
+            [sys.executable, "-m", "supervisor", "--socket", str(daemon.socket), "prune", "--all"],
+            stdin=terminal, capture_output=True, timeout=60,
+        )
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    return process
+
+
+def test_prune_all_on_a_terminal_asks_first(daemon):
+    """prune --all on a terminal asks; anything but y deletes nothing, y deletes every ended session."""
+    kept = ended_session(daemon)
+
+    refused = prune_all_on_a_terminal(daemon, b"n\n")
+    assert refused.returncode == 0
+    assert b"[y/N]" in refused.stderr and b"nothing pruned" in refused.stderr
+    assert daemon.session(kept)["status"] == "completed"
+
+    accepted = prune_all_on_a_terminal(daemon, b"y\n")
+    assert accepted.returncode == 0, accepted.stderr
+    assert accepted.stdout == b"pruned 1 sessions\n"
+    assert daemon.request("ps") == []
+
+
+def test_output_into_a_reader_that_leaves_early_ends_quietly_with_0(daemon):
+    """slotctl logs | head -1: slotctl exits 0 with nothing on stderr once head has gone, as cat does."""
+    session = daemon.start_session(py("for i in range(200000): print('line', i)"))
+    daemon.wait_ended(session["id"])
+
+    slotctl = subprocess.Popen(
+        [sys.executable, "-m", "supervisor", "--socket", str(daemon.socket), "logs", "--raw", session["id"]],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    head = subprocess.Popen(["head", "-1"], stdin=slotctl.stdout, stdout=subprocess.PIPE)
+    slotctl.stdout.close()  # head alone holds the pipe's reading end
+    first, _ = head.communicate(timeout=60)
+    with slotctl.stderr:
+        stderr = slotctl.stderr.read()
+    slotctl.wait(60)
+
+    assert first == b"line 0\n"
+    assert (slotctl.returncode, stderr) == (0, b"")
+
+
+def test_a_working_directory_that_is_a_file_is_said_to_be_no_directory(daemon, tmp_path):
+    """run -C FILE fails to start with reason 'working directory is not a directory', not 'not found'."""
+    not_a_directory = tmp_path / "plain-file"
+    not_a_directory.write_text("")
+
+    result = daemon.cli("run", "-C", str(not_a_directory), "--", "true")
+
+    assert result.returncode == 127
+    assert b"working directory is not a directory" in result.stderr
+    failed = daemon.request("ps", status="failed")[0]
+    assert failed["reason"] == "working directory is not a directory"
+    assert f"working directory '{not_a_directory}' is not a directory" in system_text(daemon.database, failed["id"])
