@@ -130,17 +130,22 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _integer_in(low: int, high: int, unit: str = "") -> tuple[Check, str]:
+def _integer_in(low: int, high: int) -> tuple[Check, str]:
     """A check for an integer in [low, high], and its description for error messages."""
     def check(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
-    return check, f"an integer{unit} from {_size(low) if unit else low} to {_size(high) if unit else high}"
+    return check, f"an integer from {low} to {high}"
 
 
-def _number_in(low: float, high: float, unit: str) -> tuple[Check, str]:
-    """A check for a finite number in [low, high], and its description for error messages."""
-    return (lambda value: _is_number(value) and low <= value <= high), f"a number of {unit} from {low:g} to {high:g}"
+def _bytes_in(low: int, high: int, note: str = "") -> tuple[Check, str]:
+    """A check for a byte count in [low, high], described with binary units."""
+    return _integer_in(low, high)[0], f"a number of bytes from {_size(low)} to {_size(high)}{note}"
+
+
+def _number_in(low: float, high: float, unit: str, note: str = "") -> tuple[Check, str]:
+    """A check for a finite number in [low, high] (never inf or nan), and its description."""
+    return (lambda value: _is_number(value) and low <= value <= high), f"a number of {unit} from {low:g} to {high:g}{note}"
 
 
 def _size(count: int) -> str:
@@ -161,18 +166,18 @@ _TOP_KEYS: dict[str, tuple[Check, str]] = {
     "stop_timeout": _number_in(0, 86400, "seconds"),
     "checkpoint_pattern": (lambda v: isinstance(v, str), "a regular expression (string, RE2 syntax)"),
     "flush_interval": _number_in(0.001, 10, "seconds"),
-    "batch_max_bytes": _integer_in(KiB, GiB, " of bytes"),
-    "max_chunk_bytes": _integer_in(KiB, 16 * MiB, " of bytes"),
-    "spool_segment_bytes": _integer_in(64 * KiB, GiB, " of bytes"),
-    "spool_max_bytes": _integer_in(MiB, TiB, " of bytes"),
+    "batch_max_bytes": _bytes_in(KiB, GiB),
+    "max_chunk_bytes": _bytes_in(KiB, 16 * MiB),
+    "spool_segment_bytes": _bytes_in(64 * KiB, GiB),
+    "spool_max_bytes": _bytes_in(MiB, TiB),
     "on_shutdown": (lambda v: v in ("keep", "stop"), '"keep" or "stop"'),
     "log_level": (lambda v: v in ("debug", "info", "warning", "error"), '"debug", "info", "warning" or "error"'),
     "log_format": (lambda v: v in ("auto", "json", "console"), '"auto", "json" or "console"'),
 }
 _RETENTION_KEYS: dict[str, tuple[Check, str]] = {
-    "max_session_bytes": _integer_in(0, TiB, " of bytes"),
-    "max_age_days": _number_in(0, 36500, "days"),
-    "max_db_bytes": _integer_in(0, PiB, " of bytes"),
+    "max_session_bytes": _bytes_in(0, TiB, ", 0 = no cap"),
+    "max_age_days": _number_in(0, 36500, "days", ", 0 = keep forever"),
+    "max_db_bytes": _bytes_in(0, PiB, ", 0 = no budget"),
 }
 _PATH_KEYS = ("state_dir", "runtime_dir", "socket")
 
