@@ -428,7 +428,6 @@ def signal_arg(text: str) -> int | str:
     return int(text) if text.isascii() and text.isdigit() else text
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
