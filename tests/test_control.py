@@ -264,7 +264,8 @@ def test_a_full_disk_is_reported_and_nothing_is_lost_once_space_returns(make_dae
     daemon = make_daemon(start=False)
     state = daemon.root / "state"
     state.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(state)], check=True)
+    # mode=0700: a tmpfs root is 1777 by default, which slotd refuses for its state.
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(state)], check=True)
     try:
         daemon.start()
         gate = daemon.root / "gate"
