@@ -65,13 +65,24 @@ def check_owned(path: Path | str, st: os.stat_result, what: str = "") -> None:
         )
 
 
+def _trusted_owners() -> str:
+    return "root" if os.geteuid() == 0 else f"root or {owner_name(os.geteuid())}"
+
+
+def _check_link(path: Path, st: os.stat_result) -> None:
+    """Whoever owns a link decides where it leads: root or slotd's user only. (A link's
+    own mode means nothing; its directory was checked before it.)"""
+    if st.st_uid not in (0, os.geteuid()):
+        raise UntrustedPath(f"{path} is not safe to use: it is a symbolic link of {owner_name(st.st_uid)}, not of {_trusted_owners()}")
+
+
 def _check_above(path: Path, st: os.stat_result) -> None:
     """A directory on the way to one of ours: root's or ours, and writable by nobody
     else unless it is sticky."""
     if st.st_uid not in (0, os.geteuid()) or (others_may_write(st) and not st.st_mode & stat.S_ISVTX):
         raise UntrustedPath(
-            f"{path} is not safe to use ({describe(st)}): a directory above slotd's must belong to root "
-            f"or {owner_name(os.geteuid())} and not be writable by group or others (unless sticky, as /tmp is)"
+            f"{path} is not safe to use ({describe(st)}): a directory above slotd's must belong to "
+            f"{_trusted_owners()} and not be writable by group or others (unless sticky, as /tmp is)"
         )
 
 
@@ -107,8 +118,7 @@ def walk(path: Path) -> tuple[Path, list[str]]:
         if st is None:
             return candidate, todo
         if stat.S_ISLNK(st.st_mode):
-            # Whoever owns a link decides where it leads: root or slotd's user only.
-            _check_above(candidate, st)
+            _check_link(candidate, st)
             hops += 1
             if hops > MAX_SYMLINKS:
                 raise PathError(f"{path}: too many levels of symbolic links")
