@@ -89,11 +89,13 @@ def prepare_directories(config: Config) -> None:
         else:
             fsguard.ensure_dir(directory, PRIVATE_DIR_MODE)
     fsguard.ensure_dir(config.sessions_dir, PRIVATE_DIR_MODE)
-    real_socket_dir, missing = fsguard.walk(config.socket)
-    if missing or not real_socket_dir.parent.exists():
-        real_socket_dir = fsguard.ensure_dir(socket_dir, PRIVATE_DIR_MODE if gid is None else GROUP_PASS_MODE, -1 if gid is None else gid)
+    if os.path.isdir(socket_dir):
+        # Ours, or one slotd only creates its socket in (/run, or a sticky /tmp).
+        real_socket_dir = fsguard.check_parent(socket_dir)
+    elif gid is None:
+        real_socket_dir = fsguard.ensure_dir(socket_dir, PRIVATE_DIR_MODE)
     else:
-        real_socket_dir = real_socket_dir.parent
+        real_socket_dir = fsguard.ensure_dir(socket_dir, GROUP_PASS_MODE, gid)
     if gid is not None:
         check_group_can_pass(real_socket_dir, config.socket_group, gid)
 

@@ -139,6 +139,19 @@ def walk(path: Path) -> tuple[Path, list[str]]:
     return real, []
 
 
+def check_parent(path: Path) -> Path:
+    """Check a directory slotd only creates into (its socket's, say) and every one above
+    it: root's or ours, writable by nobody else unless sticky; return its real path."""
+    real, missing = walk(path)
+    st = _lstat(real)
+    if missing or st is None:
+        raise PathError(f"{path} does not exist")
+    if not stat.S_ISDIR(st.st_mode):
+        raise PathError(f"{real} is not a directory")
+    _check_above(real, st)
+    return real
+
+
 def ensure_dir(path: Path, mode: int, gid: int = -1) -> Path:
     """Make sure path is a directory of ours with exactly this mode (and group); return
     its real path.
@@ -152,7 +165,11 @@ def ensure_dir(path: Path, mode: int, gid: int = -1) -> Path:
     real, missing = walk(path)
     if missing or not os.path.lexists(real):
         parent, names = real.parent, [real.name, *missing]
-        fd = os.open(parent, _DIRECTORY_FLAGS)
+        name = ""
+        try:
+            fd = os.open(parent, _DIRECTORY_FLAGS)
+        except OSError as error:
+            raise PathError(f"cannot create {real}: {parent}: {error.strerror}") from None
         try:
             for name in names:
                 try:

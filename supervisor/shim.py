@@ -3,10 +3,11 @@
 Standard library only, so it starts fast. The daemon starts one per session as
 ``python -m supervisor.shim SESSION_DIR``; it reads ``spec.json`` there (only from a
 directory, a spec and a FIFO of its own user's that nobody else can write to: whoever
-could would choose the command it runs), starts the command in its own process group, and copies everything the command writes into the
-spool (see spool.py), in the order it read it. It holds the command's stdin open
-through a FIFO, so the daemon can come and go without the command ever seeing EOF,
-SIGPIPE or a blocked write. Its last record is the command's exit status.
+could would choose the command it runs), starts the command in its own process
+group, and copies everything the command writes into the spool (see spool.py), in
+the order it read it. It holds the command's stdin open through a FIFO, so the
+daemon can come and go without the command ever seeing EOF, SIGPIPE or a blocked
+write. Its last record is the command's exit status.
 """
 
 from __future__ import annotations
