@@ -464,3 +464,11 @@ def test_walk_names_the_missing_part_and_checks_links_on_the_way(tmp_path: Path)
     (tmp_path / "via").symlink_to(real)
     assert fsguard.walk(tmp_path / "via" / "a" / "b") == (real / "a", ["b"])
     assert fsguard.walk(tmp_path / "via") == (real, [])
+
+
+@pytest.mark.parametrize("unit", ["slotd.service", "system/slotd.service"])
+def test_the_systemd_units_do_not_restart_on_a_refusal_to_start(unit: str) -> None:
+    """Both units list 78, the status of every refusal an operator must act on, in RestartPreventExitStatus."""
+    text = (Path(__file__).parent.parent / "systemd" / unit).read_text()
+    settings = [line.split("=", 1)[1].split() for line in text.splitlines() if line.startswith("RestartPreventExitStatus=")]
+    assert settings and str(EXIT_CONFIG) in settings[-1]
