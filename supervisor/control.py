@@ -8,15 +8,18 @@ client.
 
 from __future__ import annotations
 
+import errno
 import grp
+import json
 import os
 import pwd
 import select
 import socket
 import stat
 import struct
-from pathlib import Path
 from collections.abc import Awaitable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import apsw
@@ -42,6 +45,8 @@ _UCRED = struct.Struct("3i")
 RECEIVE_SIZE = 65536
 # How often a stream whose client stopped sending checks that the client is still there.
 HANGUP_POLL_INTERVAL = 2.0
+# How long a daemon found on the socket path at start has to answer info.
+PROBE_TIMEOUT = 2.0
 
 
 class SocketPathError(Exception):
@@ -79,32 +84,105 @@ class PeerPolicy:
             return False
 
 
-async def bind_socket(path: Path, group_name: str | None) -> trio.socket.SocketType:
-    """Bind the control socket, replacing a stale one; mode 0600, or 0660 for a group."""
+class SocketInUse(Exception):
+    """Another daemon answers on the socket path: its socket is never taken over."""
+
+
+@dataclass(frozen=True)
+class SocketFile:
+    """The socket file this daemon bound, known by its inode."""
+
+    path: Path
+    device: int
+    inode: int
+
+    def remove(self) -> None:
+        """Unlink the socket file, if it is still the one this daemon bound."""
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        if (st.st_dev, st.st_ino) == (self.device, self.inode):
+            self.path.unlink(missing_ok=True)
+
+
+async def listener_pid(path: Path) -> int | None:
+    """The pid of whoever listens on path, or None if nobody does (a stale socket).
+
+    Asked with an info request, as any client would; a listener that does not answer
+    in time is named by the kernel's record of who bound it (SO_PEERCRED).
+    """
+    probe = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            await probe.connect(os.fspath(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            return None
+        pid = peer_credentials(probe)[0]
+        with trio.move_on_after(PROBE_TIMEOUT):
+            await probe.send(b'{"id": 1, "cmd": "info"}\n')
+            reply = b""
+            while not reply.endswith(b"\n") and (data := await probe.recv(RECEIVE_SIZE)):
+                reply += data
+            try:
+                answered = json.loads(reply)["result"]["pid"]
+            except (ValueError, KeyError, TypeError):
+                answered = None
+            if isinstance(answered, int) and not isinstance(answered, bool):
+                pid = answered
+        return pid
+    finally:
+        probe.close()
+
+
+async def check_socket_free(path: Path) -> os.stat_result | None:
+    """Refuse a socket path that is too long, holds something other than a socket, or
+    has a daemon answering on it; return a stale socket's stat (nobody listens: it may
+    be replaced), or None when there is nothing at path."""
     if len(os.fsencode(path)) >= 108:
         raise SocketPathError(f"socket path is too long for a Unix socket ({len(os.fsencode(path))} bytes, at most 107): {path}")
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
-            # Our lock is held, so whatever listened here is gone: a stale socket.
-            path.unlink()
-        else:
-            raise SocketPathError(f"{path} exists and is not a socket; refusing to replace it")
+        st = os.lstat(path)
     except FileNotFoundError:
-        pass
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise SocketPathError(f"{path} exists and is not a socket; refusing to replace it")
+    pid = await listener_pid(path)
+    if pid is not None:
+        raise SocketInUse(
+            f"another slotd (pid {pid}) answers on socket {path}; refusing to take it over "
+            "(give each state_dir its own socket)"
+        )
+    return st
+
+
+async def bind_socket(path: Path, group_id: int | None) -> tuple[trio.socket.SocketType, SocketFile]:
+    """Bind the control socket, replacing a stale one; mode 0600, or 0660 for a group.
+
+    The directories on the way are checked before (daemon.prepare_directories). The
+    mode comes from the umask at bind time, so the file is never open to others for a
+    moment, and nothing is done to the path after by a call that would follow a link.
+    """
+    stale = await check_socket_free(path)
+    if stale is not None:
+        SocketFile(path, stale.st_dev, stale.st_ino).remove()
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)
+    old_umask = os.umask(0o117 if group_id is not None else 0o177)
     try:
         await sock.bind(os.fspath(path))
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:  # bound by someone else since the check
+            raise SocketInUse(f"another process bound socket {path} while slotd was starting") from None
+        raise
     finally:
         os.umask(old_umask)
-    if group_name:
-        os.chown(path, -1, grp.getgrnam(group_name).gr_gid)
-        os.chmod(path, 0o660)
-    else:
-        os.chmod(path, 0o600)
+    st = os.lstat(path)
+    bound = SocketFile(path, st.st_dev, st.st_ino)
+    if group_id is not None:
+        os.chown(path, -1, group_id, follow_symlinks=False)
     sock.listen(128)
-    return sock
+    return sock, bound
 
 
 def hung_up(sock: trio.socket.SocketType) -> bool:

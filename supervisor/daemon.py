@@ -1,9 +1,15 @@
 """slotd: the nursery tree, signals and the shutdown policy.
 
-Start-up order is explicit: lock the state directory, open the database, start the
-ingestor and the slot manager, reconcile what the last run left, bind the socket, then
-tell systemd READY. Shutdown runs it backwards; the ingestor goes last so everything
-read from a spool is committed.
+Start-up order is explicit: check (or create) the directories, lock the state
+directory, check that no other daemon answers on the socket, open the database, start
+the ingestor and the slot manager, reconcile what the last run left, bind the socket,
+then tell systemd READY. Shutdown runs it backwards; the ingestor goes last so
+everything read from a spool is committed.
+
+A refusal to start is one line on stderr and a distinct exit status: 78 (EX_CONFIG)
+for what the operator must change (the configuration, a directory's owner or mode, a
+database from a newer slotd), which the systemd units keep from becoming a restart
+loop; 75 (EX_TEMPFAIL) when another daemon holds the state directory or the socket.
 """
 
 from __future__ import annotations
@@ -13,38 +19,121 @@ import fcntl
 import grp
 import os
 import signal
+import stat
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 import apsw
 import structlog
 import trio
 
-from supervisor import __version__, control, maintenance, recovery, systemd
+from supervisor import __version__, control, fsguard, maintenance, recovery, systemd
 from supervisor.commands import Commands
 from supervisor.config import EXIT_CONFIG, Config, ConfigError, load_config
 from supervisor.database import DatabaseWriter, ReaderPool
 from supervisor.ingest import Ingestor
 from supervisor.logconfig import configure_logging
 from supervisor.slots import SlotManager
-from supervisor.store import Checkpointer, Store
+from supervisor.store import Checkpointer, SchemaTooNew, Store
 
 log = structlog.get_logger()
 
 EXIT_ALREADY_RUNNING = 75
 EXIT_STARTUP_FAILED = 1
-
+# Files slotd creates are its own alone (the database holds every session's environment
+# and output); sessions get the umask slotd was started with.
+DAEMON_UMASK = 0o077
+PRIVATE_DIR_MODE = 0o700
+# A directory on the way to a socket_group socket: its group may pass, not list.
+GROUP_PASS_MODE = 0o710
+DATABASE_FILE_MODE = 0o600
+DATABASE_SUFFIXES = ("", "-wal", "-shm")
 
 
 class StartupError(Exception):
     """The daemon cannot start; the message says why and what to do."""
 
+    def __init__(self, message: str, exit_code: int = EXIT_ALREADY_RUNNING) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def socket_group_id(config: Config) -> int | None:
+    if not config.socket_group:
+        return None
+    try:
+        return grp.getgrnam(config.socket_group).gr_gid
+    except KeyError:
+        raise StartupError(f"socket_group {config.socket_group!r} is not a group on this system", EXIT_CONFIG) from None
+
+
+def prepare_directories(config: Config) -> None:
+    """Create the state and runtime directories and sessions/, or check the ones there.
+
+    Each must be slotd's user's and writable by nobody else, and so must every directory
+    above them (fsguard): a directory another user can write to lets them swap a
+    session's spec or the socket. With socket_group, the directories slotd owns on the
+    socket's way get that group and mode 0710, and every other one on the way must let
+    the group pass, or slotd refuses to start, naming it.
+    """
+    gid = socket_group_id(config)
+    socket_dir = config.socket.parent
+
+    def on_socket_path(directory: Path) -> bool:
+        return gid is not None and (socket_dir == directory or directory in socket_dir.parents)
+
+    for directory in (config.state_dir, config.runtime_dir):
+        if on_socket_path(directory):
+            fsguard.ensure_dir(directory, GROUP_PASS_MODE, gid)
+        else:
+            fsguard.ensure_dir(directory, PRIVATE_DIR_MODE)
+    fsguard.ensure_dir(config.sessions_dir, PRIVATE_DIR_MODE)
+    if os.path.isdir(socket_dir):
+        # Ours, or one slotd only creates its socket in (/run, or a sticky /tmp).
+        real_socket_dir = fsguard.check_parent(socket_dir)
+    elif gid is None:
+        real_socket_dir = fsguard.ensure_dir(socket_dir, PRIVATE_DIR_MODE)
+    else:
+        real_socket_dir = fsguard.ensure_dir(socket_dir, GROUP_PASS_MODE, gid)
+    if gid is not None:
+        check_group_can_pass(real_socket_dir, config.socket_group, gid)
+
+
+def check_group_can_pass(directory: Path, group: str, gid: int) -> None:
+    """Every directory from / to the socket's must let socket_group's members through."""
+    for step in [*reversed(directory.parents), directory]:
+        st = os.stat(step)
+        if not fsguard.searchable_by_group(st, gid):
+            raise StartupError(
+                f"socket_group {group!r} cannot reach the socket: {step} ({fsguard.describe(st)}, group "
+                f"{fsguard.group_name(st.st_gid)}) does not let the group pass; give it o+x, or g+x with "
+                f"group {group}, or set socket to a path the group can reach",
+                EXIT_CONFIG,
+            )
+
+
+def tighten_database_modes(database: Path) -> None:
+    """The database, its WAL and shared memory: 0600, whatever an older slotd left."""
+    for suffix in DATABASE_SUFFIXES:
+        path = database.with_name(database.name + suffix)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        mode = stat.S_IMODE(st.st_mode)
+        if stat.S_ISREG(st.st_mode) and mode != DATABASE_FILE_MODE:
+            os.chmod(path, DATABASE_FILE_MODE, follow_symlinks=False)
+            log.warning("database_mode_fixed", path=str(path), was=f"{mode:04o}", now=f"{DATABASE_FILE_MODE:04o}")
+
 
 @contextmanager
 def hold_state_lock(config: Config):
     """One daemon per state directory: an exclusive flock held for the daemon's life."""
-    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(config.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(config.lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        raise StartupError(f"cannot use state directory {config.state_dir}: {config.lock_file}: {error.strerror}", EXIT_CONFIG) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -61,8 +150,9 @@ def hold_state_lock(config: Config):
 
 
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, session_umask: int = 0o022) -> None:
         self.config = config
+        self.session_umask = session_umask
         self.shutdown_requested = trio.Event()
         self.shutdown_mode = config.on_shutdown
         # Cancelled by a shutdown request that arrives before READY.
@@ -89,21 +179,22 @@ class Daemon:
 
     async def run(self) -> None:
         config = self.config
-        config.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        config.sessions_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if config.socket_group and config.socket.parent == config.runtime_dir:
-            # Members must reach the socket: search (not read) permission on slotd's
-            # own runtime directory; the spools below stay private (sessions/ is 0700).
-            # A socket placed elsewhere keeps that directory's permissions.
-            os.chown(config.runtime_dir, -1, grp.getgrnam(config.socket_group).gr_gid)
-            os.chmod(config.runtime_dir, 0o710)
-        store = Store(config.database)
+        tighten_database_modes(config.database)
+        try:
+            store = Store(config.database)
+        except SchemaTooNew as error:
+            raise StartupError(
+                f"{config.database} has schema version {error.found}, newer than this slotd ({__version__}) "
+                f"knows ({error.known}): run the slotd that wrote it, or give this one another state_dir",
+                EXIT_CONFIG,
+            ) from None
         checkpointer = Checkpointer(config.database)
         writer = DatabaseWriter(store)
         readers = ReaderPool(config.database)
         ingestor = Ingestor(writer, config.flush_interval, config.batch_max_bytes)
-        slots = SlotManager(config, writer, ingestor)
+        slots = SlotManager(config, writer, ingestor, self.session_umask)
         commands = self.commands = Commands(config, slots, readers, ingestor, self.request_shutdown)
+        socket_file = None
         try:
             async with trio.open_nursery() as outer:
                 await outer.start(ingestor.run)
@@ -111,10 +202,11 @@ class Daemon:
                     await inner.start(self.watch_signals)
                     await inner.start(slots.run)
                     accepting = None
+                    socket_file: control.SocketFile | None = None
                     with self.startup_scope:
                         counts = await recovery.reconcile(slots)
                         log.info("reconciled", **counts)
-                        sock = await control.bind_socket(config.socket, config.socket_group)
+                        sock, socket_file = await control.bind_socket(config.socket, socket_group_id(config))
                         accepting = await inner.start(control.serve, sock, commands, control.PeerPolicy(config.socket_group))
                         await inner.start(maintenance.checkpoint_loop, ingestor, writer, checkpointer)
                         await inner.start(maintenance.retention_loop, config, writer, readers)
@@ -130,7 +222,8 @@ class Daemon:
                     # Stop serving new clients and dispatching; keep ingesting.
                     if accepting is not None:
                         accepting.cancel()
-                        config.socket.unlink(missing_ok=True)
+                    if socket_file is not None:
+                        socket_file.remove()
                     if self.shutdown_mode == "stop":
                         slots.draining = True
                         await slots.stop_all()
@@ -138,10 +231,10 @@ class Daemon:
                 outer.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
-                try:
-                    config.socket.unlink()
-                except FileNotFoundError:
-                    pass
+                # Only the socket this daemon bound: never a file it refused to replace,
+                # nor a socket another daemon bound there since.
+                if socket_file is not None:
+                    socket_file.remove()
                 readers.close()
                 writer.close()
                 checkpointer.checkpoint()
@@ -169,12 +262,32 @@ def main(argv: list[str] | None = None) -> None:
         print(f"config: {config.source or 'built-in defaults'}\nstate_dir: {config.state_dir}\nruntime_dir: {config.runtime_dir}\nsocket: {config.socket}\nslots: {config.slots}")
         return
     configure_logging(config.log_level, config.log_format)
+    session_umask = os.umask(DAEMON_UMASK)
     try:
+        prepare_directories(config)
         with hold_state_lock(config):
-            run_until_stopped(config)
-    except StartupError as error:
-        print(f"slotd: {error}", file=sys.stderr)
-        sys.exit(EXIT_ALREADY_RUNNING)
+            # Before anything is reconciled: a daemon of another state directory may
+            # answer on this socket path (checked again when binding, for a race).
+            trio.run(control.check_socket_free, config.socket)
+            run_until_stopped(config, session_umask)
+    except fsguard.PathError as error:
+        refuse(str(error), EXIT_CONFIG)
+    except (control.SocketInUse, control.SocketPathError, StartupError) as error:
+        refuse(str(error), exit_code_of(error))
+
+
+def exit_code_of(error: Exception) -> int:
+    if isinstance(error, StartupError):
+        return error.exit_code
+    if isinstance(error, control.SocketInUse):
+        return EXIT_ALREADY_RUNNING
+    return EXIT_CONFIG  # a path that is not a socket, or too long for one: the configuration's
+
+
+def refuse(message: str, exit_code: int) -> None:
+    """Refuse to start: one line on stderr, no traceback, a status systemd can act on."""
+    print(f"slotd: {message}", file=sys.stderr)
+    sys.exit(exit_code)
 
 
 def leaves(error: BaseException) -> list[BaseException]:
@@ -184,10 +297,13 @@ def leaves(error: BaseException) -> list[BaseException]:
     return [error]
 
 
-def run_until_stopped(config: Config) -> None:
+def run_until_stopped(config: Config, session_umask: int) -> None:
     try:
-        trio.run(Daemon(config).run)
-    except* (control.SocketPathError, OSError, apsw.Error) as group:
+        trio.run(Daemon(config, session_umask).run)
+    except* (StartupError, control.SocketInUse, control.SocketPathError) as group:
+        error = leaves(group)[0]
+        refuse(str(error), exit_code_of(error))
+    except* (OSError, apsw.Error) as group:
         # Say what failed, not "Exceptions from Trio nursery"; the traceback goes to the log.
         for error in leaves(group):
             log.error("daemon_failed", error=f"{type(error).__name__}: {error}", exc_info=error)

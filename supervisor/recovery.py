@@ -10,6 +10,7 @@ reason. Each decision is a system row in the session's transcript and a log line
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import structlog
 import trio
 
-from supervisor import spool
+from supervisor import fsguard, spool
 from supervisor.processes import ProcessRef, alive, current_boot_id, find_shim, kill_process, signal_group
 from supervisor.slots import LiveSession, SlotManager, shim_columns
 from supervisor.store import LIVE_STATUSES, Session, utc_now
@@ -44,6 +45,21 @@ def spool_is_empty(spool_dir: Path) -> bool:
     return all(spool.segment_path(spool_dir, n).stat().st_size == 0 for n in spool.list_segments(spool_dir))
 
 
+def distrust(spool_dir: Path) -> str | None:
+    """Why a recorded spool directory cannot be trusted, or None if it can: it must be
+    a directory (not a link) of ours, writable by nobody else, as the shim checks it."""
+    try:
+        real, missing = fsguard.walk(spool_dir.parent)
+        if missing:
+            return f"{spool_dir.parent} does not exist"
+        os.close(fsguard.open_dir(real / spool_dir.name))
+    except fsguard.PathError as error:
+        return str(error)
+    except OSError as error:
+        return f"cannot open {spool_dir}: {error.strerror}"
+    return None
+
+
 def locate_shim(session: Session, spool_dir: Path) -> ProcessRef | None:
     """The session's shim if it still runs: by its recorded PID and start ticks, or, when
     the daemon died before recording it, by its command line."""
@@ -53,6 +69,14 @@ def locate_shim(session: Session, spool_dir: Path) -> ProcessRef | None:
     return find_shim(spool_dir)
 
 
+async def give_up(slots: SlotManager, session: Session, command: ProcessRef, reason: str) -> tuple[str, None]:
+    """Without a spool to read nothing of it can be ingested: end what still runs of it."""
+    signal_group(command, signal.SIGKILL)
+    kill_process(ProcessRef.recorded(session.shim_pid, session.shim_start_ticks, session.shim_create_time))
+    await mark_lost(slots, session, reason)
+    return "lost", None
+
+
 async def reconcile_one(slots: SlotManager, session: Session, boot_id: str | None) -> tuple[str, LiveSession | None]:
     """Decide one session's fate; return the decision and, if attached, its live record."""
     if session.boot_id and boot_id and session.boot_id != boot_id:
@@ -60,15 +84,14 @@ async def reconcile_one(slots: SlotManager, session: Session, boot_id: str | Non
         return "lost", None
     command = ProcessRef.recorded(session.pid, session.pid_start_ticks, session.pid_create_time)
     spool_dir = Path(session.spool_dir) if session.spool_dir else None
-    if spool_dir is None or not spool_dir.is_dir():
+    if spool_dir is None or not os.path.lexists(spool_dir):
         if session.shim_pid is None:
             await requeue(slots, session)
             return "requeued", None
-        # Without its spool nothing of it can be ingested: end what still runs of it.
-        signal_group(command, signal.SIGKILL)
-        kill_process(ProcessRef.recorded(session.shim_pid, session.shim_start_ticks, session.shim_create_time))
-        await mark_lost(slots, session, "its spool directory is gone")
-        return "lost", None
+        return await give_up(slots, session, command, "its spool directory is gone")
+    if (why := distrust(spool_dir)) is not None:
+        # Another user could have written what is there: none of it is ingested.
+        return await give_up(slots, session, command, f"its spool directory is not trusted: {why}")
     shim = locate_shim(session, spool_dir)
     if shim is None and session.shim_pid is None and spool_is_empty(spool_dir):
         await requeue(slots, session)

@@ -1,11 +1,13 @@
 """The per-session shim: the real parent of a session's command.
 
 Standard library only, so it starts fast. The daemon starts one per session as
-``python -m supervisor.shim SESSION_DIR``; it reads ``spec.json`` there, starts the
-command in its own process group, and copies everything the command writes into the
-spool (see spool.py), in the order it read it. It holds the command's stdin open
-through a FIFO, so the daemon can come and go without the command ever seeing EOF,
-SIGPIPE or a blocked write. Its last record is the command's exit status.
+``python -m supervisor.shim SESSION_DIR``; it reads ``spec.json`` there (only from a
+directory, a spec and a FIFO of its own user's that nobody else can write to: whoever
+could would choose the command it runs), starts the command in its own process
+group, and copies everything the command writes into the spool (see spool.py), in
+the order it read it. It holds the command's stdin open through a FIFO, so the
+daemon can come and go without the command ever seeing EOF, SIGPIPE or a blocked
+write. Its last record is the command's exit status.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import os
 import resource
 import selectors
 import signal
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from supervisor import procfs, spool
+from supervisor import fsguard, procfs, spool
 
 READ_SIZE = 65536
 # Stop reading operator input while this much is waiting for the command to read it.
@@ -95,8 +98,9 @@ class LineAssembler:
 
 
 class Shim:
-    def __init__(self, session_dir: Path, spec: dict) -> None:
+    def __init__(self, session_dir: Path, spec: dict, dir_fd: int) -> None:
         self.session_dir = session_dir
+        self.dir_fd = dir_fd  # the checked session directory, held open
         self.spec = spec
         self.flush_interval = float(spec["flush_interval"])
         self.stop_timeout = float(spec["stop_timeout"])
@@ -274,10 +278,22 @@ class Shim:
         except ProcessLookupError:
             pass
 
+    def refuse(self, reason: str, detail: str) -> int:
+        """End without starting the command: the spool says why, as for a failed spawn."""
+        print(f"shim: not starting the command: {detail}", file=sys.stderr)
+        self.writer.append_event(spool.SPAWN_FAILED, {"reason": reason, "detail": detail, "ended_at": time.time()})
+        self.writer.close()
+        return 0
+
     def run(self) -> int:
-        fifo = os.open(self.session_dir / spool.STDIN_FIFO, os.O_RDWR | os.O_NONBLOCK)
         # Opened read-write: the shim is then always a writer of its own FIFO, so reads
         # never see EOF when the daemon closes its end or restarts.
+        try:
+            fifo = fsguard.open_owned(spool.STDIN_FIFO, os.O_RDWR | os.O_NONBLOCK, self.dir_fd, stat.S_IFIFO, "input FIFO")
+        except FileNotFoundError:
+            return self.refuse("input FIFO missing", f"its input FIFO {self.session_dir / spool.STDIN_FIFO} does not exist")
+        except (OSError, fsguard.PathError) as error:
+            return self.refuse("input FIFO not usable", f"its input FIFO in {self.session_dir}: {error}")
         # The handler goes in before the spawn: a SIGTERM just after START would
         # otherwise kill the shim and leave the command running without an EXIT to come.
         signal.signal(signal.SIGTERM, self.forward_signal)
@@ -388,16 +404,39 @@ def spawn_failure_reason(error: OSError) -> str:
     return f"could not start: {error.strerror or error}"
 
 
+def open_session(path: Path) -> tuple[Path, int, dict]:
+    """The session directory's real path, a descriptor held on it, and its spec, each
+    checked: ours, writable by nobody else, reached through directories only root or
+    we can change, and no link followed at the last step."""
+    real, missing = fsguard.walk(path)
+    if missing or not real.exists():
+        raise fsguard.PathError(f"session directory {path} does not exist")
+    dir_fd = fsguard.open_dir(real)
+    try:
+        spec_fd = fsguard.open_owned(spool.SPEC_FILE, os.O_RDONLY, dir_fd, stat.S_IFREG, "spec")
+        with open(spec_fd, "rb") as spec_file:
+            spec = json.loads(spec_file.read())
+        if not isinstance(spec, dict):
+            raise ValueError("not a JSON object")
+    except BaseException:
+        os.close(dir_fd)
+        raise
+    return real, dir_fd, spec
+
+
 def main() -> None:
     if len(sys.argv) != 2:
         sys.exit("usage: python -m supervisor.shim SESSION_DIR")
-    session_dir = Path(sys.argv[1])
-    spec = json.loads((session_dir / spool.SPEC_FILE).read_text())
+    try:
+        session_dir, dir_fd, spec = open_session(Path(sys.argv[1]))
+    except (OSError, ValueError, fsguard.PathError) as error:
+        # Nothing of this directory can be trusted, the spool included: say so and end.
+        sys.exit(f"shim: refusing to run from {sys.argv[1]}: {error}")
     # Handlers, not SIG_IGN: an ignored signal would stay ignored in the command after
     # exec, and the command must get SIGINT and SIGHUP as usual.
     for signum in (signal.SIGHUP, signal.SIGINT):
         signal.signal(signum, lambda _signum, _frame: None)
-    sys.exit(Shim(session_dir, spec).run())
+    sys.exit(Shim(session_dir, spec, dir_fd).run())
 
 
 if __name__ == "__main__":

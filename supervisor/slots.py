@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import uuid
@@ -22,7 +23,7 @@ from pathlib import Path
 import structlog
 import trio
 
-from supervisor import spool
+from supervisor import fsguard, spool
 from supervisor.config import Config
 from supervisor.database import DatabaseWriter
 from supervisor.ingest import Ingestor, tail_spool
@@ -43,6 +44,45 @@ SEND_TIMEOUT = 30.0
 REPLY_COMMIT_WAIT = 2.0
 # How much of the latest output the checkpoint pattern looks at.
 CHECKPOINT_WINDOW = 4096
+# The shim's stdout and stderr, in its session directory: its own words if it refuses.
+SHIM_LOG = "shim.log"
+
+
+def make_session_dir(sessions_fd: int, name: str, spec: dict) -> int:
+    """Create a session's directory, its spec and its input FIFO, all new and private,
+    relative to the held sessions/ descriptor; return the shim log's descriptor.
+
+    Nothing here follows a name: whatever an earlier run left under this name is
+    removed first (a link as a link), the directory is opened without following one,
+    and every file in it is created with O_EXCL.
+    """
+    try:
+        os.mkdir(name, 0o700, dir_fd=sessions_fd)
+    except FileExistsError:
+        if stat.S_ISDIR(os.lstat(name, dir_fd=sessions_fd).st_mode):
+            shutil.rmtree(name, dir_fd=sessions_fd)
+        else:
+            os.unlink(name, dir_fd=sessions_fd)
+        os.mkdir(name, 0o700, dir_fd=sessions_fd)
+    dir_fd = fsguard.open_dir(name, dir_fd=sessions_fd)
+    try:
+        with open(fsguard.create_file(spool.SPEC_FILE, dir_fd), "w") as spec_file:
+            spec_file.write(json.dumps(spec))
+        os.mkfifo(spool.STDIN_FIFO, 0o600, dir_fd=dir_fd)
+        return fsguard.create_file(SHIM_LOG, dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def last_words(path: Path) -> str | None:
+    """The last line a shim wrote to its log, if any (why it refused to run)."""
+    try:
+        with open(path, "rb") as log_file:
+            log_file.seek(max(0, os.fstat(log_file.fileno()).st_size - 1024))
+            lines = log_file.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return None
+    return lines[-1] if lines else None
 
 
 def shim_columns(shim: ProcessRef | None, pid: int) -> dict:
@@ -91,8 +131,11 @@ class LiveSession:
 
 
 class SlotManager:
-    def __init__(self, config: Config, writer: DatabaseWriter, ingestor: Ingestor) -> None:
+    def __init__(self, config: Config, writer: DatabaseWriter, ingestor: Ingestor, session_umask: int = 0o022) -> None:
         self.config = config
+        # The daemon's own files are private (umask 077); a session's are its own business.
+        self.session_umask = session_umask
+        self._sessions_fd: int | None = None
         self.writer = writer
         self.store = writer.store
         self.ingestor = ingestor
@@ -110,13 +153,19 @@ class SlotManager:
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Hold every session task, and start queued sessions as slots free up."""
         self.draining = await self.writer.run(self.store.get_setting, "draining", "0") == "1"
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            while True:
-                await self._dispatch_wanted.wait()
-                self._dispatch_wanted = trio.Event()
-                await self._start_queued()
+        # Held for the daemon's life: every session directory is made relative to it.
+        self._sessions_fd = fsguard.open_dir(self.config.sessions_dir)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                while True:
+                    await self._dispatch_wanted.wait()
+                    self._dispatch_wanted = trio.Event()
+                    await self._start_queued()
+        finally:
+            os.close(self._sessions_fd)
+            self._sessions_fd = None
 
     async def register(self, session_id: str) -> None:
         """Number the session's next rows after its highest committed one."""
@@ -177,12 +226,12 @@ class SlotManager:
             await self._start_queued()  # a free slot takes it now: the reply says running
         return await self.writer.run(self.store.get_session, session.id)
 
-    def _write_spec(self, session: Session, slot: int, spool_dir: Path) -> None:
-        spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    def _spec(self, session: Session, slot: int) -> dict:
+        """What the shim reads: the command, and the settings it runs by."""
         env = dict(session.env)
         env["SLOTD_SESSION_ID"] = session.id
         env["SLOTD_SLOT"] = str(slot)
-        spec = {
+        return {
             "argv": session.argv,
             "cwd": session.cwd,
             "env": env,
@@ -192,10 +241,6 @@ class SlotManager:
             "max_segments": max(2, self.config.spool_max_bytes // self.config.spool_segment_bytes),
             "stop_timeout": self.config.stop_timeout,
         }
-        (spool_dir / spool.SPEC_FILE).write_text(json.dumps(spec))
-        fifo = spool_dir / spool.STDIN_FIFO
-        if not fifo.exists():
-            os.mkfifo(fifo, 0o600)
 
     async def _start(self, session: Session, slot: int) -> None:
         """Give a queued session a slot and spawn its shim."""
@@ -231,20 +276,26 @@ class SlotManager:
         bound = log.bind(session_id=session.id, slot=slot)
         await self.register(session.id)
         try:
-            self._write_spec(session, slot, spool_dir)
-            shim = subprocess.Popen(
-                [sys.executable, "-m", "supervisor.shim", str(spool_dir)],
-                stdin=subprocess.DEVNULL,
-                stdout=open(spool_dir / "shim.log", "ab"),
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                close_fds=True,
-                cwd="/",
-            )
-        except OSError as error:
+            assert self._sessions_fd is not None
+            shim_log = make_session_dir(self._sessions_fd, session.id, self._spec(session, slot))
+            try:
+                shim = subprocess.Popen(
+                    [sys.executable, "-m", "supervisor.shim", str(spool_dir)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=shim_log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    close_fds=True,
+                    cwd="/",
+                    umask=self.session_umask,
+                )
+            finally:
+                os.close(shim_log)
+        except (OSError, fsguard.PathError) as error:
             bound.error("shim_spawn_failed", error=str(error))
             self.ingestor.append(session.id, "system", f"could not start the shim: {error}\n".encode())
-            self.ingestor.update(session.id, status="failed", slot=None, ended_at=utc_now(), reason=f"could not start shim: {error.strerror}")
+            why = getattr(error, "strerror", None) or str(error)
+            self.ingestor.update(session.id, status="failed", slot=None, ended_at=utc_now(), reason=f"could not start shim: {why}")
             await self._finish(live)
             return
         live.shim = ProcessRef.of(shim.pid)
@@ -298,6 +349,8 @@ class SlotManager:
             )
             if final is None:
                 reason = "shim ended without recording an exit status"
+                if said := last_words(live.spool_dir / SHIM_LOG):
+                    reason += f" (it said: {said})"
         except spool.CorruptSpool as error:
             # Not a daemon bug to crash (and crash again) on: this session's record is
             # damaged past its last good record; everything before it is kept.

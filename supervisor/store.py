@@ -299,13 +299,20 @@ class Checkpointer:
         self.db.close()
 
 
+class SchemaTooNew(Exception):
+    """The database was written by a newer slotd: this one must not touch it."""
+
+    def __init__(self, found: int, known: int) -> None:
+        super().__init__(f"database schema version {found} is newer than this slotd knows ({known})")
+        self.found = found
+        self.known = known
+
+
 def migrate(connection: apsw.Connection) -> int:
     """Apply the numbered migrations the database lacks; return the version reached."""
     version = connection.pragma("user_version")
     if version > SCHEMA_VERSION:
-        raise RuntimeError(
-            f"database schema version {version} is newer than this slotd knows ({SCHEMA_VERSION})"
-        )
+        raise SchemaTooNew(version, SCHEMA_VERSION)
     for number in range(version, SCHEMA_VERSION):
         with connection:
             connection.execute(MIGRATIONS[number])
@@ -489,7 +496,11 @@ class Store(Reader):
     def __init__(self, path: Path) -> None:
         self.path = path
         self.db = connect(path, writer=True)
-        migrate(self.db)
+        try:
+            migrate(self.db)
+        except SchemaTooNew:
+            self.db.close()
+            raise
 
     # -- sessions ------------------------------------------------------------------
 

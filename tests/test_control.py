@@ -234,16 +234,18 @@ def test_an_unexpected_failure_in_a_handler_is_reported_and_survived(daemon):
 
 
 def test_input_to_a_session_whose_input_is_gone_is_refused_clearly(daemon):
-    """send to a session whose input FIFO was removed answers invalid_state, and the daemon carries on."""
-    session = daemon.start_session(py("import time; time.sleep(600)"))
-    daemon.wait_status(session["id"], "running")
+    """send to a running session whose input FIFO was removed answers invalid_state, and the session and the daemon carry on."""
+    session = daemon.start_session(py("import time; print('up', flush=True); time.sleep(600)"))
+    # Removed only once the shim holds it open: before that, the shim would refuse to
+    # start the command at all (a missing FIFO is a failed start, see test_shim).
+    wait_for(lambda: b"up" in daemon.stdout_bytes(session["id"]), what="the command running")
     fifo = daemon.root / "run" / "sessions" / session["id"] / "stdin"
-    wait_for(fifo.exists, what="fifo")
     fifo.unlink()
     with pytest.raises(RemoteError) as caught:
         daemon.request("send", session=session["id"], data="hello")
     assert caught.value.code == "invalid_state"
     assert "gone" in caught.value.message
+    assert daemon.session(session["id"])["status"] == "running"
     daemon.request("stop", session=session["id"])
 
 
@@ -264,7 +266,8 @@ def test_a_full_disk_is_reported_and_nothing_is_lost_once_space_returns(make_dae
     daemon = make_daemon(start=False)
     state = daemon.root / "state"
     state.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(state)], check=True)
+    # mode=0700: a tmpfs root is 1777 by default, which slotd refuses for its state.
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(state)], check=True)
     try:
         daemon.start()
         gate = daemon.root / "gate"

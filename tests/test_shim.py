@@ -167,6 +167,7 @@ class ShimRun:
         self.records: list[Record] = []
         self._reader = SpoolReader(session_dir, Position(0, 0))
         self._fifo: int | None = None
+        self.stderr_path: Path | None = None  # what the shim itself wrote to stderr
 
     def poll(self) -> list[Record]:
         """Read what the spool holds now (ROTATE records left out); return everything read so far."""
@@ -238,7 +239,9 @@ def start_shim(tmp_path: Path) -> Iterator[Callable[..., ShimRun]]:
     runs: list[ShimRun] = []
     extra_pids: list[tuple[int, float]] = []
 
-    def start(argv: list[str], env_extra: dict[str, str] | None = None, shim_env: dict[str, str] | None = None, **spec: Any) -> ShimRun:
+    def start(
+        argv: list[str], env_extra: dict[str, str] | None = None, shim_env: dict[str, str] | None = None, fifo: bool = True, **spec: Any
+    ) -> ShimRun:
         session_dir = tmp_path / f"session{len(runs)}"
         session_dir.mkdir()
         full_spec = {
@@ -253,13 +256,18 @@ def start_shim(tmp_path: Path) -> Iterator[Callable[..., ShimRun]]:
             **spec,
         }
         (session_dir / spool.SPEC_FILE).write_text(json.dumps(full_spec))
-        os.mkfifo(session_dir / spool.STDIN_FIFO, 0o600)
-        process = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.shim", str(session_dir)],
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, **(shim_env or {})},
-        )
+        if fifo:
+            os.mkfifo(session_dir / spool.STDIN_FIFO, 0o600)
+        stderr_path = tmp_path / f"session{len(runs)}.stderr"
+        with open(stderr_path, "wb") as stderr:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "supervisor.shim", str(session_dir)],
+                stdin=subprocess.DEVNULL,
+                stderr=stderr,
+                env={**os.environ, **(shim_env or {})},
+            )
         run = ShimRun(session_dir, process)
+        run.stderr_path = stderr_path
         runs.append(run)
         return run
 
@@ -365,6 +373,20 @@ def test_a_missing_working_directory_gives_spawn_failed_working_directory_not_fo
     assert [r.kind for r in records] == [spool.SPAWN_FAILED]
     assert json.loads(records[0].data)["reason"] == "working directory not found"
     assert run.process.wait(DEADLINE) == 0
+
+
+def test_a_missing_input_fifo_gives_spawn_failed_and_runs_nothing(start_shim, tmp_path: Path) -> None:
+    """A session directory without its stdin FIFO gives one SPAWN_FAILED record, reason "input FIFO missing", one line on stderr and no traceback; the command never runs."""
+    marker = tmp_path / "ran"
+    run = start_shim(py(f"open({str(marker)!r}, 'w').close()"), fifo=False)
+    records = run.wait_final()
+    assert [r.kind for r in records] == [spool.SPAWN_FAILED]
+    assert json.loads(records[0].data)["reason"] == "input FIFO missing"
+    assert run.process.wait(DEADLINE) == 0
+    said = run.stderr_path.read_text()
+    assert "Traceback" not in said
+    assert said.startswith("shim: not starting the command: its input FIFO") and said.count("\n") == 1
+    assert not marker.exists()
 
 
 def test_the_command_gets_the_shim_environment_plus_the_spec_env_in_its_cwd(start_shim, tmp_path: Path) -> None:

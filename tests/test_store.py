@@ -20,6 +20,7 @@ from supervisor.store import (
     Batch,
     Reader,
     Row,
+    SchemaTooNew,
     Session,
     Store,
     iso_from_unix,
@@ -115,7 +116,7 @@ def test_database_from_a_newer_slotd_is_refused(store: Store, db_path: Path) -> 
     """A database whose user_version is above SCHEMA_VERSION is refused rather than written to."""
     store.db.pragma("user_version", SCHEMA_VERSION + 1)
 
-    with pytest.raises(RuntimeError, match="newer than this slotd knows"):
+    with pytest.raises(SchemaTooNew, match="newer than this slotd knows"):
         Store(db_path)
 
 
