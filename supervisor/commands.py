@@ -24,7 +24,18 @@ from supervisor.store import ENDED_STATUSES, AmbiguousPrefix, DamagedRow, Reader
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 
+# A page of transcript: what one client's request holds in memory at a time.
 PAGE_ROWS = 500
+PAGE_BYTES = 1 << 20
+
+
+def read_page(reader: Reader, session_id: str, after: int, streams: list[str] | None, since_ts: float | None = None) -> list[Row]:
+    return reader.rows_after(session_id, after, PAGE_ROWS, streams, since_ts, max_bytes=PAGE_BYTES)
+
+
+def is_full(page: list[Row]) -> bool:
+    """True if a page stopped at its limit (rows or bytes), so more may follow it."""
+    return len(page) >= PAGE_ROWS or sum(len(row.data) for row in page) >= PAGE_BYTES
 # What a daemon on its way out still answers.
 READ_ONLY_COMMANDS = frozenset({"ps", "show", "logs", "follow", "info"})
 
@@ -51,7 +62,7 @@ def tail_rows(reader: Reader, session_id: str, lines: int, streams: list[str] | 
     before = last_seq + 1
     needed: int | None = None
     while True:
-        page = reader.rows_before(session_id, before, PAGE_ROWS, streams)
+        page = reader.rows_before(session_id, before, PAGE_ROWS, streams, max_bytes=PAGE_BYTES)
         for row in page:
             if needed is None:
                 # An unterminated last line counts: then one newline fewer is needed.
@@ -60,7 +71,7 @@ def tail_rows(reader: Reader, session_id: str, lines: int, streams: list[str] | 
             newlines += count_lines(row.data)
             if newlines >= needed:
                 return _trim_to_lines(picked, newlines, needed), last_seq
-        if len(page) < PAGE_ROWS:
+        if not is_full(page):
             return [(row, False) for row in reversed(picked)], last_seq
         before = page[-1].seq
 
@@ -85,7 +96,7 @@ def read_follow_page(reader: Reader, session_id: str, after: int, streams: list[
     """The session as it is, then its rows after `after`: in that order, so a session
     seen ended has all its rows in the page (its end is committed with them)."""
     session = reader.get_session(session_id)
-    return session, reader.rows_after(session_id, after, PAGE_ROWS, streams)
+    return session, read_page(reader, session_id, after, streams)
 
 
 class Commands:
@@ -248,14 +259,14 @@ class Commands:
             # A follow carries on from here: at least what existed when we looked.
             last_seq = max(after, await self.readers.run(Reader.last_seq, session.id))
             while True:
-                page = await self.readers.run(Reader.rows_after, session.id, after, PAGE_ROWS, streams, since_ts)
+                page = await self.readers.run(read_page, session.id, after, streams, since_ts)
                 for row in page:
                     await emit({"row": row_message(row)})
                 if page:
                     after = page[-1].seq
                     last_seq = max(last_seq, after)
                 sent += len(page)
-                if len(page) < PAGE_ROWS:
+                if not is_full(page):
                     break
         return {"rows": sent, "last_seq": last_seq, "status": session.status}
 
@@ -273,7 +284,7 @@ class Commands:
                 await emit({"row": row_message(row)})
             if page:
                 after = page[-1].seq
-            if len(page) == PAGE_ROWS:
+            if is_full(page):
                 continue
             if current.is_ended:
                 # A session's end is committed with its last rows: nothing more will come.
