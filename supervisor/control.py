@@ -3,7 +3,8 @@
 It checks each peer's uid (SO_PEERCRED), frames messages (at most 1 MiB each), and
 passes each request to its handler in commands.py. A bad message gets an error reply
 and the connection carries on; nothing a client sends can hurt the daemon or another
-client.
+client. What clients make the daemon hold is bounded: unanswered requests by a budget
+shared by all connections, replies by disconnecting a client that stops reading.
 """
 
 from __future__ import annotations
