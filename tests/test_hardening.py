@@ -217,8 +217,9 @@ def test_many_clients_holding_partial_requests_stay_within_the_budget(daemon):
     assert b"client_disconnected" in daemon.log_path.read_bytes()
 
 
-def test_clients_that_stop_reading_a_large_transcript_hold_little(daemon):
-    """Ten logs clients that never read a 30 MB transcript make the daemon grow by little: it holds about a page per client, not the transcript."""
+@pytest.mark.parametrize("args", [{}, {"tail": 10**9}], ids=["logs", "logs --tail"])
+def test_clients_that_stop_reading_a_large_transcript_hold_little(daemon, args):
+    """Ten logs clients (whole or tail) that never read a 30 MB transcript make the daemon grow by little: it holds about a page per client, not the transcript."""
     code = "import sys\nline = 'x' * 1023 + '\\n'\nfor _ in range(30000): sys.stdout.write(line)"
     session = daemon.start_session(py(code))
     daemon.wait_ended(session["id"], timeout=60)
@@ -229,7 +230,7 @@ def test_clients_that_stop_reading_a_large_transcript_hold_little(daemon):
     try:
         for connection in connections:
             connection.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            connection.send(request_line(id=1, cmd="logs", session=session["id"]))
+            connection.send(request_line(id=1, cmd="logs", session=session["id"], **args))
         # Each handler fills its socket, then waits; give them all time to get there.
         samples = []
         deadline = time.monotonic() + 5
