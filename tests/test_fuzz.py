@@ -202,9 +202,15 @@ def test_fuzzed_messages_leave_the_daemon_serving_with_its_memory_and_files_back
     daemon.wait_ended(session["id"])
     pid = daemon.process.pid
 
-    # Warm up: the same kinds of message, so imports, caches and the reader pool are in
-    # place before the baseline is taken.
+    # Warm up: the same kinds of message, so imports and caches are in place before the
+    # baseline is taken, and many reads at once until the reader pool (two files per
+    # connection, opened as reads overlap) has stopped growing.
     fuzz(daemon, session["id"], range(-20, 0), PER_ROUND)
+    fds_before = 0
+    while usage(pid)[1] > fds_before:
+        fds_before = usage(pid)[1]
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda n: run_round(daemon.socket, [Fuzzer.line({"cmd": "show", "session": session["id"]})] * 50, f"warm-{n}"), range(32)))
     time.sleep(0.5)
     rss_before, fds_before = usage(pid)
 
