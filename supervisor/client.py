@@ -75,7 +75,8 @@ class Client:
 
     def receive(self) -> dict[str, Any]:
         line = self.reader.readline()
-        if not line:
+        if not line.endswith(b"\n"):
+            # Closed, perhaps mid-message (a client that read too slowly is let go).
             raise ConnectionError("the daemon closed the connection")
         return json.loads(line)
 

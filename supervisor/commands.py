@@ -24,7 +24,18 @@ from supervisor.store import ENDED_STATUSES, AmbiguousPrefix, DamagedRow, Reader
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 
+# A page of transcript: what one client's request holds in memory at a time.
 PAGE_ROWS = 500
+PAGE_BYTES = 1 << 20
+
+
+def read_page(reader: Reader, session_id: str, after: int, streams: list[str] | None, since_ts: float | None = None) -> list[Row]:
+    return reader.rows_after(session_id, after, PAGE_ROWS, streams, since_ts, max_bytes=PAGE_BYTES)
+
+
+def is_full(page: list[Row]) -> bool:
+    """True if a page stopped at its limit (rows or bytes), so more may follow it."""
+    return len(page) >= PAGE_ROWS or sum(len(row.data) for row in page) >= PAGE_BYTES
 # What a daemon on its way out still answers.
 READ_ONLY_COMMANDS = frozenset({"ps", "show", "logs", "follow", "info"})
 
@@ -37,55 +48,50 @@ def count_lines(data: bytes) -> int:
     return data.count(b"\n")
 
 
-def tail_rows(reader: Reader, session_id: str, lines: int, streams: list[str] | None) -> tuple[list[tuple[Row, bool]], int]:
-    """The rows holding the last `lines` lines, oldest first (the first may be trimmed),
-    and the last sequence number looked at, for a follow to carry on from.
+def tail_start(reader: Reader, session_id: str, lines: int, streams: list[str] | None) -> tuple[int, int, int]:
+    """Where the last `lines` lines begin: (the first row's seq, how many newlines to cut
+    from the front of that row, the last seq looked at). Read backwards a page at a
+    time, keeping nothing but counts: a tail of many lines costs a page, not the lines.
 
     A final line without a newline (a prompt) counts as a line.
     """
     last_seq = reader.last_seq(session_id)
+    first = last_seq + 1
     if lines == 0:
-        return [], last_seq
-    picked: list[Row] = []
+        return first, 0, last_seq
     newlines = 0
-    before = last_seq + 1
     needed: int | None = None
+    before = first
     while True:
-        page = reader.rows_before(session_id, before, PAGE_ROWS, streams)
+        page = reader.rows_before(session_id, before, PAGE_ROWS, streams, max_bytes=PAGE_BYTES)
         for row in page:
             if needed is None:
                 # An unterminated last line counts: then one newline fewer is needed.
                 needed = lines if not row.data.endswith(b"\n") else lines + 1
-            picked.append(row)
+            first = row.seq
             newlines += count_lines(row.data)
             if newlines >= needed:
-                return _trim_to_lines(picked, newlines, needed), last_seq
-        if len(page) < PAGE_ROWS:
-            return [(row, False) for row in reversed(picked)], last_seq
+                # This row holds more newlines than needed: its text up to the newline
+                # that ends the line before the ones asked for goes.
+                return first, newlines - needed + 1, last_seq
+        if not is_full(page):
+            return first, 0, last_seq
         before = page[-1].seq
 
 
-def _trim_to_lines(picked_newest_first: list[Row], newlines: int, needed: int) -> list[tuple[Row, bool]]:
-    oldest = picked_newest_first[-1]
-    # The oldest row holds more newlines than needed: drop its text up to the newline
-    # that ends the line before the ones asked for.
-    extra = newlines - needed
+def cut_lines(data: bytes, newlines: int) -> bytes:
+    """data without its first `newlines` lines."""
     cut = -1
-    for _ in range(extra + 1):
-        cut = oldest.data.index(b"\n", cut + 1)
-    kept = oldest.data[cut + 1 :]
-    rows = [(row, False) for row in reversed(picked_newest_first[:-1])]
-    if kept:
-        trimmed = Row(oldest.session_id, oldest.seq, oldest.ts, oldest.stream, kept)
-        rows.insert(0, (trimmed, True))
-    return rows
+    for _ in range(newlines):
+        cut = data.index(b"\n", cut + 1)
+    return data[cut + 1 :]
 
 
 def read_follow_page(reader: Reader, session_id: str, after: int, streams: list[str] | None) -> tuple[Session | None, list[Row]]:
     """The session as it is, then its rows after `after`: in that order, so a session
     seen ended has all its rows in the page (its end is committed with them)."""
     session = reader.get_session(session_id)
-    return session, reader.rows_after(session_id, after, PAGE_ROWS, streams)
+    return session, read_page(reader, session_id, after, streams)
 
 
 class Commands:
@@ -233,10 +239,21 @@ class Commands:
         sent = 0
         last_seq = 0
         if args["tail"] is not None:
-            rows, last_seq = await self.readers.run(tail_rows, session.id, args["tail"], streams)
-            for row, trimmed in rows:
-                await emit({"row": {**row_message(row), "trimmed": trimmed}})
-            sent = len(rows)
+            first, cut, last_seq = await self.readers.run(tail_start, session.id, args["tail"], streams)
+            after = first - 1
+            while after < last_seq:
+                page = [row for row in await self.readers.run(read_page, session.id, after, streams) if row.seq <= last_seq]
+                for row in page:
+                    trimmed = row.seq == first and cut > 0
+                    if trimmed:
+                        row = Row(row.session_id, row.seq, row.ts, row.stream, cut_lines(row.data, cut))
+                        if not row.data:
+                            continue
+                    await emit({"row": {**row_message(row), "trimmed": trimmed}})
+                    sent += 1
+                if not page or not is_full(page):
+                    break
+                after = page[-1].seq
         else:
             since_ts = None
             if args["since_time"] is not None:
@@ -248,14 +265,14 @@ class Commands:
             # A follow carries on from here: at least what existed when we looked.
             last_seq = max(after, await self.readers.run(Reader.last_seq, session.id))
             while True:
-                page = await self.readers.run(Reader.rows_after, session.id, after, PAGE_ROWS, streams, since_ts)
+                page = await self.readers.run(read_page, session.id, after, streams, since_ts)
                 for row in page:
                     await emit({"row": row_message(row)})
                 if page:
                     after = page[-1].seq
                     last_seq = max(last_seq, after)
                 sent += len(page)
-                if len(page) < PAGE_ROWS:
+                if not is_full(page):
                     break
         return {"rows": sent, "last_seq": last_seq, "status": session.status}
 
@@ -273,7 +290,7 @@ class Commands:
                 await emit({"row": row_message(row)})
             if page:
                 after = page[-1].seq
-            if len(page) == PAGE_ROWS:
+            if is_full(page):
                 continue
             if current.is_ended:
                 # A session's end is committed with its last rows: nothing more will come.

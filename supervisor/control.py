@@ -3,7 +3,8 @@
 It checks each peer's uid (SO_PEERCRED), frames messages (at most 1 MiB each), and
 passes each request to its handler in commands.py. A bad message gets an error reply
 and the connection carries on; nothing a client sends can hurt the daemon or another
-client.
+client. What clients make the daemon hold is bounded: unanswered requests by a budget
+shared by all connections, replies by disconnecting a client that stops reading.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import structlog
 import trio
 
 from supervisor.commands import Commands
+from supervisor.jsonlimits import TooDeep
 from supervisor.protocol import (
     MAX_MESSAGE_BYTES,
     STREAMING_COMMANDS,
@@ -43,6 +45,15 @@ log = structlog.get_logger()
 
 _UCRED = struct.Struct("3i")
 RECEIVE_SIZE = 65536
+# What a reply is sent in: a client must take each piece within the stall timeout.
+SEND_CHUNK = 65536
+# Bytes of requests the daemon holds for all clients together (received, not yet
+# answered); past it, the connection holding the most gets too_large and is closed.
+REQUEST_BUDGET_BYTES = 64 << 20
+# A client that takes none of a reply for this long is disconnected (as Redis does with
+# client-output-buffer-limit): what the daemon prepared for it is freed. `slotctl logs
+# -f` carries on from the last row it printed.
+SEND_STALL_TIMEOUT = 60.0
 # How often a stream whose client stopped sending checks that the client is still there.
 HANGUP_POLL_INTERVAL = 2.0
 # How long a daemon found on the socket path at start has to answer info.
@@ -192,24 +203,94 @@ def hung_up(sock: trio.socket.SocketType) -> bool:
     return any(events & select.POLLHUP for _fd, events in poller.poll(0))
 
 
+class ClientStalled(Exception):
+    """The client took none of a reply for the stall timeout: it is let go."""
+
+
+def encode_reply(reply: dict[str, Any]) -> bytes:
+    """A final reply as a line. One that cannot be JSON (a bug, or a stored value no
+    check caught) becomes internal_error: the failure is the request's, not the daemon's."""
+    try:
+        return encode_message(reply)
+    except (ValueError, TypeError, RecursionError) as error:
+        log.error("reply_not_json", error=str(error))
+        fallback = error_reply(reply.get("id"), ErrorCode.INTERNAL_ERROR, f"the reply cannot be sent as JSON: {error}")
+        try:
+            return encode_message(fallback)
+        except (ValueError, TypeError, RecursionError):
+            return encode_message({**fallback, "id": None})
+
+
+class RequestBudget:
+    """The bytes of requests the daemon holds for all its clients together (received
+    and not yet answered), so that many clients sending slowly cannot exhaust memory."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.total = 0
+        self._held: dict[Connection, int] = {}
+
+    def hold(self, connection: Connection, size: int) -> None:
+        """Record what a connection holds now; past the limit, refuse the biggest holder."""
+        self.total += size - self._held.get(connection, 0)
+        self._held[connection] = size
+        if self.total > self.limit:
+            biggest = max(self._held, key=self._held.__getitem__)
+            biggest.refuse(
+                ErrorCode.TOO_LARGE,
+                f"the daemon holds {self.total} bytes of unanswered requests (at most {self.limit}); "
+                f"this connection held the most ({self._held[biggest]})",
+            )
+
+    def forget(self, connection: Connection) -> None:
+        self.total -= self._held.pop(connection, 0)
+
+
 class Connection:
     """One client: reads requests one after another and answers each."""
 
-    def __init__(self, stream: trio.SocketStream, commands: Commands) -> None:
+    def __init__(self, stream: trio.SocketStream, commands: Commands, budget: RequestBudget, stall_timeout: float) -> None:
         self.stream = stream
         self.commands = commands
+        self.budget = budget
+        self.stall_timeout = stall_timeout
         self.buffer = bytearray()
+        self.answering = 0  # bytes of the request being answered
         self.discarding = False
+        # Cancelled to end the connection from outside its task (refuse()).
+        self.scope = trio.CancelScope()
+        self.refused: tuple[str, str] | None = None  # (error code, why), once refused
+        self.mid_message = False  # a message is being sent: nothing else may go out now
+
+    def _account(self) -> None:
+        self.budget.hold(self, len(self.buffer) + self.answering)
+
+    def refuse(self, code: str, reason: str) -> None:
+        """End this connection (its task notices at its next checkpoint); free its buffer now."""
+        if self.refused is None:
+            self.refused = (code, reason)
+        self.buffer = bytearray()
+        self.budget.forget(self)
+        self.scope.cancel()
 
     async def send(self, message: dict[str, Any]) -> None:
-        try:
-            data = encode_message(message)
-        except ValueError as error:  # e.g. a stored label of Infinity: not JSON
-            log.error("reply_not_json", error=str(error))
-            data = encode_message(
-                error_reply(message.get("id"), ErrorCode.INTERNAL_ERROR, f"the reply cannot be sent as JSON: {error}")
-            )
-        await self.stream.send_all(data)
+        """Send one message (encoding errors propagate to the request's handling)."""
+        await self.send_bytes(encode_message(message))
+
+    async def send_bytes(self, data: bytes) -> None:
+        """Send data; ClientStalled if the client takes none of it for stall_timeout.
+
+        The daemon's memory for a client that does not read is what it has prepared to
+        send (a page of transcript at most): a stalled client must not keep it forever.
+        """
+        view = memoryview(data)
+        self.mid_message = True
+        for start in range(0, len(view), SEND_CHUNK):
+            with trio.move_on_after(self.stall_timeout) as waiting:
+                await self.stream.send_all(view[start : start + SEND_CHUNK])
+            if waiting.cancelled_caught:
+                raise ClientStalled(f"took none of a reply for {self.stall_timeout:g}s ({len(view) - start} bytes waiting)")
+        self.mid_message = False
 
     async def next_line(self) -> bytes | None:
         """The next newline-terminated message, or None at end of stream.
@@ -217,36 +298,49 @@ class Connection:
         A message over the limit is answered with too_large and skipped up to its
         newline, so the connection stays usable.
         """
+        too_large = error_reply(None, ErrorCode.TOO_LARGE, f"message over {MAX_MESSAGE_BYTES} bytes")
         while True:
             newline = self.buffer.find(b"\n")
             if newline >= 0:
                 line = bytes(self.buffer[:newline])
                 del self.buffer[: newline + 1]
-                if self.discarding:
-                    self.discarding = False
-                    continue
                 if len(line) > MAX_MESSAGE_BYTES:
-                    await self.send(error_reply(None, ErrorCode.TOO_LARGE, f"message over {MAX_MESSAGE_BYTES} bytes"))
+                    await self.send(too_large)
                     continue
                 return line
             if len(self.buffer) > MAX_MESSAGE_BYTES:
-                if not self.discarding:
-                    await self.send(error_reply(None, ErrorCode.TOO_LARGE, f"message over {MAX_MESSAGE_BYTES} bytes"))
-                    self.discarding = True
+                # Drop what came so far, and the rest up to its newline as it arrives.
                 self.buffer.clear()
+                self._account()
+                self.discarding = True
+                await self.send(too_large)
             data = await self.stream.receive_some(RECEIVE_SIZE)
             if not data:
                 # The client half-closed: a last message without its newline still counts.
                 last = bytes(self.buffer) if not self.discarding else b""
                 self.buffer.clear()
+                self._account()
                 return last or None
+            if self.discarding:
+                newline = data.find(b"\n")
+                if newline < 0:
+                    continue
+                data = data[newline + 1 :]
+                self.discarding = False
             self.buffer += data
+            self._account()
 
     async def serve(self) -> None:
         while (line := await self.next_line()) is not None:
             if not line.strip():
                 continue
-            await self.answer(line)
+            self.answering = len(line)
+            self._account()
+            try:
+                await self.answer(line)
+            finally:
+                self.answering = 0
+                self._account()
 
     async def stream_while_connected(self, handler: Awaitable[Any]) -> Any:
         """Run a streaming handler, ending it if the client hangs up meanwhile.
@@ -269,6 +363,7 @@ class Connection:
                         if not data:
                             break  # end of its requests; it may still be reading
                         self.buffer += data
+                        self._account()
                     # A half-closed client (shutdown(SHUT_WR), `nc -N`) still reads the
                     # stream; one that closed altogether leaves the socket hung up.
                     while not hung_up(self.stream.socket):
@@ -290,6 +385,8 @@ class Connection:
         try:
             try:
                 message = decode_message(line)
+            except TooDeep as error:
+                raise RequestError(ErrorCode.BAD_REQUEST, f"the message is {error}") from None
             except (UnicodeDecodeError, ValueError) as error:
                 raise RequestError(ErrorCode.BAD_REQUEST, f"not valid JSON: {error}") from None
             if isinstance(message, dict):
@@ -309,13 +406,13 @@ class Connection:
         except apsw.Error as error:
             log.error("storage_error", error=str(error))
             reply = error_reply(request_id, ErrorCode.STORAGE_ERROR, f"the database refused: {error}")
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ClientStalled):
             raise
         except Exception as error:
             # A bug must not take the daemon down: say what failed, keep serving.
             log.exception("request_failed", request=line[:200].decode(errors="replace"))
             reply = error_reply(request_id, ErrorCode.INTERNAL_ERROR, f"{type(error).__name__}: {error}")
-        await self.send(reply)
+        await self.send_bytes(encode_reply(reply))
 
 
 async def serve(
@@ -323,22 +420,44 @@ async def serve(
     commands: Commands,
     policy: PeerPolicy,
     task_status=trio.TASK_STATUS_IGNORED,
+    *,
+    request_budget: int = REQUEST_BUDGET_BYTES,
+    stall_timeout: float = SEND_STALL_TIMEOUT,
 ) -> None:
     listener = trio.SocketListener(sock)
+    budget = RequestBudget(request_budget)
 
     async def handle(stream: trio.SocketStream) -> None:
         async with stream:
+            connection = Connection(stream, commands, budget, stall_timeout)
+            pid = uid = None
             try:
-                _pid, uid, gid = peer_credentials(stream.socket)
-                if not policy.allows(uid, gid):
-                    log.warning("peer_refused", uid=uid, gid=gid)
-                    await stream.send_all(
-                        encode_message(error_reply(None, ErrorCode.PERMISSION_DENIED, f"uid {uid} may not use this daemon"))
-                    )
-                    return
-                await Connection(stream, commands).serve()
+                with connection.scope:
+                    pid, uid, gid = peer_credentials(stream.socket)
+                    if not policy.allows(uid, gid):
+                        log.warning("peer_refused", uid=uid, gid=gid)
+                        message = error_reply(None, ErrorCode.PERMISSION_DENIED, f"uid {uid} may not use this daemon")
+                        await connection.send_bytes(encode_message(message))
+                        return
+                    await connection.serve()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the client went away: nothing to answer
+            except ClientStalled as error:
+                log.warning("client_disconnected", pid=pid, uid=uid, reason=f"stalled: {error}")
+            except Exception:
+                # Whatever a client sends, it ends its own connection at most.
+                log.exception("connection_failed", pid=pid, uid=uid)
+            finally:
+                budget.forget(connection)
+            if connection.refused is not None:
+                code, reason = connection.refused
+                log.warning("client_disconnected", pid=pid, uid=uid, reason=reason)
+                if not connection.mid_message:
+                    with trio.move_on_after(1):
+                        try:
+                            await stream.send_all(encode_message(error_reply(None, code, reason)))
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            pass
 
     async with trio.open_nursery() as handlers:
         # Cancelling this scope stops accepting; open connections go on until the

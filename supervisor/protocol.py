@@ -19,14 +19,17 @@ import signal
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from supervisor import jsonlimits
 from supervisor.store import ALL_STATUSES, STREAMS
 
 MAX_MESSAGE_BYTES = 1 << 20
+# What a session's labels may take, as JSON.
+MAX_LABELS_BYTES = 64 * 1024
 
 
 class ErrorCode:
-    BAD_REQUEST = "bad_request"  # not JSON, or not a JSON object
-    TOO_LARGE = "too_large"  # a message over MAX_MESSAGE_BYTES
+    BAD_REQUEST = "bad_request"  # not JSON, nested too deeply, or not a JSON object
+    TOO_LARGE = "too_large"  # a message over MAX_MESSAGE_BYTES, or over the daemon's budget
     UNKNOWN_COMMAND = "unknown_command"
     INVALID_ARGUMENT = "invalid_argument"  # missing, unknown or of the wrong type
     NOT_FOUND = "not_found"  # no session with that id or prefix
@@ -51,21 +54,9 @@ class RequestError(Exception):
         self.message = message
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text} is out of range for a number")
-    return value
-
-
 def decode_message(line: bytes) -> Any:
-    """Parse one message. NaN, Infinity and numbers too large for a float (which
-    Python's json would turn into inf) are refused: they could never be sent back."""
-    return json.loads(line, parse_constant=_refuse_constant, parse_float=_finite_float)
+    """Parse one message (jsonlimits.loads: bounded nesting, finite numbers)."""
+    return jsonlimits.loads(line)
 
 
 def encode_message(message: dict[str, Any]) -> bytes:
@@ -114,14 +105,12 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_str(value: Any) -> bool:
-    # A lone surrogate (JSON allows "\ud800") cannot become UTF-8: refuse it here.
-    if not isinstance(value, str):
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    return jsonlimits.is_text(value)
+
+
+def _is_runnable(value: Any) -> bool:
+    # The kernel takes argv, env and paths as C strings: a NUL cannot get through exec.
+    return _is_str(value) and "\0" not in value
 
 
 def _is_number(value: Any) -> bool:
@@ -135,15 +124,22 @@ def _is_str_list(value: Any) -> bool:
 
 
 def _is_argv(value: Any) -> bool:
-    return _is_str_list(value) and len(value) > 0 and value[0] != ""
+    return isinstance(value, list) and len(value) > 0 and value[0] != "" and all(_is_runnable(item) for item in value)
 
 
-def _is_str_map(value: Any) -> bool:
-    return isinstance(value, dict) and all(_is_str(k) and _is_str(v) for k, v in value.items())
+def _is_env_name(value: Any) -> bool:
+    # execve reads "NAME=value": a name with "=" or nothing before it would be misread.
+    return _is_runnable(value) and value != "" and "=" not in value
 
 
-def _is_object(value: Any) -> bool:
-    return isinstance(value, dict)
+def _is_env(value: Any) -> bool:
+    return isinstance(value, dict) and all(_is_env_name(k) and _is_runnable(v) for k, v in value.items())
+
+
+def _is_labels(value: Any) -> bool:
+    if not (isinstance(value, dict) and jsonlimits.is_plain(value)):
+        return False
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()) <= MAX_LABELS_BYTES
 
 
 def _is_bool(value: Any) -> bool:
@@ -178,20 +174,21 @@ def _is_mode(value: Any) -> bool:
 
 
 SESSION = Arg(_is_str, "a session id or unique prefix (string)", required=True)
+LABELS = f"a JSON object of at most {MAX_LABELS_BYTES // 1024} KiB as compact JSON (text that is UTF-8, integers within 64 bits)"
 STATUSES = "a status or list of statuses (queued, running, paused, waiting_checkpoint, completed, failed, killed, lost, cancelled)"
 
 COMMANDS: dict[str, dict[str, Arg]] = {
     "start": {
-        "argv": Arg(_is_argv, "a non-empty list of strings (the command and its arguments)", required=True),
-        "cwd": Arg(_is_str, "an absolute directory path (string)", required=True),
-        "env": Arg(_is_str_map, "an object of string values", default={}),
-        "labels": Arg(_is_object, "a JSON object", default={}),
+        "argv": Arg(_is_argv, "a non-empty list of strings without NUL characters (the command and its arguments)", required=True),
+        "cwd": Arg(_is_runnable, "an absolute directory path (a string without NUL characters)", required=True),
+        "env": Arg(_is_env, "an object of string values without NUL characters, named by non-empty strings without '=' or NUL", default={}),
+        "labels": Arg(_is_labels, LABELS, default={}),
         "priority": Arg(_is_int, "an integer (higher starts first)", default=0),
         "queue": Arg(_is_bool, "true or false", default=True),
     },
     "ps": {
         "status": Arg(_is_statuses, STATUSES),
-        "labels": Arg(_is_object, "a JSON object of labels to match"),
+        "labels": Arg(_is_labels, f"labels to match: {LABELS}"),
         "limit": Arg(_is_non_negative_int, "an integer >= 0"),
     },
     "show": {"session": SESSION},

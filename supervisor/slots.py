@@ -125,6 +125,7 @@ class LiveSession:
     stop_requested: bool = False
     # Set once the exit (or a failed start) is read: no status may change after it.
     final: bool = False
+    # Set once the command has started, or once it is known that it never will.
     started: trio.Event = field(default_factory=trio.Event)
     ended: trio.Event = field(default_factory=trio.Event)
     send_lock: trio.Lock = field(default_factory=trio.Lock)
@@ -365,6 +366,10 @@ class SlotManager:
             # (shutdown with on_shutdown = "keep"); reap the ones that have ended.
             self.reap_finished_shims()
         if reason is not None:
+            # Its end is decided: no status may change after it, and whoever waits for
+            # the command to start (a stop, a kill) must not wait for what never will.
+            live.final = True
+            live.started.set()
             bound.warning("session_lost", reason=reason)
             self._kill_leftovers(live)
             self.ingestor.append(live.id, "system", f"lost: {reason}\n".encode())
@@ -431,6 +436,7 @@ class SlotManager:
 
     async def _finish(self, live: LiveSession) -> None:
         """Commit the session's end, free its slot and start the next queued one."""
+        live.started.set()  # however it ended (a shim that could not spawn): stop waiting
         self.ingestor.update(live.id, spool_dir=None)  # removed below: everything is ingested
         await self.ingestor.commit_now()
         self.live.pop(live.id, None)

@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -20,6 +21,8 @@ from typing import Any
 
 import apsw
 import apsw.bestpractice
+
+from supervisor import jsonlimits
 
 LIVE_STATUSES = ("running", "paused", "waiting_checkpoint")
 ENDED_STATUSES = ("completed", "failed", "killed", "lost", "cancelled")
@@ -169,23 +172,39 @@ class Session:
 _SESSION_FIELDS = [f.name for f in dataclasses.fields(Session)]
 _JSON_FIELDS = {"argv", "env", "labels"}
 _SESSION_COLUMNS = ", ".join(_SESSION_FIELDS)
+_TEXT_FIELDS = {"id", "status", "argv", "cwd", "env", "labels", "boot_id", "reason", "queued_at", "started_at", "ended_at", "spool_dir"}
+# Text is read as bytes and decoded in _session_from_row: bytes that are not UTF-8 then
+# damage their own row only, not every query that meets them (apsw would raise there).
+_SELECT_COLUMNS = ", ".join(f"CAST({name} AS BLOB)" if name in _TEXT_FIELDS else name for name in _SESSION_FIELDS)
 
 
 class DamagedRow(ValueError):
-    """A session row whose JSON columns do not parse (edited behind slotd's back)."""
+    """A session row slotd cannot use (edited behind its back, or written by a slotd
+    that accepted more than this one does)."""
 
-    def __init__(self, session_id: str, column: str, error: Exception) -> None:
-        super().__init__(f"session {session_id}: column {column} is not valid JSON ({error})")
+    def __init__(self, session_id: str, column: str, problem: str) -> None:
+        super().__init__(f"session {session_id}: column {column} {problem}")
         self.session_id = session_id
 
 
 def _session_from_row(row: Sequence[Any]) -> Session:
     values = dict(zip(_SESSION_FIELDS, row))
-    for name in _JSON_FIELDS:
-        try:
-            values[name] = json.loads(values[name])
-        except (TypeError, ValueError) as error:
-            raise DamagedRow(values["id"], name, error) from None
+    raw_id = values["id"]
+    session_id = raw_id.decode(errors="replace") if isinstance(raw_id, bytes) else str(raw_id)
+    for name, value in values.items():
+        if isinstance(value, bytes) and name in _TEXT_FIELDS:
+            try:
+                values[name] = value = value.decode()
+            except UnicodeDecodeError as error:
+                raise DamagedRow(session_id, name, f"is not UTF-8 text ({error})") from None
+        if name in _JSON_FIELDS:
+            try:
+                # As strict as the wire: what is read here goes out in replies.
+                values[name] = jsonlimits.loads(value)
+            except (TypeError, ValueError) as error:
+                raise DamagedRow(session_id, name, f"is not valid JSON ({error})") from None
+        elif not (value is None or isinstance(value, (int, str)) or (isinstance(value, float) and math.isfinite(value))):
+            raise DamagedRow(session_id, name, f"holds {type(value).__name__} {str(value)[:40]}, not text or a number")
     values["stop_requested"] = bool(values["stop_requested"])
     return Session(**values)
 
@@ -330,7 +349,7 @@ class Reader:
         self.db.close()
 
     def get_session(self, session_id: str) -> Session | None:
-        for row in self.db.execute(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)):
+        for row in self.db.execute(f"SELECT {_SELECT_COLUMNS} FROM sessions WHERE id = ?", (session_id,)):
             return _session_from_row(row)
         return None
 
@@ -345,12 +364,12 @@ class Reader:
         pattern = prefix.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         rows = list(
             self.db.execute(
-                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id LIKE ? ESCAPE '\\' LIMIT 10",
+                f"SELECT {_SELECT_COLUMNS} FROM sessions WHERE id LIKE ? ESCAPE '\\' LIMIT 10",
                 (pattern,),
             )
         )
         if len(rows) > 1:
-            raise AmbiguousPrefix(prefix, [row[0] for row in rows])
+            raise AmbiguousPrefix(prefix, [row[0].decode(errors="replace") for row in rows])
         return _session_from_row(rows[0]) if rows else None
 
     def list_sessions(
@@ -360,16 +379,19 @@ class Reader:
         limit: int | None = None,
     ) -> list[Session]:
         """Sessions, the ones waiting for an operator first, then live, queued, ended."""
-        query = f"SELECT {_SESSION_COLUMNS} FROM sessions"
+        query = f"SELECT {_SELECT_COLUMNS} FROM sessions"
         clauses, args = [], []
         if statuses:
             clauses.append(f"status IN ({', '.join('?' for _ in statuses)})")
             args.extend(statuses)
         for key, value in (labels or {}).items():
-            # Same JSON type and value: true is not 1, and a null label matches null.
+            # Same JSON type and value: true is not 1, and a null label matches null. A
+            # row whose labels SQLite cannot parse matches nothing (rather than failing
+            # the whole query for everyone); the rows it does return are checked again.
             path = "'$.' || json_quote(?)"
             clauses.append(
-                f"json_type(labels, {path}) IS json_type(?, '$') AND json_extract(labels, {path}) IS json_extract(?, '$')"
+                f"CASE WHEN json_valid(labels) THEN json_type(labels, {path}) IS json_type(?, '$') "
+                f"AND json_extract(labels, {path}) IS json_extract(?, '$') ELSE 0 END"
             )
             args.extend([key, json.dumps(value), key, json.dumps(value)])
         if clauses:
@@ -388,7 +410,7 @@ class Reader:
 
     def sessions_with_status(self, statuses: Sequence[str]) -> list[Session]:
         marks = ", ".join("?" for _ in statuses)
-        query = f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE status IN ({marks}) ORDER BY priority DESC, arrival"
+        query = f"SELECT {_SELECT_COLUMNS} FROM sessions WHERE status IN ({marks}) ORDER BY priority DESC, arrival"
         return _sessions_from_rows(self.db.execute(query, list(statuses)))
 
     def count_with_status(self, statuses: Sequence[str]) -> int:
@@ -417,6 +439,7 @@ class Reader:
         limit: int,
         streams: Sequence[str] | None = None,
         since_ts: float | None = None,
+        max_bytes: int | None = None,
     ) -> list[Row]:
         """Up to limit rows with seq > after_seq, oldest first: one page of a transcript."""
         query = "SELECT seq, ts, stream, data FROM transcript WHERE session_id = ? AND seq > ?"
@@ -429,10 +452,10 @@ class Reader:
             args.append(since_ts)
         query += " ORDER BY seq LIMIT ?"
         args.append(limit)
-        return [Row(session_id, seq, ts, stream, data) for seq, ts, stream, data in self.db.execute(query, args)]
+        return self._page(session_id, query, args, max_bytes)
 
     def rows_before(
-        self, session_id: str, before_seq: int, limit: int, streams: Sequence[str] | None = None
+        self, session_id: str, before_seq: int, limit: int, streams: Sequence[str] | None = None, max_bytes: int | None = None
     ) -> list[Row]:
         """Up to limit rows with seq < before_seq, newest first: reading a transcript backwards."""
         query = "SELECT seq, ts, stream, data FROM transcript WHERE session_id = ? AND seq < ?"
@@ -442,7 +465,21 @@ class Reader:
             args.extend(streams)
         query += " ORDER BY seq DESC LIMIT ?"
         args.append(limit)
-        return [Row(session_id, seq, ts, stream, data) for seq, ts, stream, data in self.db.execute(query, args)]
+        return self._page(session_id, query, args, max_bytes)
+
+    def _page(self, session_id: str, query: str, args: list[Any], max_bytes: int | None) -> list[Row]:
+        """The rows of a transcript query, up to the one that reaches max_bytes of data:
+        a page of big rows stays small, so a client holds little however it reads."""
+        rows: list[Row] = []
+        size = 0
+        cursor = self.db.execute(query, args)
+        for seq, ts, stream, data in cursor:
+            rows.append(Row(session_id, seq, ts, stream, data))
+            size += len(data)
+            if max_bytes is not None and size >= max_bytes:
+                break
+        cursor.close()
+        return rows
 
     def iter_transcript(
         self, session_id: str, after_seq: int = 0, page_size: int = 500, streams: Sequence[str] | None = None
@@ -532,7 +569,7 @@ class Store(Reader):
         while True:
             rows = list(
                 self.db.execute(
-                    f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE status = 'queued' "
+                    f"SELECT {_SELECT_COLUMNS} FROM sessions WHERE status = 'queued' "
                     "ORDER BY priority DESC, arrival LIMIT 1"
                 )
             )

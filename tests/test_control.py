@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -13,10 +14,12 @@ import sys
 
 import apsw
 import pytest
+from collections.abc import Iterator
+from pathlib import Path
 
 from supervisor.client import RemoteError
 from supervisor.protocol import decode_data
-from tests.conftest import py, wait_for
+from tests.conftest import DaemonHandle, py, wait_for
 
 
 class Raw:
@@ -260,9 +263,12 @@ def fill_disk(path) -> None:
             assert error.errno == errno.ENOSPC
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="needs root to mount a small tmpfs")
-def test_a_full_disk_is_reported_and_nothing_is_lost_once_space_returns(make_daemon):
-    """With the database's disk full, writes get storage_error and reads still work; once space returns, every line is stored."""
+SMALL_DISK = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="needs root to mount a small tmpfs")
+
+
+@contextlib.contextmanager
+def daemon_on_small_disk(make_daemon) -> Iterator[tuple[DaemonHandle, Path]]:
+    """A running daemon whose state directory is a 16 MiB tmpfs (unmounted after)."""
     daemon = make_daemon(start=False)
     state = daemon.root / "state"
     state.mkdir()
@@ -270,6 +276,16 @@ def test_a_full_disk_is_reported_and_nothing_is_lost_once_space_returns(make_dae
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(state)], check=True)
     try:
         daemon.start()
+        yield daemon, state
+    finally:
+        daemon.stop()
+        subprocess.run(["umount", "-l", str(state)], check=False)
+
+
+@SMALL_DISK
+def test_a_full_disk_is_reported_and_nothing_is_lost_once_space_returns(make_daemon):
+    """With the database's disk full, writes get storage_error and reads still work; once space returns, every line is stored."""
+    with daemon_on_small_disk(make_daemon) as (daemon, state):
         gate = daemon.root / "gate"
         lines = 60_000
         code = (
@@ -292,9 +308,6 @@ def test_a_full_disk_is_reported_and_nothing_is_lost_once_space_returns(make_dae
         assert daemon.wait_ended(session["id"], timeout=60)["status"] == "completed"
         expected = b"".join(f"{i:08d}".encode() + b"x" * 91 + b"\n" for i in range(lines))
         assert daemon.stdout_bytes(session["id"]) == expected
-    finally:
-        daemon.stop()
-        subprocess.run(["umount", "-l", str(state)], check=False)
 
 
 def test_followers_that_hang_up_are_let_go(daemon, raw):
