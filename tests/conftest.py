@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -54,6 +56,43 @@ def end_shim_run(process: subprocess.Popen, records: list[spool.Record]) -> None
     if process.poll() is None:
         process.kill()
     process.wait(10)
+
+
+def request_as(path: Path, uid: int, gid: int, message: bytes = b'{"id": 1, "cmd": "info"}\n', from_parent: bool = False) -> bytes:
+    """Send one request to the socket at path as uid/gid (no supplementary groups): the
+    reply line, or why it could not connect. Forked, not exec'd: another uid may not
+    reach this Python. from_parent enters the socket's directory as root first, so only
+    that directory's search permission (not its parents') stands in the way."""
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        try:
+            if from_parent:
+                os.chdir(path.parent)
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            client = socket.socket(socket.AF_UNIX)
+            client.settimeout(10)
+            try:
+                client.connect(path.name if from_parent else str(path))
+            except OSError as error:
+                os.write(write_end, f"connect failed: {error.strerror}".encode())
+            else:
+                try:
+                    client.sendall(message)
+                except BrokenPipeError:
+                    pass  # the daemon may refuse before it reads: its reply is waiting all the same
+                os.write(write_end, client.makefile("rb").readline())
+        except BaseException as error:
+            os.write(write_end, f"child failed: {error!r}".encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        reply = pipe.read()
+    os.waitpid(child, 0)
+    return reply
 
 
 def assert_numbers_exactly_once(database: Path, session_id: str) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from supervisor.client import RemoteError
 from supervisor.protocol import decode_data
-from tests.conftest import DaemonHandle, py, wait_for
+from tests.conftest import DaemonHandle, py, request_as, wait_for
 
 
 class Raw:
@@ -145,31 +145,7 @@ def test_a_peer_with_another_uid_is_refused(daemon):
     # Let uid 65534 reach the socket at all: the check under test is the daemon's own.
     os.chmod(daemon.socket.parent, 0o711)
     os.chmod(daemon.socket, 0o666)
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - runs in the child
-        try:
-            # Enter the directory as root; uid 65534 then needs only search permission.
-            os.chdir(daemon.socket.parent)
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            client = socket.socket(socket.AF_UNIX)
-            client.settimeout(10)
-            client.connect("slotd.sock")
-            try:
-                client.sendall(b'{"id": 1, "cmd": "ps"}\n')
-            except BrokenPipeError:
-                pass  # the daemon may refuse before it reads: its reply is waiting all the same
-            os.write(write_end, client.makefile("rb").readline())
-        except BaseException as error:
-            os.write(write_end, f"child failed: {error!r}".encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        reply = pipe.read()
-    os.waitpid(child, 0)
+    reply = request_as(daemon.socket, 65534, 65534, b'{"id": 1, "cmd": "ps"}\n', from_parent=True)
     assert reply.startswith(b"{"), reply
     assert json.loads(reply)["error"]["code"] == "permission_denied"
     assert daemon.request("info")["pid"] == daemon.process.pid

@@ -21,7 +21,7 @@ from pathlib import Path
 import apsw
 import pytest
 
-from conftest import DEADLINE, DaemonHandle, alive, py, system_text, wait_for
+from conftest import DEADLINE, DaemonHandle, alive, py, request_as, system_text, wait_for
 from supervisor import fsguard, spool
 from supervisor.client import Client, DaemonUnavailable
 from supervisor.config import EXIT_CONFIG
@@ -259,36 +259,6 @@ def answers(path: Path) -> bool:
         return False
 
 
-def connect_as(path: Path, uid: int, gid: int) -> bytes:
-    """Connect to path as uid/gid (no supplementary groups) and ask info: the reply line,
-    or why it could not connect. Forked, not exec'd: uid 65534 cannot reach this Python."""
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - runs in the child
-        try:
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
-            client = socket.socket(socket.AF_UNIX)
-            client.settimeout(10)
-            try:
-                client.connect(str(path))
-            except OSError as error:
-                os.write(write_end, f"connect failed: {error.strerror}".encode())
-            else:
-                client.sendall(b'{"id": 1, "cmd": "info"}\n')
-                os.write(write_end, client.makefile("rb").readline())
-        except BaseException as error:
-            os.write(write_end, f"child failed: {error!r}".encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        reply = pipe.read()
-    os.waitpid(child, 0)
-    return reply
-
-
 @needs_root
 def test_socket_group_members_reach_the_socket_in_the_default_layout(open_root: Path) -> None:
     """With socket_group and the runtime dir inside the state dir, a process of that group reaches the socket and is served; others cannot even reach it, and sessions/ and the database stay private."""
@@ -300,9 +270,9 @@ def test_socket_group_members_reach_the_socket_in_the_default_layout(open_root: 
         daemon.start(wait=False)
         wait_for(lambda: answers(socket_path) or daemon.process.poll() is not None, what="the daemon to answer")
         assert daemon.process.poll() is None, daemon.log_path.read_text()
-        reply = connect_as(socket_path, NOBODY, group.gr_gid)
+        reply = request_as(socket_path, NOBODY, group.gr_gid)
         assert json.loads(reply)["result"]["pid"] == daemon.process.pid, reply
-        assert connect_as(socket_path, NOBODY, NOBODY) == b"connect failed: Permission denied"
+        assert request_as(socket_path, NOBODY, NOBODY) == b"connect failed: Permission denied"
         for directory in (open_root / "state", open_root / "state" / "run"):
             assert (mode(directory), os.stat(directory).st_gid) == (0o710, group.gr_gid)
         assert (mode(socket_path), os.stat(socket_path).st_gid) == (0o660, group.gr_gid)
