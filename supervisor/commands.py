@@ -11,8 +11,9 @@ import binascii
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
+import trio
 
 from supervisor import __version__
 from supervisor.config import Config
@@ -27,6 +28,10 @@ Emit = Callable[[dict[str, Any]], Awaitable[None]]
 # A page of transcript: what one client's request holds in memory at a time.
 PAGE_ROWS = 500
 PAGE_BYTES = 1 << 20
+# Pages all clients together may hold at once (so about 64 MiB of transcript): a client
+# that stops reading keeps its page until the stall timeout lets it go, and past this
+# many the others wait for a page instead of growing the daemon.
+PAGES_IN_FLIGHT = 64
 
 
 def read_page(reader: Reader, session_id: str, after: int, streams: list[str] | None, since_ts: float | None = None) -> list[Row]:
@@ -36,12 +41,24 @@ def read_page(reader: Reader, session_id: str, after: int, streams: list[str] | 
 def is_full(page: list[Row]) -> bool:
     """True if a page stopped at its limit (rows or bytes), so more may follow it."""
     return len(page) >= PAGE_ROWS or sum(len(row.data) for row in page) >= PAGE_BYTES
+class PageSent(NamedTuple):
+    """What a page sent to a client leaves behind (the page itself is gone by then)."""
+
+    rows: int
+    last_seq: int | None  # of the last row read, sent or not
+    full: bool  # it stopped at its limit: more may follow
+
+
 # What a daemon on its way out still answers.
 READ_ONLY_COMMANDS = frozenset({"ps", "show", "logs", "follow", "info"})
 
 
 def row_message(row: Row) -> dict[str, Any]:
     return {"seq": row.seq, "ts": iso_from_unix(row.ts), "stream": row.stream, **encode_data(row.data)}
+
+
+def plain_row(row: Row) -> dict[str, Any]:
+    return {"row": row_message(row)}
 
 
 def count_lines(data: bytes) -> int:
@@ -109,6 +126,7 @@ class Commands:
         self.ingestor = ingestor
         self.request_shutdown = request_shutdown
         self.shutting_down = False
+        self.page_slots = trio.Semaphore(PAGES_IN_FLIGHT)
         self.started_monotonic = time.monotonic()
         self.started_at = utc_now()
 
@@ -128,6 +146,22 @@ class Commands:
         if session is None:
             raise RequestError(ErrorCode.NOT_FOUND, f"no session with id or prefix {prefix!r}")
         return session
+
+    async def _send_page(
+        self, emit: Emit, fetch: Callable[[], Awaitable[list[Row]]], shape: Callable[[Row], dict[str, Any] | None]
+    ) -> PageSent:
+        """Read a page and send its rows (shaped; None skips one), holding one of the
+        daemon's page slots meanwhile, so that clients that read slowly or not at all
+        hold PAGES_IN_FLIGHT pages at most between them."""
+        async with self.page_slots:
+            page = await fetch()
+            sent = 0
+            for row in page:
+                message = shape(row)
+                if message is not None:
+                    await emit(message)
+                    sent += 1
+            return PageSent(sent, page[-1].seq if page else None, is_full(page))
 
     async def _current(self, session_id: str) -> dict[str, Any]:
         session = await self.readers.run(Reader.get_session, session_id)
@@ -241,19 +275,25 @@ class Commands:
         if args["tail"] is not None:
             first, cut, last_seq = await self.readers.run(tail_start, session.id, args["tail"], streams)
             after = first - 1
+
+            def tail_row(row: Row) -> dict[str, Any] | None:
+                trimmed = row.seq == first and cut > 0
+                if trimmed:
+                    row = Row(row.session_id, row.seq, row.ts, row.stream, cut_lines(row.data, cut))
+                    if not row.data:
+                        return None
+                return {"row": {**row_message(row), "trimmed": trimmed}}
+
             while after < last_seq:
-                page = [row for row in await self.readers.run(read_page, session.id, after, streams) if row.seq <= last_seq]
-                for row in page:
-                    trimmed = row.seq == first and cut > 0
-                    if trimmed:
-                        row = Row(row.session_id, row.seq, row.ts, row.stream, cut_lines(row.data, cut))
-                        if not row.data:
-                            continue
-                    await emit({"row": {**row_message(row), "trimmed": trimmed}})
-                    sent += 1
-                if not page or not is_full(page):
+
+                async def tail_page() -> list[Row]:
+                    return [row for row in await self.readers.run(read_page, session.id, after, streams) if row.seq <= last_seq]
+
+                page = await self._send_page(emit, tail_page, tail_row)
+                sent += page.rows
+                if page.last_seq is None or not page.full:
                     break
-                after = page[-1].seq
+                after = page.last_seq
         else:
             since_ts = None
             if args["since_time"] is not None:
@@ -265,14 +305,16 @@ class Commands:
             # A follow carries on from here: at least what existed when we looked.
             last_seq = max(after, await self.readers.run(Reader.last_seq, session.id))
             while True:
-                page = await self.readers.run(read_page, session.id, after, streams, since_ts)
-                for row in page:
-                    await emit({"row": row_message(row)})
-                if page:
-                    after = page[-1].seq
+
+                async def next_page() -> list[Row]:
+                    return await self.readers.run(read_page, session.id, after, streams, since_ts)
+
+                page = await self._send_page(emit, next_page, plain_row)
+                if page.last_seq is not None:
+                    after = page.last_seq
                     last_seq = max(last_seq, after)
-                sent += len(page)
-                if not is_full(page):
+                sent += page.rows
+                if not page.full:
                     break
         return {"rows": sent, "last_seq": last_seq, "status": session.status}
 
@@ -280,17 +322,23 @@ class Commands:
         session = await self._session(args["session"])
         streams = [args["stream"]] if args["stream"] else None
         after = args["since_seq"]
+        current: Session | None = None
         while True:
             # Take the event before reading: a commit after this point wakes us.
             changed = self.ingestor.session_commit_event(session.id)
-            current, page = await self.readers.run(read_follow_page, session.id, after, streams)
-            if current is None:
-                raise RequestError(ErrorCode.NOT_FOUND, f"session {session.id} was deleted")
-            for row in page:
-                await emit({"row": row_message(row)})
-            if page:
-                after = page[-1].seq
-            if is_full(page):
+
+            async def follow_page() -> list[Row]:
+                nonlocal current
+                current, rows = await self.readers.run(read_follow_page, session.id, after, streams)
+                if current is None:
+                    raise RequestError(ErrorCode.NOT_FOUND, f"session {session.id} was deleted")
+                return rows
+
+            page = await self._send_page(emit, follow_page, plain_row)
+            assert current is not None
+            if page.last_seq is not None:
+                after = page.last_seq
+            if page.full:
                 continue
             if current.is_ended:
                 # A session's end is committed with its last rows: nothing more will come.

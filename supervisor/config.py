@@ -70,10 +70,6 @@ class Config:
         return self.state_dir / "slotd.db"
 
     @property
-    def lock_file(self) -> Path:
-        return self.state_dir / "slotd.lock"
-
-    @property
     def sessions_dir(self) -> Path:
         return self.runtime_dir / "sessions"
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import grp
-import json
 import os
 import pwd
 import select
@@ -28,6 +27,7 @@ import structlog
 import trio
 
 from supervisor.commands import Commands
+from supervisor import jsonlimits
 from supervisor.jsonlimits import TooDeep
 from supervisor.protocol import (
     MAX_MESSAGE_BYTES,
@@ -54,10 +54,14 @@ REQUEST_BUDGET_BYTES = 64 << 20
 # client-output-buffer-limit): what the daemon prepared for it is freed. `slotctl logs
 # -f` carries on from the last row it printed.
 SEND_STALL_TIMEOUT = 60.0
+# Clients served at once; one more is told too_many_clients and closed.
+MAX_CONNECTIONS = 256
 # How often a stream whose client stopped sending checks that the client is still there.
 HANGUP_POLL_INTERVAL = 2.0
 # How long a daemon found on the socket path at start has to answer info.
 PROBE_TIMEOUT = 2.0
+# An info reply is a few hundred bytes; more than this from a listener is not slotd's.
+PROBE_REPLY_LIMIT = 65536
 
 
 class SocketPathError(Exception):
@@ -133,10 +137,11 @@ async def listener_pid(path: Path) -> int | None:
         with trio.move_on_after(PROBE_TIMEOUT):
             await probe.send(b'{"id": 1, "cmd": "info"}\n')
             reply = b""
-            while not reply.endswith(b"\n") and (data := await probe.recv(RECEIVE_SIZE)):
+            # Whoever listens there may be hostile: a bounded read, a depth-checked parse.
+            while not reply.endswith(b"\n") and len(reply) < PROBE_REPLY_LIMIT and (data := await probe.recv(RECEIVE_SIZE)):
                 reply += data
             try:
-                answered = json.loads(reply)["result"]["pid"]
+                answered = jsonlimits.loads(reply[:PROBE_REPLY_LIMIT])["result"]["pid"]
             except (ValueError, KeyError, TypeError):
                 answered = None
             if isinstance(answered, int) and not isinstance(answered, bool):
@@ -423,9 +428,11 @@ async def serve(
     *,
     request_budget: int = REQUEST_BUDGET_BYTES,
     stall_timeout: float = SEND_STALL_TIMEOUT,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> None:
     listener = trio.SocketListener(sock)
     budget = RequestBudget(request_budget)
+    open_connections: set[Connection] = set()
 
     async def handle(stream: trio.SocketStream) -> None:
         async with stream:
@@ -439,7 +446,17 @@ async def serve(
                         message = error_reply(None, ErrorCode.PERMISSION_DENIED, f"uid {uid} may not use this daemon")
                         await connection.send_bytes(encode_message(message))
                         return
-                    await connection.serve()
+                    if len(open_connections) >= max_connections:
+                        # Each costs a file descriptor, which the spools need too.
+                        log.warning("client_refused", pid=pid, uid=uid, reason="too many connections", open=len(open_connections))
+                        message = error_reply(None, ErrorCode.TOO_MANY_CLIENTS, f"the daemon serves at most {max_connections} connections at once")
+                        await connection.send_bytes(encode_message(message))
+                        return
+                    open_connections.add(connection)
+                    try:
+                        await connection.serve()
+                    finally:
+                        open_connections.discard(connection)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the client went away: nothing to answer
             except ClientStalled as error:

@@ -30,7 +30,7 @@ import trio
 
 from supervisor import __version__, control, fsguard, maintenance, recovery, systemd
 from supervisor.commands import Commands
-from supervisor.config import EXIT_CONFIG, Config, ConfigError, load_config
+from supervisor.config import EXIT_CONFIG, Config, ConfigError, load_config, replace
 from supervisor.database import DatabaseWriter, ReaderPool
 from supervisor.ingest import Ingestor
 from supervisor.logconfig import configure_logging
@@ -48,6 +48,8 @@ PRIVATE_DIR_MODE = 0o700
 # A directory on the way to a socket_group socket: its group may pass, not list.
 GROUP_PASS_MODE = 0o710
 DATABASE_FILE_MODE = 0o600
+LOCK_FILE = "slotd.lock"
+LOCK_FILE_MODE = 0o600
 DATABASE_SUFFIXES = ("", "-wal", "-shm")
 
 
@@ -68,7 +70,7 @@ def socket_group_id(config: Config) -> int | None:
         raise StartupError(f"socket_group {config.socket_group!r} is not a group on this system", EXIT_CONFIG) from None
 
 
-def prepare_directories(config: Config) -> None:
+def prepare_directories(config: Config) -> Config:
     """Create the state and runtime directories and sessions/, or check the ones there.
 
     Each must be slotd's user's and writable by nobody else, and so must every directory
@@ -76,6 +78,9 @@ def prepare_directories(config: Config) -> None:
     session's spec or the socket. With socket_group, the directories slotd owns on the
     socket's way get that group and mode 0710, and every other one on the way must let
     the group pass, or slotd refuses to start, naming it.
+
+    Returns the configuration with the real paths that were checked, so that what is
+    used is what was checked: the configured ones may pass through links.
     """
     gid = socket_group_id(config)
     socket_dir = config.socket.parent
@@ -83,12 +88,14 @@ def prepare_directories(config: Config) -> None:
     def on_socket_path(directory: Path) -> bool:
         return gid is not None and (socket_dir == directory or directory in socket_dir.parents)
 
-    for directory in (config.state_dir, config.runtime_dir):
+    real = {}
+    for key in ("state_dir", "runtime_dir"):
+        directory = getattr(config, key)
         if on_socket_path(directory):
-            fsguard.ensure_dir(directory, GROUP_PASS_MODE, gid)
+            real[key] = fsguard.ensure_dir(directory, GROUP_PASS_MODE, gid)
         else:
-            fsguard.ensure_dir(directory, PRIVATE_DIR_MODE)
-    fsguard.ensure_dir(config.sessions_dir, PRIVATE_DIR_MODE)
+            real[key] = fsguard.ensure_dir(directory, PRIVATE_DIR_MODE)
+    fsguard.ensure_dir(real["runtime_dir"] / config.sessions_dir.name, PRIVATE_DIR_MODE)
     if os.path.isdir(socket_dir):
         # Ours, or one slotd only creates its socket in (/run, or a sticky /tmp).
         real_socket_dir = fsguard.check_parent(socket_dir)
@@ -98,6 +105,7 @@ def prepare_directories(config: Config) -> None:
         real_socket_dir = fsguard.ensure_dir(socket_dir, GROUP_PASS_MODE, gid)
     if gid is not None:
         check_group_can_pass(real_socket_dir, config.socket_group, gid)
+    return replace(config, socket=real_socket_dir / config.socket.name, **real)
 
 
 def check_group_can_pass(directory: Path, group: str, gid: int) -> None:
@@ -128,25 +136,45 @@ def tighten_database_modes(database: Path) -> None:
 
 
 @contextmanager
-def hold_state_lock(config: Config):
-    """One daemon per state directory: an exclusive flock held for the daemon's life."""
+def hold_lock(directory: Path, what: str):
+    """One daemon per directory: an exclusive flock on its slotd.lock, held for the
+    daemon's life. The state directory has one (its database), and so does the runtime
+    directory (its sessions: a second daemon there would sweep the first's spools as
+    strays)."""
+    lock_file = directory / LOCK_FILE
     try:
-        fd = os.open(config.lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as error:
-        raise StartupError(f"cannot use state directory {config.state_dir}: {config.lock_file}: {error.strerror}", EXIT_CONFIG) from None
+        raise StartupError(f"cannot use {what} {directory}: {lock_file}: {error.strerror}", EXIT_CONFIG) from None
     try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise StartupError(f"cannot use {what} {directory}: {lock_file} is not a regular file", EXIT_CONFIG)
+        if st.st_uid != os.geteuid():
+            raise StartupError(f"cannot use {what} {directory}: {lock_file} belongs to {fsguard.owner_name(st.st_uid)}", EXIT_CONFIG)
+        if stat.S_IMODE(st.st_mode) != LOCK_FILE_MODE:  # in our own directory: loose, not foreign
+            os.fchmod(fd, LOCK_FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise StartupError(
-                f"another slotd (pid {holder}) is already running on state directory {config.state_dir}"
-            ) from None
+            raise StartupError(f"another slotd (pid {holder}) is already running on {what} {directory}") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)
+
+
+@contextmanager
+def hold_locks(config: Config):
+    """The state directory's lock, and the runtime directory's when it is another one."""
+    with hold_lock(config.state_dir, "state directory"):
+        if config.runtime_dir == config.state_dir:
+            yield
+        else:
+            with hold_lock(config.runtime_dir, "runtime directory"):
+                yield
 
 
 class Daemon:
@@ -264,8 +292,8 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(config.log_level, config.log_format)
     session_umask = os.umask(DAEMON_UMASK)
     try:
-        prepare_directories(config)
-        with hold_state_lock(config):
+        config = prepare_directories(config)
+        with hold_locks(config):
             # Before anything is reconciled: a daemon of another state directory may
             # answer on this socket path (checked again when binding, for a race).
             trio.run(control.check_socket_free, config.socket)

@@ -102,7 +102,10 @@ def walk(path: Path) -> tuple[Path, list[str]]:
     A directory that exists is checked as one above slotd's (see _check_above); the
     last component, if it exists, is left to the caller, which knows what it must be.
     """
-    path = Path(os.path.abspath(path))
+    # Not os.path.abspath: it would drop "link/.." without looking at the link, while
+    # the kernel follows the link first. Each ".." here goes up from where the walk
+    # really is, as the kernel's does.
+    path = Path(os.getcwd(), path)
     real = Path("/")
     todo = list(path.parts[1:])
     hops = 0

@@ -23,6 +23,8 @@ from supervisor import jsonlimits
 from supervisor.store import ALL_STATUSES, STREAMS
 
 MAX_MESSAGE_BYTES = 1 << 20
+# The longest grace a stop may give before SIGKILL: a day, as config's stop_timeout.
+MAX_STOP_TIMEOUT = 86400
 # What a session's labels may take, as JSON.
 MAX_LABELS_BYTES = 64 * 1024
 
@@ -39,6 +41,7 @@ class ErrorCode:
     PERMISSION_DENIED = "permission_denied"  # the peer's uid is not allowed
     STORAGE_ERROR = "storage_error"  # the database refused a write (disk full, I/O)
     SHUTTING_DOWN = "shutting_down"  # the daemon is stopping
+    TOO_MANY_CLIENTS = "too_many_clients"  # the daemon serves its most connections already
     INTERNAL_ERROR = "internal_error"  # a bug: the message says what failed
 
 
@@ -212,7 +215,7 @@ COMMANDS: dict[str, dict[str, Arg]] = {
     },
     "stop": {
         "session": SESSION,
-        "timeout": Arg(lambda v: _is_number(v) and v >= 0, "seconds >= 0 before SIGKILL"),
+        "timeout": Arg(lambda v: _is_number(v) and 0 <= v <= MAX_STOP_TIMEOUT, f"seconds from 0 to {MAX_STOP_TIMEOUT} before SIGKILL"),
         "wait": Arg(_is_bool, "true or false", default=True),
     },
     "kill": {

@@ -27,8 +27,10 @@ class Raw:
 
     def __init__(self, path) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(20)
+        # Blocking while connecting: with a timeout set, a full listen backlog would be
+        # EAGAIN at once instead of a short wait for the daemon to accept.
         self.sock.connect(str(path))
+        self.sock.settimeout(20)
         self.reader = self.sock.makefile("rb")
 
     def send(self, data: bytes) -> None:

@@ -29,6 +29,7 @@ from supervisor.jsonlimits import MAX_DEPTH
 from supervisor.protocol import MAX_LABELS_BYTES, decode_data
 from supervisor.slots import SlotManager
 from supervisor.store import Session, Store, utc_now
+from supervisor.client import RemoteError
 from tests.conftest import py, wait_for
 from tests.test_control import SMALL_DISK, Raw, daemon_on_small_disk, fill_disk
 
@@ -217,32 +218,78 @@ def test_many_clients_holding_partial_requests_stay_within_the_budget(daemon):
     assert b"client_disconnected" in daemon.log_path.read_bytes()
 
 
-@pytest.mark.parametrize("args", [{}, {"tail": 10**9}], ids=["logs", "logs --tail"])
-def test_clients_that_stop_reading_a_large_transcript_hold_little(daemon, args):
-    """Ten logs clients (whole or tail) that never read a 30 MB transcript make the daemon grow by little: it holds about a page per client, not the transcript."""
-    code = "import sys\nline = 'x' * 1023 + '\\n'\nfor _ in range(30000): sys.stdout.write(line)"
+def growth_with_stalled_readers(daemon, lines: int, clients: int, seconds: float, **args) -> int:
+    """How much the daemon's RSS grows while `clients` logs requests on a transcript of
+    `lines` KiB lines are never read; it must still answer meanwhile."""
+    code = f"import sys\nline = 'x' * 1023 + '\\n'\nfor _ in range({lines}): sys.stdout.write(line)"
     session = daemon.start_session(py(code))
     daemon.wait_ended(session["id"], timeout=60)
     pid = daemon.process.pid
     daemon.request("logs", session=session["id"], tail=1)  # warm the reader pool
     before = rss(pid)
-    connections = [Raw(daemon.socket) for _ in range(10)]
+    connections = [Raw(daemon.socket) for _ in range(clients)]
     try:
         for connection in connections:
             connection.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             connection.send(request_line(id=1, cmd="logs", session=session["id"], **args))
         # Each handler fills its socket, then waits; give them all time to get there.
         samples = []
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             samples.append(rss(pid))
             time.sleep(0.1)
-        grown = max(samples) - before
         assert daemon.request("info")["pid"] == pid
     finally:
         for connection in connections:
             connection.close()
+    return max(samples) - before
+
+
+@pytest.mark.parametrize("args", [{}, {"tail": 10**9}], ids=["logs", "logs --tail"])
+def test_clients_that_stop_reading_a_large_transcript_hold_little(daemon, args):
+    """Ten logs clients (whole or tail) that never read a 30 MB transcript make the daemon grow by little: it holds about a page per client, not the transcript."""
+    grown = growth_with_stalled_readers(daemon, lines=30000, clients=10, seconds=5, **args)
     assert grown < 60 * 2**20, f"RSS grew by {grown / 2**20:.0f} MiB for 10 stalled clients"
+
+
+def test_many_clients_that_stop_reading_share_a_bounded_number_of_pages(daemon):
+    """150 logs clients that never read hold no more than the daemon's pages in flight (about 64 MiB), not a page each, and the daemon keeps answering."""
+    grown = growth_with_stalled_readers(daemon, lines=4000, clients=150, seconds=8)
+    assert grown < 100 * 2**20, f"RSS grew by {grown / 2**20:.0f} MiB for 150 stalled clients"
+
+
+def test_one_connection_past_the_limit_is_told_so_and_the_rest_are_served(daemon):
+    """With control.MAX_CONNECTIONS clients connected, one more gets too_many_clients and is closed; once one leaves, a new client is served."""
+    connections = []
+    try:
+        for _ in range(control.MAX_CONNECTIONS):
+            connection = Raw(daemon.socket)
+            connections.append(connection)
+            connection.send(request_line(id=1, cmd="info"))
+            assert connection.reply()["ok"]  # served, so counted
+        extra = Raw(daemon.socket)
+        try:
+            reply = extra.reply()  # sent as soon as it connects
+            assert reply["error"]["code"] == "too_many_clients"
+            assert reply["id"] is None
+            assert extra.reader.readline() == b""  # then closed
+        finally:
+            extra.close()
+        connections.pop().close()
+        assert wait_for(lambda: daemon.request("info"), what="a client served again")["pid"] == daemon.process.pid
+    finally:
+        for connection in connections:
+            connection.close()
+    assert b"client_refused" in daemon.log_path.read_bytes()
+
+
+def test_a_stop_grace_longer_than_a_day_is_refused(daemon):
+    """stop with a timeout over 86400 s is an invalid_argument, as stop_timeout is in the config."""
+    session = daemon.start_session(py("import time; time.sleep(60)"))
+    with pytest.raises(RemoteError) as refused:
+        daemon.request("stop", session=session["id"], timeout=1e308)
+    assert refused.value.code == "invalid_argument"
+    assert daemon.session(session["id"])["status"] in ("queued", "running")
 
 
 # -- a stalled client, in-process (a stall timeout of a second) ------------------------------

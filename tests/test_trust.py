@@ -442,3 +442,76 @@ def test_the_systemd_units_do_not_restart_on_a_refusal_to_start(unit: str) -> No
     text = (Path(__file__).parent.parent / "systemd" / unit).read_text()
     settings = [line.split("=", 1)[1].split() for line in text.splitlines() if line.startswith("RestartPreventExitStatus=")]
     assert settings and str(EXIT_CONFIG) in settings[-1]
+
+
+# -- found in review ------------------------------------------------------------------------
+
+
+@needs_root
+def test_a_dotdot_after_another_users_link_is_not_a_way_around_the_checks(make_daemon) -> None:
+    """A state dir written as link/../state, where the link belongs to another user, is refused: '..' is taken after the link, as the kernel takes it, not dropped with it."""
+    daemon = make_daemon(start=False, state_dir="link/../state")
+    evil = daemon.root / "evil"
+    (evil / "sub").mkdir(parents=True)
+    os.chmod(evil, 0o777)
+    os.chown(evil, NOBODY, NOBODY)
+    (daemon.root / "link").symlink_to(evil / "sub")
+    os.lchown(daemon.root / "link", NOBODY, NOBODY)
+    line = refusal(start_refused(daemon), EXIT_CONFIG)
+    assert f"{daemon.root / 'link'} is not safe to use: it is a symbolic link of nobody" in line
+    assert not (evil / "state").exists()
+
+
+def test_a_dotdot_after_a_link_of_ours_leads_where_the_kernel_goes(tmp_path: Path) -> None:
+    """walk resolves via/.. from the link's target, as the kernel does."""
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "via").symlink_to(tmp_path / "a" / "b")
+    assert fsguard.walk(tmp_path / "via" / ".." / "new") == (tmp_path / "a" / "new", [])
+
+
+def test_two_daemons_on_one_runtime_dir_are_refused(make_daemon) -> None:
+    """A second daemon (its own state dir and socket) configured with a live daemon's runtime dir exits 75 and leaves the first one's sessions alone."""
+    first = make_daemon()
+    session = first.start_session(py("import time; time.sleep(60)"))
+    first.wait_status(session["id"], "running")
+    second = make_daemon(start=False, runtime_dir=str(first.root / "run"), socket=str(first.root / "second.sock"))
+    line = refusal(start_refused(second), EXIT_ALREADY_RUNNING)
+    assert f"another slotd (pid {first.process.pid}) is already running on runtime directory {first.root / 'run'}" in line
+    assert (first.root / "run" / "sessions" / session["id"] / spool.STDIN_FIFO).exists()
+    assert first.session(session["id"])["status"] == "running"
+
+
+def test_a_lock_file_left_readable_is_made_private(make_daemon) -> None:
+    """A slotd.lock left 0666 is 0600 again once slotd has started."""
+    daemon = make_daemon(start=False)
+    state = daemon.root / "state"
+    state.mkdir(mode=0o700)
+    (state / "slotd.lock").touch()
+    os.chmod(state / "slotd.lock", 0o666)
+    daemon.start()
+    assert mode(state / "slotd.lock") == 0o600
+    assert mode(daemon.root / "run" / "slotd.lock") == 0o600
+
+
+def test_a_listener_that_answers_with_garbage_is_named_not_a_traceback(make_daemon) -> None:
+    """Something else listening on the socket path, answering the probe with deeply nested JSON, makes slotd exit 75 naming its pid, in one line."""
+    daemon = make_daemon(start=False)
+    daemon.socket.parent.mkdir(mode=0o700)
+    listener = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import socket, sys\n"
+            "s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(); print('ready', flush=True)\n"
+            "while True:\n"
+            "    c, _ = s.accept(); c.recv(100); c.sendall(b'[' * 200000 + b'\\n'); c.close()\n"
+        ), str(daemon.socket)],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert listener.stdout is not None and listener.stdout.readline() == b"ready\n"
+        line = refusal(start_refused(daemon), EXIT_ALREADY_RUNNING)
+        assert f"another slotd (pid {listener.pid}) answers on socket {daemon.socket}" in line
+    finally:
+        listener.kill()
+        listener.wait(10)
+        assert listener.stdout is not None
+        listener.stdout.close()
