@@ -115,7 +115,7 @@ def print_sessions(sessions: list[dict[str, Any]]) -> None:
             [
                 short_id(s["id"]),
                 str(s["slot"] or "-"),
-                s["status"],
+                s["status"] + (" (disk full)" if s.get("output_blocked") else ""),
                 str(s["priority"]),
                 str(s["pid"] or "-"),
                 outcome(s),
@@ -130,7 +130,7 @@ def print_sessions(sessions: list[dict[str, Any]]) -> None:
 def print_session(session: dict[str, Any]) -> None:
     fields = [
         "id", "status", "slot", "priority", "argv", "cwd", "env", "labels", "pid", "shim_pid",
-        "exit_code", "signal", "reason", "queued_at", "started_at", "ended_at",
+        "exit_code", "signal", "reason", "output_blocked", "queued_at", "started_at", "ended_at",
     ]
     for name in fields:
         value = session.get(name)

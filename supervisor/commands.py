@@ -20,7 +20,7 @@ from supervisor.config import Config
 from supervisor.database import ReaderPool
 from supervisor.ingest import Ingestor
 from supervisor.protocol import ErrorCode, RequestError, encode_data, signal_number
-from supervisor.slots import SlotManager
+from supervisor.slots import SlotManager, free_bytes
 from supervisor.store import ENDED_STATUSES, AmbiguousPrefix, DamagedRow, Reader, Row, Session, iso_from_unix, unix_from_iso, utc_now
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
@@ -169,6 +169,11 @@ class Commands:
             raise RequestError(ErrorCode.NOT_FOUND, f"session {session_id} was deleted")
         return session.to_json()
 
+    def _with_live_state(self, session: Session) -> dict[str, Any]:
+        """The session object, with what only the daemon's memory knows of a live one."""
+        live = self.slots.live.get(session.id)
+        return {**session.to_json(), "output_blocked": live.output_blocked if live is not None else None}
+
     # -- sessions ------------------------------------------------------------------
 
     async def cmd_start(self, args: dict, emit: Emit) -> Any:
@@ -182,12 +187,12 @@ class Commands:
         if isinstance(statuses, str):
             statuses = [statuses]
         sessions = await self.readers.run(Reader.list_sessions, statuses, args["labels"], args["limit"])
-        return [session.to_json() for session in sessions]
+        return [self._with_live_state(session) for session in sessions]
 
     async def cmd_show(self, args: dict, emit: Emit) -> Any:
         session = await self._session(args["session"])
         stats = await self.readers.run(Reader.transcript_stats, session.id)
-        return {**session.to_json(), "transcript": stats}
+        return {**self._with_live_state(session), "transcript": stats}
 
     async def cmd_stop(self, args: dict, emit: Emit) -> Any:
         session = await self._session(args["session"])
@@ -370,7 +375,10 @@ class Commands:
             "uptime": round(time.monotonic() - self.started_monotonic, 3),
             "slots": self.config.slots,
             "busy": len(self.slots.live),
-            "live": [{"slot": live.slot, "session": live.id, "status": live.status} for live in sorted(self.slots.live.values(), key=lambda l: l.slot)],
+            "live": [
+                {"slot": live.slot, "session": live.id, "status": live.status, "output_blocked": live.output_blocked}
+                for live in sorted(self.slots.live.values(), key=lambda l: l.slot)
+            ],
             "queued": queued,
             "draining": self.slots.draining,
             "ingest_lag": round(self.ingestor.lag(), 3),
@@ -380,6 +388,7 @@ class Commands:
             "socket": str(self.config.socket),
             "state_dir": str(self.config.state_dir),
             "runtime_dir": str(self.config.runtime_dir),
+            "runtime_dir_free_bytes": free_bytes(self.config.runtime_dir),
             "config": str(self.config.source) if self.config.source else None,
             "on_shutdown": self.config.on_shutdown,
         }

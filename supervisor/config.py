@@ -252,6 +252,7 @@ def build_config(data: Mapping[str, Any], source: Path | None, environ: Mapping[
     for key in ("stop_timeout", "flush_interval"):
         if key in top:
             top[key] = float(top[key])
+    _fit_spool_segments(top, where)
     return Config(
         source=source,
         state_dir=state_dir,
@@ -260,6 +261,30 @@ def build_config(data: Mapping[str, Any], source: Path | None, environ: Mapping[
         retention=Retention(**{k: v for k, v in retention_table.items()}),
         **top,
     )
+
+
+def _fit_spool_segments(top: dict[str, Any], where: str) -> None:
+    """Keep spool_max_bytes a true bound: at least two segments must fit in it (the shim
+    writes one while the daemon reads the other), and a segment must hold two records.
+
+    The default segment size shrinks to fit a small spool_max_bytes; a segment size set
+    in the file that does not fit is refused, as nothing says which of the two to trust.
+    """
+    spool_max = top.get("spool_max_bytes", Config.spool_max_bytes)
+    if "spool_segment_bytes" not in top:
+        top["spool_segment_bytes"] = min(Config.spool_segment_bytes, spool_max // 2)
+    elif top["spool_segment_bytes"] > spool_max // 2:
+        raise ConfigError(
+            f"{where}: key 'spool_segment_bytes' ({top['spool_segment_bytes']}) must be at most half of "
+            f"'spool_max_bytes' ({spool_max}), so that two segments fit: lower one or raise the other"
+        )
+    chunk = top.get("max_chunk_bytes", Config.max_chunk_bytes)
+    if chunk > top["spool_segment_bytes"] // 2:
+        raise ConfigError(
+            f"{where}: key 'max_chunk_bytes' ({chunk}) must be at most half of the spool segment size "
+            f"({top['spool_segment_bytes']}, from 'spool_segment_bytes' or half of 'spool_max_bytes'), "
+            "so that a segment holds two records: lower one or raise the other"
+        )
 
 
 def _first_systemd_dir(value: str | None) -> Path | None:

@@ -33,7 +33,9 @@ async def status_text(config: Config, slots: SlotManager, readers: ReaderPool) -
     """The STATUS= line: "2/3 slots busy, 1 queued"."""
     queued = await readers.run(Reader.count_with_status, ["queued"])
     draining = ", draining" if slots.draining else ""
-    return f"{len(slots.live)}/{config.slots} slots busy, {queued} queued{draining}"
+    blocked = sum(live.output_blocked is not None for live in slots.live.values())
+    disk_full = f", {blocked} blocked: runtime disk full" if blocked else ""
+    return f"{len(slots.live)}/{config.slots} slots busy, {queued} queued{draining}{disk_full}"
 
 
 async def checkpoint_loop(
@@ -86,12 +88,13 @@ async def retention_loop(config: Config, writer: DatabaseWriter, readers: Reader
 
 
 async def status_loop(config: Config, slots: SlotManager, readers: ReaderPool, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Reap shims that ended, and keep systemd's STATUS= line current."""
+    """Reap shims that ended, note those waiting for disk space, and keep systemd's STATUS= line current."""
     last = ""
     task_status.started()
     while True:
         await trio.sleep(STATUS_INTERVAL)
         slots.reap_finished_shims()
+        slots.note_blocked_spools()
         status = await status_text(config, slots, readers)
         if status != last:
             systemd.notify(f"STATUS={status}")

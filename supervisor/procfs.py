@@ -55,3 +55,24 @@ def create_time_from_ticks(ticks: int) -> float:
 def ticks_from_create_time(create_time: float) -> int:
     """The inverse of create_time_from_ticks, on this boot (and unstepped clock)."""
     return round((create_time - boot_time()) * CLOCK_TICKS)
+
+
+def process_name(pid: int) -> str | None:
+    """The process's name (/proc/PID/comm), or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as comm:
+            return comm.read().rstrip(b"\n").decode(errors="replace")
+    except OSError:
+        return None
+
+
+def set_own_name(name: str) -> bool:
+    """Rename this process (what /proc/PID/comm and ps show; 15 bytes kept); False if
+    /proc would not let it. Only the process itself can do this (the kernel allows
+    it within the thread group only), so no other process can fake what it says."""
+    try:
+        with open("/proc/self/comm", "wb", buffering=0) as comm:
+            comm.write(name.encode()[:15])
+    except OSError:
+        return False
+    return True

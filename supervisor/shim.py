@@ -104,8 +104,9 @@ class Shim:
         self.spec = spec
         self.flush_interval = float(spec["flush_interval"])
         self.stop_timeout = float(spec["stop_timeout"])
+        self.name = procfs.process_name(os.getpid()) or "python3"
         self.writer = spool.SpoolWriter(
-            session_dir, int(spec["segment_bytes"]), int(spec["max_segments"])
+            session_dir, int(spec["segment_bytes"]), int(spec["max_segments"]), self.on_spool_blocked
         )
         max_chunk = int(spec["max_chunk_bytes"])
         self.assemblers = {
@@ -120,6 +121,18 @@ class Shim:
         self.early_signals: list[int] = []
 
     # -- output --------------------------------------------------------------------
+
+    def on_spool_blocked(self, blocked: bool) -> None:
+        """Tell the daemon that the spool's disk is full, or has room again.
+
+        By the shim's process name, which the daemon reads from /proc/PID/comm. The disk
+        that refuses the spool may hold everything else too, so the message must need
+        none of it: a marker file would fail, or take the last block, exactly when it is
+        needed. The name costs no disk, only this process can set it, and it is still
+        there for a daemon that restarts meanwhile (and plain for `ps`). What /proc
+        shows otherwise (wchan, the sleeping state) cannot tell this wait from any other.
+        """
+        procfs.set_own_name(spool.NO_SPACE_NAME if blocked else self.name)
 
     def emit(self, kind: int, chunks: list[bytes]) -> None:
         if not chunks:

@@ -23,7 +23,7 @@ from pathlib import Path
 import structlog
 import trio
 
-from supervisor import fsguard, spool
+from supervisor import fsguard, procfs, spool
 from supervisor.config import Config
 from supervisor.database import DatabaseWriter
 from supervisor.ingest import Ingestor, tail_spool
@@ -85,6 +85,15 @@ def last_words(path: Path) -> str | None:
     return lines[-1] if lines else None
 
 
+def free_bytes(path: Path) -> int | None:
+    """Bytes an unprivileged writer may still use on path's filesystem (None if unknown)."""
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return None
+    return stats.f_bavail * stats.f_frsize
+
+
 def shim_columns(shim: ProcessRef | None, pid: int) -> dict:
     """What the database records of a shim: PID, start ticks, and create time for people."""
     return {
@@ -129,6 +138,9 @@ class LiveSession:
     started: trio.Event = field(default_factory=trio.Event)
     ended: trio.Event = field(default_factory=trio.Event)
     send_lock: trio.Lock = field(default_factory=trio.Lock)
+    # Set while its shim waits for space on the runtime directory's disk: what `ps`,
+    # `show` and `info` say of it (its output waits in the command's pipe meanwhile).
+    output_blocked: str | None = None
 
 
 class SlotManager:
@@ -239,7 +251,8 @@ class SlotManager:
             "flush_interval": self.config.flush_interval,
             "max_chunk_bytes": self.config.max_chunk_bytes,
             "segment_bytes": self.config.spool_segment_bytes,
-            "max_segments": max(2, self.config.spool_max_bytes // self.config.spool_segment_bytes),
+            # config.py keeps segments at most half of spool_max_bytes: two fit.
+            "max_segments": self.config.spool_max_bytes // self.config.spool_segment_bytes,
             "stop_timeout": self.config.stop_timeout,
         }
 
@@ -449,6 +462,27 @@ class SlotManager:
         """No process of a lost session may run on unseen: end its group and its shim."""
         signal_group(live.command, signal.SIGKILL)
         kill_process(live.shim)
+
+    def note_blocked_spools(self) -> None:
+        """Mark the live sessions whose shim waits for disk space, and unmark the rest.
+
+        The shim says so by its process name (see Shim.on_spool_blocked): reading it
+        needs no disk, and a daemon started meanwhile reads it the same way.
+        """
+        for live in self.live.values():
+            shim = live.shim
+            blocked = shim is not None and procfs.process_name(shim.pid) == spool.NO_SPACE_NAME and shim.alive()
+            if blocked == (live.output_blocked is not None):
+                continue
+            bound = log.bind(session_id=live.id, slot=live.slot)
+            if blocked:
+                live.output_blocked = f"no space left in {self.config.runtime_dir} since {utc_now()}: its output waits in the command's pipe"
+                bound.warning("spool_blocked", runtime_dir=str(self.config.runtime_dir), free_bytes=free_bytes(self.config.runtime_dir))
+                self.ingestor.append(live.id, "system", b"output waits: no space left for its spool\n")
+            else:
+                live.output_blocked = None
+                bound.info("spool_unblocked")
+                self.ingestor.append(live.id, "system", b"output resumes: its spool has room again\n")
 
     # -- requests on live sessions -----------------------------------------------------
 

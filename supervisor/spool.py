@@ -24,13 +24,15 @@ keeps the spool's disk use bounded.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import struct
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 HEADER = struct.Struct("<BdII")
 _CHECKED = struct.Struct("<BdI")  # the fields the check covers
@@ -57,6 +59,17 @@ STDIN_FIFO = "stdin"
 FIFO_FRAME = struct.Struct("<BI")
 FIFO_DATA = 0
 FIFO_EOF = 1
+
+# A write that fails with one of these waits for room instead of failing: a full disk
+# (or quota) is the operator's to fix, and the shim must outlive it with every byte.
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+NO_SPACE_FIRST_WAIT = 0.01
+NO_SPACE_MAX_WAIT = 0.5  # how late, at most, writing resumes once there is room again
+# The process name (/proc/PID/comm, 15 bytes at most) a shim takes while it waits for
+# disk space: the daemon reads it to say so (see Shim.on_spool_blocked).
+NO_SPACE_NAME = "slotd-nospace"
+
+T = TypeVar("T")
 
 
 class CorruptSpool(Exception):
@@ -139,43 +152,85 @@ class SpoolWriter:
 
     Used by the shim. When the daemon has fallen behind by max_segments segments (it is
     down, or the disk is slow), rotation waits until it catches up: only then does the
-    shim stop reading the command's output, and only then does the command block.
+    shim stop reading the command's output, and only then does the command block. A
+    segment never grows past segment_bytes (unless one record alone is larger), so the
+    spool holds at most max_segments * segment_bytes.
+
+    A full disk blocks the same way: a write that finds no space is retried, with a
+    growing wait, until it goes through, and a record cut short by it is completed, never
+    abandoned. on_blocked(True) is called when such a wait begins, on_blocked(False)
+    when it ends.
     """
 
-    def __init__(self, session_dir: Path, segment_bytes: int, max_segments: int) -> None:
+    def __init__(
+        self,
+        session_dir: Path,
+        segment_bytes: int,
+        max_segments: int,
+        on_blocked: Callable[[bool], None] | None = None,
+    ) -> None:
         self.session_dir = session_dir
         self.segment_bytes = segment_bytes
         self.max_segments = max(2, max_segments)
+        self.on_blocked = on_blocked
         existing = list_segments(session_dir)
         self.segment = existing[-1] if existing else 0
         self._open()
 
     def _open(self) -> None:
         path = segment_path(self.session_dir, self.segment)
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self.fd = self._until_written(os.open, path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self.size = os.fstat(self.fd).st_size
 
     def append(self, kind: int, data: bytes | memoryview, timestamp: float | None = None) -> None:
-        if self.size >= self.segment_bytes and kind not in EVENT_KINDS:
-            self._rotate()
+        self._make_room(HEADER.size + len(data))
         if timestamp is None:
             timestamp = time.time()
         self._write(header(kind, timestamp, len(data)), data)
 
     def append_event(self, kind: int, payload: dict) -> None:
-        self._write(encode_event(kind, payload))
+        record = encode_event(kind, payload)
+        self._make_room(len(record))
+        self._write(record)
+
+    def _make_room(self, length: int) -> None:
+        """Rotate first if this record and the ROTATE after it would not fit the segment."""
+        if self.size and self.size + length + HEADER.size > self.segment_bytes:
+            self._rotate()
 
     def _write(self, *parts: bytes | memoryview) -> None:
         # writev: the header and the payload go out together without being joined.
         views = [memoryview(part) for part in parts]
         self.size += sum(len(view) for view in views)
         while views:
-            written = os.writev(self.fd, views)
+            # A short write (the disk filled up in the middle) goes on from where it
+            # stopped: the record is finished once there is room, never left torn.
+            written = self._until_written(os.writev, self.fd, views)
             while views and written >= len(views[0]):
                 written -= len(views[0])
                 views.pop(0)
             if views and written:
                 views[0] = views[0][written:]
+
+    def _until_written(self, call: Callable[..., T], *args) -> T:
+        """call(*args), retried with a growing wait for as long as the disk has no room."""
+        wait = None
+        try:
+            while True:
+                try:
+                    return call(*args)
+                except OSError as error:
+                    if error.errno not in NO_SPACE_ERRNOS:
+                        raise
+                if wait is None:
+                    wait = NO_SPACE_FIRST_WAIT
+                    if self.on_blocked is not None:
+                        self.on_blocked(True)
+                time.sleep(wait)
+                wait = min(2 * wait, NO_SPACE_MAX_WAIT)
+        finally:
+            if wait is not None and self.on_blocked is not None:
+                self.on_blocked(False)
 
     def _rotate(self) -> None:
         self._write(encode(ROTATE, b""))

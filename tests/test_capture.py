@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import signal
 import statistics
 import threading
 import time
@@ -138,3 +139,56 @@ def test_a_gibibyte_without_newline_keeps_daemon_and_shim_memory_bounded(make_da
     assert stats["rows"] > 0
     assert peaks["daemon"] < 100 * 1024 * 1024, peaks
     assert peaks["shim"] < 100 * 1024 * 1024, peaks
+
+
+def test_a_session_runs_ahead_of_a_frozen_daemon_by_at_most_spool_max_bytes(make_daemon):
+    """While the daemon is frozen, a session's spool never holds more than spool_max_bytes (here below the default segment size); once it thaws, every byte is stored."""
+    spool_max = 1 << 20
+    daemon = make_daemon(spool_max_bytes=spool_max)
+    gate, finished = daemon.root / "gate", daemon.root / "finished"
+    lines = 6000  # 6 MB: more than the spool may hold
+    code = (
+        "import os, sys, time\n"
+        f"while not os.path.exists({str(gate)!r}): time.sleep(0.02)\n"
+        f"for i in range({lines}): sys.stdout.write(f'{{i:08d}}' + 'x' * 991 + '\\n')\n"
+        f"sys.stdout.flush(); open({str(finished)!r}, 'w').close()\n"
+    )
+    session = daemon.start_session(py(code))
+    pid = wait_for(lambda: daemon.session(session["id"])["pid"], what="the command started")
+    spool_dir = daemon.root / "run" / "sessions" / session["id"]
+
+    def spool_bytes() -> int:
+        total = 0
+        for entry in spool_dir.iterdir():
+            if entry.name.startswith("spool."):
+                try:
+                    total += entry.stat().st_size
+                except FileNotFoundError:
+                    pass
+        return total
+
+    peak = 0
+    last_seen = -1
+
+    def finished_or_blocked() -> bool:
+        """The command finished, or it waits to write while the spool stands still."""
+        nonlocal peak, last_seen
+        size = spool_bytes()
+        peak = max(peak, size)
+        if finished.exists():
+            return True
+        with open(f"/proc/{pid}/wchan") as wchan:
+            writing = "pipe_write" in wchan.read()
+        standing, last_seen = size == last_seen, size
+        return writing and standing
+
+    daemon.process.send_signal(signal.SIGSTOP)
+    try:
+        gate.touch()
+        wait_for(finished_or_blocked, interval=0.05, what="the command to finish or block")
+        assert peak <= spool_max, f"the spool held {peak} bytes"
+        assert not finished.exists()
+    finally:
+        daemon.process.send_signal(signal.SIGCONT)
+    assert daemon.wait_ended(session["id"], timeout=60)["status"] == "completed"
+    assert daemon.stdout_bytes(session["id"]) == b"".join(f"{i:08d}".encode() + b"x" * 991 + b"\n" for i in range(lines))

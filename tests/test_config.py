@@ -387,6 +387,16 @@ def test_every_numeric_key_accepts_both_ends_of_its_range(tmp_path: Path, home: 
     assert (high.slots, high.stop_timeout, high.retention.max_age_days) == (256, 86400.0, 36500)
 
 
+def test_a_small_spool_max_bytes_shrinks_the_default_segment_to_half_of_it(tmp_path: Path, home: Path) -> None:
+    """With only spool_max_bytes set below twice the default segment size, segments become half of it, so two fit."""
+    path = write(tmp_path / "small.toml", "spool_max_bytes = 4194304\n")
+
+    config = load_config(path, environ={"HOME": str(home)})
+
+    assert config.spool_segment_bytes == 2 * 1024 * 1024
+    assert config.spool_max_bytes // config.spool_segment_bytes == 2
+
+
 def test_checkpoint_pattern_matches_output_bytes_that_are_not_utf8(tmp_path: Path, home: Path) -> None:
     """The checkpoint pattern matches raw output bytes: invalid UTF-8 around or inside a match, `.` as any byte, non-ASCII pattern text as its UTF-8 bytes."""
     path = write(tmp_path / "c.toml", "checkpoint_pattern = 'Continue\\? \\[y/N\\]|x.y|Überschreiben\\?'\n")
@@ -408,6 +418,14 @@ BAD_AT_START = {
     "infinite-stop-timeout": ("stop_timeout = inf\n", ["'stop_timeout'", "from 0 to 86400"]),
     "huge-flush-interval": ("flush_interval = 1e9\n", ["'flush_interval'", "from 0.001 to 10"]),
     "backreference": ("checkpoint_pattern = '(y|n)\\1'\n", ["'checkpoint_pattern'", "a backreference is not supported"]),
+    "segment-larger-than-half-the-spool": (
+        "spool_segment_bytes = 8388608\nspool_max_bytes = 4194304\n",
+        ["'spool_segment_bytes' (8388608)", "half of 'spool_max_bytes' (4194304)"],
+    ),
+    "chunk-larger-than-half-a-segment": (
+        "spool_segment_bytes = 65536\nmax_chunk_bytes = 65536\n",
+        ["'max_chunk_bytes' (65536)", "half of the spool segment size (65536"],
+    ),
 }
 
 

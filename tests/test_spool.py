@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 from supervisor import spool
 from supervisor.spool import Position, Record, SpoolReader, SpoolWriter
 from tests.conftest import wait_for
+from tests.test_control import SMALL_DISK, fill_disk
 
 DEADLINE = 10.0
 
@@ -368,3 +371,42 @@ def test_rotation_blocks_while_max_segments_are_unread_and_resumes_after_deletio
     records = without_rotations(items)
     assert records[:-1] == to_write
     assert records[-1].kind == spool.EXIT
+
+
+@SMALL_DISK
+def test_a_record_cut_short_by_a_full_disk_is_finished_once_space_returns(tmp_path: Path) -> None:
+    """A writer that runs out of disk in the middle of a record waits, says so, and finishes that very record once space returns."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(disk)], check=True)
+    thread: threading.Thread | None = None
+    filler = disk / "filler"
+    try:
+        session_dir = disk / "session"
+        session_dir.mkdir()
+        fill_disk(filler)
+        os.truncate(filler, filler.stat().st_size - 128 * 1024)  # room for half the record
+        blocked: list[bool] = []
+        writer = SpoolWriter(session_dir, segment_bytes=1 << 20, max_segments=4, on_blocked=blocked.append)
+        payload = bytes(range(256)) * 1024
+        thread = threading.Thread(target=writer.append, args=(spool.STDOUT, payload, 1.0), daemon=True)
+        thread.start()
+        wait_for(lambda: blocked == [True], what="the writer to say it waits for space")
+        segment = spool.segment_path(session_dir, 0)
+        assert 0 < segment.stat().st_size < spool.HEADER.size + len(payload)
+        assert thread.is_alive()
+
+        filler.unlink()
+        thread.join(DEADLINE)
+        assert not thread.is_alive() and blocked == [True, False]
+        writer.append(spool.STDOUT, b"after\n", 2.0)
+        writer.close()
+        content = segment.read_bytes()
+        records, end = spool.decode(content)
+        assert records == [Record(spool.STDOUT, 1.0, payload), Record(spool.STDOUT, 2.0, b"after\n")]
+        assert end == len(content)
+    finally:
+        filler.unlink(missing_ok=True)  # a writer still waiting gets its room and ends
+        if thread is not None:
+            thread.join(DEADLINE)
+        subprocess.run(["umount", "-l", str(disk)], check=False)
