@@ -7,6 +7,7 @@ calls these methods from worker threads so a commit never stalls the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -539,6 +540,36 @@ class Store(Reader):
             self.db.close()
             raise
 
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        """One write transaction: BEGIN IMMEDIATE, then COMMIT (ROLLBACK on an error).
+
+        Not `with self.db:`: APSW (3.51 and later) runs that BEGIN and COMMIT through
+        sqlite3_exec while holding the GIL, so SQLite's busy wait for a lock another
+        process holds stopped every Python thread for up to the whole busy timeout
+        (the event loop and the readers included). Statements run through execute()
+        release the GIL while SQLite works and waits. Nested calls join the open
+        transaction as a savepoint, which takes no lock and does no I/O.
+        docs/notes/apsw-with-holds-gil.md has a reproduction for upstream.
+        """
+        if self.db.in_transaction:
+            with self.db:
+                yield
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if self.db.in_transaction:  # some errors (a full disk) roll back by themselves
+                self.db.execute("ROLLBACK")
+            raise
+        try:
+            self.db.execute("COMMIT")
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+
     # -- sessions ------------------------------------------------------------------
 
     def next_arrival(self) -> int:
@@ -555,7 +586,7 @@ class Store(Reader):
 
     def create_session(self, session: Session) -> Session:
         """Insert a session; it arrives after every session ever stored."""
-        with self.db:
+        with self.write():
             session = dataclasses.replace(session, arrival=self.next_arrival())
             self.set_setting("last_arrival", str(session.arrival))
             placeholders = ", ".join("?" for _ in _SESSION_FIELDS)
@@ -578,7 +609,7 @@ class Store(Reader):
             try:
                 return _session_from_row(rows[0])
             except DamagedRow as error:
-                with self.db:
+                with self.write():
                     self.db.execute(
                         "UPDATE sessions SET status = 'failed', reason = ?, ended_at = ? WHERE id = ?",
                         (f"its record is damaged: {error}", utc_now(), error.session_id),
@@ -586,7 +617,7 @@ class Store(Reader):
 
     def transition(self, session_id: str, from_statuses: Sequence[str], **columns: Any) -> Session | None:
         """Change a session only if it is still in one of from_statuses; return it after."""
-        with self.db:
+        with self.write():
             current = self.get_session(session_id)
             if current is None or current.status not in from_statuses:
                 return None
@@ -594,7 +625,7 @@ class Store(Reader):
             return self.get_session(session_id)
 
     def update_session(self, session_id: str, **columns: Any) -> None:
-        with self.db:
+        with self.write():
             self._update(session_id, columns)
 
     def _update(self, session_id: str, columns: dict[str, Any]) -> None:
@@ -606,13 +637,13 @@ class Store(Reader):
         self.db.execute(f"UPDATE sessions SET {assignments} WHERE id = ?", [*values, session_id])
 
     def delete_session(self, session_id: str) -> bool:
-        with self.db:
+        with self.write():
             self.db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
             return self.db.changes() > 0
 
     def commit_batch(self, batch: Batch) -> None:
         """Rows, spool positions and status changes, in one transaction."""
-        with self.db:
+        with self.write():
             self.db.executemany(
                 "INSERT INTO transcript (session_id, seq, ts, stream, data) VALUES (?, ?, ?, ?, ?)",
                 ((r.session_id, r.seq, r.ts, r.stream, r.data) for r in batch.rows),
@@ -634,7 +665,7 @@ class Store(Reader):
         return default
 
     def set_setting(self, key: str, value: str) -> None:
-        with self.db:
+        with self.write():
             self.db.execute(
                 "INSERT INTO settings (key, value) VALUES (?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -650,7 +681,7 @@ class Store(Reader):
         if ended_before is not None:
             query += " AND ended_at < ?"
             args.append(ended_before)
-        with self.db:
+        with self.write():
             ids = [session_id for (session_id,) in self.db.execute(query, args)]
             self.db.executemany("DELETE FROM sessions WHERE id = ?", ((i,) for i in ids))
         return ids
@@ -672,7 +703,7 @@ class Store(Reader):
         The marker is a system row that takes the first dropped row's sequence number,
         so sequence numbers stay strictly increasing and the gap is explained where it is.
         """
-        with self.db:
+        with self.write():
             session = self.get_session(session_id)
             if session is None:
                 return 0
