@@ -31,7 +31,11 @@ ALL_STATUSES = ("queued", *LIVE_STATUSES, *ENDED_STATUSES)
 STREAMS = ("stdout", "stderr", "stdin", "system")
 
 BUSY_TIMEOUT_MS = 10_000
-WAL_SIZE_LIMIT = 64 * 1024 * 1024
+# What the WAL file is cut back to when it restarts after a burst (journal_size_limit).
+WAL_SIZE_LIMIT = 16 * 1024 * 1024
+# How long a TRUNCATE checkpoint waits for the writer and the readers: it runs only when
+# ingest is idle, and is simply tried again later.
+TRUNCATE_BUSY_TIMEOUT_MS = 100
 
 _bestpractice_applied = False
 _bestpractice_lock = threading.Lock()
@@ -310,10 +314,20 @@ class Checkpointer:
 
     def __init__(self, path: Path) -> None:
         self.db = connect(path, writer=True)
+        self.db.set_busy_timeout(TRUNCATE_BUSY_TIMEOUT_MS)
 
     def checkpoint(self) -> tuple[int, int]:
         """A passive checkpoint: never waits for readers or the writer; (log, checkpointed)."""
         return self.db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+
+    def truncate(self) -> bool:
+        """Checkpoint everything and empty the WAL file, if the writer and every reader
+        let it within TRUNCATE_BUSY_TIMEOUT_MS; True if it did."""
+        try:
+            log_frames, done = self.db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+        except apsw.BusyError:
+            return False
+        return log_frames == done
 
     def close(self) -> None:
         self.db.close()
@@ -539,6 +553,15 @@ class Store(Reader):
         except SchemaTooNew:
             self.db.close()
             raise
+        self.page_size: int = self.db.pragma("page_size")
+        # Frames in the WAL after the latest commit, as SQLite reports them: read by the
+        # checkpoint loop (another thread; an int is read whole) to act on the WAL's size.
+        self.wal_frames = 0
+        self.db.set_wal_hook(self._note_wal_frames)
+
+    def _note_wal_frames(self, _connection: apsw.Connection, _name: str, frames: int) -> int:
+        self.wal_frames = frames
+        return apsw.SQLITE_OK
 
     @contextlib.contextmanager
     def write(self) -> Iterator[None]:
@@ -686,10 +709,22 @@ class Store(Reader):
             self.db.executemany("DELETE FROM sessions WHERE id = ?", ((i,) for i in ids))
         return ids
 
-    def checkpoint(self) -> tuple[int, int]:
-        """A passive checkpoint on the writer connection, between commits: with no write
-        racing it, it completes, and the next commit restarts the WAL from its start."""
-        return self.db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+    def restart_wal(self, wait_ms: int) -> bool:
+        """Between two commits: checkpoint every frame and start the WAL over, waiting up
+        to wait_ms for readers of older snapshots to finish; True if it did.
+
+        On the writer connection, so it competes with no commit for the write lock; and
+        RESTART, not PASSIVE, because under steady reads some reader always holds a
+        snapshot when a passive checkpoint completes, and the WAL then never restarts.
+        """
+        self.db.set_busy_timeout(wait_ms)
+        try:
+            log_frames, done = self.db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_RESTART)
+        except apsw.BusyError:
+            return False
+        finally:
+            self.db.set_busy_timeout(BUSY_TIMEOUT_MS)
+        return log_frames == done
 
     def sessions_over_cap(self, cap: int) -> list[str]:
         return [sid for (sid,) in self.db.execute("SELECT id FROM sessions WHERE transcript_bytes > ?", (cap,))]
