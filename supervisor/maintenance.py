@@ -26,10 +26,10 @@ log = structlog.get_logger()
 # tests/test_wal.py and bench/ingest.py). Only a reader that holds one read transaction
 # open for the whole time (an outside sqlite3 shell, say) can keep it from restarting.
 CHECKPOINT_INTERVAL = 0.5
-WAL_RESTART_BYTES = 16 * 1024 * 1024
+WAL_RESTART_BYTES = 32 * 1024 * 1024
 WAL_HARD_BYTES = 64 * 1024 * 1024
 WRITER_PASS_BYTES = 8 * 1024 * 1024  # what the writer thread may be left to copy
-WRITER_WAIT_MS = 250  # how long the writer thread waits for readers to let the WAL restart
+WRITER_WAIT_MS = 50  # how long the writer thread waits for readers to let the WAL restart
 BACKGROUND_PASSES = 3
 ROUND_GAP = 0.05  # at least this long between two rounds, whatever the commits say
 IDLE_SECONDS = 1.0  # no commit for this long: empty the WAL file altogether
