@@ -130,6 +130,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE sessions ADD COLUMN pid_start_ticks INTEGER;
     ALTER TABLE sessions ADD COLUMN shim_start_ticks INTEGER;
     """,
+    # 4: a stream filter (`logs --stream stderr`) finds its rows without walking the whole
+    # session. stdout rows, the bulk of most transcripts, stay out of the index, so
+    # capture pays for it only on the other streams; the stdout filter walks by seq.
+    """
+    CREATE INDEX transcript_by_stream ON transcript(session_id, stream, seq) WHERE stream <> 'stdout';
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -373,6 +379,22 @@ def migrate(connection: apsw.Connection) -> int:
     return SCHEMA_VERSION
 
 
+def _stream_filter(streams: Sequence[str] | None, args: list[Any]) -> str:
+    """The WHERE terms that keep only these streams (appending their values to args).
+
+    Without stdout, the term the partial index transcript_by_stream is declared with
+    is spelled out too: SQLite uses a partial index only for a query whose WHERE
+    clause contains its condition, and cannot see that in bound values.
+    """
+    if not streams:
+        return ""
+    args.extend(streams)
+    terms = f" AND stream IN ({', '.join('?' for _ in streams)})"
+    if "stdout" not in streams:
+        terms += " AND stream <> 'stdout'"
+    return terms
+
+
 class Reader:
     """A read-only connection: queries that never block the writer (WAL)."""
 
@@ -478,9 +500,7 @@ class Reader:
         """Up to limit rows with seq > after_seq, oldest first: one page of a transcript."""
         query = "SELECT seq, ts, stream, data FROM transcript WHERE session_id = ? AND seq > ?"
         args: list[Any] = [session_id, after_seq]
-        if streams:
-            query += f" AND stream IN ({', '.join('?' for _ in streams)})"
-            args.extend(streams)
+        query += _stream_filter(streams, args)
         if since_ts is not None:
             query += " AND ts >= ?"
             args.append(since_ts)
@@ -494,9 +514,7 @@ class Reader:
         """Up to limit rows with seq < before_seq, newest first: reading a transcript backwards."""
         query = "SELECT seq, ts, stream, data FROM transcript WHERE session_id = ? AND seq < ?"
         args: list[Any] = [session_id, before_seq]
-        if streams:
-            query += f" AND stream IN ({', '.join('?' for _ in streams)})"
-            args.extend(streams)
+        query += _stream_filter(streams, args)
         query += " ORDER BY seq DESC LIMIT ?"
         args.append(limit)
         return self._page(session_id, query, args, max_bytes)

@@ -450,6 +450,28 @@ def test_rows_before_reads_backwards(reader: Reader, transcript: tuple[str, list
     assert reader.rows_before(session_id, 51, 2, streams=["system"]) == [r for r in rows if r.stream == "system"][:-3:-1]
 
 
+def test_a_stream_filter_finds_a_rare_streams_rows_without_walking_the_session(store: Store, reader: Reader) -> None:
+    """The last stderr rows of a session with 100,000 stdout rows after them are found in a few hundred SQLite steps, forwards and backwards."""
+    session = store.create_session(new_session(status="running", slot=1))
+    early = [Row(session.id, seq, 1000.0 + seq, "stderr", b"warning %d\n" % seq) for seq in (1, 2)]
+    stdout = [Row(session.id, seq, 1000.0 + seq, "stdout", b"line %d\n" % seq) for seq in range(3, 100_003)]
+    commit_rows(store, early + stdout)
+    steps = 0
+
+    def count_steps() -> bool:
+        nonlocal steps
+        steps += 1
+        return False  # go on
+
+    reader.db.set_progress_handler(count_steps, 100)  # called every 100 VM instructions
+    assert reader.rows_before(session.id, 100_003, 10, streams=["stderr"]) == early[::-1]
+    assert reader.rows_after(session.id, 2, 10, streams=["stderr"]) == []
+    assert reader.rows_after(session.id, 0, 10, streams=["stderr"], since_ts=1001.5) == early[1:]
+    # Walking the session's rows would take millions of instructions.
+    assert steps * 100 < 10_000
+    reader.db.set_progress_handler(None)
+
+
 @pytest.mark.parametrize("page_size", [1, 7, 10, 49, 50, 51, 500])
 def test_iter_transcript_pages_through_every_row_without_gaps(
     reader: Reader, transcript: tuple[str, list[Row]], page_size: int
