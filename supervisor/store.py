@@ -136,6 +136,11 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX transcript_by_stream ON transcript(session_id, stream, seq) WHERE stream <> 'stdout';
     """,
+    # 5: `ps` shows the most recently ended sessions without sorting all of them
+    """
+    CREATE INDEX sessions_by_end ON sessions(ended_at, arrival)
+        WHERE status IN ('completed', 'failed', 'killed', 'lost', 'cancelled');
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -395,6 +400,28 @@ def _stream_filter(streams: Sequence[str] | None, args: list[Any]) -> str:
     return terms
 
 
+# The condition sessions_by_end is declared with, as SQL text: SQLite uses a partial
+# index only for queries whose WHERE clause contains its condition (not bound values).
+_ENDED_TERM = f"status IN ({', '.join(repr(status) for status in ENDED_STATUSES)})"
+
+
+def _label_filter(labels: dict[str, Any] | None) -> tuple[list[str], list[Any]]:
+    """WHERE terms (and their values) for sessions that have every one of these labels."""
+    clauses: list[str] = []
+    args: list[Any] = []
+    for key, value in (labels or {}).items():
+        # Same JSON type and value: true is not 1, and a null label matches null. A
+        # row whose labels SQLite cannot parse matches nothing (rather than failing
+        # the whole query for everyone); the rows it does return are checked again.
+        path = "'$.' || json_quote(?)"
+        clauses.append(
+            f"CASE WHEN json_valid(labels) THEN json_type(labels, {path}) IS json_type(?, '$') "
+            f"AND json_extract(labels, {path}) IS json_extract(?, '$') ELSE 0 END"
+        )
+        args.extend([key, json.dumps(value), key, json.dumps(value)])
+    return clauses, args
+
+
 class Reader:
     """A read-only connection: queries that never block the writer (WAL)."""
 
@@ -436,20 +463,10 @@ class Reader:
     ) -> list[Session]:
         """Sessions, the ones waiting for an operator first, then live, queued, ended."""
         query = f"SELECT {_SELECT_COLUMNS} FROM sessions"
-        clauses, args = [], []
+        clauses, args = _label_filter(labels)
         if statuses:
             clauses.append(f"status IN ({', '.join('?' for _ in statuses)})")
             args.extend(statuses)
-        for key, value in (labels or {}).items():
-            # Same JSON type and value: true is not 1, and a null label matches null. A
-            # row whose labels SQLite cannot parse matches nothing (rather than failing
-            # the whole query for everyone); the rows it does return are checked again.
-            path = "'$.' || json_quote(?)"
-            clauses.append(
-                f"CASE WHEN json_valid(labels) THEN json_type(labels, {path}) IS json_type(?, '$') "
-                f"AND json_extract(labels, {path}) IS json_extract(?, '$') ELSE 0 END"
-            )
-            args.extend([key, json.dumps(value), key, json.dumps(value)])
         if clauses:
             query += " WHERE " + " AND ".join(clauses)
         query += """ ORDER BY CASE status
@@ -463,6 +480,27 @@ class Reader:
             query += " LIMIT ?"
             args.append(limit)
         return _sessions_from_rows(self.db.execute(query, args))
+
+    def recent_sessions(
+        self, labels: dict[str, Any] | None, recent_ended: int, limit: int | None = None
+    ) -> tuple[list[Session], int]:
+        """Every session not ended, then the recent_ended most recently ended ones (in
+        list_sessions' order), and how many more ended sessions match: `ps` without
+        -a. Two index walks and an index count, however many sessions have ended."""
+        sessions = self.list_sessions(["queued", *LIVE_STATUSES], labels, limit)
+        room = recent_ended if limit is None else min(recent_ended, limit - len(sessions))
+        clauses, args = _label_filter(labels)
+        where = " AND ".join([_ENDED_TERM, *clauses])
+        sessions += _sessions_from_rows(
+            self.db.execute(
+                # Without statistics SQLite would pick sessions_by_status and sort them all.
+                f"SELECT {_SELECT_COLUMNS} FROM sessions INDEXED BY sessions_by_end WHERE {where} "
+                "ORDER BY ended_at DESC, arrival DESC LIMIT ?",
+                [*args, room],
+            )
+        )
+        ended = self.db.execute(f"SELECT count(*) FROM sessions WHERE {where}", args).get
+        return sessions, max(ended - recent_ended, 0)
 
     def sessions_with_status(self, statuses: Sequence[str]) -> list[Session]:
         marks = ", ".join("?" for _ in statuses)

@@ -278,6 +278,20 @@ def test_list_sessions_orders_checkpoint_live_queued_then_ended(store: Store) ->
     assert [by_id[s.id] for s in store.list_sessions(limit=3)] == order[:3]
 
 
+def test_recent_sessions_keeps_every_live_one_and_the_latest_ended_and_counts_the_rest(store: Store) -> None:
+    """recent_sessions lists sessions not ended, then the N that ended last among those matching the labels, and counts the other matching ended ones."""
+    queued = store.create_session(new_session(labels={"team": "a"}))
+    ended = [
+        store.create_session(new_session(status="completed", ended_at=f"2026-01-01T00:00:{second:02d}+00:00", labels={"team": team}))
+        for second, team in enumerate("abababa")
+    ]
+    sessions, hidden = store.recent_sessions({"team": "a"}, 2)
+    assert [s.id for s in sessions] == [queued.id, ended[6].id, ended[4].id]
+    assert hidden == 2  # ended[2] and ended[0]
+    sessions, hidden = store.recent_sessions(None, 3, limit=2)
+    assert [s.id for s in sessions] == [queued.id, ended[6].id] and hidden == 4
+
+
 def test_list_sessions_filters_by_labels(store: Store) -> None:
     """A label filter keeps only sessions whose labels hold every given key with the given value."""
     wanted = store.create_session(new_session(labels={"project": "slotd", "ticket": 7}))
