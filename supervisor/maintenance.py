@@ -83,6 +83,7 @@ async def checkpoint_loop(
 
 
 def wal_file_bytes(store: Store) -> int:
+    """The size of the database's WAL file (0 when there is none)."""
     try:
         return os.stat(f"{store.path}-wal").st_size
     except FileNotFoundError:
