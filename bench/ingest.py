@@ -202,10 +202,13 @@ def _rates(lines: int, seconds: float) -> dict:
 
 
 class RssSampler(threading.Thread):
-    """Peak RSS of the daemon and of each shim (the daemon's `-m supervisor.shim` children)."""
+    """Peak RSS of the daemon and of each shim (the daemon's `-m supervisor.shim` children),
+    and the peak size of the database's WAL file."""
 
-    def __init__(self, daemon_pid: int, shims: int) -> None:
+    def __init__(self, daemon_pid: int, shims: int, wal_path: Path) -> None:
         super().__init__(daemon=True)
+        self.wal_path = wal_path
+        self.wal_peak = 0
         self.daemon_process = psutil.Process(daemon_pid)
         self.expected_shims = shims
         self.shims: dict[int, psutil.Process] = {}
@@ -221,6 +224,10 @@ class RssSampler(threading.Thread):
             self.sample()
 
     def sample(self) -> None:
+        try:
+            self.wal_peak = max(self.wal_peak, self.wal_path.stat().st_size)
+        except FileNotFoundError:
+            pass
         try:
             self.daemon_peak = max(self.daemon_peak, self.daemon_process.memory_info().rss)
             # Listing children scans all of /proc: only until every shim has been seen.
@@ -303,7 +310,7 @@ def measure_slotd(workdir: Path, lines: int) -> dict:
     sampler = None
     try:
         wait_until_ready(socket_path, daemon)
-        sampler = RssSampler(daemon.pid, SESSIONS)
+        sampler = RssSampler(daemon.pid, SESSIONS, root / "state" / "slotd.db-wal")
         sampler.start()
         program = session_program(lines)
         settle()
@@ -345,6 +352,7 @@ def measure_slotd(workdir: Path, lines: int) -> dict:
         "daemon_peak_rss": sampler.daemon_peak,
         "shim_peak_rss": max(sampler.shim_peaks.values(), default=0),
         "shims_sampled": len(sampler.shim_peaks),
+        "wal_peak": sampler.wal_peak,
         "daemon_exit": daemon.returncode,
         "problems": verify(root / "state" / "slotd.db", ids, lines, statuses)
         + ([f"slotd exited with status {daemon.returncode} after shutdown"] if daemon.returncode else []),
@@ -418,6 +426,8 @@ def report(lines: int, raw: dict, raw_generating: dict, per_line: dict, slotd: d
     print(f"slotd / per-line  = {vs_per_line:.0f}x  (bar: >= 20x)    {verdict(vs_per_line >= 20)}")
     print(f"daemon peak RSS   = {daemon_mib:.1f} MiB (bar: < 100 MB) {verdict(daemon_mib * 2**20 < 100e6)}")
     print(f"shim peak RSS     = {shim_mib:.1f} MiB (bar: < 100 MB) {verdict(shim_mib * 2**20 < 100e6)}  (max of {slotd['shims_sampled']} shims)")
+    wal_mib = slotd["wal_peak"] / 2**20
+    print(f"WAL peak size     = {wal_mib:.1f} MiB (bar: < 100 MB) {verdict(slotd['wal_peak'] < 100e6)}")
     print(
         f"slotd CPU seconds = daemon {slotd['daemon_cpu_s']:.2f}, shims {slotd['shims_cpu_s']:.2f}, "
         f"commands {slotd['commands_cpu_s']:.2f}  (of {os.cpu_count()} cores x {slotd['seconds']:.2f} s wall)"
@@ -443,6 +453,7 @@ def report(lines: int, raw: dict, raw_generating: dict, per_line: dict, slotd: d
             "vs_per_line": vs_per_line >= 20,
             "daemon_rss": slotd["daemon_peak_rss"] < 100e6,
             "shim_rss": slotd["shim_peak_rss"] < 100e6,
+            "wal_size": slotd["wal_peak"] < 100e6,
             "stored_exactly_once": stored_ok,
         },
     }

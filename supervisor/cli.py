@@ -21,7 +21,7 @@ from typing import Any
 from supervisor import __version__
 from supervisor.client import Client, DaemonUnavailable, RemoteError, find_socket, result_of
 from supervisor.config import ConfigError
-from supervisor.protocol import decode_data
+from supervisor.protocol import PS_RECENT_ENDED, decode_data
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -273,11 +273,20 @@ def cmd_run(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_ps(client: Client, args: argparse.Namespace) -> int:
-    sessions = client.request("ps", status=args.status or None, labels=parse_kv(args.label, "--label") or None, limit=args.limit)
+    result = client.request(
+        "ps",
+        status=args.status or None,
+        labels=parse_kv(args.label, "--label") or None,
+        limit=args.limit,
+        all=args.all,
+        count_hidden=True,
+    )
     if args.json:
-        print_json(sessions)
+        print_json(result["sessions"])
     else:
-        print_sessions(sessions)
+        print_sessions(result["sessions"])
+    if result["hidden"]:
+        print(f"{result['hidden']} older ended sessions not shown (ps -a)", file=sys.stderr)
     return EXIT_OK
 
 
@@ -462,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-s", "--status", action="append", default=[], help="only this status (repeatable)")
     p.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE", help="only sessions with this label")
     p.add_argument("-n", "--limit", type=int, help="at most this many")
+    p.add_argument("-a", "--all", action="store_true", help=f"every ended session, not only the {PS_RECENT_ENDED} latest")
 
     p = add("show", cmd_show, "show one session")
     p.add_argument("id")

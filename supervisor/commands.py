@@ -19,7 +19,7 @@ from supervisor import __version__
 from supervisor.config import Config
 from supervisor.database import ReaderPool
 from supervisor.ingest import Ingestor
-from supervisor.protocol import ErrorCode, RequestError, encode_data, signal_number
+from supervisor.protocol import PS_RECENT_ENDED, ErrorCode, RequestError, encode_data, signal_number
 from supervisor.slots import SlotManager, free_bytes
 from supervisor.store import ENDED_STATUSES, AmbiguousPrefix, DamagedRow, Reader, Row, Session, iso_from_unix, unix_from_iso, utc_now
 
@@ -41,6 +41,8 @@ def read_page(reader: Reader, session_id: str, after: int, streams: list[str] | 
 def is_full(page: list[Row]) -> bool:
     """True if a page stopped at its limit (rows or bytes), so more may follow it."""
     return len(page) >= PAGE_ROWS or sum(len(row.data) for row in page) >= PAGE_BYTES
+
+
 class PageSent(NamedTuple):
     """What a page sent to a client leaves behind (the page itself is gone by then)."""
 
@@ -186,8 +188,14 @@ class Commands:
         statuses = args["status"]
         if isinstance(statuses, str):
             statuses = [statuses]
-        sessions = await self.readers.run(Reader.list_sessions, statuses, args["labels"], args["limit"])
-        return [self._with_live_state(session) for session in sessions]
+        if statuses or args["all"]:
+            sessions = await self.readers.run(Reader.list_sessions, statuses, args["labels"], args["limit"])
+            hidden = 0
+        else:
+            # Like `docker ps`: what runs and waits, and only the latest of what ended.
+            sessions, hidden = await self.readers.run(Reader.recent_sessions, args["labels"], PS_RECENT_ENDED, args["limit"])
+        listed = [self._with_live_state(session) for session in sessions]
+        return {"sessions": listed, "hidden": hidden} if args["count_hidden"] else listed
 
     async def cmd_show(self, args: dict, emit: Emit) -> Any:
         session = await self._session(args["session"])

@@ -38,8 +38,9 @@ class Ingestor:
         self._batch = Batch()
         self._next_seq: dict[str, int] = {}
         self._spool_dirs: dict[str, Path] = {}
-        # A session may hold this much of the open batch before it must wait for a flush:
-        # a busy session is held back without holding back a quiet one.
+        # A session may hold this much of the open batch (data and per-row cost, see
+        # store.row_cost) before it must wait for a flush: a busy session is held back
+        # without holding back a quiet one.
         self.session_share = max(1, batch_max_bytes // 2)
         self._has_work = trio.Event()
         self._urgent = trio.Event()
@@ -88,14 +89,14 @@ class Ingestor:
         if self.oldest_pending_since is None:
             self.oldest_pending_since = time.monotonic()
         self._has_work.set()
-        if self._batch.size >= self.batch_max_bytes:
+        if self._batch.cost >= self.batch_max_bytes:
             self._urgent.set()
 
     # -- waiting ---------------------------------------------------------------------
 
     async def wait_for_room(self, session_id: str) -> None:
         """Back-pressure: wait while this session holds its share of the open batch."""
-        while self._batch.session_bytes.get(session_id, 0) >= self.session_share:
+        while self._batch.session_cost.get(session_id, 0) >= self.session_share:
             self._urgent.set()
             await self._flushed.wait()
 

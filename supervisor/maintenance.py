@@ -3,6 +3,7 @@ retention, reaping shims with the systemd STATUS line, and the systemd watchdog.
 
 from __future__ import annotations
 
+import os
 import time
 
 import structlog
@@ -13,17 +14,25 @@ from supervisor.config import Config
 from supervisor.database import DatabaseWriter, ReaderPool
 from supervisor.ingest import Ingestor
 from supervisor.slots import SlotManager
-from supervisor.store import Checkpointer, Reader
+from supervisor.store import Checkpointer, Reader, Store
 
 log = structlog.get_logger()
 
-# The WAL is checkpointed to completion (and restarted) once this much was committed
-# since the last time, or when ingest goes idle.
-CHECKPOINT_WAL_BYTES = 64 * 1024 * 1024
-BACKGROUND_PASSES = 3
-WRITER_PASS_FRAMES = 8192  # what the writer thread may be left to copy (32 MiB)
-WAL_HARD_FRAMES = 65536  # past 256 MiB of WAL the writer copies whatever is left
+# The WAL's bound. A passive checkpoint beside the commits runs every CHECKPOINT_INTERVAL
+# (a light writer's WAL restarts that often) and as soon as a commit leaves the WAL past
+# WAL_RESTART_BYTES; past WAL_HARD_BYTES the writer thread copies whatever is left, so
+# the WAL restarts however fast the sessions write. The file then stays under
+# WAL_HARD_BYTES plus what is committed while one round runs: under 100 MB (measured by
+# tests/test_wal.py and bench/ingest.py). Only a reader that holds one read transaction
+# open for the whole time (an outside sqlite3 shell, say) can keep it from restarting.
 CHECKPOINT_INTERVAL = 0.5
+WAL_RESTART_BYTES = 32 * 1024 * 1024
+WAL_HARD_BYTES = 64 * 1024 * 1024
+WRITER_PASS_BYTES = 8 * 1024 * 1024  # what the writer thread may be left to copy
+WRITER_WAIT_MS = 50  # how long the writer thread waits for readers to let the WAL restart
+BACKGROUND_PASSES = 3
+ROUND_GAP = 0.05  # at least this long between two rounds, whatever the commits say
+IDLE_SECONDS = 1.0  # no commit for this long: empty the WAL file altogether
 CAP_INTERVAL = 1.0
 PRUNE_INTERVAL = 60.0
 STATUS_INTERVAL = 1.0
@@ -44,36 +53,66 @@ async def checkpoint_loop(
     """Keep the WAL short without stalling capture.
 
     A passive checkpoint on a connection of its own copies frames beside the commits;
-    under continuous commits it never quite catches up, so the WAL would only grow. A
-    second, short checkpoint on the writer thread, between two commits, then copies the
-    few frames left: complete, so the next commit restarts the WAL (and
-    journal_size_limit trims the file).
+    once it has copied every frame, the writer's next transaction starts the WAL over
+    from its beginning (and journal_size_limit cuts the file back). Under continuous
+    commits it never quite catches up, so a second, short checkpoint on the writer
+    thread, between two commits, copies the few frames left. When ingest is idle, a
+    TRUNCATE checkpoint empties the file.
     """
-    checkpointed_at = -1  # ingestor.bytes_committed when the WAL was last checkpointed whole
+    store = writer.store
+    restart_frames = WAL_RESTART_BYTES // store.page_size
+    blocked = False
     task_status.started()
     while True:
-        await trio.sleep(CHECKPOINT_INTERVAL)
-        grown = ingestor.bytes_committed - checkpointed_at
-        idle = ingestor.lag() == 0 and time.monotonic() - ingestor.last_commit_at > 1.0
-        if grown == 0 or not (idle or grown > CHECKPOINT_WAL_BYTES):
-            continue
-        committed = ingestor.bytes_committed
-        # Beside the commits, as long as each pass leaves a sizeable remainder behind.
-        for _ in range(BACKGROUND_PASSES):
-            log_frames, done = await trio.to_thread.run_sync(checkpointer.checkpoint)
-            if log_frames - done <= WRITER_PASS_FRAMES:
-                break
-        background = (log_frames, done)
-        if log_frames - done > WRITER_PASS_FRAMES and log_frames < WAL_HARD_FRAMES:
-            continue  # too much left to copy between two commits: try again shortly
-        # Even after a complete background pass: the WAL restarts only when a write
-        # transaction *begins* with every frame checkpointed, and under steady commits
-        # that happens only right after a checkpoint run between two of them.
-        committed = ingestor.bytes_committed
-        log_frames, done = await writer.run(writer.store.checkpoint)
-        log.debug("wal_checkpoint", background=background, writer=(log_frames, done), complete=done == log_frames)
-        if done == log_frames:
-            checkpointed_at = committed
+        # On the timer, or at once when a commit leaves the WAL long.
+        with trio.move_on_after(CHECKPOINT_INTERVAL):
+            await ingestor.wait_committed()
+            while store.wal_frames < restart_frames:
+                await ingestor.wait_committed()
+        idle = ingestor.lag() == 0 and time.monotonic() - ingestor.last_commit_at > IDLE_SECONDS
+        if idle:
+            if wal_file_bytes(store) > 0:
+                await trio.to_thread.run_sync(checkpointer.truncate)
+        elif (held_back := not await restart_wal(writer, checkpointer)) != blocked:
+            # Said once when it starts and once when it ends, not at every round.
+            blocked = held_back
+            wal_bytes = wal_file_bytes(store)
+            if blocked:
+                log.warning("wal_restart_blocked", wal_bytes=wal_bytes, reason="a reader holds an old snapshot")
+            else:
+                log.info("wal_restart_unblocked", wal_bytes=wal_bytes)
+        await trio.sleep(ROUND_GAP)
+
+
+def wal_file_bytes(store: Store) -> int:
+    """The size of the database's WAL file (0 when there is none)."""
+    try:
+        return os.stat(f"{store.path}-wal").st_size
+    except FileNotFoundError:
+        return 0
+
+
+async def restart_wal(writer: DatabaseWriter, checkpointer: Checkpointer) -> bool:
+    """Checkpoint the WAL beside the commits, and restart it from the writer thread
+    once it is long; False if it is past WAL_HARD_BYTES and readers kept it from
+    restarting."""
+    page_size = writer.store.page_size
+    # Beside the commits, as long as each pass leaves a sizeable remainder behind.
+    for _ in range(BACKGROUND_PASSES):
+        log_frames, done = await trio.to_thread.run_sync(checkpointer.checkpoint)
+        if log_frames - done <= WRITER_PASS_BYTES // page_size:
+            break
+    if log_frames < WAL_RESTART_BYTES // page_size:
+        return True  # short: the writer's next transaction restarts it if the pass completed
+    if log_frames - done > WRITER_PASS_BYTES // page_size and log_frames < WAL_HARD_BYTES // page_size:
+        return True  # too much left to copy between two commits: try again shortly
+    # Even after a complete background pass: the WAL restarts only when a write
+    # transaction *begins* with every frame checkpointed and no reader on the WAL, and
+    # under steady commits and reads that happens only when the writer itself restarts
+    # it between two commits.
+    restarted = await writer.run(writer.store.restart_wal, WRITER_WAIT_MS)
+    log.debug("wal_checkpoint", background=(log_frames, done), restarted=restarted)
+    return restarted or log_frames < WAL_HARD_BYTES // page_size
 
 
 async def retention_loop(config: Config, writer: DatabaseWriter, readers: ReaderPool, task_status=trio.TASK_STATUS_IGNORED) -> None:

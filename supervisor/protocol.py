@@ -27,6 +27,8 @@ MAX_MESSAGE_BYTES = 1 << 20
 MAX_STOP_TIMEOUT = 86400
 # What a session's labels may take, as JSON.
 MAX_LABELS_BYTES = 64 * 1024
+# `ps` without a status filter or "all" lists this many ended sessions, the latest.
+PS_RECENT_ENDED = 20
 
 
 class ErrorCode:
@@ -193,6 +195,8 @@ COMMANDS: dict[str, dict[str, Arg]] = {
         "status": Arg(_is_statuses, STATUSES),
         "labels": Arg(_is_labels, f"labels to match: {LABELS}"),
         "limit": Arg(_is_non_negative_int, "an integer >= 0"),
+        "all": Arg(_is_bool, f"true to list every ended session, not only the {PS_RECENT_ENDED} latest", default=False),
+        "count_hidden": Arg(_is_bool, 'true for {"sessions": [...], "hidden": N} instead of the bare list', default=False),
     },
     "show": {"session": SESSION},
     "logs": {

@@ -7,6 +7,7 @@ calls these methods from worker threads so a commit never stalls the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -30,7 +31,11 @@ ALL_STATUSES = ("queued", *LIVE_STATUSES, *ENDED_STATUSES)
 STREAMS = ("stdout", "stderr", "stdin", "system")
 
 BUSY_TIMEOUT_MS = 10_000
-WAL_SIZE_LIMIT = 64 * 1024 * 1024
+# What the WAL file is cut back to when it restarts after a burst (journal_size_limit).
+WAL_SIZE_LIMIT = 16 * 1024 * 1024
+# How long a TRUNCATE checkpoint waits for the writer and the readers: it runs only when
+# ingest is idle, and is simply tried again later.
+TRUNCATE_BUSY_TIMEOUT_MS = 100
 
 _bestpractice_applied = False
 _bestpractice_lock = threading.Lock()
@@ -124,6 +129,17 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE sessions ADD COLUMN pid_start_ticks INTEGER;
     ALTER TABLE sessions ADD COLUMN shim_start_ticks INTEGER;
+    """,
+    # 4: a stream filter (`logs --stream stderr`) finds its rows without walking the whole
+    # session. stdout rows, the bulk of most transcripts, stay out of the index, so
+    # capture pays for it only on the other streams; the stdout filter walks by seq.
+    """
+    CREATE INDEX transcript_by_stream ON transcript(session_id, stream, seq) WHERE stream <> 'stdout';
+    """,
+    # 5: `ps` shows the most recently ended sessions without sorting all of them
+    """
+    CREATE INDEX sessions_by_end ON sessions(ended_at, arrival)
+        WHERE status IN ('completed', 'failed', 'killed', 'lost', 'cancelled');
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -229,7 +245,7 @@ def _to_column(name: str, value: Any) -> Any:
     return value
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Row:
     """One transcript row."""
 
@@ -238,6 +254,18 @@ class Row:
     ts: float
     stream: str
     data: bytes
+
+
+# What a row held in a batch costs in memory besides its data: the Row, its seq and ts
+# objects, the bytes object's header and its slot in the list (~170 bytes measured on
+# CPython 3.11). Batches are capped on data plus this, so tiny rows cannot make a batch
+# of a few MiB of data take hundreds of MiB.
+ROW_OVERHEAD = 170
+
+
+def row_cost(data: bytes) -> int:
+    """The memory a row holding data takes in a batch, as counted against its cap."""
+    return len(data) + ROW_OVERHEAD
 
 
 @dataclass
@@ -249,14 +277,21 @@ class Batch:
     positions: dict[str, tuple[int, int]] = field(default_factory=dict)
     # session id -> columns to set, applied after the rows
     updates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # bytes of transcript data in the rows
     size: int = 0
-    # session id -> bytes of its rows in this batch
+    # session id -> bytes of its rows' data in this batch
     session_bytes: dict[str, int] = field(default_factory=dict)
+    # what the rows take in memory (row_cost), in all and per session
+    cost: int = 0
+    session_cost: dict[str, int] = field(default_factory=dict)
 
     def add_row(self, row: Row) -> None:
         self.rows.append(row)
         self.size += len(row.data)
         self.session_bytes[row.session_id] = self.session_bytes.get(row.session_id, 0) + len(row.data)
+        cost = row_cost(row.data)
+        self.cost += cost
+        self.session_cost[row.session_id] = self.session_cost.get(row.session_id, 0) + cost
 
     def touched(self) -> set[str]:
         """Every session this batch changes."""
@@ -309,10 +344,20 @@ class Checkpointer:
 
     def __init__(self, path: Path) -> None:
         self.db = connect(path, writer=True)
+        self.db.set_busy_timeout(TRUNCATE_BUSY_TIMEOUT_MS)
 
     def checkpoint(self) -> tuple[int, int]:
         """A passive checkpoint: never waits for readers or the writer; (log, checkpointed)."""
         return self.db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+
+    def truncate(self) -> bool:
+        """Checkpoint everything and empty the WAL file, if the writer and every reader
+        let it within TRUNCATE_BUSY_TIMEOUT_MS; True if it did."""
+        try:
+            log_frames, done = self.db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+        except apsw.BusyError:
+            return False
+        return log_frames == done
 
     def close(self) -> None:
         self.db.close()
@@ -337,6 +382,44 @@ def migrate(connection: apsw.Connection) -> int:
             connection.execute(MIGRATIONS[number])
             connection.pragma("user_version", number + 1)
     return SCHEMA_VERSION
+
+
+def _stream_filter(streams: Sequence[str] | None, args: list[Any]) -> str:
+    """The WHERE terms that keep only these streams (appending their values to args).
+
+    Without stdout, the term the partial index transcript_by_stream is declared with
+    is spelled out too: SQLite uses a partial index only for a query whose WHERE
+    clause contains its condition, and cannot see that in bound values.
+    """
+    if not streams:
+        return ""
+    args.extend(streams)
+    terms = f" AND stream IN ({', '.join('?' for _ in streams)})"
+    if "stdout" not in streams:
+        terms += " AND stream <> 'stdout'"
+    return terms
+
+
+# The condition sessions_by_end is declared with, as SQL text: SQLite uses a partial
+# index only for queries whose WHERE clause contains its condition (not bound values).
+_ENDED_TERM = f"status IN ({', '.join(repr(status) for status in ENDED_STATUSES)})"
+
+
+def _label_filter(labels: dict[str, Any] | None) -> tuple[list[str], list[Any]]:
+    """WHERE terms (and their values) for sessions that have every one of these labels."""
+    clauses: list[str] = []
+    args: list[Any] = []
+    for key, value in (labels or {}).items():
+        # Same JSON type and value: true is not 1, and a null label matches null. A
+        # row whose labels SQLite cannot parse matches nothing (rather than failing
+        # the whole query for everyone); the rows it does return are checked again.
+        path = "'$.' || json_quote(?)"
+        clauses.append(
+            f"CASE WHEN json_valid(labels) THEN json_type(labels, {path}) IS json_type(?, '$') "
+            f"AND json_extract(labels, {path}) IS json_extract(?, '$') ELSE 0 END"
+        )
+        args.extend([key, json.dumps(value), key, json.dumps(value)])
+    return clauses, args
 
 
 class Reader:
@@ -380,20 +463,10 @@ class Reader:
     ) -> list[Session]:
         """Sessions, the ones waiting for an operator first, then live, queued, ended."""
         query = f"SELECT {_SELECT_COLUMNS} FROM sessions"
-        clauses, args = [], []
+        clauses, args = _label_filter(labels)
         if statuses:
             clauses.append(f"status IN ({', '.join('?' for _ in statuses)})")
             args.extend(statuses)
-        for key, value in (labels or {}).items():
-            # Same JSON type and value: true is not 1, and a null label matches null. A
-            # row whose labels SQLite cannot parse matches nothing (rather than failing
-            # the whole query for everyone); the rows it does return are checked again.
-            path = "'$.' || json_quote(?)"
-            clauses.append(
-                f"CASE WHEN json_valid(labels) THEN json_type(labels, {path}) IS json_type(?, '$') "
-                f"AND json_extract(labels, {path}) IS json_extract(?, '$') ELSE 0 END"
-            )
-            args.extend([key, json.dumps(value), key, json.dumps(value)])
         if clauses:
             query += " WHERE " + " AND ".join(clauses)
         query += """ ORDER BY CASE status
@@ -407,6 +480,27 @@ class Reader:
             query += " LIMIT ?"
             args.append(limit)
         return _sessions_from_rows(self.db.execute(query, args))
+
+    def recent_sessions(
+        self, labels: dict[str, Any] | None, recent_ended: int, limit: int | None = None
+    ) -> tuple[list[Session], int]:
+        """Every session not ended, then the recent_ended most recently ended ones (in
+        list_sessions' order), and how many more ended sessions match: `ps` without
+        -a. Two index walks and an index count, however many sessions have ended."""
+        sessions = self.list_sessions(["queued", *LIVE_STATUSES], labels, limit)
+        room = recent_ended if limit is None else min(recent_ended, limit - len(sessions))
+        clauses, args = _label_filter(labels)
+        where = " AND ".join([_ENDED_TERM, *clauses])
+        sessions += _sessions_from_rows(
+            self.db.execute(
+                # Without statistics SQLite would pick sessions_by_status and sort them all.
+                f"SELECT {_SELECT_COLUMNS} FROM sessions INDEXED BY sessions_by_end WHERE {where} "
+                "ORDER BY ended_at DESC, arrival DESC LIMIT ?",
+                [*args, room],
+            )
+        )
+        ended = self.db.execute(f"SELECT count(*) FROM sessions WHERE {where}", args).get
+        return sessions, max(ended - recent_ended, 0)
 
     def sessions_with_status(self, statuses: Sequence[str]) -> list[Session]:
         marks = ", ".join("?" for _ in statuses)
@@ -444,9 +538,7 @@ class Reader:
         """Up to limit rows with seq > after_seq, oldest first: one page of a transcript."""
         query = "SELECT seq, ts, stream, data FROM transcript WHERE session_id = ? AND seq > ?"
         args: list[Any] = [session_id, after_seq]
-        if streams:
-            query += f" AND stream IN ({', '.join('?' for _ in streams)})"
-            args.extend(streams)
+        query += _stream_filter(streams, args)
         if since_ts is not None:
             query += " AND ts >= ?"
             args.append(since_ts)
@@ -460,9 +552,7 @@ class Reader:
         """Up to limit rows with seq < before_seq, newest first: reading a transcript backwards."""
         query = "SELECT seq, ts, stream, data FROM transcript WHERE session_id = ? AND seq < ?"
         args: list[Any] = [session_id, before_seq]
-        if streams:
-            query += f" AND stream IN ({', '.join('?' for _ in streams)})"
-            args.extend(streams)
+        query += _stream_filter(streams, args)
         query += " ORDER BY seq DESC LIMIT ?"
         args.append(limit)
         return self._page(session_id, query, args, max_bytes)
@@ -538,6 +628,45 @@ class Store(Reader):
         except SchemaTooNew:
             self.db.close()
             raise
+        self.page_size: int = self.db.pragma("page_size")
+        # Frames in the WAL after the latest commit, as SQLite reports them: read by the
+        # checkpoint loop (another thread; an int is read whole) to act on the WAL's size.
+        self.wal_frames = 0
+        self.db.set_wal_hook(self._note_wal_frames)
+
+    def _note_wal_frames(self, _connection: apsw.Connection, _name: str, frames: int) -> int:
+        self.wal_frames = frames
+        return apsw.SQLITE_OK
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        """One write transaction: BEGIN IMMEDIATE, then COMMIT (ROLLBACK on an error).
+
+        Not `with self.db:`: APSW (3.51 and later) runs that BEGIN and COMMIT through
+        sqlite3_exec while holding the GIL, so SQLite's busy wait for a lock another
+        process holds stopped every Python thread for up to the whole busy timeout
+        (the event loop and the readers included). Statements run through execute()
+        release the GIL while SQLite works and waits. Nested calls join the open
+        transaction as a savepoint, which takes no lock and does no I/O.
+        docs/notes/apsw-with-holds-gil.md has a reproduction for upstream.
+        """
+        if self.db.in_transaction:
+            with self.db:
+                yield
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if self.db.in_transaction:  # some errors (a full disk) roll back by themselves
+                self.db.execute("ROLLBACK")
+            raise
+        try:
+            self.db.execute("COMMIT")
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
 
     # -- sessions ------------------------------------------------------------------
 
@@ -555,7 +684,7 @@ class Store(Reader):
 
     def create_session(self, session: Session) -> Session:
         """Insert a session; it arrives after every session ever stored."""
-        with self.db:
+        with self.write():
             session = dataclasses.replace(session, arrival=self.next_arrival())
             self.set_setting("last_arrival", str(session.arrival))
             placeholders = ", ".join("?" for _ in _SESSION_FIELDS)
@@ -578,7 +707,7 @@ class Store(Reader):
             try:
                 return _session_from_row(rows[0])
             except DamagedRow as error:
-                with self.db:
+                with self.write():
                     self.db.execute(
                         "UPDATE sessions SET status = 'failed', reason = ?, ended_at = ? WHERE id = ?",
                         (f"its record is damaged: {error}", utc_now(), error.session_id),
@@ -586,7 +715,7 @@ class Store(Reader):
 
     def transition(self, session_id: str, from_statuses: Sequence[str], **columns: Any) -> Session | None:
         """Change a session only if it is still in one of from_statuses; return it after."""
-        with self.db:
+        with self.write():
             current = self.get_session(session_id)
             if current is None or current.status not in from_statuses:
                 return None
@@ -594,7 +723,7 @@ class Store(Reader):
             return self.get_session(session_id)
 
     def update_session(self, session_id: str, **columns: Any) -> None:
-        with self.db:
+        with self.write():
             self._update(session_id, columns)
 
     def _update(self, session_id: str, columns: dict[str, Any]) -> None:
@@ -606,13 +735,13 @@ class Store(Reader):
         self.db.execute(f"UPDATE sessions SET {assignments} WHERE id = ?", [*values, session_id])
 
     def delete_session(self, session_id: str) -> bool:
-        with self.db:
+        with self.write():
             self.db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
             return self.db.changes() > 0
 
     def commit_batch(self, batch: Batch) -> None:
         """Rows, spool positions and status changes, in one transaction."""
-        with self.db:
+        with self.write():
             self.db.executemany(
                 "INSERT INTO transcript (session_id, seq, ts, stream, data) VALUES (?, ?, ?, ?, ?)",
                 ((r.session_id, r.seq, r.ts, r.stream, r.data) for r in batch.rows),
@@ -634,7 +763,7 @@ class Store(Reader):
         return default
 
     def set_setting(self, key: str, value: str) -> None:
-        with self.db:
+        with self.write():
             self.db.execute(
                 "INSERT INTO settings (key, value) VALUES (?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -650,15 +779,27 @@ class Store(Reader):
         if ended_before is not None:
             query += " AND ended_at < ?"
             args.append(ended_before)
-        with self.db:
+        with self.write():
             ids = [session_id for (session_id,) in self.db.execute(query, args)]
             self.db.executemany("DELETE FROM sessions WHERE id = ?", ((i,) for i in ids))
         return ids
 
-    def checkpoint(self) -> tuple[int, int]:
-        """A passive checkpoint on the writer connection, between commits: with no write
-        racing it, it completes, and the next commit restarts the WAL from its start."""
-        return self.db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+    def restart_wal(self, wait_ms: int) -> bool:
+        """Between two commits: checkpoint every frame and start the WAL over, waiting up
+        to wait_ms for readers of older snapshots to finish; True if it did.
+
+        On the writer connection, so it competes with no commit for the write lock; and
+        RESTART, not PASSIVE, because under steady reads some reader always holds a
+        snapshot when a passive checkpoint completes, and the WAL then never restarts.
+        """
+        self.db.set_busy_timeout(wait_ms)
+        try:
+            log_frames, done = self.db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_RESTART)
+        except apsw.BusyError:
+            return False
+        finally:
+            self.db.set_busy_timeout(BUSY_TIMEOUT_MS)
+        return log_frames == done
 
     def sessions_over_cap(self, cap: int) -> list[str]:
         return [sid for (sid,) in self.db.execute("SELECT id FROM sessions WHERE transcript_bytes > ?", (cap,))]
@@ -672,7 +813,7 @@ class Store(Reader):
         The marker is a system row that takes the first dropped row's sequence number,
         so sequence numbers stay strictly increasing and the gap is explained where it is.
         """
-        with self.db:
+        with self.write():
             session = self.get_session(session_id)
             if session is None:
                 return 0

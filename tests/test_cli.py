@@ -7,9 +7,12 @@ import os
 import pty
 import subprocess
 import sys
+import time
+import uuid
 
 import pytest
 
+from supervisor.store import Store, iso_from_unix, utc_now
 from tests.conftest import py, system_text
 
 
@@ -239,3 +242,39 @@ def test_a_working_directory_that_is_a_file_is_said_to_be_no_directory(daemon, t
     failed = daemon.request("ps", status="failed")[0]
     assert failed["reason"] == "working directory is not a directory"
     assert f"working directory '{not_a_directory}' is not a directory" in system_text(daemon.database, failed["id"])
+
+
+def test_ps_lists_live_queued_and_the_latest_ended_quickly_among_100000_sessions(make_daemon):
+    """With 100,000 ended sessions stored, ps lists the live session and the 20 latest ended in milliseconds, counts the rest, and -a lists them all."""
+    daemon = make_daemon(start=False)
+    daemon.database.parent.mkdir(mode=0o700)
+    store = Store(daemon.database)
+    ended = [
+        (str(uuid.uuid4()), arrival, "completed", '["true"]', "/", utc_now(), iso_from_unix(1_700_000_000 + arrival))
+        for arrival in range(1, 100_001)
+    ]
+    with store.write():
+        store.db.executemany(
+            "INSERT INTO sessions (id, arrival, status, argv, cwd, queued_at, ended_at) VALUES (?, ?, ?, ?, ?, ?, ?)", ended
+        )
+    store.close()
+    daemon.start()
+    live = daemon.start_session(py("import time; time.sleep(60)"))
+    daemon.wait_status(live["id"], "running")
+
+    with daemon.client() as client:
+        client.request("ps")  # the readers' connections are open and warm
+        started = time.monotonic()
+        listed = client.request("ps")
+        seconds = time.monotonic() - started
+    assert seconds < 0.1, f"ps took {seconds:.3f} s"
+    assert [s["id"] for s in listed] == [live["id"]] + [row[0] for row in ended[:-21:-1]]
+    assert daemon.request("ps", count_hidden=True) == {"sessions": listed, "hidden": 100_000 - 20}
+    assert len(daemon.request("ps", status="completed", limit=30)) == 30
+
+    shown = daemon.cli("ps")
+    assert shown.returncode == 0
+    assert shown.stdout.decode().count("\n") == 1 + 21  # the header, then the sessions
+    assert shown.stderr == b"99980 older ended sessions not shown (ps -a)\n"
+    everything = daemon.cli("ps", "-a", "--json")
+    assert len(json.loads(everything.stdout)) == 100_001 and everything.stderr == b""

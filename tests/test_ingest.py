@@ -24,7 +24,7 @@ from supervisor import spool
 from supervisor.database import DatabaseWriter
 from supervisor.ingest import Ingestor, tail_spool
 from supervisor.spool import Position, Record, SpoolReader, SpoolWriter
-from supervisor.store import Batch, Reader, Row, Session, Store, utc_now
+from supervisor.store import ROW_OVERHEAD, Batch, Reader, Row, Session, Store, utc_now
 from tests.conftest import end_shim_run, wait_for
 
 DEADLINE = 20.0
@@ -295,7 +295,8 @@ async def test_a_session_holding_its_share_of_the_batch_waits_for_a_flush_and_ot
 ) -> None:
     """A session holding half of batch_max_bytes in the open batch waits in wait_for_room() until a flush; a quiet session does not wait."""
     busy, quiet = new_session(store, slot=1), new_session(store, slot=2)
-    ingestor = await open_ingestor(batch_max_bytes=100, run=False)
+    # A share of two 40-byte rows (each costs its data and ROW_OVERHEAD).
+    ingestor = await open_ingestor(batch_max_bytes=4 * (40 + ROW_OVERHEAD), run=False)
     ingestor.register(busy, 0)
     ingestor.register(quiet, 0)
     ingestor.append(busy, "stdout", b"x" * 40)
@@ -321,16 +322,25 @@ async def test_a_session_holding_its_share_of_the_batch_waits_for_a_flush_and_ot
     assert [r.data for r in rows_of(db_path, busy)] == [b"x" * 40, b"y" * 40]
 
 
-async def test_a_producer_waiting_for_room_holds_at_most_two_batches_while_the_writer_is_stalled(
-    store: RecordingStore, db_path: Path, open_ingestor, nursery
-) -> None:
-    """While a commit is stalled, a producer that waits for room stops after filling its share of one more batch, and resumes after the commit."""
+async def stalled_ingestor(
+    store: RecordingStore, open_ingestor, nursery: trio.Nursery, batch_max: int
+) -> tuple[Ingestor, str, WriterStall]:
+    """An Ingestor flushing every 20 ms for one registered session, its writer stalled."""
     session_id = new_session(store)
-    ingestor = await open_ingestor(flush_interval=0.02, batch_max_bytes=1000)
+    ingestor = await open_ingestor(flush_interval=0.02, batch_max_bytes=batch_max)
     ingestor.register(session_id, 0)
     stall = WriterStall()
     nursery.start_soon(ingestor.writer.run, stall)
     await poll_until(stall.entered.is_set, "the writer to stall")
+    return ingestor, session_id, stall
+
+
+async def test_a_producer_waiting_for_room_holds_at_most_two_batches_while_the_writer_is_stalled(
+    store: RecordingStore, db_path: Path, open_ingestor, nursery
+) -> None:
+    """While a commit is stalled, a producer that waits for room stops after filling its share of one more batch, and resumes after the commit."""
+    batch_max = 10 * (100 + ROW_OVERHEAD)  # shares of five 100-byte rows
+    ingestor, session_id, stall = await stalled_ingestor(store, open_ingestor, nursery, batch_max)
 
     produced = 0
     done = trio.Event()
@@ -345,7 +355,7 @@ async def test_a_producer_waiting_for_room_holds_at_most_two_batches_while_the_w
 
     nursery.start_soon(produce)
     await trio.testing.wait_all_tasks_blocked(cushion=0.1)
-    # One share taken by the stalled flush, one more filled: 100-byte rows, 500-byte shares.
+    # One share taken by the stalled flush, one more filled: five rows each.
     assert produced == 10
     assert not done.is_set()
 
@@ -356,7 +366,31 @@ async def test_a_producer_waiting_for_room_holds_at_most_two_batches_while_the_w
     rows = rows_of(db_path, session_id)
     assert_gapless(rows)
     assert [int(r.data[:4]) for r in rows] == list(range(200))
-    assert all(batch.size <= 1000 for batch in store.batches)
+    assert all(batch.cost <= batch_max for batch in store.batches)
+
+
+async def test_tiny_rows_count_their_per_row_cost_against_the_batch_cap(
+    store: RecordingStore, db_path: Path, open_ingestor, nursery
+) -> None:
+    """While a commit is stalled, a producer of 8-byte rows stops once its rows' memory (data plus per-row cost), not their data alone, fills its share of one more batch."""
+    batch_max = 64 * 1024
+    ingestor, session_id, stall = await stalled_ingestor(store, open_ingestor, nursery, batch_max)
+
+    produced = 0
+
+    async def produce() -> None:
+        nonlocal produced
+        for index in range(100_000):
+            await ingestor.wait_for_room(session_id)
+            ingestor.append(session_id, "stdout", b"%07d\n" % index)
+            produced += 1
+
+    nursery.start_soon(produce)
+    await trio.testing.wait_all_tasks_blocked(cushion=0.1)
+    # Two shares (the stalled flush's and the open batch's) of 8-byte rows that cost
+    # ROW_OVERHEAD each: counted by data alone, it would be 2 * 32 KiB / 8 = 8,192 rows.
+    assert produced * (8 + ROW_OVERHEAD) <= batch_max + 2 * (8 + ROW_OVERHEAD)
+    stall.release.set()
 
 
 async def test_positions_and_updates_are_committed_in_the_same_transaction_as_the_rows(

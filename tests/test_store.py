@@ -278,6 +278,20 @@ def test_list_sessions_orders_checkpoint_live_queued_then_ended(store: Store) ->
     assert [by_id[s.id] for s in store.list_sessions(limit=3)] == order[:3]
 
 
+def test_recent_sessions_keeps_every_live_one_and_the_latest_ended_and_counts_the_rest(store: Store) -> None:
+    """recent_sessions lists sessions not ended, then the N that ended last among those matching the labels, and counts the other matching ended ones."""
+    queued = store.create_session(new_session(labels={"team": "a"}))
+    ended = [
+        store.create_session(new_session(status="completed", ended_at=f"2026-01-01T00:00:{second:02d}+00:00", labels={"team": team}))
+        for second, team in enumerate("abababa")
+    ]
+    sessions, hidden = store.recent_sessions({"team": "a"}, 2)
+    assert [s.id for s in sessions] == [queued.id, ended[6].id, ended[4].id]
+    assert hidden == 2  # ended[2] and ended[0]
+    sessions, hidden = store.recent_sessions(None, 3, limit=2)
+    assert [s.id for s in sessions] == [queued.id, ended[6].id] and hidden == 4
+
+
 def test_list_sessions_filters_by_labels(store: Store) -> None:
     """A label filter keeps only sessions whose labels hold every given key with the given value."""
     wanted = store.create_session(new_session(labels={"project": "slotd", "ticket": 7}))
@@ -448,6 +462,28 @@ def test_rows_before_reads_backwards(reader: Reader, transcript: tuple[str, list
     assert reader.rows_before(session_id, 3, 10) == [rows[1], rows[0]]
     assert reader.rows_before(session_id, 1, 10) == []
     assert reader.rows_before(session_id, 51, 2, streams=["system"]) == [r for r in rows if r.stream == "system"][:-3:-1]
+
+
+def test_a_stream_filter_finds_a_rare_streams_rows_without_walking_the_session(store: Store, reader: Reader) -> None:
+    """The last stderr rows of a session with 100,000 stdout rows after them are found in a few hundred SQLite steps, forwards and backwards."""
+    session = store.create_session(new_session(status="running", slot=1))
+    early = [Row(session.id, seq, 1000.0 + seq, "stderr", b"warning %d\n" % seq) for seq in (1, 2)]
+    stdout = [Row(session.id, seq, 1000.0 + seq, "stdout", b"line %d\n" % seq) for seq in range(3, 100_003)]
+    commit_rows(store, early + stdout)
+    steps = 0
+
+    def count_steps() -> bool:
+        nonlocal steps
+        steps += 1
+        return False  # go on
+
+    reader.db.set_progress_handler(count_steps, 100)  # called every 100 VM instructions
+    assert reader.rows_before(session.id, 100_003, 10, streams=["stderr"]) == early[::-1]
+    assert reader.rows_after(session.id, 2, 10, streams=["stderr"]) == []
+    assert reader.rows_after(session.id, 0, 10, streams=["stderr"], since_ts=1001.5) == early[1:]
+    # Walking the session's rows would take millions of instructions.
+    assert steps * 100 < 10_000
+    reader.db.set_progress_handler(None)
 
 
 @pytest.mark.parametrize("page_size", [1, 7, 10, 49, 50, 51, 500])
