@@ -265,7 +265,10 @@ class Daemon:
                     socket_file.remove()
                 readers.close()
                 writer.close()
-                checkpointer.checkpoint()
+                try:
+                    checkpointer.checkpoint()
+                except apsw.Error as error:  # a full disk: the next start replays the WAL
+                    log.warning("final_checkpoint_failed", error=str(error))
                 checkpointer.close()
                 store.close()
         log.info("stopped", left_running=len(slots.live))

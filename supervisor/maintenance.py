@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 
+import apsw
 import structlog
 import trio
 
@@ -62,6 +63,7 @@ async def checkpoint_loop(
     store = writer.store
     restart_frames = WAL_RESTART_BYTES // store.page_size
     blocked = False
+    failing: str | None = None
     task_status.started()
     while True:
         # On the timer, or at once when a commit leaves the WAL long.
@@ -70,17 +72,25 @@ async def checkpoint_loop(
             while store.wal_frames < restart_frames:
                 await ingestor.wait_committed()
         idle = ingestor.lag() == 0 and time.monotonic() - ingestor.last_commit_at > IDLE_SECONDS
-        if idle:
-            if wal_file_bytes(store) > 0:
-                await trio.to_thread.run_sync(checkpointer.truncate)
-        elif (held_back := not await restart_wal(writer, checkpointer)) != blocked:
-            # Said once when it starts and once when it ends, not at every round.
-            blocked = held_back
-            wal_bytes = wal_file_bytes(store)
-            if blocked:
-                log.warning("wal_restart_blocked", wal_bytes=wal_bytes, reason="a reader holds an old snapshot")
-            else:
-                log.info("wal_restart_unblocked", wal_bytes=wal_bytes)
+        try:
+            if idle:
+                if wal_file_bytes(store) > 0:
+                    await trio.to_thread.run_sync(checkpointer.truncate)
+            elif (held_back := not await restart_wal(writer, checkpointer)) != blocked:
+                # Said once when it starts and once when it ends, not at every round.
+                blocked = held_back
+                wal_bytes = wal_file_bytes(store)
+                if blocked:
+                    log.warning("wal_restart_blocked", wal_bytes=wal_bytes, reason="a reader holds an old snapshot")
+                else:
+                    log.info("wal_restart_unblocked", wal_bytes=wal_bytes)
+            failing = None
+        except apsw.Error as error:
+            # A full disk or an outside lock: the WAL waits, as the commits do; the
+            # next round tries again. Said once, not every half second.
+            if failing != str(error):
+                log.warning("wal_checkpoint_failed", error=str(error), retry_in=CHECKPOINT_INTERVAL)
+            failing = str(error)
         await trio.sleep(ROUND_GAP)
 
 
