@@ -53,6 +53,7 @@ PRIVATE_DIR_MODE = 0o700
 # A directory on the way to a socket_group socket: its group may pass, not list.
 GROUP_PASS_MODE = 0o710
 DATABASE_FILE_MODE = 0o600
+LOCK_FILE_MAX = 4096  # what the lock file holds: a pid and a path
 
 
 class StartupError(Exception):
@@ -156,9 +157,6 @@ def hold_state_lock(config: Config):
         yield fd, history
     finally:
         os.close(fd)
-
-
-LOCK_FILE_MAX = 4096
 
 
 def record_database(lock_fd: int, database: Path) -> None:
