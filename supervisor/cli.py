@@ -16,7 +16,8 @@ import re
 import signal
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from supervisor import __version__
 from supervisor.client import Client, DaemonUnavailable, RemoteError, find_socket, result_of
@@ -28,6 +29,8 @@ EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_NOT_STARTED = 127
+
+T = TypeVar("T")
 
 # How long `logs -f` keeps trying to reconnect to a restarting daemon.
 RECONNECT_SECONDS = 120.0
@@ -227,27 +230,55 @@ def cmd_start(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def follow_rows(args: argparse.Namespace, session_id: str, since_seq: int, printer: RowPrinter, stream: str | None) -> dict[str, Any]:
-    """Follow a transcript to the session's end, reconnecting if the daemon restarts."""
-    deadline = None
-    while True:
-        try:
-            with connect(args) as client:
-                deadline = None
-                for message in client.messages("follow", session=session_id, since_seq=since_seq, stream=stream):
-                    if "row" in message:
-                        printer.write(message["row"])
-                        since_seq = message["row"]["seq"]
-                    else:
-                        return result_of(message)
-        except BrokenPipeError:
-            raise  # our stdout's reader went away, not the daemon
-        except (ConnectionError, DaemonUnavailable, OSError):
-            # The daemon went away (a restart?): carry on from the last row printed.
-            deadline = deadline or time.monotonic() + RECONNECT_SECONDS
-            if time.monotonic() > deadline:
-                raise CliError(f"lost the daemon and it did not come back within {RECONNECT_SECONDS:g}s", EXIT_UNAVAILABLE) from None
-            time.sleep(0.2)
+class Reconnecting:
+    """One connection to the daemon at a time, opened again after a loss (the daemon
+    restarted, or let a slow reader go) for up to RECONNECT_SECONDS."""
+
+    def __init__(self, args: argparse.Namespace, client: Client | None) -> None:
+        self.args = args
+        self.client = client
+
+    def run(self, attempt: Callable[[Client], T]) -> T:
+        """attempt(client) until it returns; after a loss it is called again on a new
+        connection, so it must ask for what it still lacks (rows after the last printed)."""
+        deadline = None
+        while True:
+            try:
+                if self.client is None:
+                    self.client = connect(self.args)
+                    deadline = None
+                return attempt(self.client)
+            except BrokenPipeError:
+                raise  # our stdout's reader went away, not the daemon
+            except (ConnectionError, DaemonUnavailable, OSError):
+                self.close()
+                deadline = deadline or time.monotonic() + RECONNECT_SECONDS
+                if time.monotonic() > deadline:
+                    raise CliError(f"lost the daemon and it did not come back within {RECONNECT_SECONDS:g}s", EXIT_UNAVAILABLE) from None
+                time.sleep(0.2)
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+
+def print_rows(client: Client, printer: RowPrinter, cmd: str, **args: Any) -> dict[str, Any]:
+    """Send a request, print the rows it brings, return its final result."""
+    for message in client.messages(cmd, **args):
+        if "row" in message:
+            printer.write(message["row"])
+        else:
+            return result_of(message)
+    raise ConnectionError("no reply")
+
+
+def follow_rows(daemon: Reconnecting, session_id: str, since_seq: int, printer: RowPrinter, stream: str | None) -> dict[str, Any]:
+    """Follow a transcript to the session's end, reconnecting if the daemon restarts:
+    each attempt asks for the rows after the last one printed, so none comes twice."""
+    return daemon.run(
+        lambda client: print_rows(client, printer, "follow", session=session_id, since_seq=max(since_seq, printer.last_seq), stream=stream)
+    )
 
 
 def exit_status_of(session: dict[str, Any]) -> int:
@@ -262,9 +293,12 @@ def exit_status_of(session: dict[str, Any]) -> int:
 
 def cmd_run(client: Client, args: argparse.Namespace) -> int:
     session = client.request("start", **start_args(args))
-    client.close()
     printer = RowPrinter("json" if args.json else "split", None if args.json else {"stdout", "stderr"})
-    final = follow_rows(args, session["id"], 0, printer, None)
+    daemon = Reconnecting(args, client)
+    try:
+        final = follow_rows(daemon, session["id"], 0, printer, None)
+    finally:
+        daemon.close()
     if final["status"] == "failed" and final["pid"] is None:
         print(f"slotctl: session {short_id(final['id'])} could not start: {final['reason']}", file=sys.stderr)
     elif final["status"] in ("lost", "cancelled"):
@@ -306,16 +340,24 @@ def cmd_logs(client: Client, args: argparse.Namespace) -> int:
         streams = None
     printer = RowPrinter(mode, streams)
     since_seq, since_time = args.since if args.since is not None else (None, None)
-    result = None
-    for message in client.messages("logs", session=args.id, tail=args.n, since_seq=since_seq, since_time=since_time, stream=args.stream):
-        if "row" in message:
-            printer.write(message["row"])
-        else:
-            result = result_of(message)
-    assert result is not None
-    if args.follow:
-        session = client.request("show", session=args.id)
-        follow_rows(args, session["id"], max(result["last_seq"], printer.last_seq), printer, args.stream)
+    request = {"session": args.id, "tail": args.n, "since_seq": since_seq, "since_time": since_time, "stream": args.stream}
+    if not args.follow:
+        print_rows(client, printer, "logs", **request)
+        return EXIT_OK
+    daemon = Reconnecting(args, client)
+    try:
+        session_id = daemon.run(lambda c: c.request("show", session=args.id)["id"])
+
+        def backlog(c: Client) -> int:
+            if printer.last_seq:
+                # Cut off after some rows: the follow below carries on after the last one.
+                return printer.last_seq
+            return print_rows(c, printer, "logs", **request | {"session": session_id})["last_seq"]
+
+        since = daemon.run(backlog)
+        follow_rows(daemon, session_id, since, printer, args.stream)
+    finally:
+        daemon.close()
     return EXIT_OK
 
 

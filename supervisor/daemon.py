@@ -9,7 +9,11 @@ everything read from a spool is committed.
 A refusal to start is one line on stderr and a distinct exit status: 78 (EX_CONFIG)
 for what the operator must change (the configuration, a directory's owner or mode, a
 database from a newer slotd), which the systemd units keep from becoming a restart
-loop; 75 (EX_TEMPFAIL) when another daemon holds the state directory or the socket.
+loop; 75 (EX_TEMPFAIL) when another daemon holds the state directory or the socket;
+65 (EX_DATAERR) when the database needs the operator: damaged, or missing or empty
+while spools or the lock file show that sessions were recorded in it, or deleted or
+replaced under the running daemon (which then stops, leaving sessions running). The
+units keep 65 from restarting in a loop too; the README says how to recover.
 """
 
 from __future__ import annotations
@@ -35,11 +39,12 @@ from supervisor.database import DatabaseWriter, ReaderPool
 from supervisor.ingest import Ingestor
 from supervisor.logconfig import configure_logging
 from supervisor.slots import SlotManager
-from supervisor.store import Checkpointer, SchemaTooNew, Store
+from supervisor.store import DATABASE_SUFFIXES, Checkpointer, SchemaTooNew, Store, database_is_empty
 
 log = structlog.get_logger()
 
 EXIT_ALREADY_RUNNING = 75
+EXIT_DATABASE = 65
 EXIT_STARTUP_FAILED = 1
 # Files slotd creates are its own alone (the database holds every session's environment
 # and output); sessions get the umask slotd was started with.
@@ -50,6 +55,7 @@ GROUP_PASS_MODE = 0o710
 DATABASE_FILE_MODE = 0o600
 LOCK_FILE = "slotd.lock"
 LOCK_FILE_MODE = 0o600
+LOCK_FILE_MAX = 4096  # what a lock file holds: a pid and a path
 DATABASE_SUFFIXES = ("", "-wal", "-shm")
 
 
@@ -140,7 +146,11 @@ def hold_lock(directory: Path, what: str):
     """One daemon per directory: an exclusive flock on its slotd.lock, held for the
     daemon's life. The state directory has one (its database), and so does the runtime
     directory (its sessions: a second daemon there would sweep the first's spools as
-    strays)."""
+    strays).
+
+    Yields the lock's descriptor and what the last daemon wrote in it: its pid, then,
+    once it had opened one, its database's path (see record_database).
+    """
     lock_file = directory / LOCK_FILE
     try:
         fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -157,30 +167,70 @@ def hold_lock(directory: Path, what: str):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            holder = os.pread(fd, 32, 0).decode(errors="replace").partition("\n")[0].strip() or "unknown"
             raise StartupError(f"another slotd (pid {holder}) is already running on {what} {directory}") from None
+        history = os.pread(fd, LOCK_FILE_MAX, 0).decode(errors="replace")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
+        yield fd, history
     finally:
         os.close(fd)
 
 
 @contextmanager
 def hold_locks(config: Config):
-    """The state directory's lock, and the runtime directory's when it is another one."""
-    with hold_lock(config.state_dir, "state directory"):
+    """The state directory's lock (its descriptor and history, see hold_lock), and the
+    runtime directory's when it is another one."""
+    with hold_lock(config.state_dir, "state directory") as state_lock:
         if config.runtime_dir == config.state_dir:
-            yield
+            yield state_lock
         else:
             with hold_lock(config.runtime_dir, "runtime directory"):
-                yield
+                yield state_lock
+
+
+def record_database(lock_fd: int, database: Path) -> None:
+    """Note in the lock file that a database was opened here: from then on a missing or
+    empty one is a loss to report, not a first start."""
+    os.pwrite(lock_fd, f"{os.getpid()}\ndatabase {database}\n".encode(), 0)
+
+
+def check_database_present(config: Config, lock_history: str) -> None:
+    """Refuse to create a new, empty database over sessions recorded in a lost one.
+
+    An empty database beside spools in sessions/ would orphan their sessions (and, before
+    this check, had their spools swept as stray while their shims ran); one where the
+    lock file says a database was opened before would drop the history unannounced.
+    """
+    database = config.database
+    if not database_is_empty(database):
+        return
+    state = "is empty" if database.exists() else "is missing"
+    spools = sorted(entry.name for entry in config.sessions_dir.iterdir())
+    if spools:
+        listed = ", ".join(spools[:3]) + (", ..." if len(spools) > 3 else "")
+        raise StartupError(
+            f"database {database} {state} but {config.sessions_dir} holds {len(spools)} spool(s) of sessions it "
+            f"recorded ({listed}), which may still run: restore the database (see the README, \"Recovering the "
+            f"database\"), or move those directories out of {config.sessions_dir} to start with an empty one",
+            EXIT_DATABASE,
+        )
+    if f"database {database}\n" in lock_history:
+        raise StartupError(
+            f"database {database} {state} but slotd has run here with it ({config.state_dir / LOCK_FILE} says so): restore it "
+            f"(see the README, \"Recovering the database\"), or delete {config.state_dir / LOCK_FILE} to start with an empty one",
+            EXIT_DATABASE,
+        )
 
 
 class Daemon:
-    def __init__(self, config: Config, session_umask: int = 0o022) -> None:
+    def __init__(self, config: Config, session_umask: int = 0o022, lock_fd: int | None = None, lock_history: str = "") -> None:
         self.config = config
         self.session_umask = session_umask
+        self.lock_fd = lock_fd
+        self.lock_history = lock_history
+        # Why the daemon stopped on its own: its database is no longer the file it opened.
+        self.failure: str | None = None
         self.shutdown_requested = trio.Event()
         self.shutdown_mode = config.on_shutdown
         # Cancelled by a shutdown request that arrives before READY.
@@ -195,6 +245,14 @@ class Daemon:
             if self.commands is not None:
                 self.commands.shutting_down = True
 
+    def database_lost(self, problem: str) -> None:
+        """Stop rather than write on into a file nobody will read; sessions keep running
+        (their shims keep their spools) for a daemon started on the real database."""
+        if self.failure is None:
+            self.failure = problem
+            log.error("database_lost", problem=problem, action="stopping, leaving sessions running")
+            self.request_shutdown("keep")
+
     async def watch_signals(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             task_status.started()
@@ -208,6 +266,7 @@ class Daemon:
     async def run(self) -> None:
         config = self.config
         tighten_database_modes(config.database)
+        check_database_present(config, self.lock_history)
         try:
             store = Store(config.database)
         except SchemaTooNew as error:
@@ -216,6 +275,8 @@ class Daemon:
                 f"knows ({error.known}): run the slotd that wrote it, or give this one another state_dir",
                 EXIT_CONFIG,
             ) from None
+        if self.lock_fd is not None:
+            record_database(self.lock_fd, config.database)
         checkpointer = Checkpointer(config.database)
         writer = DatabaseWriter(store)
         readers = ReaderPool(config.database)
@@ -229,6 +290,7 @@ class Daemon:
                 async with trio.open_nursery() as inner:
                     await inner.start(self.watch_signals)
                     await inner.start(slots.run)
+                    await inner.start(maintenance.database_watch_loop, store, self.database_lost)
                     accepting = None
                     socket_file: control.SocketFile | None = None
                     with self.startup_scope:
@@ -265,12 +327,16 @@ class Daemon:
                     socket_file.remove()
                 readers.close()
                 writer.close()
-                try:
-                    checkpointer.checkpoint()
-                except apsw.Error as error:  # a full disk: the next start replays the WAL
-                    log.warning("final_checkpoint_failed", error=str(error))
+                if self.failure is None:
+                    try:
+                        checkpointer.checkpoint()
+                    except apsw.Error as error:  # a full disk: the next start replays the WAL
+                        log.warning("final_checkpoint_failed", error=str(error))
                 checkpointer.close()
                 store.close()
+                if self.failure is not None:
+                    for moved in store.set_aside_journal():
+                        log.warning("database_journal_set_aside", path=str(moved))
         log.info("stopped", left_running=len(slots.live))
 
 
@@ -296,11 +362,11 @@ def main(argv: list[str] | None = None) -> None:
     session_umask = os.umask(DAEMON_UMASK)
     try:
         config = prepare_directories(config)
-        with hold_locks(config):
+        with hold_locks(config) as (lock_fd, lock_history):
             # Before anything is reconciled: a daemon of another state directory may
             # answer on this socket path (checked again when binding, for a race).
             trio.run(control.check_socket_free, config.socket)
-            run_until_stopped(config, session_umask)
+            run_until_stopped(Daemon(config, session_umask, lock_fd, lock_history))
     except fsguard.PathError as error:
         refuse(str(error), EXIT_CONFIG)
     except (control.SocketInUse, control.SocketPathError, StartupError) as error:
@@ -328,18 +394,37 @@ def leaves(error: BaseException) -> list[BaseException]:
     return [error]
 
 
-def run_until_stopped(config: Config, session_umask: int) -> None:
+DAMAGED_DATABASE_ERRORS = (apsw.CorruptError, apsw.NotADBError)
+
+
+def run_until_stopped(daemon: Daemon) -> None:
+    database = daemon.config.database
     try:
-        trio.run(Daemon(config, session_umask).run)
+        trio.run(daemon.run)
     except* (StartupError, control.SocketInUse, control.SocketPathError) as group:
         error = leaves(group)[0]
         refuse(str(error), exit_code_of(error))
+    except* DAMAGED_DATABASE_ERRORS as group:
+        # SQLite's own words say what is wrong; a traceback would add nothing for the
+        # operator, whose way out is in the README.
+        error = leaves(group)[0]
+        refuse(
+            f"database {database} is damaged ({error}): recover it with sqlite3's .recover, or move it aside "
+            f"(see the README, \"Recovering the database\")",
+            EXIT_DATABASE,
+        )
     except* (OSError, apsw.Error) as group:
         # Say what failed, not "Exceptions from Trio nursery"; the traceback goes to the log.
         for error in leaves(group):
             log.error("daemon_failed", error=f"{type(error).__name__}: {error}", exc_info=error)
             print(f"slotd: cannot run: {type(error).__name__}: {error}", file=sys.stderr)
         sys.exit(EXIT_STARTUP_FAILED)
+    if daemon.failure is not None:
+        refuse(
+            f"{daemon.failure} while slotd ran: stopped, leaving its sessions running; restore the database "
+            f"(see the README, \"Recovering the database\") before starting slotd again",
+            EXIT_DATABASE,
+        )
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """The daemon's upkeep loops, one concern each: WAL checkpoints off the capture path,
-retention, reaping shims with the systemd STATUS line, and the systemd watchdog."""
+retention, reaping shims with the systemd STATUS line, the systemd watchdog, and
+watching that the database file is still the one opened."""
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 
 import apsw
 import structlog
@@ -37,6 +39,7 @@ IDLE_SECONDS = 1.0  # no commit for this long: empty the WAL file altogether
 CAP_INTERVAL = 1.0
 PRUNE_INTERVAL = 60.0
 STATUS_INTERVAL = 1.0
+DATABASE_CHECK_INTERVAL = 1.0
 
 
 async def status_text(config: Config, slots: SlotManager, readers: ReaderPool) -> str:
@@ -130,6 +133,8 @@ async def retention_loop(config: Config, writer: DatabaseWriter, readers: Reader
     task_status.started()
     while True:
         await trio.sleep(CAP_INTERVAL)
+        if writer.store.file_problem() is not None:
+            continue  # pruning a database nobody will read again: database_watch_loop stops us
         await retention.enforce_session_cap(writer, readers, config.retention)
         if time.monotonic() >= next_prune:
             await retention.enforce_age_and_budget(writer, config.retention)
@@ -161,3 +166,12 @@ async def watchdog_loop(writer: DatabaseWriter, interval: float, task_status=tri
         if writer.stalled_for() < 2 * interval:
             systemd.notify("WATCHDOG=1")
         await trio.sleep(interval)
+
+
+async def database_watch_loop(store: Store, on_lost: Callable[[str], None], task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Call on_lost(why) once the database path no longer names the file the store
+    opened (deleted, replaced, emptied): SQLite would write on into it unawares."""
+    task_status.started()
+    while (problem := store.file_problem()) is None:
+        await trio.sleep(DATABASE_CHECK_INTERVAL)
+    on_lost(problem)

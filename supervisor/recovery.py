@@ -10,6 +10,7 @@ reason. Each decision is a system row in the session's transcript and a log line
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -137,11 +138,47 @@ async def reconcile(slots: SlotManager, wait_for_ended: float = 30.0) -> dict[st
     return counts
 
 
+def spool_writer(spool_dir: Path) -> ProcessRef | None:
+    """A process still running for this spool: its shim (found by its command line), or
+    the command its START record names (a shim SIGKILLed leaves its command running)."""
+    shim = find_shim(spool_dir)
+    if shim is not None:
+        return shim
+    segments = spool.list_segments(spool_dir)
+    if not segments or segments[0] != 0:
+        return None  # START is the first record; rotated away with segment 0
+    reader = spool.SpoolReader(spool_dir, spool.Position(0, 0))
+    try:
+        records = reader.read(64 * 1024)
+    except (OSError, spool.CorruptSpool):
+        return None
+    finally:
+        reader.close()
+    for record, _ in records:
+        if record.kind == spool.START:
+            try:
+                start = json.loads(record.data)
+                command = ProcessRef.recorded(start["pid"], start["start_ticks"])
+            except (ValueError, KeyError, TypeError):
+                return None
+            return command if alive(command) else None
+    return None
+
+
 def remove_stray_spools(slots: SlotManager) -> None:
     """Spool directories of sessions no longer live (lost at a reboot, or ended just
-    before a crash) hold nothing still needed: remove them."""
+    before a crash) hold nothing still needed: remove them. Not one a process still
+    writes to (its session's row lost or rewritten behind our back), and nothing at all
+    while the database is not the file opened: then no row says what is stray."""
     sessions_dir = slots.config.sessions_dir
+    if (problem := slots.store.file_problem()) is not None:
+        log.error("stray_spools_kept", problem=problem)
+        return
     for entry in sessions_dir.iterdir() if sessions_dir.is_dir() else []:
-        if entry.name not in slots.live:
-            shutil.rmtree(entry, ignore_errors=True)
-            log.info("stray_spool_removed", session_id=entry.name)
+        if entry.name in slots.live:
+            continue
+        if (writer := spool_writer(entry)) is not None:
+            log.warning("stray_spool_kept", session_id=entry.name, pid=writer.pid, reason="a process still writes to it")
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        log.info("stray_spool_removed", session_id=entry.name)

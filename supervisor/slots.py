@@ -454,7 +454,8 @@ class SlotManager:
         await self.ingestor.commit_now()
         self.live.pop(live.id, None)
         live.ended.set()
-        shutil.rmtree(live.spool_dir, ignore_errors=True)
+        if self.store.file_problem() is None:  # else committed into a lost file: keep the spool
+            shutil.rmtree(live.spool_dir, ignore_errors=True)
         self.ingestor.forget(live.id)
         self.wake_dispatch()
 

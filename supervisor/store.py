@@ -13,6 +13,7 @@ import datetime
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -617,6 +618,31 @@ class Reader:
         return reached
 
 
+DATABASE_SUFFIXES = ("", "-wal", "-shm")
+
+
+def database_is_empty(path: Path) -> bool:
+    """True if there is no database at path to open: no file, or a 0-byte one without a
+    WAL holding its content (a fresh database's first pages may still be in the WAL)."""
+    try:
+        if os.stat(path).st_size > 0:
+            return False
+    except FileNotFoundError:
+        return True  # a WAL left without its database holds pages of nothing
+    try:
+        return os.stat(f"{path}-wal").st_size == 0
+    except FileNotFoundError:
+        return True
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class Store(Reader):
     """The writer connection: every write the daemon makes, and the reads it needs too."""
 
@@ -625,7 +651,7 @@ class Store(Reader):
         self.db = connect(path, writer=True)
         try:
             migrate(self.db)
-        except SchemaTooNew:
+        except BaseException:
             self.db.close()
             raise
         self.page_size: int = self.db.pragma("page_size")
@@ -667,6 +693,39 @@ class Store(Reader):
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
             raise
+
+        # The files opened: SQLite writes on through its descriptors even after the path
+        # names another file, or none, so file_problem compares the path with these.
+        self._identities = {suffix: _file_identity(f"{path}{suffix}") for suffix in DATABASE_SUFFIXES}
+        self._largest_size = os.stat(path).st_size
+
+    def file_problem(self) -> str | None:
+        """Why the path no longer names the database this store writes to, or None."""
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return f"database {self.path} was deleted"
+        if (now.st_dev, now.st_ino) != self._identities[""]:
+            return f"database {self.path} was replaced by another file"
+        if now.st_size == 0 and self._largest_size > 0:
+            # Checkpoints never shrink a database below its first page.
+            return f"database {self.path} was emptied"
+        self._largest_size = max(self._largest_size, now.st_size)
+        return None
+
+    def set_aside_journal(self) -> list[Path]:
+        """Once the database is lost and this store closed: rename its WAL and shared
+        memory, where they are still the files it opened, to *.lost, so SQLite never
+        applies them to whatever file the path names next (a restored copy). Returns
+        the new names."""
+        moved = []
+        for suffix in DATABASE_SUFFIXES[1:]:
+            name = f"{self.path}{suffix}"
+            identity = self._identities[suffix]
+            if identity is not None and _file_identity(name) == identity:
+                os.replace(name, f"{name}.lost")
+                moved.append(Path(f"{name}.lost"))
+        return moved
 
     # -- sessions ------------------------------------------------------------------
 

@@ -5,15 +5,19 @@ from __future__ import annotations
 import json
 import os
 import pty
+import random
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
+import psutil
 import pytest
 
+from supervisor.protocol import decode_data
 from supervisor.store import Store, iso_from_unix, utc_now
-from tests.conftest import py, system_text
+from tests.conftest import py, system_text, wait_for
 
 
 def test_run_prints_output_and_exits_with_the_sessions_code(daemon):
@@ -278,3 +282,111 @@ def test_ps_lists_live_queued_and_the_latest_ended_quickly_among_100000_sessions
     assert shown.stderr == b"99980 older ended sessions not shown (ps -a)\n"
     everything = daemon.cli("ps", "-a", "--json")
     assert len(json.loads(everything.stdout)) == 100_001 and everything.stderr == b""
+
+
+class SlowReader:
+    """Reads a process's stdout a little at a time in a thread (a slow terminal), counting lines."""
+
+    def __init__(self, process: subprocess.Popen, chunk: int = 4096, pause: float = 0.001) -> None:
+        self.process = process
+        self.data = bytearray()
+        self.thread = threading.Thread(target=self._read, args=(chunk, pause), daemon=True)
+        self.thread.start()
+
+    def _read(self, chunk: int, pause: float) -> None:
+        while piece := self.process.stdout.read1(chunk):
+            self.data += piece
+            time.sleep(pause)
+
+    def lines(self) -> int:
+        return self.data.count(b"\n")
+
+    def finish(self, timeout: float = 120) -> bytes:
+        self.process.wait(timeout)
+        self.thread.join(timeout)
+        self.process.stdout.close()
+        return bytes(self.data)
+
+
+def kill_and_restart_when(daemon, reader: SlowReader, lines: int) -> None:
+    """SIGKILL the daemon once the reader has seen this many lines, then start it again."""
+    wait_for(lambda: reader.lines() >= lines, timeout=60, what=f"{lines} lines read")
+    daemon.kill9()
+    daemon.start()
+
+
+def slotctl(daemon, *args: str) -> subprocess.Popen:
+    """slotctl running in the background, its stdout a pipe, its stderr in slotctl.err."""
+    with open(daemon.root / "slotctl.err", "wb") as stderr:
+        return subprocess.Popen(
+            [sys.executable, "-m", "supervisor", "--socket", str(daemon.socket), *args],
+            stdout=subprocess.PIPE, stderr=stderr, cwd=daemon.root,
+        )
+
+
+BACKLOG, LIVE = 40_000, 400
+BACKLOG_BYTES = sum(len(f"{i}\n") for i in range(BACKLOG))
+BACKLOG_THEN_LIVE = (
+    "import sys, time\n"
+    f"for i in range({BACKLOG}):\n"
+    "    print(i, flush=True)\n"
+    f"for i in range({BACKLOG}, {BACKLOG + LIVE}):\n"
+    "    print(i, flush=True); time.sleep(0.01)\n"
+    "sys.exit(7)\n"
+)
+
+
+@pytest.mark.slow
+def test_logs_follow_prints_every_row_once_across_daemon_kills_in_backlog_and_live(daemon):
+    """logs -f to a slow reader, its daemon SIGKILLed twice in the backlog and once live, prints every stored row exactly once."""
+    session = daemon.start_session(py(BACKLOG_THEN_LIVE))
+    reader = daemon.reader()
+    try:
+        wait_for(lambda: reader.transcript_stats(session["id"])["bytes"] >= BACKLOG_BYTES, what="the backlog stored")
+        backlog = reader.last_seq(session["id"])
+    finally:
+        reader.close()
+    follower = slotctl(daemon, "logs", "-f", "--json", session["id"])
+    output = SlowReader(follower)  # a row a line
+    rng = random.Random(8)
+    for lines in (rng.randrange(backlog // 10, backlog // 3), rng.randrange(backlog // 2, backlog * 9 // 10), backlog + rng.randrange(20, 100)):
+        kill_and_restart_when(daemon, output, lines)
+    printed = [json.loads(line) for line in output.finish().splitlines()]
+    assert follower.returncode == 0, (daemon.root / "slotctl.err").read_text()
+    stored = daemon.reader()
+    try:
+        rows = list(stored.iter_transcript(session["id"]))
+    finally:
+        stored.close()
+    assert [row["seq"] for row in printed] == [row.seq for row in rows]
+    assert b"".join(decode_data(row) for row in printed) == b"".join(row.data for row in rows)
+    assert system_text(daemon.database, session["id"]).count("re-attached after restart") == 3
+
+
+@pytest.mark.slow
+def test_run_exits_with_the_sessions_status_across_daemon_kills(daemon):
+    """slotctl run of a command that prints then exits 7, its daemon SIGKILLed in the backlog and live, prints every line once and exits 7."""
+    runner = slotctl(daemon, "run", "--", *py(BACKLOG_THEN_LIVE))
+    output = SlowReader(runner)
+    for lines in (5_000, BACKLOG + 50):
+        kill_and_restart_when(daemon, output, lines)
+    assert output.finish() == "".join(f"{i}\n" for i in range(BACKLOG + LIVE)).encode()
+    assert runner.returncode == 7, (daemon.root / "slotctl.err").read_text()
+
+
+def test_logs_follow_holds_one_daemon_connection(daemon):
+    """logs -f follows a live session on one connection to the daemon, not two."""
+    session = daemon.start_session(py("import time\nprint('up', flush=True)\ntime.sleep(30)"))
+    follower = slotctl(daemon, "logs", "-f", "--stream", "stdout", session["id"])
+    try:
+        assert follower.stdout.readline() == b"up\n"
+        process = psutil.Process(follower.pid)
+        # The follow request is under way once the daemon has it: count then.
+        wait_for(lambda: len(process.net_connections(kind="unix")) >= 1, what="slotctl connected")
+        time.sleep(0.3)  # let a second connection, if any, be opened
+        assert len(process.net_connections(kind="unix")) == 1
+    finally:
+        follower.kill()
+        follower.wait(10)
+        follower.stdout.close()
+        daemon.request("kill", session=session["id"])

@@ -11,10 +11,12 @@ import time
 
 import apsw
 import psutil
+import pytest
 
-from supervisor.processes import ProcessRef
+from supervisor.processes import ProcessRef, kill_process, signal_group
 from supervisor.processes import alive as alive_ref
-from tests.conftest import alive, assert_numbers_exactly_once, py, wait_for
+from tests.conftest import alive, assert_numbers_exactly_once, py, system_text, wait_for
+from tests.test_trust import start_refused
 
 # Prints numbered lines as fast as it can for about `seconds`, then exits with `code`.
 NUMBERS = (
@@ -291,3 +293,141 @@ def test_a_session_recorded_before_start_ticks_existed_is_still_recognised(daemo
     assert daemon.session(session["id"])["status"] == "running"
     assert daemon.wait_ended(session["id"], timeout=30)["status"] == "completed"
     assert_numbers_exactly_once(daemon.database, session["id"])
+
+
+# -- a lost, replaced or damaged database ------------------------------------------------
+
+TICKING = py("import time\nwhile True:\n    print('tick', flush=True); time.sleep(0.05)")
+
+
+def running_session(daemon) -> dict:
+    """A session printing a tick every 50 ms, once its command runs."""
+    session = daemon.start_session(TICKING)
+    return wait_for(lambda: (s := daemon.session(session["id"]))["pid"] and s, what="command started")
+
+
+def end_session_processes(session: dict) -> None:
+    """Kill what a session runs, by the PIDs and start ticks it was given (its row may be gone)."""
+    signal_group(ProcessRef.recorded(session["pid"], session["pid_start_ticks"]), signal.SIGKILL)
+    kill_process(ProcessRef.recorded(session["shim_pid"], session["shim_start_ticks"]))
+
+
+def spool_of(daemon, session: dict):
+    return daemon.root / "run" / "sessions" / session["id"]
+
+
+def refusals(refused: subprocess.CompletedProcess) -> list[str]:
+    """slotd's own lines on its stderr (the rest are log lines, SQLite's warnings among them)."""
+    assert "Traceback" not in refused.stderr
+    return [line for line in refused.stderr.splitlines() if line.startswith("slotd: ")]
+
+
+def remove_database(daemon) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        daemon.database.with_name(daemon.database.name + suffix).unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("fault", ["deleted", "replaced"])
+def test_a_database_deleted_or_replaced_under_the_daemon_stops_it_and_sessions_run_on(daemon, fault):
+    """A database deleted or replaced under the running daemon makes it stop with status 65 naming it, leaving its session and spool in place."""
+    session = running_session(daemon)
+    try:
+        if fault == "deleted":
+            daemon.database.unlink()
+        else:
+            older = daemon.database.with_name("older.db")
+            reader = daemon.reader()
+            reader.db.execute("VACUUM INTO ?", (str(older),))
+            reader.close()
+            os.rename(older, daemon.database)
+        assert daemon.process.wait(15) == 65
+        log = daemon.log_path.read_text()
+        assert f"slotd: database {daemon.database} was {fault}" in log and "while slotd ran" in log
+        assert alive(session["shim_pid"]) and alive(session["pid"])
+        assert spool_of(daemon, session).is_dir()
+        # Its WAL, set aside: applied to whatever the path names now, it would corrupt it.
+        assert daemon.database.with_name("slotd.db-wal.lost").exists()
+        if fault == "deleted":
+            refused = start_refused(daemon)
+            assert refused.returncode == 65
+            [line] = refusals(refused)
+            assert "holds 1 spool(s)" in line and session["id"] in line
+        else:
+            # The copy was taken with the session running: restored, it is re-attached.
+            daemon.start()
+            assert daemon.session(session["id"])["status"] == "running"
+            assert "re-attached after restart" in system_text(daemon.database, session["id"])
+            reader = daemon.reader()
+            assert reader.db.execute("PRAGMA integrity_check").get == "ok"
+            reader.close()
+        assert alive(session["shim_pid"]) and spool_of(daemon, session).is_dir()
+    finally:
+        end_session_processes(session)
+
+
+@pytest.mark.parametrize("state", ["missing", "empty"])
+def test_a_missing_or_empty_database_beside_live_spools_is_refused_and_nothing_removed(daemon, state):
+    """A start that finds no database (or a 0-byte one) beside a live session's spool exits 65 in one line naming the spool, and removes nothing."""
+    session = running_session(daemon)
+    try:
+        daemon.kill9()
+        remove_database(daemon)
+        if state == "empty":
+            daemon.database.write_bytes(b"")
+        refused = start_refused(daemon)
+        assert refused.returncode == 65
+        [line] = refusals(refused)
+        assert f"is {state}" in line and session["id"] in line
+        assert spool_of(daemon, session).is_dir() and alive(session["shim_pid"])
+    finally:
+        end_session_processes(session)
+        remove_database(daemon)  # nothing for teardown to read
+
+
+def test_a_missing_database_where_one_was_opened_is_refused_until_the_lock_file_goes(daemon):
+    """With no spools but a lock file saying a database was opened, a missing database stops the start (65) until the lock file is deleted."""
+    daemon.stop()
+    remove_database(daemon)
+    refused = start_refused(daemon)
+    assert refused.returncode == 65
+    [line] = refusals(refused)
+    assert "slotd.lock" in line
+    (daemon.root / "state" / "slotd.lock").unlink()
+    daemon.start()
+    assert daemon.request("ps") == []
+
+
+def test_a_spool_whose_shim_still_runs_is_never_swept_as_stray(daemon):
+    """A spool whose row no longer says live is kept, not removed, while its shim runs."""
+    session = running_session(daemon)
+    try:
+        daemon.kill9()
+        edit_session(daemon, session["id"], status="completed", slot=None)
+        daemon.start()
+        assert spool_of(daemon, session).is_dir() and alive(session["shim_pid"])
+        assert "stray_spool_kept" in daemon.log_path.read_text()
+    finally:
+        end_session_processes(session)
+
+
+@pytest.mark.parametrize("damage", ["not_a_database", "corrupt_pages"])
+def test_a_damaged_database_stops_the_start_in_one_line_with_status_65(daemon, damage):
+    """A damaged database stops the start with one line (no traceback) pointing at the recovery, and status 65."""
+    for n in range(20):
+        daemon.start_session(["true"], labels={"n": n})
+    daemon.stop()
+    if damage == "not_a_database":
+        daemon.database.write_bytes(b"not a database\n" * 1000)
+    else:
+        # Every page after the first (the schema's root stays readable): garbage.
+        with open(daemon.database, "r+b") as database:
+            size = database.seek(0, os.SEEK_END)
+            database.seek(4096)
+            database.write(random.Random(6).randbytes(size - 4096))
+    try:
+        refused = start_refused(daemon)
+        assert refused.returncode == 65
+        [line] = refusals(refused)
+        assert "is damaged" in line and ".recover" in line
+    finally:
+        remove_database(daemon)  # nothing for teardown to read
