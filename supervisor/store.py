@@ -660,6 +660,11 @@ class Store(Reader):
         self.wal_frames = 0
         self.db.set_wal_hook(self._note_wal_frames)
 
+        # The files opened: SQLite writes on through its descriptors even after the path
+        # names another file, or none, so file_problem compares the path with these.
+        self._identities = {suffix: _file_identity(f"{path}{suffix}") for suffix in DATABASE_SUFFIXES}
+        self._largest_size = os.stat(path).st_size
+
     def _note_wal_frames(self, _connection: apsw.Connection, _name: str, frames: int) -> int:
         self.wal_frames = frames
         return apsw.SQLITE_OK
@@ -693,11 +698,6 @@ class Store(Reader):
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
             raise
-
-        # The files opened: SQLite writes on through its descriptors even after the path
-        # names another file, or none, so file_problem compares the path with these.
-        self._identities = {suffix: _file_identity(f"{path}{suffix}") for suffix in DATABASE_SUFFIXES}
-        self._largest_size = os.stat(path).st_size
 
     def file_problem(self) -> str | None:
         """Why the path no longer names the database this store writes to, or None."""
