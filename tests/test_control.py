@@ -245,13 +245,13 @@ SMALL_DISK = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is No
 
 
 @contextlib.contextmanager
-def daemon_on_small_disk(make_daemon) -> Iterator[tuple[DaemonHandle, Path]]:
-    """A running daemon whose state directory is a 16 MiB tmpfs (unmounted after)."""
-    daemon = make_daemon(start=False)
+def daemon_on_small_disk(make_daemon, size: str = "16m", **settings) -> Iterator[tuple[DaemonHandle, Path]]:
+    """A running daemon whose state directory is a small tmpfs (unmounted after)."""
+    daemon = make_daemon(start=False, **settings)
     state = daemon.root / "state"
     state.mkdir()
     # mode=0700: a tmpfs root is 1777 by default, which slotd refuses for its state.
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(state)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(state)], check=True)
     try:
         daemon.start()
         yield daemon, state

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import subprocess
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import DaemonHandle, alive, py, wait_for
-from tests.test_control import SMALL_DISK, fill_disk
+from tests.conftest import alive, py, wait_for
+from tests.test_control import SMALL_DISK, daemon_on_small_disk, fill_disk
 
 WRITERS = 3
 LINES = 20_000  # ~2 MB per writer
@@ -42,21 +40,10 @@ def received_status(sock: socket.socket, seen: list[str]) -> list[str]:
         seen.extend(line[len("STATUS="):] for line in datagram.splitlines() if line.startswith("STATUS="))
 
 
-@contextlib.contextmanager
-def daemon_on_a_full_runtime_disk(make_daemon) -> Iterator[tuple[DaemonHandle, Path]]:
+def daemon_on_a_full_runtime_disk(make_daemon):
     """A daemon in the shipped layout (runtime directory inside the state directory),
     both on one 64 MiB tmpfs (unmounted after)."""
-    daemon = make_daemon(start=False, runtime_dir="state/run", socket="run/slotd.sock", slots=WRITERS)
-    state = daemon.root / "state"
-    state.mkdir()
-    # mode=0700: a tmpfs root is 1777 by default, which slotd refuses for its state.
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs", str(state)], check=True)
-    try:
-        daemon.start()
-        yield daemon, state
-    finally:
-        daemon.stop()
-        subprocess.run(["umount", "-l", str(state)], check=False)
+    return daemon_on_small_disk(make_daemon, "64m", runtime_dir="state/run", socket="run/slotd.sock", slots=WRITERS)
 
 
 def expected_output(writer: int) -> bytes:
