@@ -39,7 +39,7 @@ from supervisor.database import DatabaseWriter, ReaderPool
 from supervisor.ingest import Ingestor
 from supervisor.logconfig import configure_logging
 from supervisor.slots import SlotManager
-from supervisor.store import DATABASE_SUFFIXES, Checkpointer, SchemaTooNew, Store, database_is_empty
+from supervisor.store import DATABASE_SUFFIXES, Checkpointer, SchemaTooNew, Store, database_is_empty, leave_journal_on_close
 
 log = structlog.get_logger()
 
@@ -327,6 +327,8 @@ class Daemon:
                     socket_file.remove()
                 readers.close()
                 writer.close()
+                if self.failure is not None:
+                    leave_journal_on_close(checkpointer.db, store.db)
                 if self.failure is None:
                     try:
                         checkpointer.checkpoint()

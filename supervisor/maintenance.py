@@ -74,6 +74,11 @@ async def checkpoint_loop(
             await ingestor.wait_committed()
             while store.wal_frames < restart_frames:
                 await ingestor.wait_committed()
+        if store.file_problem() is not None:
+            # Never copy pages into a file that is no longer ours (or was emptied):
+            # database_watch_loop stops the daemon, its WAL set aside.
+            await trio.sleep(ROUND_GAP)
+            continue
         idle = ingestor.lag() == 0 and time.monotonic() - ingestor.last_commit_at > IDLE_SECONDS
         try:
             if idle:

@@ -364,6 +364,15 @@ class Checkpointer:
         self.db.close()
 
 
+def leave_journal_on_close(*connections: apsw.Connection) -> None:
+    """The last connection to close must neither checkpoint nor delete the WAL, as it
+    would by default: once the database file is lost (emptied, replaced), that copies
+    pages into a file that is not ours and throws away the only copy of the last
+    commits. Store.set_aside_journal then keeps the WAL aside."""
+    for connection in connections:
+        connection.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+
+
 class SchemaTooNew(Exception):
     """The database was written by a newer slotd: this one must not touch it."""
 
@@ -707,9 +716,11 @@ class Store(Reader):
             return f"database {self.path} was deleted"
         if (now.st_dev, now.st_ino) != self._identities[""]:
             return f"database {self.path} was replaced by another file"
-        if now.st_size == 0 and self._largest_size > 0:
-            # Checkpoints never shrink a database below its first page.
-            return f"database {self.path} was emptied"
+        if now.st_size < self._largest_size:
+            # slotd never vacuums, and nothing else shrinks a database file: it was
+            # truncated from outside (emptied, say), and a checkpoint now would write
+            # pages into it at their offsets, leaving a malformed file.
+            return f"database {self.path} was emptied" if now.st_size == 0 else f"database {self.path} was truncated"
         self._largest_size = max(self._largest_size, now.st_size)
         return None
 

@@ -327,13 +327,15 @@ def remove_database(daemon) -> None:
         daemon.database.with_name(daemon.database.name + suffix).unlink(missing_ok=True)
 
 
-@pytest.mark.parametrize("fault", ["deleted", "replaced"])
+@pytest.mark.parametrize("fault", ["deleted", "emptied", "replaced"])
 def test_a_database_deleted_or_replaced_under_the_daemon_stops_it_and_sessions_run_on(daemon, fault):
-    """A database deleted or replaced under the running daemon makes it stop with status 65 naming it, leaving its session and spool in place."""
+    """A database deleted, emptied or replaced under the running daemon makes it stop with status 65 naming it (no checkpoint writes into the emptied file first), leaving its session and spool in place."""
     session = running_session(daemon)
     try:
         if fault == "deleted":
             daemon.database.unlink()
+        elif fault == "emptied":
+            os.truncate(daemon.database, 0)
         else:
             older = daemon.database.with_name("older.db")
             reader = daemon.reader()
@@ -347,7 +349,7 @@ def test_a_database_deleted_or_replaced_under_the_daemon_stops_it_and_sessions_r
         assert spool_of(daemon, session).is_dir()
         # Its WAL, set aside: applied to whatever the path names now, it would corrupt it.
         assert daemon.database.with_name("slotd.db-wal.lost").exists()
-        if fault == "deleted":
+        if fault in ("deleted", "emptied"):
             refused = start_refused(daemon)
             assert refused.returncode == 65
             [line] = refusals(refused)
