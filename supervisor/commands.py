@@ -19,7 +19,7 @@ from supervisor import __version__
 from supervisor.config import Config
 from supervisor.database import ReaderPool
 from supervisor.ingest import Ingestor
-from supervisor.protocol import PS_RECENT_ENDED, ErrorCode, RequestError, encode_data, signal_number
+from supervisor.protocol import PS_RECENT_ENDED, ClientStalled, ErrorCode, RequestError, encode_data, signal_number
 from supervisor.slots import SlotManager, free_bytes
 from supervisor.store import ENDED_STATUSES, AmbiguousPrefix, DamagedRow, Reader, Row, Session, iso_from_unix, unix_from_iso, utc_now
 
@@ -32,6 +32,9 @@ PAGE_BYTES = 1 << 20
 # that stops reading keeps its page until the stall timeout lets it go, and past this
 # many the others wait for a page instead of growing the daemon.
 PAGES_IN_FLIGHT = 64
+# How long a client may take over one page before it is let go (as control.py lets go
+# of one that takes nothing for as long).
+PAGE_SEND_DEADLINE = 60.0
 
 
 def read_page(reader: Reader, session_id: str, after: int, streams: list[str] | None, since_ts: float | None = None) -> list[Row]:
@@ -158,11 +161,16 @@ class Commands:
         async with self.page_slots:
             page = await fetch()
             sent = 0
-            for row in page:
-                message = shape(row)
-                if message is not None:
-                    await emit(message)
-                    sent += 1
+            # One deadline for the whole page, not per piece sent: a client that takes
+            # a row now and then must not keep a page slot for hours.
+            with trio.move_on_after(PAGE_SEND_DEADLINE) as sending:
+                for row in page:
+                    message = shape(row)
+                    if message is not None:
+                        await emit(message)
+                        sent += 1
+            if sending.cancelled_caught:
+                raise ClientStalled(f"took {PAGE_SEND_DEADLINE:g}s over one page of transcript ({sent} of {len(page)} rows)")
             return PageSent(sent, page[-1].seq if page else None, is_full(page))
 
     async def _current(self, session_id: str) -> dict[str, Any]:

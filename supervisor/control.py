@@ -38,7 +38,9 @@ from supervisor.protocol import (
     encode_message,
     error_reply,
     ok_reply,
+    ClientStalled,
     parse_request,
+    request_id_of,
 )
 
 log = structlog.get_logger()
@@ -80,23 +82,24 @@ class PeerPolicy:
     def __init__(self, group_name: str | None) -> None:
         self.uid = os.getuid()
         self.gid: int | None = None
-        self.members: set[str] = set()
+        # Looked up once: a user lookup (NSS, perhaps LDAP) per connection would run on
+        # the event loop. A member added later counts after a restart, as for sshd.
+        self.member_uids: set[int] = set()
         if group_name:
             group = grp.getgrnam(group_name)
             self.gid = group.gr_gid
-            self.members = set(group.gr_mem)
+            for name in group.gr_mem:
+                try:
+                    self.member_uids.add(pwd.getpwnam(name).pw_uid)
+                except KeyError:
+                    pass  # a member with no account: nobody to let in
 
     def allows(self, uid: int, gid: int) -> bool:
         if uid in (self.uid, 0):
             return True
         if self.gid is None:
             return False
-        if gid == self.gid:
-            return True
-        try:
-            return pwd.getpwuid(uid).pw_name in self.members
-        except KeyError:
-            return False
+        return gid == self.gid or uid in self.member_uids
 
 
 class SocketInUse(Exception):
@@ -133,17 +136,19 @@ async def listener_pid(path: Path) -> int | None:
             await probe.connect(os.fspath(path))
         except (ConnectionRefusedError, FileNotFoundError):
             return None
+        except OSError as error:  # a full backlog, say: someone listens, and is stuck
+            raise SocketInUse(f"something listens on socket {path} but does not take connections ({error.strerror}); refusing to take it over") from None
         pid = peer_credentials(probe)[0]
         with trio.move_on_after(PROBE_TIMEOUT):
-            await probe.send(b'{"id": 1, "cmd": "info"}\n')
-            reply = b""
-            # Whoever listens there may be hostile: a bounded read, a depth-checked parse.
-            while not reply.endswith(b"\n") and len(reply) < PROBE_REPLY_LIMIT and (data := await probe.recv(RECEIVE_SIZE)):
-                reply += data
             try:
+                await probe.send(b'{"id": 1, "cmd": "info"}\n')
+                reply = b""
+                # Whoever listens there may be hostile: a bounded read, a depth-checked parse.
+                while not reply.endswith(b"\n") and len(reply) < PROBE_REPLY_LIMIT and (data := await probe.recv(RECEIVE_SIZE)):
+                    reply += data
                 answered = jsonlimits.loads(reply[:PROBE_REPLY_LIMIT])["result"]["pid"]
-            except (ValueError, KeyError, TypeError):
-                answered = None
+            except (OSError, ValueError, KeyError, TypeError):
+                answered = None  # it hung up or said something else: SO_PEERCRED names it
             if isinstance(answered, int) and not isinstance(answered, bool):
                 pid = answered
         return pid
@@ -208,10 +213,6 @@ def hung_up(sock: trio.socket.SocketType) -> bool:
     return any(events & select.POLLHUP for _fd, events in poller.poll(0))
 
 
-class ClientStalled(Exception):
-    """The client took none of a reply for the stall timeout: it is let go."""
-
-
 def encode_reply(reply: dict[str, Any]) -> bytes:
     """A final reply as a line. One that cannot be JSON (a bug, or a stored value no
     check caught) becomes internal_error: the failure is the request's, not the daemon's."""
@@ -260,6 +261,7 @@ class Connection:
         self.budget = budget
         self.stall_timeout = stall_timeout
         self.buffer = bytearray()
+        self.scanned = 0  # the buffer's first bytes known to hold no newline
         self.answering = 0  # bytes of the request being answered
         self.discarding = False
         # Cancelled to end the connection from outside its task (refuse()).
@@ -275,6 +277,7 @@ class Connection:
         if self.refused is None:
             self.refused = (code, reason)
         self.buffer = bytearray()
+        self.scanned = 0
         self.budget.forget(self)
         self.scope.cancel()
 
@@ -283,7 +286,8 @@ class Connection:
         await self.send_bytes(encode_message(message))
 
     async def send_bytes(self, data: bytes) -> None:
-        """Send data; ClientStalled if the client takes none of it for stall_timeout.
+        """Send data; ClientStalled if the client does not take a 64 KiB piece of it
+        within stall_timeout.
 
         The daemon's memory for a client that does not read is what it has prepared to
         send (a page of transcript at most): a stalled client must not keep it forever.
@@ -305,10 +309,15 @@ class Connection:
         """
         too_large = error_reply(None, ErrorCode.TOO_LARGE, f"message over {MAX_MESSAGE_BYTES} bytes")
         while True:
-            newline = self.buffer.find(b"\n")
-            if newline >= 0:
+            # From where the last search stopped: a message sent a few bytes at a time
+            # must not be rescanned whole at every receive.
+            newline = self.buffer.find(b"\n", self.scanned)
+            if newline < 0:
+                self.scanned = len(self.buffer)
+            else:
                 line = bytes(self.buffer[:newline])
                 del self.buffer[: newline + 1]
+                self.scanned = 0
                 if len(line) > MAX_MESSAGE_BYTES:
                     await self.send(too_large)
                     continue
@@ -316,6 +325,7 @@ class Connection:
             if len(self.buffer) > MAX_MESSAGE_BYTES:
                 # Drop what came so far, and the rest up to its newline as it arrives.
                 self.buffer.clear()
+                self.scanned = 0
                 self._account()
                 self.discarding = True
                 await self.send(too_large)
@@ -324,6 +334,7 @@ class Connection:
                 # The client half-closed: a last message without its newline still counts.
                 last = bytes(self.buffer) if not self.discarding else b""
                 self.buffer.clear()
+                self.scanned = 0
                 self._account()
                 return last or None
             if self.discarding:
@@ -392,10 +403,9 @@ class Connection:
                 message = decode_message(line)
             except TooDeep as error:
                 raise RequestError(ErrorCode.BAD_REQUEST, f"the message is {error}") from None
-            except (UnicodeDecodeError, ValueError) as error:
+            except ValueError as error:  # UnicodeDecodeError included
                 raise RequestError(ErrorCode.BAD_REQUEST, f"not valid JSON: {error}") from None
-            if isinstance(message, dict):
-                request_id = message.get("id")
+            request_id = request_id_of(message)
             request_id, command, args = parse_request(message)
 
             async def emit(item: dict[str, Any]) -> None:
@@ -432,9 +442,10 @@ async def serve(
 ) -> None:
     listener = trio.SocketListener(sock)
     budget = RequestBudget(request_budget)
-    open_connections: set[Connection] = set()
+    open_connections = 0
 
     async def handle(stream: trio.SocketStream) -> None:
+        nonlocal open_connections
         async with stream:
             connection = Connection(stream, commands, budget, stall_timeout)
             pid = uid = None
@@ -443,20 +454,18 @@ async def serve(
                     pid, uid, gid = peer_credentials(stream.socket)
                     if not policy.allows(uid, gid):
                         log.warning("peer_refused", uid=uid, gid=gid)
-                        message = error_reply(None, ErrorCode.PERMISSION_DENIED, f"uid {uid} may not use this daemon")
-                        await connection.send_bytes(encode_message(message))
+                        await connection.send(error_reply(None, ErrorCode.PERMISSION_DENIED, f"uid {uid} may not use this daemon"))
                         return
-                    if len(open_connections) >= max_connections:
+                    if open_connections >= max_connections:
                         # Each costs a file descriptor, which the spools need too.
-                        log.warning("client_refused", pid=pid, uid=uid, reason="too many connections", open=len(open_connections))
-                        message = error_reply(None, ErrorCode.TOO_MANY_CLIENTS, f"the daemon serves at most {max_connections} connections at once")
-                        await connection.send_bytes(encode_message(message))
+                        log.warning("client_refused", pid=pid, uid=uid, reason="too many connections", open=open_connections)
+                        await connection.send(error_reply(None, ErrorCode.TOO_MANY_CLIENTS, f"the daemon serves at most {max_connections} connections at once"))
                         return
-                    open_connections.add(connection)
+                    open_connections += 1
                     try:
                         await connection.serve()
                     finally:
-                        open_connections.discard(connection)
+                        open_connections -= 1
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the client went away: nothing to answer
             except ClientStalled as error:

@@ -56,7 +56,6 @@ DATABASE_FILE_MODE = 0o600
 LOCK_FILE = "slotd.lock"
 LOCK_FILE_MODE = 0o600
 LOCK_FILE_MAX = 4096  # what a lock file holds: a pid and a path
-DATABASE_SUFFIXES = ("", "-wal", "-shm")
 
 
 class StartupError(Exception):
@@ -283,7 +282,7 @@ class Daemon:
         ingestor = Ingestor(writer, config.flush_interval, config.batch_max_bytes)
         slots = SlotManager(config, writer, ingestor, self.session_umask)
         commands = self.commands = Commands(config, slots, readers, ingestor, self.request_shutdown)
-        socket_file = None
+        socket_file: control.SocketFile | None = None
         try:
             async with trio.open_nursery() as outer:
                 await outer.start(ingestor.run)
@@ -292,7 +291,6 @@ class Daemon:
                     await inner.start(slots.run)
                     await inner.start(maintenance.database_watch_loop, store, self.database_lost)
                     accepting = None
-                    socket_file: control.SocketFile | None = None
                     with self.startup_scope:
                         counts = await recovery.reconcile(slots)
                         log.info("reconciled", **counts)
@@ -329,7 +327,7 @@ class Daemon:
                 writer.close()
                 if self.failure is not None:
                     leave_journal_on_close(checkpointer.db, store.db)
-                if self.failure is None:
+                else:
                     try:
                         checkpointer.checkpoint()
                     except apsw.Error as error:  # a full disk: the next start replays the WAL

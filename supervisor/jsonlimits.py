@@ -69,6 +69,9 @@ def loads(text: bytes | str) -> Any:
         raw = text.encode("utf-8", "surrogatepass")
     elif isinstance(text, (bytes, bytearray)):
         raw = bytes(text)
+        # Decoded here, strictly: given bytes, json.loads would also take UTF-16 and
+        # UTF-32, whose brackets the depth scan below (over UTF-8) would not see.
+        text = raw.decode("utf-8")
     else:
         raise TypeError(f"JSON text must be str or bytes, not {type(text).__name__}")
     if too_deep(raw):

@@ -23,6 +23,8 @@ from supervisor import jsonlimits
 from supervisor.store import ALL_STATUSES, STREAMS
 
 MAX_MESSAGE_BYTES = 1 << 20
+# A request id, as compact JSON: it is copied into every reply and streamed row.
+MAX_ID_BYTES = 1024
 # The longest grace a stop may give before SIGKILL: a day, as config's stop_timeout.
 MAX_STOP_TIMEOUT = 86400
 # What a session's labels may take, as JSON.
@@ -88,6 +90,11 @@ def decode_data(message: dict[str, Any]) -> bytes:
     if message.get("encoding") == "base64":
         return base64.b64decode(message["data"])
     return message["data"].encode("utf-8")
+
+
+class ClientStalled(Exception):
+    """The client does not take what it asked for fast enough: it is let go (see the
+    stall limits in control.py and commands.py)."""
 
 
 # -- arguments ---------------------------------------------------------------------
@@ -244,11 +251,25 @@ STREAMING_COMMANDS = frozenset({"logs", "follow"})
 ENVELOPE_KEYS = frozenset({"id", "cmd"})
 
 
+def request_id_of(message: Any) -> Any:
+    """The id to copy into the replies: the request's, unless it is no request or its id
+    is over MAX_ID_BYTES (copied into every row of a stream, a large id would multiply
+    what the daemon sends)."""
+    if not isinstance(message, dict):
+        return None
+    request_id = message.get("id")
+    if len(json.dumps(request_id, separators=(",", ":"))) > MAX_ID_BYTES:
+        return None
+    return request_id
+
+
 def parse_request(message: Any) -> tuple[Any, str, dict[str, Any]]:
     """Validate a decoded request; return (id, command, arguments with defaults)."""
     if not isinstance(message, dict):
         raise RequestError(ErrorCode.BAD_REQUEST, "a request must be a JSON object")
-    request_id = message.get("id")
+    request_id = request_id_of(message)
+    if request_id is None and message.get("id") is not None:
+        raise RequestError(ErrorCode.BAD_REQUEST, f'the request "id" is over {MAX_ID_BYTES} bytes as JSON')
     command = message.get("cmd")
     if not isinstance(command, str):
         raise RequestError(ErrorCode.BAD_REQUEST, 'a request needs "cmd", a string')

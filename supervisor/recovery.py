@@ -46,9 +46,13 @@ def spool_is_empty(spool_dir: Path) -> bool:
     return all(spool.segment_path(spool_dir, n).stat().st_size == 0 for n in spool.list_segments(spool_dir))
 
 
-def distrust(spool_dir: Path) -> str | None:
+def distrust(spool_dir: Path, expected: Path) -> str | None:
     """Why a recorded spool directory cannot be trusted, or None if it can: it must be
-    a directory (not a link) of ours, writable by nobody else, as the shim checks it."""
+    the session's own under sessions/ (a row edited to name another directory would
+    have it read, then removed), and a directory (not a link) of ours, writable by
+    nobody else, as the shim checks it."""
+    if os.path.realpath(spool_dir) != os.path.realpath(expected):
+        return f"{spool_dir} is not where slotd keeps its spool ({expected})"
     try:
         real, missing = fsguard.walk(spool_dir.parent)
         if missing:
@@ -90,7 +94,7 @@ async def reconcile_one(slots: SlotManager, session: Session, boot_id: str | Non
             await requeue(slots, session)
             return "requeued", None
         return await give_up(slots, session, command, "its spool directory is gone")
-    if (why := distrust(spool_dir)) is not None:
+    if (why := distrust(spool_dir, slots.config.sessions_dir / session.id)) is not None:
         # Another user could have written what is there: none of it is ingested.
         return await give_up(slots, session, command, f"its spool directory is not trusted: {why}")
     shim = locate_shim(session, spool_dir)

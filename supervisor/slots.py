@@ -9,6 +9,7 @@ ingestor, and records how it ended.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -455,7 +456,8 @@ class SlotManager:
         self.live.pop(live.id, None)
         live.ended.set()
         if self.store.file_problem() is None:  # else committed into a lost file: keep the spool
-            shutil.rmtree(live.spool_dir, ignore_errors=True)
+            # Up to spool_max_bytes of segments: not on the event loop.
+            await trio.to_thread.run_sync(functools.partial(shutil.rmtree, live.spool_dir, ignore_errors=True))
         self.ingestor.forget(live.id)
         self.wake_dispatch()
 

@@ -20,13 +20,13 @@ import pytest
 import structlog
 import trio
 
-from supervisor import control, spool
+from supervisor import control, jsonlimits, spool
 from supervisor.commands import Commands
 from supervisor.config import Config
 from supervisor.database import DatabaseWriter, ReaderPool
 from supervisor.ingest import Ingestor
 from supervisor.jsonlimits import MAX_DEPTH
-from supervisor.protocol import MAX_LABELS_BYTES, decode_data
+from supervisor.protocol import MAX_ID_BYTES, MAX_LABELS_BYTES, decode_data
 from supervisor.slots import SlotManager
 from supervisor.store import Session, Store, utc_now
 from supervisor.client import RemoteError
@@ -77,13 +77,39 @@ def test_a_deeply_nested_message_gets_bad_request_and_the_daemon_carries_on(daem
     assert daemon.request("ps") == []  # nothing was started
 
 
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16", "utf-32"])
+def test_json_in_another_unicode_encoding_cannot_slip_past_the_depth_check(encoding):
+    """A message in UTF-16 or UTF-32 (which json.loads would detect by itself) is refused as not UTF-8, whatever its nesting."""
+    text = '{"id": ["\u2200", ' + "[" * 600 + "]" * 600 + ', "x"], "cmd": "info"}'
+    with pytest.raises(ValueError):
+        jsonlimits.loads(text.encode(encoding))
+    with pytest.raises(jsonlimits.TooDeep):  # as UTF-8 it is read, and refused as too deep
+        jsonlimits.loads(text.encode("utf-8"))
+
+
+def test_a_request_id_over_the_limit_gets_bad_request_without_being_copied_back(daemon):
+    """An id over MAX_ID_BYTES as JSON (it would be copied into every streamed row) gets bad_request with id null; one at the limit is echoed."""
+    connection = Raw(daemon.socket)
+    try:
+        at_limit = "x" * (MAX_ID_BYTES - 2)  # the quotes make it MAX_ID_BYTES
+        connection.send(request_line(id=at_limit, cmd="info"))
+        assert connection.reply()["id"] == at_limit
+        connection.send(request_line(id="x" * MAX_ID_BYTES, cmd="info"))
+        reply = connection.reply()
+        assert reply["id"] is None and reply["error"]["code"] == "bad_request"
+        assert f"over {MAX_ID_BYTES} bytes" in reply["error"]["message"]
+    finally:
+        connection.close()
+
+
 def test_nesting_up_to_the_limit_and_brackets_in_strings_are_accepted(daemon):
     """A message exactly at the depth limit, and one with thousands of brackets inside strings, are answered normally."""
     with daemon.client() as client:
         deepest = json.loads(nested(MAX_DEPTH - 1))  # the request object is one level
         client.sock.sendall(json.dumps({"id": deepest, "cmd": "info"}).encode() + b"\n")
         assert client.receive()["id"] == deepest
-        client.sock.sendall(json.dumps({"id": "[{" * 5000, "cmd": "info"}).encode() + b"\n")
+        # In a label filter: an id that long is over MAX_ID_BYTES (see below).
+        client.sock.sendall(json.dumps({"id": 2, "cmd": "ps", "labels": {"k": "[{" * 5000}}).encode() + b"\n")
         assert client.receive()["ok"] is True
 
 

@@ -427,6 +427,27 @@ def test_a_spool_directory_handed_to_another_user_while_the_daemon_was_down_is_n
     wait_for(lambda: not alive(recorded["pid"]) and not alive(recorded["shim_pid"]), what="the session's processes to end")
 
 
+def test_a_spool_directory_row_naming_another_directory_is_neither_read_nor_removed(make_daemon) -> None:
+    """A live session whose row was edited (while the daemon was down) to name another directory of ours as its spool is lost at the next start, and that directory is left as it was."""
+    daemon = make_daemon()
+    session = daemon.start_session(py("import time; print('up', flush=True); time.sleep(600)"))
+    wait_for(lambda: b"up" in daemon.stdout_bytes(session["id"]), what="the session's output")
+    recorded = daemon.session(session["id"])
+    daemon.kill9()
+    precious = daemon.root / "precious"
+    precious.mkdir(mode=0o700)
+    (precious / "keep").write_text("mine\n")
+    store = apsw.Connection(str(daemon.database))
+    store.execute("UPDATE sessions SET spool_dir = ? WHERE id = ?", (str(precious), session["id"]))
+    store.close()
+    daemon.start()
+    ended = daemon.wait_ended(session["id"])
+    assert ended["status"] == "lost"
+    assert ended["reason"] == f"its spool directory is not trusted: {precious} is not where slotd keeps its spool ({daemon.root / 'run' / 'sessions' / session['id']})"
+    assert (precious / "keep").read_text() == "mine\n"
+    wait_for(lambda: not alive(recorded["pid"]) and not alive(recorded["shim_pid"]), what="the session's processes to end")
+
+
 def test_walk_names_the_missing_part_and_checks_links_on_the_way(tmp_path: Path) -> None:
     """walk follows a link on the way to the real directory and returns the names still to create."""
     real = tmp_path / "real"
