@@ -282,17 +282,19 @@ class Batch:
     size: int = 0
     # session id -> bytes of its rows' data in this batch
     session_bytes: dict[str, int] = field(default_factory=dict)
-    # what the rows take in memory (row_cost), in all and per session
-    cost: int = 0
+    # session id -> what its rows take in memory (row_cost)
     session_cost: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def cost(self) -> int:
+        """What all the rows take in memory (row_cost), as counted against the cap."""
+        return self.size + ROW_OVERHEAD * len(self.rows)
 
     def add_row(self, row: Row) -> None:
         self.rows.append(row)
         self.size += len(row.data)
         self.session_bytes[row.session_id] = self.session_bytes.get(row.session_id, 0) + len(row.data)
-        cost = row_cost(row.data)
-        self.cost += cost
-        self.session_cost[row.session_id] = self.session_cost.get(row.session_id, 0) + cost
+        self.session_cost[row.session_id] = self.session_cost.get(row.session_id, 0) + row_cost(row.data)
 
     def touched(self) -> set[str]:
         """Every session this batch changes."""
