@@ -37,7 +37,7 @@ from supervisor.commands import Commands
 from supervisor.config import EXIT_CONFIG, Config, ConfigError, load_config, replace
 from supervisor.database import DatabaseWriter, ReaderPool
 from supervisor.ingest import Ingestor
-from supervisor.logconfig import configure_logging
+from supervisor.logconfig import configure_logging, library_log_held, release_library_log
 from supervisor.slots import SlotManager
 from supervisor.store import DATABASE_SUFFIXES, Checkpointer, SchemaTooNew, Store, database_is_empty, leave_journal_on_close
 
@@ -304,6 +304,7 @@ class Daemon:
                         slots.wake_dispatch()
                         systemd.notify("READY=1", f"STATUS={await maintenance.status_text(config, slots, readers)}")
                         log.info("ready", pid=os.getpid(), socket=str(config.socket), slots=config.slots, version=__version__)
+                        release_library_log()
                     await self.shutdown_requested.wait()
                     systemd.notify("STOPPING=1")
                     log.info("shutting_down", mode=self.shutdown_mode, live=len(slots.live))
@@ -400,7 +401,8 @@ DAMAGED_DATABASE_ERRORS = (apsw.CorruptError, apsw.NotADBError)
 def run_until_stopped(daemon: Daemon) -> None:
     database = daemon.config.database
     try:
-        trio.run(daemon.run)
+        with library_log_held():
+            trio.run(daemon.run)
     except* (StartupError, control.SocketInUse, control.SocketPathError) as group:
         error = leaves(group)[0]
         refuse(str(error), exit_code_of(error))
@@ -409,7 +411,7 @@ def run_until_stopped(daemon: Daemon) -> None:
         # operator, whose way out is in the README.
         error = leaves(group)[0]
         refuse(
-            f"database {database} is damaged ({error}): recover it with sqlite3's .recover, or move it aside "
+            f"database {database} is damaged ({error}): recover it with sqlite3's .recover or .dump, or move it aside "
             f"(see the README, \"Recovering the database\")",
             EXIT_DATABASE,
         )

@@ -646,6 +646,16 @@ def database_is_empty(path: Path) -> bool:
         return True
 
 
+def _unused_name(name: str) -> Path:
+    """name, or name.2, name.3, ...: the first that names no file, so an earlier
+    incident's files set aside are never overwritten by a later one's."""
+    candidate, number = Path(name), 1
+    while os.path.lexists(candidate):
+        number += 1
+        candidate = Path(f"{name}.{number}")
+    return candidate
+
+
 def _file_identity(path: str) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
@@ -728,16 +738,18 @@ class Store(Reader):
 
     def set_aside_journal(self) -> list[Path]:
         """Once the database is lost and this store closed: rename its WAL and shared
-        memory, where they are still the files it opened, to *.lost, so SQLite never
-        applies them to whatever file the path names next (a restored copy). Returns
-        the new names."""
+        memory, where they are still the files it opened, to *.lost-<UTC time>, so
+        SQLite never applies them to whatever file the path names next (a restored
+        copy). Returns the new names."""
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
         moved = []
         for suffix in DATABASE_SUFFIXES[1:]:
             name = f"{self.path}{suffix}"
             identity = self._identities[suffix]
             if identity is not None and _file_identity(name) == identity:
-                os.replace(name, f"{name}.lost")
-                moved.append(Path(f"{name}.lost"))
+                aside = _unused_name(f"{name}.lost-{stamp}")
+                os.replace(name, aside)
+                moved.append(aside)
         return moved
 
     # -- sessions ------------------------------------------------------------------

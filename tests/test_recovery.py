@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import apsw
 import psutil
@@ -327,6 +329,10 @@ def remove_database(daemon) -> None:
         daemon.database.with_name(daemon.database.name + suffix).unlink(missing_ok=True)
 
 
+def lost_journals(daemon) -> list[Path]:
+    return sorted(daemon.database.parent.glob("slotd.db-wal.lost-*"))
+
+
 @pytest.mark.parametrize("fault", ["deleted", "emptied", "replaced"])
 def test_a_database_deleted_or_replaced_under_the_daemon_stops_it_and_sessions_run_on(daemon, fault):
     """A database deleted, emptied or replaced under the running daemon makes it stop with status 65 naming it (no checkpoint writes into the emptied file first), leaving its session and spool in place."""
@@ -348,7 +354,7 @@ def test_a_database_deleted_or_replaced_under_the_daemon_stops_it_and_sessions_r
         assert alive(session["shim_pid"]) and alive(session["pid"])
         assert spool_of(daemon, session).is_dir()
         # Its WAL, set aside: applied to whatever the path names now, it would corrupt it.
-        assert daemon.database.with_name("slotd.db-wal.lost").exists()
+        [set_aside] = lost_journals(daemon)
         if fault in ("deleted", "emptied"):
             refused = start_refused(daemon)
             assert refused.returncode == 65
@@ -362,6 +368,11 @@ def test_a_database_deleted_or_replaced_under_the_daemon_stops_it_and_sessions_r
             reader = daemon.reader()
             assert reader.db.execute("PRAGMA integrity_check").get == "ok"
             reader.close()
+            # A second incident keeps the first one's WAL beside its own.
+            kept = set_aside.read_bytes()
+            daemon.database.unlink()
+            assert daemon.process.wait(15) == 65
+            assert len(lost_journals(daemon)) == 2 and set_aside.read_bytes() == kept
         assert alive(session["shim_pid"]) and spool_of(daemon, session).is_dir()
     finally:
         end_session_processes(session)
@@ -429,7 +440,20 @@ def test_a_damaged_database_stops_the_start_in_one_line_with_status_65(daemon, d
     try:
         refused = start_refused(daemon)
         assert refused.returncode == 65
+        # SQLite's own log lines (source line numbers) are not in front of it.
+        assert refused.stderr.splitlines() == refusals(refused)
         [line] = refusals(refused)
         assert "is damaged" in line and ".recover" in line
     finally:
         remove_database(daemon)  # nothing for teardown to read
+
+
+def test_sqlite_notices_from_the_start_are_logged_once_it_is_ready(daemon):
+    """What SQLite logs while slotd starts (replaying the WAL of a killed daemon) is logged after all, once slotd is ready."""
+    daemon.start_session(["sh", "-c", "seq 1000"])
+    daemon.kill9()
+    daemon.start()
+    events = [json.loads(line) for line in daemon.log_path.read_text().splitlines() if line.startswith("{")]
+    names = [event["event"] for event in events]
+    started = len(names) - 1 - names[::-1].index("ready")
+    assert any(event["event"] == "sqlite_log" and "recovered" in event["message"] for event in events[started:])
