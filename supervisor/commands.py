@@ -323,6 +323,8 @@ class Commands:
                 except ValueError:
                     raise RequestError(ErrorCode.INVALID_ARGUMENT, f"logs: 'since_time' is not an ISO 8601 time: {args['since_time']!r}") from None
             after = args["since_seq"] or 0
+            if since_ts is not None:
+                after = max(after, await self.readers.run(Reader.seq_before_time, session.id, since_ts))
             # A follow carries on from here: at least what existed when we looked.
             last_seq = max(after, await self.readers.run(Reader.last_seq, session.id))
             while True:

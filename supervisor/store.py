@@ -558,6 +558,32 @@ class Reader:
         args.append(limit)
         return self._page(session_id, query, args, max_bytes)
 
+    def seq_before_time(self, session_id: str, since_ts: float) -> int:
+        """The seq after which the session's rows reach since_ts: where `logs --since
+        TIME` starts. Found by bisection on the (session_id, seq) index, a few dozen
+        lookups instead of a scan of every earlier row. Rows are stored in the order the
+        shim read them and stamped with its clock, so ts rises with seq; only if the clock
+        was set back while the session ran can a row before this point be newer than
+        since_ts, and that row is not shown."""
+        # Two queries: SQLite answers min() or max() alone from the index, both at once by a scan.
+        low = self.db.execute("SELECT min(seq) FROM transcript WHERE session_id = ?", (session_id,)).get
+        if low is None:
+            return 0
+        high = self.last_seq(session_id)
+        # Invariant: the row with the smallest seq >= hi, if any, has ts >= since_ts;
+        # every row with seq < lo has ts < since_ts. Seq may have a gap (retention).
+        lo, hi = low, high + 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            seq, ts = self.db.execute(
+                "SELECT seq, ts FROM transcript WHERE session_id = ? AND seq >= ? ORDER BY seq LIMIT 1", (session_id, mid)
+            ).get
+            if ts >= since_ts:
+                hi = mid
+            else:
+                lo = seq + 1
+        return lo - 1
+
     def rows_before(
         self, session_id: str, before_seq: int, limit: int, streams: Sequence[str] | None = None, max_bytes: int | None = None
     ) -> list[Row]:

@@ -629,3 +629,19 @@ def test_outside_readers_read_while_the_writer_holds_a_write_transaction(store: 
         contender.close()
         apsw_reader.close()
         outside.close()
+
+
+def test_seq_before_time_finds_where_rows_reach_a_time_across_a_gap(store: Store, reader: Reader) -> None:
+    """seq_before_time gives the seq after which rows reach a time, with a retention gap in seq, before the first row and after the last."""
+    session = store.create_session(new_session(status="running", slot=1))
+    # ts = 1000 + seq; seq 11..39 are gone (a truncation gap).
+    batch = Batch()
+    for row in transcript_rows(session.id, 10) + transcript_rows(session.id, 20, start=40):
+        batch.add_row(row)
+    store.commit_batch(batch)
+    seqs = [row.seq for row in reader.iter_transcript(session.id)]
+    for since in [0.0, 1001.0, 1001.5, 1005.0, 1010.0, 1010.5, 1025.0, 1040.0, 1041.0, 1059.0, 1059.5, 5000.0]:
+        after = reader.seq_before_time(session.id, since)
+        # Exactly the rows at or after `since` lie beyond it.
+        assert [seq for seq in seqs if seq > after] == [seq for seq in seqs if 1000.0 + seq >= since], since
+    assert reader.seq_before_time(new_session().id, 1000.0) == 0
