@@ -21,14 +21,8 @@ from typing import Any, TypeVar
 
 from supervisor import __version__
 from supervisor.client import Client, DaemonUnavailable, RemoteError, find_socket, result_of
-from supervisor.config import ConfigError
+from supervisor.errors import CliExit, ConfigError, SlotdError
 from supervisor.protocol import PS_RECENT_ENDED, decode_data
-
-EXIT_OK = 0
-EXIT_REFUSED = 1
-EXIT_USAGE = 2
-EXIT_UNAVAILABLE = 3
-EXIT_NOT_STARTED = 127
 
 T = TypeVar("T")
 
@@ -36,8 +30,8 @@ T = TypeVar("T")
 RECONNECT_SECONDS = 120.0
 
 
-class CliError(Exception):
-    def __init__(self, message: str, status: int = EXIT_REFUSED) -> None:
+class CliError(SlotdError):
+    def __init__(self, message: str, status: int = CliExit.REFUSED) -> None:
         super().__init__(message)
         self.status = status
 
@@ -187,7 +181,7 @@ def parse_kv(pairs: list[str], what: str) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise CliError(f"{what} must be KEY=VALUE, got {pair!r}", EXIT_USAGE)
+            raise CliError(f"{what} must be KEY=VALUE, got {pair!r}", CliExit.USAGE)
         result[key] = value
     return result
 
@@ -198,19 +192,19 @@ def labels_from(args: argparse.Namespace) -> dict[str, Any]:
         try:
             labels = json.loads(args.labels_json)
         except json.JSONDecodeError as error:
-            raise CliError(f"--labels-json is not valid JSON: {error}", EXIT_USAGE) from None
+            raise CliError(f"--labels-json is not valid JSON: {error}", CliExit.USAGE) from None
         if not isinstance(labels, dict):
-            raise CliError("--labels-json must be a JSON object", EXIT_USAGE)
+            raise CliError("--labels-json must be a JSON object", CliExit.USAGE)
     labels.update(parse_kv(args.label, "--label"))
     return labels
 
 
 def start_args(args: argparse.Namespace) -> dict[str, Any]:
     if not args.argv:
-        raise CliError("no command given: slotctl start [options] -- COMMAND [ARG...]", EXIT_USAGE)
+        raise CliError("no command given: slotctl start [options] -- COMMAND [ARG...]", CliExit.USAGE)
     argv = args.argv[1:] if args.argv[0] == "--" else args.argv
     if not argv:
-        raise CliError("no command given after --", EXIT_USAGE)
+        raise CliError("no command given after --", CliExit.USAGE)
     return {
         "argv": argv,
         "cwd": os.path.abspath(args.cwd) if args.cwd else os.getcwd(),
@@ -227,7 +221,7 @@ def cmd_start(client: Client, args: argparse.Namespace) -> int:
         print_json(session)
     else:
         print(session["id"] if args.quiet else f"{session['id']} {session['status']}")
-    return EXIT_OK
+    return CliExit.OK
 
 
 class Reconnecting:
@@ -254,7 +248,7 @@ class Reconnecting:
                 self.close()
                 deadline = deadline or time.monotonic() + RECONNECT_SECONDS
                 if time.monotonic() > deadline:
-                    raise CliError(f"lost the daemon and it did not come back within {RECONNECT_SECONDS:g}s", EXIT_UNAVAILABLE) from None
+                    raise CliError(f"lost the daemon and it did not come back within {RECONNECT_SECONDS:g}s", CliExit.UNAVAILABLE) from None
                 time.sleep(0.2)
 
     def close(self) -> None:
@@ -287,8 +281,8 @@ def exit_status_of(session: dict[str, Any]) -> int:
     if session["exit_code"] is not None:
         return session["exit_code"]
     if session["status"] == "completed":
-        return EXIT_OK
-    return EXIT_NOT_STARTED if session.get("started_at") is None or session["pid"] is None else EXIT_REFUSED
+        return CliExit.OK
+    return CliExit.NOT_STARTED if session.get("started_at") is None or session["pid"] is None else CliExit.REFUSED
 
 
 def cmd_run(client: Client, args: argparse.Namespace) -> int:
@@ -321,13 +315,13 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> int:
         print_sessions(result["sessions"])
     if result["hidden"]:
         print(f"{result['hidden']} older ended sessions not shown (ps -a)", file=sys.stderr)
-    return EXIT_OK
+    return CliExit.OK
 
 
 def cmd_show(client: Client, args: argparse.Namespace) -> int:
     session = client.request("show", session=args.id)
     print_json(session) if args.json else print_session(session)
-    return EXIT_OK
+    return CliExit.OK
 
 
 def cmd_logs(client: Client, args: argparse.Namespace) -> int:
@@ -343,7 +337,7 @@ def cmd_logs(client: Client, args: argparse.Namespace) -> int:
     request = {"session": args.id, "tail": args.n, "since_seq": since_seq, "since_time": since_time, "stream": args.stream}
     if not args.follow:
         print_rows(client, printer, "logs", **request)
-        return EXIT_OK
+        return CliExit.OK
     daemon = Reconnecting(args, client)
     try:
         session_id = daemon.run(lambda c: c.request("show", session=args.id)["id"])
@@ -358,7 +352,7 @@ def cmd_logs(client: Client, args: argparse.Namespace) -> int:
         follow_rows(daemon, session_id, since, printer, args.stream)
     finally:
         daemon.close()
-    return EXIT_OK
+    return CliExit.OK
 
 
 def cmd_send(client: Client, args: argparse.Namespace) -> int:
@@ -371,7 +365,7 @@ def cmd_send(client: Client, args: argparse.Namespace) -> int:
             data += "\n"
     result = client.request("send", session=args.id, data=data, data_b64=data_b64, eof=args.eof)
     print_json(result) if args.json else None
-    return EXIT_OK
+    return CliExit.OK
 
 
 def simple(command: str, **extra_args: str):
@@ -384,7 +378,7 @@ def simple(command: str, **extra_args: str):
             print_json(session)
         else:
             print(f"{session['id']} {session['status']}" + (f" ({session['reason']})" if session.get("reason") else ""))
-        return EXIT_OK
+        return CliExit.OK
 
     return run
 
@@ -392,7 +386,7 @@ def simple(command: str, **extra_args: str):
 def cmd_delete(client: Client, args: argparse.Namespace) -> int:
     result = client.request("delete", session=args.id)
     print_json(result) if args.json else print(f"deleted {result['deleted']}")
-    return EXIT_OK
+    return CliExit.OK
 
 
 def confirmed(question: str) -> bool:
@@ -404,20 +398,20 @@ def confirmed(question: str) -> bool:
 def cmd_prune(client: Client, args: argparse.Namespace) -> int:
     filtered = args.older_than is not None or bool(args.status)
     if args.all and filtered:
-        raise CliError("--all means every ended session: give it without --older-than or --status", EXIT_USAGE)
+        raise CliError("--all means every ended session: give it without --older-than or --status", CliExit.USAGE)
     if not args.all and not filtered:
-        raise CliError("prune needs --older-than AGE, --status STATUS, or --all for every ended session", EXIT_USAGE)
+        raise CliError("prune needs --older-than AGE, --status STATUS, or --all for every ended session", CliExit.USAGE)
     if args.all and not args.yes:
         # As docker's prune commands: ask on a terminal, and without one refuse rather
         # than delete everything unasked.
         if not sys.stdin.isatty():
-            raise CliError("prune --all deletes every ended session: add -y to confirm (no terminal to ask on)", EXIT_USAGE)
+            raise CliError("prune --all deletes every ended session: add -y to confirm (no terminal to ask on)", CliExit.USAGE)
         if not confirmed("Delete every ended session and its transcript?"):
             print("slotctl: nothing pruned", file=sys.stderr)
-            return EXIT_OK
+            return CliExit.OK
     result = client.request("prune", older_than=args.older_than, status=args.status or None)
     print_json(result) if args.json else print(f"pruned {len(result['deleted'])} sessions")
-    return EXIT_OK
+    return CliExit.OK
 
 
 def daemon_command(command: str):
@@ -431,7 +425,7 @@ def daemon_command(command: str):
                 print(f"{key + ':':16} {human_value(key, value)}")
         else:
             print(f"shutting down ({result['mode']})")
-        return EXIT_OK
+        return CliExit.OK
 
     return run
 
@@ -571,7 +565,7 @@ def connect(args: argparse.Namespace) -> Client:
     try:
         path = find_socket(getattr(args, "socket", None), getattr(args, "config", None))
     except ConfigError as error:
-        raise CliError(f"configuration error: {error}", EXIT_USAGE) from None
+        raise CliError(f"configuration error: {error}", CliExit.USAGE) from None
     return Client(path)
 
 
@@ -584,12 +578,12 @@ def main(argv: list[str] | None = None) -> None:
             status = args.func(client, args)
     except DaemonUnavailable as error:
         print(f"slotctl: {error}", file=sys.stderr)
-        status = EXIT_UNAVAILABLE
+        status = CliExit.UNAVAILABLE
     except RemoteError as error:
         if args.json:
             print_json({"error": {"code": error.code, "message": error.message}})
         print(f"slotctl: {error.message} [{error.code}]", file=sys.stderr)
-        status = EXIT_REFUSED
+        status = CliExit.REFUSED
     except CliError as error:
         print(f"slotctl: {error}", file=sys.stderr)
         status = error.status
@@ -598,10 +592,10 @@ def main(argv: list[str] | None = None) -> None:
         # reports a broken socket as ConnectionResetError, so this is our stdout.)
         # Python flushes stdout once more at exit; pointed at /dev/null, it cannot fail.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        status = EXIT_OK
+        status = CliExit.OK
     except ConnectionError as error:
         print(f"slotctl: lost the connection to slotd: {error}", file=sys.stderr)
-        status = EXIT_UNAVAILABLE
+        status = CliExit.UNAVAILABLE
     except KeyboardInterrupt:
         status = 130
     sys.exit(status)

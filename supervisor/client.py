@@ -11,14 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.config import load_config
+from supervisor.errors import SlotdError
 from supervisor.protocol import encode_message
 
 
-class DaemonUnavailable(Exception):
+class DaemonUnavailable(SlotdError):
     """Nothing answers on the socket: the daemon is not running (or not here)."""
 
 
-class RemoteError(Exception):
+class RemoteError(SlotdError):
     """The daemon refused the request; code is one of protocol.ErrorCode."""
 
     def __init__(self, code: str, message: str) -> None:

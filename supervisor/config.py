@@ -20,19 +20,13 @@ from typing import Any, Mapping
 
 import re2
 
-# The exit status for a configuration error; the systemd units list it in
-# RestartPreventExitStatus= so a typo does not become a restart loop (EX_CONFIG).
-EXIT_CONFIG = 78
+from supervisor.errors import ConfigError
 
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
 TiB = 1024 * GiB
 PiB = 1024 * TiB
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; the message says where and why."""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ import apsw
 import structlog
 import trio
 
+from supervisor.errors import SocketInUse, SocketPathError
 from supervisor.commands import Commands
 from supervisor import jsonlimits
 from supervisor.jsonlimits import TooDeep
@@ -66,10 +67,6 @@ PROBE_TIMEOUT = 2.0
 PROBE_REPLY_LIMIT = 65536
 
 
-class SocketPathError(Exception):
-    """The socket cannot be bound where the configuration says."""
-
-
 def peer_credentials(sock: trio.socket.SocketType) -> tuple[int, int, int]:
     """(pid, uid, gid) of the process at the other end, as the kernel saw it connect."""
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
@@ -100,10 +97,6 @@ class PeerPolicy:
         if self.gid is None:
             return False
         return gid == self.gid or uid in self.member_uids
-
-
-class SocketInUse(Exception):
-    """Another daemon answers on the socket path: its socket is never taken over."""
 
 
 @dataclass(frozen=True)

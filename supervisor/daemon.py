@@ -32,9 +32,10 @@ import apsw
 import structlog
 import trio
 
+from supervisor.errors import DaemonExit, StartupError
 from supervisor import __version__, control, fsguard, maintenance, recovery, systemd
 from supervisor.commands import Commands
-from supervisor.config import EXIT_CONFIG, Config, ConfigError, load_config, replace
+from supervisor.config import Config, ConfigError, load_config, replace
 from supervisor.database import DatabaseWriter, ReaderPool
 from supervisor.ingest import Ingestor
 from supervisor.logconfig import configure_logging, library_log_held, release_library_log
@@ -43,9 +44,6 @@ from supervisor.store import DATABASE_SUFFIXES, Checkpointer, SchemaTooNew, Stor
 
 log = structlog.get_logger()
 
-EXIT_ALREADY_RUNNING = 75
-EXIT_DATABASE = 65
-EXIT_STARTUP_FAILED = 1
 # Files slotd creates are its own alone (the database holds every session's environment
 # and output); sessions get the umask slotd was started with.
 DAEMON_UMASK = 0o077
@@ -58,21 +56,13 @@ LOCK_FILE_MODE = 0o600
 LOCK_FILE_MAX = 4096  # what a lock file holds: a pid and a path
 
 
-class StartupError(Exception):
-    """The daemon cannot start; the message says why and what to do."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_ALREADY_RUNNING) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
 def socket_group_id(config: Config) -> int | None:
     if not config.socket_group:
         return None
     try:
         return grp.getgrnam(config.socket_group).gr_gid
     except KeyError:
-        raise StartupError(f"socket_group {config.socket_group!r} is not a group on this system", EXIT_CONFIG) from None
+        raise StartupError(f"socket_group {config.socket_group!r} is not a group on this system", DaemonExit.CONFIG) from None
 
 
 def prepare_directories(config: Config) -> Config:
@@ -122,7 +112,7 @@ def check_group_can_pass(directory: Path, group: str, gid: int) -> None:
                 f"socket_group {group!r} cannot reach the socket: {step} ({fsguard.describe(st)}, group "
                 f"{fsguard.group_name(st.st_gid)}) does not let the group pass; give it o+x, or g+x with "
                 f"group {group}, or set socket to a path the group can reach",
-                EXIT_CONFIG,
+                DaemonExit.CONFIG,
             )
 
 
@@ -154,13 +144,13 @@ def hold_lock(directory: Path, what: str):
     try:
         fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as error:
-        raise StartupError(f"cannot use {what} {directory}: {lock_file}: {error.strerror}", EXIT_CONFIG) from None
+        raise StartupError(f"cannot use {what} {directory}: {lock_file}: {error.strerror}", DaemonExit.CONFIG) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise StartupError(f"cannot use {what} {directory}: {lock_file} is not a regular file", EXIT_CONFIG)
+            raise StartupError(f"cannot use {what} {directory}: {lock_file} is not a regular file", DaemonExit.CONFIG)
         if st.st_uid != os.geteuid():
-            raise StartupError(f"cannot use {what} {directory}: {lock_file} belongs to {fsguard.owner_name(st.st_uid)}", EXIT_CONFIG)
+            raise StartupError(f"cannot use {what} {directory}: {lock_file} belongs to {fsguard.owner_name(st.st_uid)}", DaemonExit.CONFIG)
         if stat.S_IMODE(st.st_mode) != LOCK_FILE_MODE:  # in our own directory: loose, not foreign
             os.fchmod(fd, LOCK_FILE_MODE)
         try:
@@ -212,13 +202,13 @@ def check_database_present(config: Config, lock_history: str) -> None:
             f"database {database} {state} but {config.sessions_dir} holds {len(spools)} spool(s) of sessions it "
             f"recorded ({listed}), which may still run: restore the database (see the README, \"Recovering the "
             f"database\"), or move those directories out of {config.sessions_dir} to start with an empty one",
-            EXIT_DATABASE,
+            DaemonExit.DATABASE,
         )
     if f"database {database}\n" in lock_history:
         raise StartupError(
             f"database {database} {state} but slotd has run here with it ({config.state_dir / LOCK_FILE} says so): restore it "
             f"(see the README, \"Recovering the database\"), or delete {config.state_dir / LOCK_FILE} to start with an empty one",
-            EXIT_DATABASE,
+            DaemonExit.DATABASE,
         )
 
 
@@ -272,7 +262,7 @@ class Daemon:
             raise StartupError(
                 f"{config.database} has schema version {error.found}, newer than this slotd ({__version__}) "
                 f"knows ({error.known}): run the slotd that wrote it, or give this one another state_dir",
-                EXIT_CONFIG,
+                DaemonExit.CONFIG,
             ) from None
         if self.lock_fd is not None:
             record_database(self.lock_fd, config.database)
@@ -355,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
         config = load_config(args.config)
     except ConfigError as error:
         print(f"slotd: configuration error: {error}", file=sys.stderr)
-        sys.exit(EXIT_CONFIG)
+        sys.exit(DaemonExit.CONFIG)
     if args.check_config:
         print(f"config: {config.source or 'built-in defaults'}\nstate_dir: {config.state_dir}\nruntime_dir: {config.runtime_dir}\nsocket: {config.socket}\nslots: {config.slots}")
         return
@@ -369,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
             trio.run(control.check_socket_free, config.socket)
             run_until_stopped(Daemon(config, session_umask, lock_fd, lock_history))
     except fsguard.PathError as error:
-        refuse(str(error), EXIT_CONFIG)
+        refuse(str(error), DaemonExit.CONFIG)
     except (control.SocketInUse, control.SocketPathError, StartupError) as error:
         refuse(str(error), exit_code_of(error))
 
@@ -378,8 +368,8 @@ def exit_code_of(error: Exception) -> int:
     if isinstance(error, StartupError):
         return error.exit_code
     if isinstance(error, control.SocketInUse):
-        return EXIT_ALREADY_RUNNING
-    return EXIT_CONFIG  # a path that is not a socket, or too long for one: the configuration's
+        return DaemonExit.ALREADY_RUNNING
+    return DaemonExit.CONFIG  # a path that is not a socket, or too long for one: the configuration's
 
 
 def refuse(message: str, exit_code: int) -> None:
@@ -413,19 +403,19 @@ def run_until_stopped(daemon: Daemon) -> None:
         refuse(
             f"database {database} is damaged ({error}): recover it with sqlite3's .recover or .dump, or move it aside "
             f"(see the README, \"Recovering the database\")",
-            EXIT_DATABASE,
+            DaemonExit.DATABASE,
         )
     except* (OSError, apsw.Error) as group:
         # Say what failed, not "Exceptions from Trio nursery"; the traceback goes to the log.
         for error in leaves(group):
             log.error("daemon_failed", error=f"{type(error).__name__}: {error}", exc_info=error)
             print(f"slotd: cannot run: {type(error).__name__}: {error}", file=sys.stderr)
-        sys.exit(EXIT_STARTUP_FAILED)
+        sys.exit(DaemonExit.FAILED)
     if daemon.failure is not None:
         refuse(
             f"{daemon.failure} while slotd ran: stopped, leaving its sessions running; restore the database "
             f"(see the README, \"Recovering the database\") before starting slotd again",
-            EXIT_DATABASE,
+            DaemonExit.DATABASE,
         )
 
 

@@ -19,17 +19,11 @@ import pwd
 import stat
 from pathlib import Path
 
+from supervisor.errors import PathError, UntrustedPath
+
 # How many symbolic links a path may pass through, as the kernel allows (MAXSYMLINKS).
 MAX_SYMLINKS = 40
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-class PathError(Exception):
-    """A path slotd cannot use; the message names it and says why."""
-
-
-class UntrustedPath(PathError):
-    """A path that another user could change under slotd (its owner or mode is wrong)."""
 
 
 def owner_name(uid: int) -> str:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from supervisor import jsonlimits
+from supervisor.errors import SlotdError
 from supervisor.store import ALL_STATUSES, STREAMS
 
 MAX_MESSAGE_BYTES = 1 << 20
@@ -52,7 +53,7 @@ class ErrorCode:
 ALL_ERROR_CODES = [value for name, value in vars(ErrorCode).items() if name.isupper()]
 
 
-class RequestError(Exception):
+class RequestError(SlotdError):
     """A request that cannot be carried out; becomes an error reply."""
 
     def __init__(self, code: str, message: str) -> None:

@@ -34,6 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
+from supervisor.errors import CorruptSpool
+
 HEADER = struct.Struct("<BdII")
 _CHECKED = struct.Struct("<BdI")  # the fields the check covers
 
@@ -70,10 +72,6 @@ NO_SPACE_MAX_WAIT = 0.5  # how late, at most, writing resumes once there is room
 NO_SPACE_NAME = "slotd-nospace"
 
 T = TypeVar("T")
-
-
-class CorruptSpool(Exception):
-    """A record whose checksum or length cannot be right."""
 
 
 class Record(NamedTuple):

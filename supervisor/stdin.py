@@ -15,13 +15,10 @@ from pathlib import Path
 
 import trio
 
+from supervisor.errors import InputClosed
 from supervisor import spool
 
 FRAME_PAYLOAD = select.PIPE_BUF - spool.FIFO_FRAME.size
-
-
-class InputClosed(Exception):
-    """Nobody reads the FIFO any more: the shim is gone or going."""
 
 
 async def _open(path: Path) -> int:

@@ -24,6 +24,7 @@ from typing import Any
 import apsw
 import apsw.bestpractice
 
+from supervisor.errors import AmbiguousPrefix, DamagedRow, SchemaTooNew
 from supervisor import jsonlimits
 
 LIVE_STATUSES = ("running", "paused", "waiting_checkpoint")
@@ -195,15 +196,6 @@ _TEXT_FIELDS = {"id", "status", "argv", "cwd", "env", "labels", "boot_id", "reas
 _SELECT_COLUMNS = ", ".join(f"CAST({name} AS BLOB)" if name in _TEXT_FIELDS else name for name in _SESSION_FIELDS)
 
 
-class DamagedRow(ValueError):
-    """A session row slotd cannot use (edited behind its back, or written by a slotd
-    that accepted more than this one does)."""
-
-    def __init__(self, session_id: str, column: str, problem: str) -> None:
-        super().__init__(f"session {session_id}: column {column} {problem}")
-        self.session_id = session_id
-
-
 def _session_from_row(row: Sequence[Any]) -> Session:
     values = dict(zip(_SESSION_FIELDS, row))
     raw_id = values["id"]
@@ -315,13 +307,6 @@ class Batch:
         return bool(self.rows or self.positions or self.updates)
 
 
-class AmbiguousPrefix(Exception):
-    def __init__(self, prefix: str, matches: list[str]) -> None:
-        more = "+" if len(matches) >= 10 else ""
-        super().__init__(f"id prefix {prefix!r} matches {len(matches)}{more} sessions")
-        self.matches = matches
-
-
 def connect(path: Path, *, writer: bool) -> apsw.Connection:
     """Open a connection with the daemon's settings applied."""
     _apply_bestpractice()
@@ -373,15 +358,6 @@ def leave_journal_on_close(*connections: apsw.Connection) -> None:
     commits. Store.set_aside_journal then keeps the WAL aside."""
     for connection in connections:
         connection.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
-
-
-class SchemaTooNew(Exception):
-    """The database was written by a newer slotd: this one must not touch it."""
-
-    def __init__(self, found: int, known: int) -> None:
-        super().__init__(f"database schema version {found} is newer than this slotd knows ({known})")
-        self.found = found
-        self.known = known
 
 
 def migrate(connection: apsw.Connection) -> int:

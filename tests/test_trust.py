@@ -24,8 +24,7 @@ import pytest
 from conftest import DEADLINE, DaemonHandle, alive, py, request_as, system_text, wait_for
 from supervisor import fsguard, spool
 from supervisor.client import Client, DaemonUnavailable
-from supervisor.config import EXIT_CONFIG
-from supervisor.daemon import EXIT_ALREADY_RUNNING, EXIT_DATABASE
+from supervisor.errors import DaemonExit
 from supervisor.slots import make_session_dir
 from supervisor.store import SCHEMA_VERSION
 
@@ -75,7 +74,7 @@ def test_a_directory_another_user_owns_or_may_write_is_refused_at_start(make_dae
     else:
         os.chmod(target, 0o777)
         expected = "owner root, mode 0777"
-    line = refusal(start_refused(daemon), EXIT_CONFIG)
+    line = refusal(start_refused(daemon), DaemonExit.CONFIG)
     assert str(target) in line
     assert expected in line
     assert not (daemon.root / "state" / "slotd.db").exists()
@@ -90,7 +89,7 @@ def test_a_parent_others_may_write_is_refused_unless_it_is_sticky(make_daemon, s
     shared.mkdir()
     os.chmod(shared, 0o1777 if sticky else 0o777)
     if not sticky:
-        line = refusal(start_refused(daemon), EXIT_CONFIG)
+        line = refusal(start_refused(daemon), DaemonExit.CONFIG)
         assert f"{shared} is not safe to use (owner root, mode 0777)" in line
         assert not (shared / "run").exists()
         return
@@ -114,7 +113,7 @@ def test_a_directory_that_is_a_dangling_link_or_a_file_is_one_line_and_exit_78(m
     else:
         there.symlink_to(daemon.root / "nowhere")
         expected = f"{there} is a symbolic link to {daemon.root / 'nowhere'}, which does not exist"
-    line = refusal(start_refused(daemon), EXIT_CONFIG)
+    line = refusal(start_refused(daemon), DaemonExit.CONFIG)
     assert expected in line
     assert there.is_symlink() or there.read_text() == "not a directory\n"
     assert not (daemon.root / "nowhere").exists()
@@ -129,7 +128,7 @@ def test_a_state_dir_that_cannot_be_written_is_one_line_and_exit_78(make_daemon)
     state.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m,mode=0700", "tmpfs", str(state)], check=True)
     try:
-        line = refusal(start_refused(daemon), EXIT_CONFIG)
+        line = refusal(start_refused(daemon), DaemonExit.CONFIG)
     finally:
         subprocess.run(["umount", "-l", str(state)], check=False)
     assert f"{state} is not writable (read-only file system)" in line
@@ -180,7 +179,7 @@ def test_a_database_from_a_newer_slotd_is_one_line_naming_both_versions(make_dae
     connection = apsw.Connection(str(daemon.database))
     connection.pragma("user_version", SCHEMA_VERSION + 5)
     connection.close()
-    line = refusal(start_refused(daemon), EXIT_CONFIG)
+    line = refusal(start_refused(daemon), DaemonExit.CONFIG)
     assert f"schema version {SCHEMA_VERSION + 5}, newer than this slotd" in line
     assert f"knows ({SCHEMA_VERSION})" in line
     connection = apsw.Connection(str(daemon.database))
@@ -202,7 +201,7 @@ def test_a_socket_path_holding_a_file_or_a_link_is_refused_and_left_alone(make_d
         taken.write_text("keep me too\n")
     else:
         taken.symlink_to(precious)
-    line = refusal(start_refused(daemon), EXIT_CONFIG)
+    line = refusal(start_refused(daemon), DaemonExit.CONFIG)
     assert f"{taken} exists and is not a socket" in line
     assert taken.is_symlink() if shape == "symlink" else taken.read_text() == "keep me too\n"
     assert precious.read_text() == "keep me\n"
@@ -212,7 +211,7 @@ def test_a_socket_another_daemon_answers_on_is_never_taken_over(make_daemon) -> 
     """A second daemon (its own state dir) configured with the first one's socket exits 75 naming the first one's pid, and the first keeps its socket."""
     first = make_daemon()
     second = make_daemon(start=False, socket=str(first.socket))
-    line = refusal(start_refused(second), EXIT_ALREADY_RUNNING)
+    line = refusal(start_refused(second), DaemonExit.ALREADY_RUNNING)
     assert f"another slotd (pid {first.process.pid}) answers on socket {first.socket}" in line
     assert first.request("info")["pid"] == first.process.pid
     assert not second.database.exists()
@@ -291,7 +290,7 @@ def test_socket_group_with_a_directory_the_group_cannot_pass_is_refused_naming_i
     closed = open_root / "closed"
     closed.mkdir(mode=0o700)
     daemon = DaemonHandle(open_root, {"socket_group": group.gr_name, "state_dir": "closed/state", "runtime_dir": "closed/run"})
-    line = refusal(start_refused(daemon), EXIT_CONFIG)
+    line = refusal(start_refused(daemon), DaemonExit.CONFIG)
     assert f"socket_group '{group.gr_name}' cannot reach the socket: {closed} (owner root, mode 0700" in line
     assert "o+x" in line
 
@@ -462,7 +461,7 @@ def test_the_systemd_units_do_not_restart_on_a_refusal_to_start(unit: str) -> No
     """Both units list 78 and 65, the statuses of every refusal an operator must act on, in RestartPreventExitStatus."""
     text = (Path(__file__).parent.parent / "systemd" / unit).read_text()
     settings = [line.split("=", 1)[1].split() for line in text.splitlines() if line.startswith("RestartPreventExitStatus=")]
-    assert settings and {str(EXIT_CONFIG), str(EXIT_DATABASE)} <= set(settings[-1])
+    assert settings and {str(DaemonExit.CONFIG), str(DaemonExit.DATABASE)} <= set(settings[-1])
 
 
 # -- found in review ------------------------------------------------------------------------
@@ -478,7 +477,7 @@ def test_a_dotdot_after_another_users_link_is_not_a_way_around_the_checks(make_d
     os.chown(evil, NOBODY, NOBODY)
     (daemon.root / "link").symlink_to(evil / "sub")
     os.lchown(daemon.root / "link", NOBODY, NOBODY)
-    line = refusal(start_refused(daemon), EXIT_CONFIG)
+    line = refusal(start_refused(daemon), DaemonExit.CONFIG)
     assert f"{daemon.root / 'link'} is not safe to use: it is a symbolic link of nobody" in line
     assert not (evil / "state").exists()
 
@@ -496,7 +495,7 @@ def test_two_daemons_on_one_runtime_dir_are_refused(make_daemon) -> None:
     session = first.start_session(py("import time; time.sleep(60)"))
     first.wait_status(session["id"], "running")
     second = make_daemon(start=False, runtime_dir=str(first.root / "run"), socket=str(first.root / "second.sock"))
-    line = refusal(start_refused(second), EXIT_ALREADY_RUNNING)
+    line = refusal(start_refused(second), DaemonExit.ALREADY_RUNNING)
     assert f"another slotd (pid {first.process.pid}) is already running on runtime directory {first.root / 'run'}" in line
     assert (first.root / "run" / "sessions" / session["id"] / spool.STDIN_FIFO).exists()
     assert first.session(session["id"])["status"] == "running"
@@ -529,7 +528,7 @@ def test_a_listener_that_answers_with_garbage_is_named_not_a_traceback(make_daem
     )
     try:
         assert listener.stdout is not None and listener.stdout.readline() == b"ready\n"
-        line = refusal(start_refused(daemon), EXIT_ALREADY_RUNNING)
+        line = refusal(start_refused(daemon), DaemonExit.ALREADY_RUNNING)
         assert f"another slotd (pid {listener.pid}) answers on socket {daemon.socket}" in line
     finally:
         listener.kill()
