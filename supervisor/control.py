@@ -16,7 +16,7 @@ import pwd
 import select
 import socket
 import stat
-import struct
+
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +29,7 @@ import trio
 from supervisor.errors import SocketInUse, SocketPathError
 from supervisor.commands import Commands
 from supervisor import jsonlimits
+from supervisor.linux import peer_credentials
 from supervisor.jsonlimits import TooDeep
 from supervisor.protocol import (
     MAX_MESSAGE_BYTES,
@@ -46,7 +47,6 @@ from supervisor.protocol import (
 
 log = structlog.get_logger()
 
-_UCRED = struct.Struct("3i")
 RECEIVE_SIZE = 65536
 # What a reply is sent in: a client must take each piece within the stall timeout.
 SEND_CHUNK = 65536
@@ -65,12 +65,6 @@ HANGUP_POLL_INTERVAL = 2.0
 PROBE_TIMEOUT = 2.0
 # An info reply is a few hundred bytes; more than this from a listener is not slotd's.
 PROBE_REPLY_LIMIT = 65536
-
-
-def peer_credentials(sock: trio.socket.SocketType) -> tuple[int, int, int]:
-    """(pid, uid, gid) of the process at the other end, as the kernel saw it connect."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-    return _UCRED.unpack(raw)
 
 
 class PeerPolicy:

@@ -9,10 +9,7 @@ ingest resumes where the last commit left off: no row lost, none twice, no gap.
 
 from __future__ import annotations
 
-import math
-import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import apsw
@@ -21,13 +18,9 @@ import trio
 
 from supervisor import spool
 from supervisor.database import DatabaseWriter
-from supervisor.inotify import DirectoryWatch
 from supervisor.store import Batch, Row
 
 log = structlog.get_logger()
-
-# How much spool one session reads before giving others a turn.
-READ_BUDGET = 1 << 20
 
 
 class Ingestor:
@@ -197,113 +190,3 @@ class Ingestor:
             spool_dir = self._spool_dirs.get(session_id)
             if spool_dir is not None and segment > 0:
                 spool.delete_segments_before(spool_dir, segment)
-
-
-class ShimWatch:
-    """A pidfd for a session's shim: readable once the shim has exited."""
-
-    def __init__(self, shim_pid: int | None) -> None:
-        self.fd: int | None = None
-        if shim_pid is None:
-            return
-        try:
-            self.fd = os.pidfd_open(shim_pid)
-        except ProcessLookupError:
-            self.fd = None
-
-    @property
-    def ended(self) -> bool:
-        return self.fd is None
-
-    def close(self) -> None:
-        if self.fd is not None:
-            trio.lowlevel.notify_closing(self.fd)
-            os.close(self.fd)
-            self.fd = None
-
-
-async def _wait_any_readable(fds: list[int]) -> set[int]:
-    ready: set[int] = set()
-    async with trio.open_nursery() as nursery:
-
-        async def wait_one(fd: int) -> None:
-            await trio.lowlevel.wait_readable(fd)
-            ready.add(fd)
-            nursery.cancel_scope.cancel()
-
-        for fd in fds:
-            nursery.start_soon(wait_one, fd)
-    return ready
-
-
-OnEvent = Callable[[spool.Record, spool.Position], None]
-OnOutput = Callable[[bytes], None]
-
-
-async def tail_spool(
-    session_id: str,
-    spool_dir: Path,
-    position: spool.Position,
-    shim_pid: int | None,
-    ingestor: Ingestor,
-    on_event: OnEvent,
-    on_output: OnOutput,
-) -> spool.Record | None:
-    """Ingest a session's spool until its last record; return that record.
-
-    Returns None when the shim is gone and the spool has no EXIT or SPAWN_FAILED record:
-    the session's outcome cannot be known.
-    """
-    reader = spool.SpoolReader(spool_dir, position)
-    try:
-        watch: DirectoryWatch | None = DirectoryWatch(spool_dir)
-    except OSError as error:
-        # inotify instances are a per-user limit shared with every other program:
-        # without one, look every flush_interval instead.
-        log.warning("spool_watch_unavailable", session_id=session_id, error=str(error), fallback="polling")
-        watch = None
-    shim = ShimWatch(shim_pid)
-    try:
-        while True:
-            await ingestor.wait_for_room(session_id)
-            if watch is not None:
-                watch.drain()
-            items = reader.read(READ_BUDGET)
-            latest_output = None
-            for record, record_end in items:
-                if record.kind in spool.STREAM_NAMES:
-                    ingestor.append(session_id, spool.STREAM_NAMES[record.kind], record.data, record.timestamp)
-                    ingestor.set_position(session_id, record_end, spool_dir)
-                    if record.kind != spool.STDIN:
-                        latest_output = record.data
-                    continue
-                if record.kind == spool.ROTATE:
-                    ingestor.set_position(session_id, record_end, spool_dir)
-                    continue
-                if record.kind in (spool.EXIT, spool.SPAWN_FAILED):
-                    # The last output's checkpoint check goes before the exit is
-                    # recorded: nothing may change a session's status after its end.
-                    if latest_output is not None:
-                        on_output(latest_output)
-                    on_event(record, record_end)
-                    return record
-                on_event(record, record_end)
-            if latest_output is not None:
-                on_output(latest_output)
-            if items:
-                await trio.lowlevel.checkpoint()
-                continue
-            if shim.ended:
-                return None
-            fds = ([watch.fd] if watch is not None else []) + ([shim.fd] if shim.fd is not None else [])
-            with trio.move_on_after(ingestor.flush_interval if watch is None else math.inf):
-                ready = await _wait_any_readable(fds)
-            if shim.fd is not None and shim.fd in ready:
-                # One more read after the shim is gone picks up its last records.
-                shim.close()
-    finally:
-        reader.close()
-        if watch is not None:
-            trio.lowlevel.notify_closing(watch.fd)
-            watch.close()
-        shim.close()

@@ -1,4 +1,4 @@
-"""Is this still our process? By PID and start ticks (procfs.py), and the boot id."""
+"""Is this still our process? By PID and start ticks (linux.py)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,7 @@ from pathlib import Path
 
 import psutil
 
-from supervisor import procfs
-
-
-def current_boot_id() -> str | None:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return None
+from supervisor import linux
 
 
 @dataclass(frozen=True)
@@ -29,7 +22,7 @@ class ProcessRef:
     @classmethod
     def of(cls, pid: int) -> ProcessRef | None:
         """The process now running as pid, if any."""
-        ticks = procfs.running_start_ticks(pid)
+        ticks = linux.running_start_ticks(pid)
         return cls(pid, ticks) if ticks is not None else None
 
     @classmethod
@@ -41,16 +34,16 @@ class ProcessRef:
         if start_ticks is None:
             if create_time is None:
                 return None
-            start_ticks = procfs.ticks_from_create_time(create_time)
+            start_ticks = linux.ticks_from_create_time(create_time)
         return cls(pid, start_ticks)
 
     def alive(self) -> bool:
         """True while this very process runs (not a reuse of its PID, not a zombie)."""
-        return procfs.running_start_ticks(self.pid) == self.start_ticks
+        return linux.running_start_ticks(self.pid) == self.start_ticks
 
     def create_time(self) -> float:
         """UNIX seconds, for people and the database; identity uses the ticks."""
-        return procfs.create_time_from_ticks(self.start_ticks)
+        return linux.create_time_from_ticks(self.start_ticks)
 
 
 def alive(process: ProcessRef | None) -> bool:

@@ -20,7 +20,8 @@ import structlog
 import trio
 
 from supervisor import fsguard, spool
-from supervisor.processes import ProcessRef, alive, current_boot_id, find_shim, kill_process, signal_group
+from supervisor.linux import current_boot_id
+from supervisor.processes import ProcessRef, alive, find_shim, kill_process, signal_group
 from supervisor.slots import LiveSession, SlotManager, shim_columns
 from supervisor.store import LIVE_STATUSES, Session, utc_now
 

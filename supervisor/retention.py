@@ -5,6 +5,7 @@ the writer, so it never races ingest.
 
 from __future__ import annotations
 
+import functools
 import time
 
 import structlog
@@ -14,6 +15,11 @@ from supervisor.database import DatabaseWriter, ReaderPool
 from supervisor.store import ENDED_STATUSES, Reader, iso_from_unix
 
 log = structlog.get_logger()
+
+
+def truncation_marker(dropped_bytes: int, cap: int) -> bytes:
+    """The system row that stands where retention dropped the middle of a transcript."""
+    return f"transcript truncated: {dropped_bytes} bytes dropped here to keep it under {cap} bytes (retention.max_session_bytes)\n".encode()
 
 async def enforce_session_cap(writer: DatabaseWriter, readers: ReaderPool, retention: Retention) -> None:
     """Truncate the middle of every transcript over max_session_bytes."""
@@ -29,7 +35,8 @@ async def enforce_session_cap(writer: DatabaseWriter, readers: ReaderPool, reten
             continue
         total = 0
         # In slices, each its own call: commits of live output get their turns between.
-        while dropped := await writer.run(writer.store.drop_middle_rows, session_id, *plan, cap):
+        marker_text = functools.partial(truncation_marker, cap=cap)
+        while dropped := await writer.run(writer.store.drop_middle_rows, session_id, *plan, marker_text):
             total += dropped
         if total:
             log.info("transcript_truncated", session_id=session_id, dropped_bytes=total, cap=cap)

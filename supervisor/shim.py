@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from supervisor import fsguard, procfs, spool
+from supervisor import fsguard, linux, spool
 
 READ_SIZE = 65536
 # Stop reading operator input while this much is waiting for the command to read it.
@@ -104,7 +104,7 @@ class Shim:
         self.spec = spec
         self.flush_interval = float(spec["flush_interval"])
         self.stop_timeout = float(spec["stop_timeout"])
-        self.name = procfs.process_name(os.getpid()) or "python3"
+        self.name = linux.process_name(os.getpid()) or "python3"
         self.writer = spool.SpoolWriter(
             session_dir, int(spec["segment_bytes"]), int(spec["max_segments"]), self.on_spool_blocked
         )
@@ -132,7 +132,7 @@ class Shim:
         there for a daemon that restarts meanwhile (and plain for `ps`). What /proc
         shows otherwise (wchan, the sleeping state) cannot tell this wait from any other.
         """
-        procfs.set_own_name(spool.NO_SPACE_NAME if blocked else self.name)
+        linux.set_own_name(spool.NO_SPACE_NAME if blocked else self.name)
 
     def emit(self, kind: int, chunks: list[bytes]) -> None:
         if not chunks:
@@ -272,9 +272,9 @@ class Shim:
             spool.START,
             {
                 "shim_pid": os.getpid(),
-                "shim_start_ticks": procfs.start_ticks(os.getpid()),
+                "shim_start_ticks": linux.start_ticks(os.getpid()),
                 "pid": self.proc.pid,
-                "start_ticks": procfs.start_ticks(self.proc.pid),
+                "start_ticks": linux.start_ticks(self.proc.pid),
                 "started_at": time.time(),
             },
         )

@@ -24,11 +24,13 @@ from pathlib import Path
 import structlog
 import trio
 
-from supervisor import fsguard, procfs, spool
+from supervisor import fsguard, linux, spool
 from supervisor.config import Config
 from supervisor.database import DatabaseWriter
-from supervisor.ingest import Ingestor, tail_spool
-from supervisor.processes import ProcessRef, current_boot_id, kill_process, signal_group
+from supervisor.ingest import Ingestor
+from supervisor.tailing import tail_spool
+from supervisor.linux import current_boot_id
+from supervisor.processes import ProcessRef, kill_process, signal_group
 from supervisor.protocol import ErrorCode, RequestError
 from supervisor.stdin import InputClosed, InputWriter
 from supervisor.store import LIVE_STATUSES, Session, iso_from_unix, utc_now
@@ -474,7 +476,7 @@ class SlotManager:
         """
         for live in self.live.values():
             shim = live.shim
-            blocked = shim is not None and procfs.process_name(shim.pid) == spool.NO_SPACE_NAME and shim.alive()
+            blocked = shim is not None and linux.process_name(shim.pid) == spool.NO_SPACE_NAME and shim.alive()
             if blocked == (live.output_blocked is not None):
                 continue
             bound = log.bind(session_id=live.id, slot=live.slot)

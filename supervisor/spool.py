@@ -32,7 +32,7 @@ import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple, Self, TypeVar
 
 from supervisor.errors import CorruptSpool
 
@@ -302,6 +302,12 @@ class SpoolReader:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def delete_segments_before(session_dir: Path, segment: int) -> None:

@@ -11,21 +11,23 @@ import contextlib
 import dataclasses
 import datetime
 import json
-import logging
 import math
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import apsw
 import apsw.bestpractice
+import structlog
 
 from supervisor.errors import AmbiguousPrefix, DamagedRow, SchemaTooNew
 from supervisor import jsonlimits
+
+log = structlog.get_logger()
 
 LIVE_STATUSES = ("running", "paused", "waiting_checkpoint")
 ENDED_STATUSES = ("completed", "failed", "killed", "lost", "cancelled")
@@ -226,7 +228,7 @@ def _sessions_from_rows(rows: Iterable[Sequence[Any]]) -> list[Session]:
         try:
             sessions.append(_session_from_row(row))
         except DamagedRow as error:
-            logging.getLogger("slotd.store").error("damaged session row left out: %s", error)
+            log.error("damaged_session_row_left_out", session_id=error.session_id, error=str(error))
     return sessions
 
 
@@ -418,6 +420,12 @@ class Reader:
 
     def close(self) -> None:
         self.db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def get_session(self, session_id: str) -> Session | None:
         for row in self.db.execute(f"SELECT {_SELECT_COLUMNS} FROM sessions WHERE id = ?", (session_id,)):
@@ -890,10 +898,13 @@ class Store(Reader):
     def sessions_over_cap(self, cap: int) -> list[str]:
         return [sid for (sid,) in self.db.execute("SELECT id FROM sessions WHERE transcript_bytes > ?", (cap,))]
 
-    def drop_middle_rows(self, session_id: str, head_end: int, tail_start: int, cap: int, max_rows: int = 256) -> int:
+    def drop_middle_rows(
+        self, session_id: str, head_end: int, tail_start: int, marker_text: Callable[[int], bytes], max_rows: int = 256
+    ) -> int:
         """Drop up to max_rows of the oldest rows strictly between head_end and
-        tail_start (a truncation_plan), keeping one marker row there; returns the bytes
-        dropped, 0 once nothing is left to drop. Slices keep each call short, so the
+        tail_start (a truncation_plan), keeping one marker row there, whose text is
+        marker_text(bytes dropped so far); returns the bytes dropped now, 0 once nothing
+        is left to drop. Slices keep each call short, so the
         commits of live output get their turns between them.
 
         The marker is a system row that takes the first dropped row's sequence number,
@@ -921,10 +932,7 @@ class Store(Reader):
                 (session_id, lower, drop_end),
             )
             total_dropped = session.truncated_bytes + dropped
-            text = (
-                f"transcript truncated: {total_dropped} bytes dropped here to keep it under "
-                f"{cap} bytes (retention.max_session_bytes)\n"
-            ).encode()
+            text = marker_text(total_dropped)
             if marker is None:
                 marker = lower + 1
                 old_marker_bytes = 0

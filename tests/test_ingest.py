@@ -22,7 +22,8 @@ import trio.testing
 
 from supervisor import spool
 from supervisor.database import DatabaseWriter
-from supervisor.ingest import Ingestor, tail_spool
+from supervisor.ingest import Ingestor
+from supervisor.tailing import tail_spool
 from supervisor.spool import Position, Record, SpoolReader, SpoolWriter
 from supervisor.store import ROW_OVERHEAD, Batch, Reader, Row, Session, Store, utc_now
 from tests.conftest import end_shim_run, wait_for

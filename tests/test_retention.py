@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+
 from supervisor import retention
+from supervisor.retention import truncation_marker
 from supervisor.config import Retention
 from supervisor.database import DatabaseWriter
 from supervisor.store import Batch, Reader, Row, Session, Store, iso_from_unix
@@ -108,7 +111,7 @@ def test_truncation_in_slices_keeps_head_tail_and_an_exact_byte_count(tmp_path):
         for _ in range(2):  # a second round moves the marker's count, not the head
             plan = reader.truncation_plan(session.id, cap, cap * 9 // 10)
             assert plan is not None
-            while store.drop_middle_rows(session.id, *plan, cap, max_rows=100):
+            while store.drop_middle_rows(session.id, *plan, functools.partial(truncation_marker, cap=cap), max_rows=100):
                 pass
             more = Batch()
             last = reader.last_seq(session.id)

@@ -1,0 +1,169 @@
+"""The Linux primitives slotd stands on, in one place; standard library only (the shim
+uses it too).
+
+- /proc: process identity and names. A PID names a process only until it is reused;
+  (PID, start time) names it for good. The start time is field 22 of /proc/PID/stat, in
+  clock ticks since boot. Unlike a create time in UNIX seconds (psutil's, which adds the
+  boot time), it does not move when the clock is stepped (NTP's first sync, a VM
+  resumed), so it is what identity compares.
+- the boot id: a new one each boot, so a recorded PID from before a reboot is no one's.
+- pidfd: a descriptor that becomes readable when a process exits, for any process,
+  not only our children.
+- inotify (through ctypes): idle spools cost no polling at all.
+- SO_PEERCRED: who is at the other end of a Unix socket, as the kernel saw it connect.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import socket
+import struct
+from pathlib import Path
+from typing import Protocol
+
+# -- /proc ------------------------------------------------------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """/proc/PID/stat from field 3 on, or None if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            content = stat.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    return content[content.rindex(b")") + 2 :].split()
+
+
+def start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None if it is gone."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None
+
+
+def running_start_ticks(pid: int) -> int | None:
+    """Like start_ticks, but None for a zombie too: it has ended, only not been reaped."""
+    fields = _stat_fields(pid)
+    if not fields or fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+def boot_time() -> float:
+    """The boot time, in UNIX seconds, as the kernel states it (/proc/stat btime)."""
+    with open("/proc/stat", "rb") as stat:
+        for line in stat:
+            if line.startswith(b"btime "):
+                return float(line.split()[1])
+    raise RuntimeError("no btime in /proc/stat")
+
+
+def create_time_from_ticks(ticks: int) -> float:
+    """psutil's create_time for a process that started `ticks` after boot."""
+    return ticks / CLOCK_TICKS + boot_time()
+
+
+def ticks_from_create_time(create_time: float) -> int:
+    """The inverse of create_time_from_ticks, on this boot (and unstepped clock)."""
+    return round((create_time - boot_time()) * CLOCK_TICKS)
+
+
+def process_name(pid: int) -> str | None:
+    """The process's name (/proc/PID/comm), or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as comm:
+            return comm.read().rstrip(b"\n").decode(errors="replace")
+    except OSError:
+        return None
+
+
+def set_own_name(name: str) -> bool:
+    """Rename this process (what /proc/PID/comm and ps show; 15 bytes kept); False if
+    /proc would not let it. Only the process itself can do this (the kernel allows
+    it within the thread group only), so no other process can fake what it says."""
+    try:
+        with open("/proc/self/comm", "wb", buffering=0) as comm:
+            comm.write(name.encode()[:15])
+    except OSError:
+        return False
+    return True
+
+
+# -- the boot id ------------------------------------------------------------------------
+
+
+def current_boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+# -- pidfd ------------------------------------------------------------------------------
+
+
+def pidfd_open(pid: int) -> int | None:
+    """A pidfd for the process, readable once it has exited; None if it is gone."""
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+
+
+# -- inotify ----------------------------------------------------------------------------
+
+IN_MODIFY = 0x00000002
+IN_CLOSE_WRITE = 0x00000008
+IN_MOVED_TO = 0x00000080
+IN_CREATE = 0x00000100
+IN_NONBLOCK = os.O_NONBLOCK
+IN_CLOEXEC = os.O_CLOEXEC
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+
+class DirectoryWatch:
+    """A readable file descriptor whenever a file in the directory is created or written."""
+
+    def __init__(self, directory: Path) -> None:
+        fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if fd < 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"inotify_init1: {os.strerror(error)}")
+        self.fd = fd
+        mask = IN_MODIFY | IN_CREATE | IN_CLOSE_WRITE | IN_MOVED_TO
+        if _libc.inotify_add_watch(fd, os.fsencode(directory), mask) < 0:
+            error = ctypes.get_errno()
+            os.close(fd)
+            raise OSError(error, f"inotify_add_watch {directory}: {os.strerror(error)}")
+
+    def drain(self) -> None:
+        """Forget the events seen so far; the caller is about to look at the files."""
+        try:
+            while os.read(self.fd, 65536):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+# -- SO_PEERCRED ------------------------------------------------------------------------
+
+_UCRED = struct.Struct("3i")
+
+
+class _Socket(Protocol):
+    def getsockopt(self, level: int, option: int, buflen: int, /) -> bytes: ...
+
+
+def peer_credentials(sock: _Socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end, as the kernel saw it connect."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    pid, uid, gid = _UCRED.unpack(raw)
+    return pid, uid, gid
