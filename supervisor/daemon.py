@@ -32,8 +32,8 @@ import apsw
 import structlog
 import trio
 
-from supervisor.errors import DaemonExit, StartupError
-from supervisor import __version__, control, fsguard, maintenance, recovery, systemd
+from supervisor.errors import DaemonExit, SocketInUse, SocketPathError, StartupError
+from supervisor import __version__, control, fsguard, maintenance, recovery, socketfile, systemd
 from supervisor.commands import Commands
 from supervisor.config import Config, ConfigError, load_config, replace
 from supervisor.database import DatabaseWriter, ReaderPool
@@ -272,7 +272,7 @@ class Daemon:
         ingestor = Ingestor(writer, config.flush_interval, config.batch_max_bytes)
         slots = SlotManager(config, writer, ingestor, self.session_umask)
         commands = self.commands = Commands(config, slots, readers, ingestor, self.request_shutdown)
-        socket_file: control.SocketFile | None = None
+        socket_file: socketfile.SocketFile | None = None
         try:
             async with trio.open_nursery() as outer:
                 await outer.start(ingestor.run)
@@ -284,7 +284,7 @@ class Daemon:
                     with self.startup_scope:
                         counts = await recovery.reconcile(slots)
                         log.info("reconciled", **counts)
-                        sock, socket_file = await control.bind_socket(config.socket, socket_group_id(config))
+                        sock, socket_file = await socketfile.bind_socket(config.socket, socket_group_id(config))
                         accepting = await inner.start(control.serve, sock, commands, control.PeerPolicy(config.socket_group))
                         await inner.start(maintenance.checkpoint_loop, ingestor, writer, checkpointer)
                         await inner.start(maintenance.retention_loop, config, writer, readers)
@@ -356,18 +356,18 @@ def main(argv: list[str] | None = None) -> None:
         with hold_locks(config) as (lock_fd, lock_history):
             # Before anything is reconciled: a daemon of another state directory may
             # answer on this socket path (checked again when binding, for a race).
-            trio.run(control.check_socket_free, config.socket)
+            trio.run(socketfile.check_socket_free, config.socket)
             run_until_stopped(Daemon(config, session_umask, lock_fd, lock_history))
     except fsguard.PathError as error:
         refuse(str(error), DaemonExit.CONFIG)
-    except (control.SocketInUse, control.SocketPathError, StartupError) as error:
+    except (SocketInUse, SocketPathError, StartupError) as error:
         refuse(str(error), exit_code_of(error))
 
 
 def exit_code_of(error: Exception) -> int:
     if isinstance(error, StartupError):
         return error.exit_code
-    if isinstance(error, control.SocketInUse):
+    if isinstance(error, SocketInUse):
         return DaemonExit.ALREADY_RUNNING
     return DaemonExit.CONFIG  # a path that is not a socket, or too long for one: the configuration's
 
@@ -393,7 +393,7 @@ def run_until_stopped(daemon: Daemon) -> None:
     try:
         with library_log_held():
             trio.run(daemon.run)
-    except* (StartupError, control.SocketInUse, control.SocketPathError) as group:
+    except* (StartupError, SocketInUse, SocketPathError) as group:
         error = leaves(group)[0]
         refuse(str(error), exit_code_of(error))
     except* DAMAGED_DATABASE_ERRORS as group:

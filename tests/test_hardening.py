@@ -20,7 +20,7 @@ import pytest
 import structlog
 import trio
 
-from supervisor import control, jsonlimits, spool
+from supervisor import control, jsonlimits, socketfile, spool
 from supervisor.commands import Commands
 from supervisor.config import Config
 from supervisor.database import DatabaseWriter, ReaderPool
@@ -338,7 +338,7 @@ class InProcessDaemon:
 
     async def serve(self, nursery: trio.Nursery, stall_timeout: float) -> None:
         await nursery.start(self.ingestor.run)
-        sock, _socket_file = await control.bind_socket(self.config.socket, None)
+        sock, _socket_file = await socketfile.bind_socket(self.config.socket, None)
         serve = functools.partial(control.serve, sock, self.commands, control.PeerPolicy(None), stall_timeout=stall_timeout)
         await nursery.start(serve)
 
