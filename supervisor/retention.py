@@ -12,7 +12,7 @@ import structlog
 
 from supervisor.config import Retention
 from supervisor.database import DatabaseWriter, ReaderPool
-from supervisor.store import ENDED_STATUSES, Reader, iso_from_unix
+from supervisor.store import ENDED_STATUSES, Reader, iso_from_unix, trimming
 
 log = structlog.get_logger()
 
@@ -29,14 +29,14 @@ async def enforce_session_cap(writer: DatabaseWriter, readers: ReaderPool, reten
     # Down to 90 % of the cap: a session writing on is truncated again only after
     # another tenth of the cap, not at every tick.
     target = cap * 9 // 10
-    for session_id in await writer.run(writer.store.sessions_over_cap, cap):
+    for session_id in await writer.run(trimming.sessions_over_cap, writer.store, cap):
         plan = await readers.run(Reader.truncation_plan, session_id, cap, target)
         if plan is None:
             continue
         total = 0
         # In slices, each its own call: commits of live output get their turns between.
         marker_text = functools.partial(truncation_marker, cap=cap)
-        while dropped := await writer.run(writer.store.drop_middle_rows, session_id, *plan, marker_text):
+        while dropped := await writer.run(trimming.drop_middle_rows, writer.store, session_id, *plan, marker_text):
             total += dropped
         if total:
             log.info("transcript_truncated", session_id=session_id, dropped_bytes=total, cap=cap)
@@ -49,9 +49,9 @@ async def enforce_age_and_budget(writer: DatabaseWriter, retention: Retention) -
         cutoff = iso_from_unix(time.time() - retention.max_age_days * 86400)
         deleted += await writer.run(writer.store.prune, cutoff, ENDED_STATUSES)
     if retention.max_db_bytes:
-        while await writer.run(writer.store.used_bytes) > retention.max_db_bytes:
+        while await writer.run(trimming.used_bytes, writer.store) > retention.max_db_bytes:
             # One at a time, oldest first: delete no more than the budget needs.
-            oldest = await writer.run(writer.store.oldest_ended, 1)
+            oldest = await writer.run(trimming.oldest_ended, writer.store, 1)
             if not oldest:
                 break  # only live or queued sessions left: nothing more may go
             await writer.run(writer.store.delete_session, oldest[0])

@@ -8,7 +8,7 @@ from supervisor import retention
 from supervisor.retention import truncation_marker
 from supervisor.config import Retention
 from supervisor.database import DatabaseWriter
-from supervisor.store import Batch, Reader, Row, Session, Store, iso_from_unix
+from supervisor.store import Batch, Reader, Row, Session, Store, iso_from_unix, trimming
 from tests.conftest import py, wait_for
 
 MiB = 1 << 20
@@ -85,7 +85,7 @@ async def test_the_oldest_ended_sessions_go_while_the_database_is_over_budget(tm
     budget = 3 * MiB
     deleted = await retention.enforce_age_and_budget(writer, Retention(max_age_days=0, max_db_bytes=budget))
     assert deleted == ids[: len(deleted)]
-    assert store.used_bytes() <= budget
+    assert trimming.used_bytes(store) <= budget
     assert len(deleted) <= 4  # six 1 MiB sessions over a 3 MiB budget: no more than needed
     assert [s.id for s in store.sessions_with_status(["completed"])] == ids[len(deleted) :]
     store.close()
@@ -111,7 +111,7 @@ def test_truncation_in_slices_keeps_head_tail_and_an_exact_byte_count(tmp_path):
         for _ in range(2):  # a second round moves the marker's count, not the head
             plan = reader.truncation_plan(session.id, cap, cap * 9 // 10)
             assert plan is not None
-            while store.drop_middle_rows(session.id, *plan, functools.partial(truncation_marker, cap=cap), max_rows=100):
+            while trimming.drop_middle_rows(store, session.id, *plan, functools.partial(truncation_marker, cap=cap), max_rows=100):
                 pass
             more = Batch()
             last = reader.last_seq(session.id)
