@@ -86,7 +86,7 @@ def prepare_directories(config: Config) -> Config:
     real = {}
     for key in ("state_dir", "runtime_dir"):
         directory = getattr(config, key)
-        if on_socket_path(directory):
+        if gid is not None and on_socket_path(directory):
             real[key] = fsguard.ensure_dir(directory, GROUP_PASS_MODE, gid)
         else:
             real[key] = fsguard.ensure_dir(directory, PRIVATE_DIR_MODE)
@@ -98,7 +98,7 @@ def prepare_directories(config: Config) -> Config:
         real_socket_dir = fsguard.ensure_dir(socket_dir, PRIVATE_DIR_MODE)
     else:
         real_socket_dir = fsguard.ensure_dir(socket_dir, GROUP_PASS_MODE, gid)
-    if gid is not None:
+    if gid is not None and config.socket_group:
         check_group_can_pass(real_socket_dir, config.socket_group, gid)
     return replace(config, socket=real_socket_dir / config.socket.name, **real)
 
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
         refuse(str(error), exit_code_of(error))
 
 
-def exit_code_of(error: Exception) -> int:
+def exit_code_of(error: BaseException) -> int:
     if isinstance(error, StartupError):
         return error.exit_code
     if isinstance(error, SocketInUse):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import threading
 from collections.abc import Iterator
 
 import structlog
@@ -60,23 +61,25 @@ class _ToStructlog(logging.Handler):
     def __init__(self) -> None:
         super().__init__()
         self.held: list[logging.LogRecord] | None = None
+        # Not Handler.lock, which handle() holds around emit: this one guards held.
+        self.held_lock = threading.Lock()
 
     def hold_back(self) -> None:
-        with self.lock:  # SQLite logs from the writer and reader threads too
+        with self.held_lock:  # SQLite logs from the writer and reader threads too
             self.held = []
 
     def let_through(self, level: int | None = None) -> None:
-        with self.lock:
+        with self.held_lock:
             held, self.held = self.held or [], None
             for record in held:
                 self.forward(record, level)
 
     def emit(self, record: logging.LogRecord) -> None:
-        # Handler.handle() calls emit with self.lock held.
-        if self.held is not None:
-            self.held.append(record)
-        else:
-            self.forward(record)
+        with self.held_lock:
+            if self.held is not None:
+                self.held.append(record)
+                return
+        self.forward(record)
 
     def forward(self, record: logging.LogRecord, level: int | None = None) -> None:
         message = record.getMessage()

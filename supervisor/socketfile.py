@@ -84,7 +84,7 @@ async def check_socket_free(path: Path) -> os.stat_result | None:
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return
+        return None
     if not stat.S_ISSOCK(st.st_mode):
         raise SocketPathError(f"{path} exists and is not a socket; refusing to replace it")
     pid = await listener_pid(path)
