@@ -54,7 +54,7 @@ def build_history(path: Path, sessions: int) -> float:
     # Ended in the last N seconds, one a second: retention's max_age_days must not prune them.
     rows = (
         (str(uuid.uuid4()), arrival, "completed" if arrival % 10 else "failed", '["make", "-C", "/srv/build", "test"]', "/srv",
-         '{"job": "nightly"}', now, now, iso_from_unix(first_end + arrival), arrival % 10 and 0 or 2)
+         '{"job": "nightly"}', now, now, iso_from_unix(first_end + arrival), 0 if arrival % 10 else 2)
         for arrival in range(1, sessions + 1)
     )
     with store.write():
