@@ -15,8 +15,9 @@ import os
 import re
 import signal
 import sys
+import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from supervisor import __version__
@@ -103,25 +104,39 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
 
 
-def print_sessions(sessions: list[dict[str, Any]]) -> None:
-    rows = []
-    for s in sessions:
-        when = s["ended_at"] or s["started_at"] or s["queued_at"]
-        labels = ",".join(f"{k}={v}" for k, v in s["labels"].items())
-        rows.append(
-            [
-                short_id(s["id"]),
-                str(s["slot"] or "-"),
-                s["status"] + (" (disk full)" if s.get("output_blocked") else ""),
-                str(s["priority"]),
-                str(s["pid"] or "-"),
-                outcome(s),
-                age(when),
-                command_text(s["argv"]),
-                labels,
-            ]
-        )
-    print_table(["ID", "SLOT", "STATUS", "PRI", "PID", "EXIT", "AGE", "COMMAND", "LABELS"], rows)
+def session_row(s: dict[str, Any]) -> list[str]:
+    """A session's line of the `ps` table, cell by cell."""
+    when = s["ended_at"] or s["started_at"] or s["queued_at"]
+    labels = ",".join(f"{k}={v}" for k, v in s["labels"].items())
+    return [
+        short_id(s["id"]),
+        str(s["slot"] or "-"),
+        s["status"] + (" (disk full)" if s.get("output_blocked") else ""),
+        str(s["priority"]),
+        str(s["pid"] or "-"),
+        outcome(s),
+        age(when),
+        command_text(s["argv"]),
+        labels,
+    ]
+
+
+SESSION_HEADERS = ["ID", "SLOT", "STATUS", "PRI", "PID", "EXIT", "AGE", "COMMAND", "LABELS"]
+
+
+def print_sessions(sessions: Iterable[dict[str, Any]]) -> None:
+    # The cells only are kept (the table's widths need every row): a tenth of the sessions' size.
+    print_table(SESSION_HEADERS, [session_row(s) for s in sessions])
+
+
+def print_json_array(values: Iterable[Any]) -> None:
+    """Print values as print_json prints their list, each as soon as it comes."""
+    opened = False
+    for value in values:
+        item = textwrap.indent(json.dumps(value, indent=2, sort_keys=True), "  ")
+        sys.stdout.write((",\n" if opened else "[\n") + item)
+        opened = True
+    print("\n]" if opened else "[]")
 
 
 def print_session(session: dict[str, Any]) -> None:
@@ -301,20 +316,30 @@ def cmd_run(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_ps(client: Client, args: argparse.Namespace) -> int:
-    result = client.request(
-        "ps",
-        status=args.status or None,
-        labels=parse_kv(args.label, "--label") or None,
-        limit=args.limit,
-        all=args.all,
-        count_hidden=True,
-    )
+    # Streamed: the daemon sends any number of sessions a page at a time, never one
+    # reply of them all.
+    final: dict[str, Any] = {}
+
+    def sessions() -> Iterator[dict[str, Any]]:
+        for message in client.messages(
+            "ps",
+            status=args.status or None,
+            labels=parse_kv(args.label, "--label") or None,
+            limit=args.limit,
+            all=args.all,
+            stream=True,
+        ):
+            if "session" in message:
+                yield message["session"]
+            else:
+                final.update(result_of(message))
+
     if args.json:
-        print_json(result["sessions"])
+        print_json_array(sessions())
     else:
-        print_sessions(result["sessions"])
-    if result["hidden"]:
-        print(f"{result['hidden']} older ended sessions not shown (ps -a)", file=sys.stderr)
+        print_sessions(sessions())
+    if final["hidden"]:
+        print(f"{final['hidden']} older ended sessions not shown (ps -a)", file=sys.stderr)
     return CliExit.OK
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import trio
 
@@ -19,11 +20,16 @@ from supervisor import __version__
 from supervisor.config import Config
 from supervisor.database import ReaderPool
 from supervisor.ingest import Ingestor
-from supervisor.protocol import PS_RECENT_ENDED, ClientStalled, ErrorCode, RequestError, encode_data, signal_number
+from supervisor.protocol import PS_RECENT_ENDED, PS_REPLY_MAX, ClientStalled, ErrorCode, RequestError, encode_data, signal_number
 from supervisor.slots import SlotManager, free_bytes
-from supervisor.store import ENDED_STATUSES, AmbiguousPrefix, DamagedRow, Reader, Row, Session, iso_from_unix, unix_from_iso, utc_now
+from supervisor.store import ALL_STATUSES, ENDED_STATUSES, AmbiguousPrefix, DamagedRow, EndedCursor, Reader, Row, Session, iso_from_unix, unix_from_iso, utc_now
 
-Emit = Callable[[dict[str, Any]], Awaitable[None]]
+
+class Emit(Protocol):
+    """Sends messages of the request being answered (before its final reply), in order."""
+
+    async def __call__(self, *messages: dict[str, Any]) -> None: ...
+
 
 # A page of transcript: what one client's request holds in memory at a time.
 PAGE_ROWS = 500
@@ -35,6 +41,8 @@ PAGES_IN_FLIGHT = 64
 # How long a client may take over one page before it is let go (as control.py lets go
 # of one that takes nothing for as long).
 PAGE_SEND_DEADLINE = 60.0
+# A page of a `ps` listing: the sessions read, shaped and sent at a time.
+PS_PAGE = 200
 
 
 def read_page(reader: Reader, session_id: str, after: int, streams: list[str] | None, since_ts: float | None = None) -> list[Row]:
@@ -109,6 +117,24 @@ def cut_lines(data: bytes, newlines: int) -> bytes:
     return data[cut + 1 :]
 
 
+def sessions_json(sessions: list[Session]) -> list[dict[str, Any]]:
+    return [session.to_json() for session in sessions]
+
+
+def read_unended(reader: Reader, statuses: list[str], labels: dict[str, Any] | None, limit: int | None) -> list[dict[str, Any]]:
+    """Every session not ended of these statuses, as JSON (in the reader's thread: a
+    page of sessions costs milliseconds to convert, which the event loop must not pay)."""
+    return sessions_json(reader.list_sessions(statuses, labels, limit))
+
+
+def read_ended_page(
+    reader: Reader, statuses: list[str] | None, labels: dict[str, Any] | None, after: EndedCursor | None, limit: int
+) -> tuple[list[dict[str, Any]], EndedCursor | None]:
+    """A page of ended sessions as JSON, and the cursor to carry on from (None at the end)."""
+    sessions, cursor = reader.ended_page(statuses, labels, after, limit)
+    return sessions_json(sessions), cursor
+
+
 def read_follow_page(reader: Reader, session_id: str, after: int, streams: list[str] | None) -> tuple[Session | None, list[Row]]:
     """The session as it is, then its rows after `after`: in that order, so a session
     seen ended has all its rows in the page (its end is committed with them)."""
@@ -181,8 +207,7 @@ class Commands:
 
     def _with_live_state(self, session: Session) -> dict[str, Any]:
         """The session object, with what only the daemon's memory knows of a live one."""
-        live = self.slots.live.get(session.id)
-        return {**session.to_json(), "output_blocked": live.output_blocked if live is not None else None}
+        return self._with_output_blocked([session.to_json()])[0]
 
     # -- sessions ------------------------------------------------------------------
 
@@ -196,14 +221,80 @@ class Commands:
         statuses = args["status"]
         if isinstance(statuses, str):
             statuses = [statuses]
-        if statuses or args["all"]:
-            sessions = await self.readers.run(Reader.list_sessions, statuses, args["labels"], args["limit"])
-            hidden = 0
-        else:
-            # Like `docker ps`: what runs and waits, and only the latest of what ended.
-            sessions, hidden = await self.readers.run(Reader.recent_sessions, args["labels"], PS_RECENT_ENDED, args["limit"])
-        listed = [self._with_live_state(session) for session in sessions]
+        # Like `docker ps`: what runs and waits, and only the latest of what ended.
+        recent_only = not (statuses or args["all"])
+        listed: list[dict[str, Any]] = []
+
+        async def deliver(page: list[dict[str, Any]]) -> None:
+            if args["stream"]:
+                with trio.move_on_after(PAGE_SEND_DEADLINE) as sending:
+                    await emit(*({"session": session} for session in page))
+                if sending.cancelled_caught:
+                    raise ClientStalled(f"took {PAGE_SEND_DEADLINE:g}s over one page of {len(page)} sessions")
+            else:
+                listed.extend(page)
+                if len(listed) > PS_REPLY_MAX:
+                    raise RequestError(
+                        ErrorCode.TOO_LARGE,
+                        f"ps: more than {PS_REPLY_MAX} sessions match, too many for one reply: "
+                        'ask with "stream": true (as slotctl does) or a limit',
+                    )
+
+        count = await self._list_sessions(statuses, args["labels"], args["limit"], PS_RECENT_ENDED if recent_only else None, deliver)
+        hidden = max(await self.readers.run(Reader.count_ended, args["labels"]) - PS_RECENT_ENDED, 0) if recent_only else 0
+        if args["stream"]:
+            return {"listed": count, "hidden": hidden}
         return {"sessions": listed, "hidden": hidden} if args["count_hidden"] else listed
+
+    async def _list_sessions(
+        self,
+        statuses: list[str] | None,
+        labels: dict[str, Any] | None,
+        limit: int | None,
+        ended_cap: int | None,
+        deliver: Callable[[list[dict[str, Any]]], Awaitable[None]],
+    ) -> int:
+        """Hand deliver the sessions `ps` lists, in its order, a page at a time, each page
+        read and delivered under one of the daemon's page slots; how many were listed.
+
+        The sessions not ended (as many as slots and the queue hold) come in one page
+        read at once; the ended ones follow, PS_PAGE at a time (at most ended_cap of
+        them), the latest first. A session listed as live or queued that ends meanwhile
+        is not listed again among the ended ones: each is listed once.
+        """
+        remaining = limit if limit is not None else math.inf
+        unended = [status for status in ALL_STATUSES if status not in ENDED_STATUSES and (not statuses or status in statuses)]
+        ended = [status for status in ENDED_STATUSES if not statuses or status in statuses]
+        listed = 0
+        seen: set[str] = set()
+        if unended and remaining:
+            async with self.page_slots:
+                page = await self.readers.run(read_unended, unended, labels, limit)
+                seen = {session["id"] for session in page}
+                await deliver(self._with_output_blocked(page))
+                listed += len(page)
+                remaining -= len(page)
+        cursor: EndedCursor | None = None
+        ended_left = ended_cap if ended_cap is not None else math.inf
+        while ended and remaining and ended_left:
+            async with self.page_slots:
+                size = int(min(PS_PAGE, remaining, ended_left))
+                page, cursor = await self.readers.run(read_ended_page, ended if statuses else None, labels, cursor, size)
+                page = [session for session in page if session["id"] not in seen]
+                ended_left -= len(page)
+                await deliver(self._with_output_blocked(page))
+                listed += len(page)
+                remaining -= len(page)
+            if cursor is None:
+                break
+        return listed
+
+    def _with_output_blocked(self, sessions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Session objects given what only the daemon's memory knows of a live one."""
+        for session in sessions:
+            live = self.slots.live.get(session["id"])
+            session["output_blocked"] = live.output_blocked if live is not None else None
+        return sessions
 
     async def cmd_show(self, args: dict, emit: Emit) -> Any:
         session = await self._session(args["session"])

@@ -5,7 +5,8 @@ Newline-delimited JSON over a Unix stream socket. A request is
 ``{"id": 1, "ok": true, "result": ...}`` or
 ``{"id": 1, "ok": false, "error": {"code": "not_found", "message": "..."}}``.
 Streaming commands (``logs``, ``follow``) first send any number of
-``{"id": 1, "row": {...}}`` messages, one per transcript row. docs/protocol.md
+``{"id": 1, "row": {...}}`` messages, one per transcript row; ``ps`` with ``stream``
+sends ``{"id": 1, "session": {...}}`` messages the same way. docs/protocol.md
 describes every command, argument and error code.
 """
 
@@ -32,6 +33,9 @@ MAX_STOP_TIMEOUT = 86400
 MAX_LABELS_BYTES = 64 * 1024
 # `ps` without a status filter or "all" lists this many ended sessions, the latest.
 PS_RECENT_ENDED = 20
+# `ps` without "stream" answers with at most this many sessions in its one reply (about
+# 600 KiB of JSON for plain sessions); a longer listing is streamed a session a message.
+PS_REPLY_MAX = 1000
 
 
 class ErrorCode:
@@ -205,6 +209,7 @@ COMMANDS: dict[str, dict[str, Arg]] = {
         "limit": Arg(_is_non_negative_int, "an integer >= 0"),
         "all": Arg(_is_bool, f"true to list every ended session, not only the {PS_RECENT_ENDED} latest", default=False),
         "count_hidden": Arg(_is_bool, 'true for {"sessions": [...], "hidden": N} instead of the bare list', default=False),
+        "stream": Arg(_is_bool, 'true to receive each session as a {"session": {...}} message, then {"listed": N, "hidden": N}', default=False),
     },
     "show": {"session": SESSION},
     "logs": {

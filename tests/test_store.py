@@ -278,18 +278,34 @@ def test_list_sessions_orders_checkpoint_live_queued_then_ended(store: Store) ->
     assert [by_id[s.id] for s in store.list_sessions(limit=3)] == order[:3]
 
 
-def test_recent_sessions_keeps_every_live_one_and_the_latest_ended_and_counts_the_rest(store: Store) -> None:
-    """recent_sessions lists sessions not ended, then the N that ended last among those matching the labels, and counts the other matching ended ones."""
-    queued = store.create_session(new_session(labels={"team": "a"}))
+def test_ended_page_walks_every_ended_session_once_latest_first_past_damaged_rows(store: Store) -> None:
+    """ended_page, a page at a time, lists every matching ended session once in list_sessions' order (equal end times, no end time and a damaged row included) and count_ended counts them."""
+    store.create_session(new_session(labels={"team": "a"}))  # queued: not ended
     ended = [
-        store.create_session(new_session(status="completed", ended_at=f"2026-01-01T00:00:{second:02d}+00:00", labels={"team": team}))
-        for second, team in enumerate("abababa")
+        store.create_session(new_session(status="completed", ended_at=f"2026-01-01T00:00:{second // 2:02d}+00:00", labels={"team": team}))
+        for second, team in enumerate("abababab")
     ]
-    sessions, hidden = store.recent_sessions({"team": "a"}, 2)
-    assert [s.id for s in sessions] == [queued.id, ended[6].id, ended[4].id]
-    assert hidden == 2  # ended[2] and ended[0]
-    sessions, hidden = store.recent_sessions(None, 3, limit=2)
-    assert [s.id for s in sessions] == [queued.id, ended[6].id] and hidden == 4
+    killed = store.create_session(new_session(status="killed", ended_at="2026-01-02T00:00:00+00:00", labels={"team": "a"}))
+    no_end = [store.create_session(new_session(status="failed", labels={"team": "a"})) for _ in range(3)]
+    damaged = ended[4]
+    with store.write():
+        store.db.execute("UPDATE sessions SET labels = '{\"team\": \"a\", broken' WHERE id = ?", (damaged.id,))
+
+    def walk(statuses: list[str] | None, labels: dict | None, size: int) -> list[str]:
+        listed, cursor = [], None
+        while True:
+            page, cursor = store.ended_page(statuses, labels, cursor, size)
+            listed += [session.id for session in page]
+            if cursor is None:
+                return listed
+
+    everything = [killed.id, *(s.id for s in reversed(ended) if s is not damaged), *(s.id for s in reversed(no_end))]
+    assert [s.id for s in store.list_sessions(statuses=list(ENDED_STATUSES))] == everything
+    for size in (1, 2, 3, 100):
+        assert walk(None, None, size) == everything
+    assert walk(["completed"], None, 2) == [s.id for s in reversed(ended) if s is not damaged]
+    assert walk(None, {"team": "a"}, 2) == [killed.id, ended[6].id, ended[2].id, ended[0].id, *(s.id for s in reversed(no_end))]
+    assert store.count_ended(None) == 12 and store.count_ended({"team": "b"}) == 4
 
 
 def test_list_sessions_filters_by_labels(store: Store) -> None:

@@ -21,7 +21,7 @@ from supervisor.store.files import (
     database_is_empty,
     leave_journal_on_close,
 )
-from supervisor.store.reader import Reader
+from supervisor.store.reader import EndedCursor, Reader
 from supervisor.store.records import (
     ALL_STATUSES,
     ENDED_STATUSES,
@@ -56,6 +56,7 @@ __all__ = [
     "Checkpointer",
     "DamagedRow",
     "DatabaseFile",
+    "EndedCursor",
     "Reader",
     "Row",
     "SchemaTooNew",

@@ -10,7 +10,6 @@ from typing import Any, Self
 from supervisor.errors import AmbiguousPrefix
 from supervisor.store.records import (
     ENDED_STATUSES,
-    LIVE_STATUSES,
     Row,
     Session,
     _SELECT_COLUMNS,
@@ -38,6 +37,9 @@ def _stream_filter(streams: Sequence[str] | None, args: list[Any]) -> str:
 # The condition sessions_by_end is declared with, as SQL text: SQLite uses a partial
 # index only for queries whose WHERE clause contains its condition (not bound values).
 _ENDED_TERM = f"status IN ({', '.join(repr(status) for status in ENDED_STATUSES)})"
+
+# Where a listing of ended sessions stands: the (ended_at, arrival) of the last one read.
+EndedCursor = tuple[bytes | None, int]
 
 
 def _label_filter(labels: dict[str, Any] | None) -> tuple[list[str], list[Any]]:
@@ -122,26 +124,54 @@ class Reader:
             args.append(limit)
         return _sessions_from_rows(self.db.execute(query, args))
 
-    def recent_sessions(
-        self, labels: dict[str, Any] | None, recent_ended: int, limit: int | None = None
-    ) -> tuple[list[Session], int]:
-        """Every session not ended, then the recent_ended most recently ended ones (in
-        list_sessions' order), and how many more ended sessions match: `ps` without
-        -a. Two index walks and an index count, however many sessions have ended."""
-        sessions = self.list_sessions(["queued", *LIVE_STATUSES], labels, limit)
-        room = recent_ended if limit is None else min(recent_ended, limit - len(sessions))
-        clauses, args = _label_filter(labels)
-        where = " AND ".join([_ENDED_TERM, *clauses])
-        sessions += _sessions_from_rows(
-            self.db.execute(
-                # Without statistics SQLite would pick sessions_by_status and sort them all.
-                f"SELECT {_SELECT_COLUMNS} FROM sessions INDEXED BY sessions_by_end WHERE {where} "
-                "ORDER BY ended_at DESC, arrival DESC LIMIT ?",
-                [*args, room],
+    def ended_page(
+        self,
+        statuses: Sequence[str] | None,
+        labels: dict[str, Any] | None,
+        after: EndedCursor | None,
+        limit: int,
+    ) -> tuple[list[Session], EndedCursor | None]:
+        """Up to limit ended sessions (of these statuses, with these labels) that ended
+        before the cursor, the latest first (list_sessions' order), and the cursor to
+        carry on from: None once none are left. One walk of sessions_by_end per page,
+        so a listing of every ended session never sorts them all nor holds them all.
+
+        The cursor is the (ended_at, arrival) of the last row read, damaged or not: a
+        row left out must not stop the walk.
+        """
+        clauses, filter_args = _label_filter(labels)
+        if statuses:
+            clauses.append(f"status IN ({', '.join('?' for _ in statuses)})")
+            filter_args.extend(statuses)
+        rows: list[Sequence[Any]] = []
+        select = f"SELECT CAST(ended_at AS BLOB), arrival, {_SELECT_COLUMNS} FROM sessions INDEXED BY sessions_by_end WHERE "
+        if after is None or after[0] is not None:
+            # Without statistics SQLite would pick sessions_by_status and sort them all.
+            # ended_at comes back as bytes (it may not be UTF-8) and is compared as the
+            # text it was stored as.
+            where = [_ENDED_TERM, *clauses, "ended_at IS NOT NULL"]
+            args = [*filter_args]
+            if after is not None:
+                where.append("(ended_at, arrival) < (CAST(? AS TEXT), ?)")
+                args.extend(after)
+            rows = list(
+                self.db.execute(select + " AND ".join(where) + " ORDER BY ended_at DESC, arrival DESC LIMIT ?", [*args, limit])
             )
-        )
-        ended = self.db.execute(f"SELECT count(*) FROM sessions WHERE {where}", args).get
-        return sessions, max(ended - recent_ended, 0)
+        if len(rows) < limit:
+            # Rows without an end time (a hand-edited row) come last, as in list_sessions.
+            where = [_ENDED_TERM, *clauses, "ended_at IS NULL"]
+            args = [*filter_args]
+            if after is not None and after[0] is None:
+                where.append("arrival < ?")
+                args.append(after[1])
+            rows += self.db.execute(select + " AND ".join(where) + " ORDER BY arrival DESC LIMIT ?", [*args, limit - len(rows)])
+        cursor = (rows[-1][0], rows[-1][1]) if len(rows) == limit else None
+        return _sessions_from_rows(row[2:] for row in rows), cursor
+
+    def count_ended(self, labels: dict[str, Any] | None) -> int:
+        """How many ended sessions have these labels (an index count without labels)."""
+        clauses, args = _label_filter(labels)
+        return self.db.execute(f"SELECT count(*) FROM sessions WHERE {' AND '.join([_ENDED_TERM, *clauses])}", args).get
 
     def sessions_with_status(self, statuses: Sequence[str]) -> list[Session]:
         marks = ", ".join("?" for _ in statuses)

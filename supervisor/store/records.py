@@ -78,7 +78,10 @@ class Session:
         return self.status in ENDED_STATUSES
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # Not dataclasses.asdict: its deep copy took 30 µs a session, the bulk of a
+        # listing's time. The lists and objects inside are the session's own, fresh
+        # from the row; nothing changes them.
+        return {name: getattr(self, name) for name in _SESSION_FIELDS}
 
 
 _SESSION_FIELDS = [f.name for f in dataclasses.fields(Session)]
