@@ -12,7 +12,7 @@ import structlog
 
 from supervisor.config import Retention
 from supervisor.database import DatabaseWriter, ReaderPool
-from supervisor.store import ENDED_STATUSES, Reader, iso_from_unix, trimming
+from supervisor.store import ENDED_STATUSES, iso_from_unix, trimming
 
 log = structlog.get_logger()
 
@@ -30,7 +30,7 @@ async def enforce_session_cap(writer: DatabaseWriter, readers: ReaderPool, reten
     # another tenth of the cap, not at every tick.
     target = cap * 9 // 10
     for session_id in await writer.run(trimming.sessions_over_cap, writer.store, cap):
-        plan = await readers.run(Reader.truncation_plan, session_id, cap, target)
+        plan = await readers.run(trimming.truncation_plan, session_id, cap, target)
         if plan is None:
             continue
         total = 0

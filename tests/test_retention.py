@@ -109,7 +109,7 @@ def test_truncation_in_slices_keeps_head_tail_and_an_exact_byte_count(tmp_path):
     reader = Reader(tmp_path / "slotd.db")
     try:
         for _ in range(2):  # a second round moves the marker's count, not the head
-            plan = reader.truncation_plan(session.id, cap, cap * 9 // 10)
+            plan = trimming.truncation_plan(reader, session.id, cap, cap * 9 // 10)
             assert plan is not None
             while trimming.drop_middle_rows(store, session.id, *plan, functools.partial(truncation_marker, cap=cap), max_rows=100):
                 pass

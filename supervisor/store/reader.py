@@ -278,37 +278,3 @@ class Reader:
             if len(page) < page_size:
                 return
             after_seq = page[-1].seq
-
-    def truncation_plan(self, session_id: str, cap: int, target: int) -> tuple[int, int] | None:
-        """Which rows to drop so a transcript over cap comes down to about target bytes:
-        (head_end, tail_start), to drop every row strictly between; None if none.
-
-        The head is the first cap/2 bytes, fixed once truncated (it ends at the marker);
-        the tail is the newest target - cap/2 bytes. Both are found by scanning from
-        their end and stopping there, never by reading the whole transcript; and on a
-        reader connection, so the scan never holds up a commit.
-        """
-        session = self.get_session(session_id)
-        if session is None or session.transcript_bytes <= cap:
-            return None
-        half = cap // 2
-        head_end = session.truncation_seq or self._scan_until(session_id, half, "ASC") or 0
-        tail_start = self._scan_until(session_id, max(target - half, 0), "DESC") or self.last_seq(session_id)
-        if tail_start <= head_end + 1:
-            return None
-        return head_end, tail_start
-
-    def _scan_until(self, session_id: str, budget: int, order: str) -> int | None:
-        """The last seq reached, scanning rows in `order`, before their bytes pass budget."""
-        reached = None
-        total = 0
-        rows = self.db.execute(
-            f"SELECT seq, length(data) FROM transcript WHERE session_id = ? ORDER BY seq {order}", (session_id,)
-        )
-        for seq, size in rows:
-            total += size
-            if total > budget:
-                break
-            reached = seq
-        rows.close()
-        return reached

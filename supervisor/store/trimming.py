@@ -7,13 +7,50 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from supervisor.store.reader import Reader
 from supervisor.store.records import ENDED_STATUSES
 from supervisor.store.writes import Store
+
+
+def truncation_plan(reader: Reader, session_id: str, cap: int, target: int) -> tuple[int, int] | None:
+    """Which rows to drop so a transcript over cap comes down to about target bytes:
+    (head_end, tail_start), to drop every row strictly between; None if none.
+
+    The head is the first cap/2 bytes, fixed once truncated (it ends at the marker);
+    the tail is the newest target - cap/2 bytes. Both are found by scanning from
+    their end and stopping there, never by reading the whole transcript; and on a
+    reader connection, so the scan never holds up a commit.
+    """
+    session = reader.get_session(session_id)
+    if session is None or session.transcript_bytes <= cap:
+        return None
+    half = cap // 2
+    head_end = session.truncation_seq or _scan_until(reader, session_id, half, "ASC") or 0
+    tail_start = _scan_until(reader, session_id, max(target - half, 0), "DESC") or reader.last_seq(session_id)
+    if tail_start <= head_end + 1:
+        return None
+    return head_end, tail_start
+
+def _scan_until(reader: Reader, session_id: str, budget: int, order: str) -> int | None:
+    """The last seq reached, scanning rows in `order`, before their bytes pass budget."""
+    reached = None
+    total = 0
+    rows = reader.db.execute(
+        f"SELECT seq, length(data) FROM transcript WHERE session_id = ? ORDER BY seq {order}", (session_id,)
+    )
+    for seq, size in rows:
+        total += size
+        if total > budget:
+            break
+        reached = seq
+    rows.close()
+    return reached
 
 
 def sessions_over_cap(store: Store, cap: int) -> list[str]:
     """Sessions whose transcript is over cap bytes."""
     return [sid for (sid,) in store.db.execute("SELECT id FROM sessions WHERE transcript_bytes > ?", (cap,))]
+
 
 def drop_middle_rows(
     store: Store, session_id: str, head_end: int, tail_start: int, marker_text: Callable[[int], bytes], max_rows: int = 256
