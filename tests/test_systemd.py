@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import psutil
@@ -23,6 +24,7 @@ SYSTEMD = Path("/lib/systemd/systemd")
 SYSTEM_UNIT = REPO / "systemd" / "system" / "slotd.service"
 USER_UNIT = REPO / "systemd" / "slotd.service"
 SLOTD = Path(sys.executable).parent / "slotd"
+README = REPO / "README.md"
 
 
 def why_no_private_systemd() -> str | None:
@@ -43,17 +45,31 @@ needs_systemd = pytest.mark.skipif(why_no_private_systemd() is not None, reason=
 
 
 class PrivateSystemd:
-    """A systemd as PID 1 of its own PID namespace, with private /tmp, /run and /var/lib."""
+    """A systemd as PID 1 of its own PID namespace, with private /tmp, /run and /var/lib.
 
-    def __init__(self, root: Path) -> None:
+    Each directory in `writable` gets a copy-on-write layer of its own, so that what an
+    install writes there (a virtualenv in /opt, a unit in /etc/systemd/system) stays
+    in this test's directory, seen only inside the namespace.
+    """
+
+    def __init__(self, root: Path, writable: Sequence[str] = ()) -> None:
         self.varlib = root / "varlib"
         self.varlib.mkdir()
         self.log = root / "systemd.log"
+        overlays = ""
+        for number, directory in enumerate(writable):
+            layer = root / f"layer{number}"
+            (layer / "upper").mkdir(parents=True)
+            (layer / "work").mkdir()
+            options = f"lowerdir={directory},upperdir={layer}/upper,workdir={layer}/work"
+            overlays += f"mount -t overlay overlay -o '{options}' '{directory}'\n"
         # /tmp first and always: systemd-tmpfiles empties /tmp at boot. /var/lib is this
-        # test's own directory (bound before /tmp is covered), so state stays in tmp_path.
+        # test's own directory (bound before /tmp is covered, as are the layers), so state
+        # stays in tmp_path.
         script = (
             "set -e\n"
             f"mount --bind '{self.varlib}' /var/lib\n"
+            f"{overlays}"
             "mount -t tmpfs tmpfs /tmp\n"
             "mount -t tmpfs tmpfs /run\n"
             f"exec env container=other {SYSTEMD} --system --unit=basic.target\n"
@@ -83,10 +99,10 @@ class PrivateSystemd:
         children = psutil.Process(self.unshare.pid).children()
         return children[0].pid if children else None
 
-    def run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess:
+    def run(self, *command: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         """Run a command inside the namespaces."""
         return subprocess.run(
-            ["nsenter", "-t", str(self.pid), "-m", "-p", *command], capture_output=True, check=check, timeout=120
+            ["nsenter", "-t", str(self.pid), "-m", "-p", *command], capture_output=True, check=check, timeout=120, env=env
         )
 
     def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -205,13 +221,37 @@ class Service:
             reader.close()
 
 
-@pytest.fixture
-def systemd(tmp_path: Path) -> Iterator[PrivateSystemd]:
-    instance = PrivateSystemd(tmp_path)
+def booted(root: Path, writable: Sequence[str] = ()) -> Iterator[PrivateSystemd]:
+    instance = PrivateSystemd(root, writable)
     try:
         yield instance
     finally:
         instance.close()
+
+
+@pytest.fixture
+def systemd(tmp_path: Path) -> Iterator[PrivateSystemd]:
+    yield from booted(tmp_path)
+
+
+@pytest.fixture
+def systemd_to_install_into(tmp_path: Path) -> Iterator[PrivateSystemd]:
+    """A private systemd whose /opt, /etc/systemd/system and /usr/local/bin take an install's writes."""
+    yield from booted(tmp_path, writable=("/opt", "/etc/systemd/system", "/usr/local/bin"))
+
+
+def readme_block(containing: str) -> str:
+    """The one sh code block of the README that contains `containing`."""
+    blocks = [b for b in re.findall(r"^```sh\n(.*?)^```", README.read_text(), re.S | re.M) if containing in b]
+    assert len(blocks) == 1, f"{len(blocks)} sh blocks of the README contain {containing!r}"
+    return blocks[0]
+
+
+def operator_environment() -> dict[str, str]:
+    """A root shell's environment: nothing of this test's Python or slotd, and a python3 >= 3.11 first on PATH."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "SLOTD_", "XDG_", "VIRTUAL_ENV"))}
+    env["PATH"] = f"{Path(sys.base_prefix) / 'bin'}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    return env
 
 
 def wait_session_ended(service: Service, session_id: str, timeout: float = 60.0):
@@ -228,12 +268,40 @@ def test_units_pass_systemd_analyze_verify(unit: Path, tmp_path: Path):
     """Both units pass systemd-analyze verify (with ExecStart pointing at this slotd)."""
     installed = tmp_path / "slotd.service"
     text = unit.read_text()
-    for default in ("/usr/local/bin/slotd", "%h/.local/bin/slotd"):
+    for default in ("/opt/slotd/bin/slotd", "%h/.local/bin/slotd"):
         text = text.replace(f"ExecStart={default}", f"ExecStart={SLOTD}")
     installed.write_text(text)
     result = subprocess.run(["systemd-analyze", "verify", str(installed)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", result.stderr
+
+
+@needs_systemd
+@pytest.mark.skipif("overlay" not in Path("/proc/filesystems").read_text(), reason="no overlayfs to hold the install")
+def test_the_readmes_system_install_runs_the_unit_on_its_virtualenv(systemd_to_install_into):
+    """The README's system-service install, run verbatim, puts slotd and its licence in /opt/slotd; the unit runs it and slotctl reaches it."""
+    systemd = systemd_to_install_into
+    # The namespace has a /tmp of its own: copy the checkout where it can see it (this
+    # also keeps the build's files out of the real checkout).
+    ignore = shutil.ignore_patterns(".*", "build", "*.egg-info", "__pycache__", "state")
+    shutil.copytree(REPO, systemd.varlib / "checkout", ignore=ignore)
+    steps = readme_block("systemd/system/slotd.service")
+    env = operator_environment()
+    install = systemd.run("sh", "-ec", f"cd /var/lib/checkout\n{steps}", check=False, env=env)
+    output = (install.stdout + install.stderr).decode(errors="replace")
+    assert install.returncode == 0, output[-3000:] + systemd.journal()
+
+    main_pid = systemd.show("slotd", "MainPID")
+    assert re.search(rf"^pid: +{main_pid}$", output, re.M), output  # slotctl info's answer
+    cmdline = systemd.run("cat", f"/proc/{main_pid}/cmdline").stdout.split(b"\0")
+    assert cmdline[:2] == [b"/opt/slotd/bin/python3", b"/opt/slotd/bin/slotd"]
+    assert systemd.show("slotd", "UnitFileState") == "enabled"
+    [metadata] = systemd.path("/opt/slotd").glob("lib/python3*/site-packages/slotd-*.dist-info/METADATA")
+    assert "License-Expression: MIT" in metadata.read_text().splitlines()
+    assert (metadata.parent / "licenses" / "LICENSE").read_text() == (REPO / "LICENSE").read_text()
+    # A session's shim is `python -m supervisor.shim` of the installed package.
+    session = systemd.run("slotctl", "run", "--", "echo", "hi", env=env | {"SLOTD_SOCKET": "/run/slotd/slotd.sock"})
+    assert session.stdout == b"hi\n"
 
 
 @needs_systemd
