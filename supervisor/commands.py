@@ -332,8 +332,12 @@ class Commands:
         except DamagedRow as error:
             # A row edited into nonsense can still be deleted (if it is not live).
             session_id = error.session_id
-            if session_id in self.slots.live:
+            live = self.slots.live.get(session_id)
+            if live is not None and not live.final:
                 raise
+            # Its end may be read but not yet committed (with its last rows): those
+            # must not land after the row is gone.
+            await self.ingestor.commit_now()
             await self.slots.writer.run(self.slots.store.delete_session, session_id)
             self.ingestor.forget(session_id)
             return {"deleted": session_id}
