@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from supervisor import __version__
 from supervisor.client import Client, DaemonUnavailable, RemoteError, find_socket, result_of
 from supervisor.config import ConfigError
-from supervisor.protocol import PS_RECENT_ENDED, decode_data
+from supervisor.protocol import EXITED_WHILE_BLOCKED, PS_RECENT_ENDED, decode_data
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -118,7 +118,7 @@ def print_sessions(sessions: list[dict[str, Any]]) -> None:
             [
                 short_id(s["id"]),
                 str(s["slot"] or "-"),
-                s["status"] + (" (disk full)" if s.get("output_blocked") else ""),
+                status_text(s),
                 str(s["priority"]),
                 str(s["pid"] or "-"),
                 outcome(s),
@@ -128,6 +128,15 @@ def print_sessions(sessions: list[dict[str, Any]]) -> None:
             ]
         )
     print_table(["ID", "SLOT", "STATUS", "PRI", "PID", "EXIT", "AGE", "COMMAND", "LABELS"], rows)
+
+
+def status_text(session: dict[str, Any]) -> str:
+    """The status, and whether its output (and, once its command exited, its end)
+    waits for room on a full runtime disk."""
+    note = session.get("output_blocked")
+    if not note:
+        return session["status"]
+    return session["status"] + (" (exited, disk full)" if note.endswith(EXITED_WHILE_BLOCKED) else " (disk full)")
 
 
 def print_session(session: dict[str, Any]) -> None:

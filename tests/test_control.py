@@ -245,10 +245,11 @@ SMALL_DISK = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is No
 
 
 @contextlib.contextmanager
-def daemon_on_small_disk(make_daemon, size: str = "16m", **settings) -> Iterator[tuple[DaemonHandle, Path]]:
-    """A running daemon whose state directory is a small tmpfs (unmounted after)."""
+def daemon_on_small_disk(make_daemon, size: str = "16m", mount_at: str = "state", **settings) -> Iterator[tuple[DaemonHandle, Path]]:
+    """A running daemon whose directory mount_at (its state directory unless told
+    otherwise) is a small tmpfs (unmounted after); yields the daemon and that directory."""
     daemon = make_daemon(start=False, **settings)
-    state = daemon.root / "state"
+    state = daemon.root / mount_at
     state.mkdir()
     # mode=0700: a tmpfs root is 1777 by default, which slotd refuses for its state.
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(state)], check=True)
