@@ -263,7 +263,7 @@ def daemon_on_small_disk(make_daemon, size: str = "16m", mount_at: str = "state"
 
 @SMALL_DISK
 def test_a_full_disk_is_reported_and_nothing_is_lost_once_space_returns(make_daemon):
-    """With the database's disk full, writes get storage_error and reads still work; once space returns, every line is stored."""
+    """With the database's disk full, writes get storage_error naming the database and reads still work; once space returns, every line is stored."""
     with daemon_on_small_disk(make_daemon) as (daemon, state):
         gate = daemon.root / "gate"
         lines = 60_000
@@ -280,7 +280,7 @@ def test_a_full_disk_is_reported_and_nothing_is_lost_once_space_returns(make_dae
         with pytest.raises(RemoteError) as caught:
             daemon.start_session(py("pass"))
         assert caught.value.code == "storage_error"
-        assert "full" in caught.value.message
+        assert "full" in caught.value.message and str(daemon.database) in caught.value.message
         assert daemon.request("ps")[0]["id"] == session["id"]
 
         (state / "filler").unlink()
