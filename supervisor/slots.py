@@ -28,7 +28,7 @@ from supervisor import diskspace, fsguard, procfs, spool
 from supervisor.config import Config
 from supervisor.database import DatabaseWriter
 from supervisor.ingest import Ingestor, tail_spool
-from supervisor.processes import ProcessRef, current_boot_id, kill_process, signal_group
+from supervisor.processes import ProcessRef, alive, current_boot_id, kill_process, signal_group
 from supervisor.protocol import EXITED_WHILE_BLOCKED, ErrorCode, RequestError
 from supervisor.stdin import InputClosed, InputWriter
 from supervisor.store import LIVE_STATUSES, Session, iso_from_unix, utc_now
@@ -117,7 +117,7 @@ def shim_blocked(live: LiveSession) -> bool:
 def ended_or_gone(live: LiveSession) -> bool:
     """Its end is recorded, or its command is gone while its shim waits for disk space
     to record that end (it is then recorded once there is room)."""
-    return live.ended.is_set() or (live.command is not None and not live.command.alive() and shim_blocked(live))
+    return live.ended.is_set() or (live.command_gone() and shim_blocked(live))
 
 
 async def wait_ended_or_gone(live: LiveSession) -> None:
@@ -183,12 +183,17 @@ class LiveSession:
     # since when (its output waits in the command's pipe meanwhile).
     output_blocked: str | None = None
 
+    def command_gone(self) -> bool:
+        """Its command started and has ended (a command that ended while the daemon was
+        down is not even known by its process: command is None then)."""
+        return self.started.is_set() and not alive(self.command)
+
     def output_note(self) -> str | None:
         """What `ps`, `show` and `info` say of its output: None, or why it waits, and
         whether its command has exited meanwhile (its exit status then waits too)."""
         if self.output_blocked is None:
             return None
-        if self.command is not None and not self.command.alive():
+        if self.command_gone():
             return f"{self.output_blocked}: {EXITED_WHILE_BLOCKED}"
         return f"{self.output_blocked}: its output waits in the command's pipe"
 
