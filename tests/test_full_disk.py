@@ -186,3 +186,19 @@ def test_stopping_a_session_whose_output_waits_for_room_ends_its_command_at_once
         assert (ended["status"], ended["signal"]) == ("killed", signal.SIGTERM)
         output = daemon.stdout_bytes(session["id"])
         assert len(output) > 0 and output == expected_lines(len(output) // 100)
+
+
+@SMALL_DISK
+def test_a_restarted_daemon_shows_a_blocked_session_whose_command_exited_meanwhile_as_exited(make_daemon):
+    """A session whose command exited while the daemon was down and its shim waited for disk space is shown exited after the restart, and completes with every line once there is room."""
+    lines = 200
+    with daemon_with_only_its_runtime_disk_full(make_daemon) as (daemon, runtime):
+        session = start_blocked_writer(daemon, runtime, lines)
+        daemon.kill9()
+        wait_for(lambda: not alive(session["pid"]), what="the command exited")
+        daemon.start()
+        wait_for(lambda: "exited" in (daemon.session(session["id"])["output_blocked"] or ""), what="the note that it exited")
+
+        (runtime / "filler").unlink()
+        assert daemon.wait_ended(session["id"])["status"] == "completed"
+        assert daemon.stdout_bytes(session["id"]) == expected_lines(lines)
