@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from supervisor import __version__
 from supervisor.client import Client, DaemonUnavailable, RemoteError, find_socket, result_of
 from supervisor.errors import CliExit, ConfigError, SlotdError
-from supervisor.protocol import PS_RECENT_ENDED, decode_data
+from supervisor.protocol import EXITED_WHILE_BLOCKED, PS_RECENT_ENDED, decode_data
 
 T = TypeVar("T")
 
@@ -111,7 +111,7 @@ def session_row(s: dict[str, Any]) -> list[str]:
     return [
         short_id(s["id"]),
         str(s["slot"] or "-"),
-        s["status"] + (" (disk full)" if s.get("output_blocked") else ""),
+        status_text(s),
         str(s["priority"]),
         str(s["pid"] or "-"),
         outcome(s),
@@ -137,6 +137,15 @@ def print_json_array(values: Iterable[Any]) -> None:
         sys.stdout.write((",\n" if opened else "[\n") + item)
         opened = True
     print("\n]" if opened else "[]")
+
+
+def status_text(session: dict[str, Any]) -> str:
+    """The status, and whether its output (and, once its command exited, its end)
+    waits for room on a full runtime disk."""
+    note = session.get("output_blocked")
+    if not note:
+        return session["status"]
+    return session["status"] + (" (exited, disk full)" if note.endswith(EXITED_WHILE_BLOCKED) else " (disk full)")
 
 
 def print_session(session: dict[str, Any]) -> None:

@@ -203,7 +203,7 @@ class Commands:
         session = await self.readers.run(Reader.get_session, session_id)
         if session is None:
             raise RequestError(ErrorCode.NOT_FOUND, f"session {session_id} was deleted")
-        return session.to_json()
+        return self._with_live_state(session)
 
     def _with_live_state(self, session: Session) -> dict[str, Any]:
         """The session object, with what only the daemon's memory knows of a live one."""
@@ -293,7 +293,7 @@ class Commands:
         """Session objects given what only the daemon's memory knows of a live one."""
         for session in sessions:
             live = self.slots.live.get(session["id"])
-            session["output_blocked"] = live.output_blocked if live is not None else None
+            session["output_blocked"] = live.output_note() if live is not None else None
         return sessions
 
     async def cmd_show(self, args: dict, emit: Emit) -> Any:
@@ -489,7 +489,7 @@ class Commands:
             "slots": self.config.slots,
             "busy": len(self.slots.live),
             "live": [
-                {"slot": live.slot, "session": live.id, "status": live.status, "output_blocked": live.output_blocked}
+                {"slot": live.slot, "session": live.id, "status": live.status, "output_blocked": live.output_note()}
                 for live in sorted(self.slots.live.values(), key=lambda l: l.slot)
             ],
             "queued": queued,

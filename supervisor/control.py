@@ -297,7 +297,8 @@ class Connection:
             reply = error_reply(request_id, error.code, error.message)
         except apsw.Error as error:
             log.error("storage_error", error=str(error))
-            reply = error_reply(request_id, ErrorCode.STORAGE_ERROR, f"the database refused: {error}")
+            # Named: on a full disk, the operator must know which one to free.
+            reply = error_reply(request_id, ErrorCode.STORAGE_ERROR, f"the database {self.commands.config.database} refused: {error}")
         except (trio.BrokenResourceError, trio.ClosedResourceError, ClientStalled):
             raise
         except Exception as error:

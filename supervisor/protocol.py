@@ -36,6 +36,9 @@ PS_RECENT_ENDED = 20
 # `ps` without "stream" answers with at most this many sessions in its one reply (about
 # 600 KiB of JSON for plain sessions); a longer listing is streamed a session a message.
 PS_REPLY_MAX = 1000
+# How output_blocked ends for a session whose command exited while its output waited
+# for room (slotctl shows such a session as exited).
+EXITED_WHILE_BLOCKED = "its command has exited; its exit status is recorded once its output is stored"
 
 
 class ErrorCode:
@@ -48,7 +51,7 @@ class ErrorCode:
     INVALID_STATE = "invalid_state"  # e.g. cancel a running session, delete a live one
     SLOTS_FULL = "slots_full"  # start with queue=false while every slot is busy
     PERMISSION_DENIED = "permission_denied"  # the peer's uid is not allowed
-    STORAGE_ERROR = "storage_error"  # the database refused a write (disk full, I/O)
+    STORAGE_ERROR = "storage_error"  # the database refused a write (disk full, I/O), or the runtime disk is full
     SHUTTING_DOWN = "shutting_down"  # the daemon is stopping
     TOO_MANY_CLIENTS = "too_many_clients"  # the daemon serves its most connections already
     INTERNAL_ERROR = "internal_error"  # a bug: the message says what failed

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import select
 import selectors
 import signal
 import stat
@@ -106,7 +107,7 @@ class Shim:
         self.stop_timeout = float(spec["stop_timeout"])
         self.name = linux.process_name(os.getpid()) or "python3"
         self.writer = spool.SpoolWriter(
-            session_dir, int(spec["segment_bytes"]), int(spec["max_segments"]), self.on_spool_blocked
+            session_dir, int(spec["segment_bytes"]), int(spec["max_segments"]), self.on_spool_blocked, self.wait_for_spool
         )
         max_chunk = int(spec["max_chunk_bytes"])
         self.assemblers = {
@@ -119,6 +120,10 @@ class Shim:
         self.stdin_eof_requested = False
         self.fifo_buffer = bytearray()
         self.early_signals: list[int] = []
+        self.pidfd: int | None = None  # readable once the command has exited
+        self.exited_at: float | None = None  # monotonic, once the command is reaped
+        self.ended_at: float | None = None  # the same moment in UNIX seconds, for EXIT
+        self.killed_group = False
 
     # -- output --------------------------------------------------------------------
 
@@ -133,6 +138,38 @@ class Shim:
         shows otherwise (wchan, the sleeping state) cannot tell this wait from any other.
         """
         linux.set_own_name(spool.NO_SPACE_NAME if blocked else self.name)
+
+    def wait_for_spool(self, seconds: float) -> None:
+        """Spend a wait for room in the spool (a full disk, a daemon behind) reaping the
+        command if it exits meanwhile.
+
+        Reaping must not wait for writing: else an exited command stays a zombie, which
+        no signal ends, for as long as the disk is full, and a stop waits with it.
+        Its exit status waits in this process until the spool can take it.
+        """
+        if self.exited_at is None and self.pidfd is not None:
+            ready, _, _ = select.select([self.pidfd], [], [], seconds)
+            if ready:
+                self.command_exited()
+            return
+        if self.exited_at is not None:
+            self.kill_group_when_due()
+        time.sleep(seconds)
+
+    def command_exited(self) -> None:
+        """Reap the command; what it left in its group is ended too, the way systemd ends
+        a service's leftovers (SIGTERM now, SIGKILL after stop_timeout)."""
+        assert self.proc is not None
+        self.proc.wait()
+        self.exited_at = time.monotonic()
+        self.ended_at = time.time()
+        signal_group(self.proc.pid, signal.SIGTERM)
+
+    def kill_group_when_due(self) -> None:
+        assert self.proc is not None
+        if self.exited_at is not None and not self.killed_group and time.monotonic() >= self.exited_at + self.stop_timeout:
+            signal_group(self.proc.pid, signal.SIGKILL)
+            self.killed_group = True
 
     def emit(self, kind: int, chunks: list[bytes]) -> None:
         if not chunks:
@@ -322,22 +359,19 @@ class Shim:
         for pipe, kind in streams.items():
             self.selector.register(pipe, selectors.EVENT_READ, kind)
         self.selector.register(fifo, selectors.EVENT_READ, "fifo")
-        pidfd = os.pidfd_open(self.proc.pid)
-        self.selector.register(pidfd, selectors.EVENT_READ, "exit")
+        self.pidfd = os.pidfd_open(self.proc.pid)
+        self.selector.register(self.pidfd, selectors.EVENT_READ, "exit")
 
         open_streams = len(streams)
-        exited_at: float | None = None
-        killed_group = False
-        while open_streams or exited_at is None:
+        while open_streams or self.exited_at is None:
             now = time.monotonic()
             group_deadline = None
-            if exited_at is not None:
-                group_deadline = exited_at + (self.stop_timeout if not killed_group else self.stop_timeout + 1.0)
+            if self.exited_at is not None:
+                group_deadline = self.exited_at + self.stop_timeout + (1.0 if self.killed_group else 0.0)
                 if now >= group_deadline:
-                    if killed_group:
+                    if self.killed_group:
                         break  # a process outside the group holds the pipes: stop here
-                    signal_group(self.proc.pid, signal.SIGKILL)
-                    killed_group = True
+                    self.kill_group_when_due()
                     continue
             events = self.selector.select(self.next_timeout(now, group_deadline))
             now = time.monotonic()
@@ -364,12 +398,9 @@ class Shim:
                     if len(self.stdin_buffer) <= STDIN_BUFFER_LIMIT and not self._is_registered(fifo):
                         self.selector.register(fifo, selectors.EVENT_READ, "fifo")
                 elif tag == "exit":
-                    self.selector.unregister(pidfd)
-                    self.proc.wait()
-                    exited_at = now
-                    # The command is done; what it left in its group is ended too, the
-                    # way systemd ends a service's leftovers (SIGTERM, then SIGKILL).
-                    signal_group(self.proc.pid, signal.SIGTERM)
+                    self.selector.unregister(self.pidfd)
+                    if self.exited_at is None:  # else reaped while the spool waited for room
+                        self.command_exited()
             self.flush_due(now)
 
         for kind, assembler in self.assemblers.items():
@@ -382,7 +413,7 @@ class Shim:
             {
                 "exit_code": code if code >= 0 else None,
                 "signal": -code if code < 0 else None,
-                "ended_at": time.time(),
+                "ended_at": self.ended_at,
                 "maxrss_kb": usage.ru_maxrss,
                 "utime": usage.ru_utime,
                 "stime": usage.ru_stime,

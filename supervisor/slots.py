@@ -24,14 +24,14 @@ from pathlib import Path
 import structlog
 import trio
 
-from supervisor import fsguard, linux, spool
+from supervisor import diskspace, fsguard, linux, spool
 from supervisor.config import Config
 from supervisor.database import DatabaseWriter
 from supervisor.ingest import Ingestor
-from supervisor.tailing import tail_spool
 from supervisor.linux import current_boot_id
-from supervisor.processes import ProcessRef, kill_process, signal_group
-from supervisor.protocol import ErrorCode, RequestError
+from supervisor.processes import ProcessRef, alive, kill_process, signal_group
+from supervisor.protocol import EXITED_WHILE_BLOCKED, ErrorCode, RequestError
+from supervisor.tailing import tail_spool
 from supervisor.stdin import InputClosed, InputWriter
 from supervisor.store import LIVE_STATUSES, Session, iso_from_unix, utc_now
 
@@ -45,36 +45,57 @@ TERMINATING_SIGNALS = frozenset({signal.SIGTERM, signal.SIGKILL})
 SEND_TIMEOUT = 30.0
 # How long a request waits for its change to be committed before it replies anyway.
 REPLY_COMMIT_WAIT = 2.0
+# How often a stop looks whether a blocked session's command is gone (/proc).
+GONE_POLL_INTERVAL = 0.05
 # How much of the latest output the checkpoint pattern looks at.
 CHECKPOINT_WINDOW = 4096
 # The shim's stdout and stderr, in its session directory: its own words if it refuses.
 SHIM_LOG = "shim.log"
+# Disk space held for the shim's first spool record (START or SPAWN_FAILED, a few
+# hundred bytes): one page, the least a filesystem allocates.
+FIRST_RECORD_ROOM = 4096
 
 
 def make_session_dir(sessions_fd: int, name: str, spec: dict) -> int:
-    """Create a session's directory, its spec and its input FIFO, all new and private,
-    relative to the held sessions/ descriptor; return the shim log's descriptor.
+    """Create a session's directory, its spec, its input FIFO and its first spool
+    segment, all new and private, relative to the held sessions/ descriptor; return the
+    shim log's descriptor.
 
     Nothing here follows a name: whatever an earlier run left under this name is
     removed first (a link as a link), the directory is opened without following one,
     and every file in it is created with O_EXCL.
     """
-    try:
-        os.mkdir(name, 0o700, dir_fd=sessions_fd)
-    except FileExistsError:
-        if stat.S_ISDIR(os.lstat(name, dir_fd=sessions_fd).st_mode):
-            shutil.rmtree(name, dir_fd=sessions_fd)
-        else:
-            os.unlink(name, dir_fd=sessions_fd)
-        os.mkdir(name, 0o700, dir_fd=sessions_fd)
+    remove_session_dir(sessions_fd, name)
+    os.mkdir(name, 0o700, dir_fd=sessions_fd)
     dir_fd = fsguard.open_dir(name, dir_fd=sessions_fd)
     try:
         with open(fsguard.create_file(spool.SPEC_FILE, dir_fd), "w") as spec_file:
             spec_file.write(json.dumps(spec))
         os.mkfifo(spool.STDIN_FIFO, 0o600, dir_fd=dir_fd)
+        segment = fsguard.create_file(spool.segment_name(0), dir_fd)
+        try:
+            # The shim records that it started the command (or why it could not) before
+            # anything else. That record must find room: a full disk is a clear refusal
+            # here, before the command runs, not a command running unrecorded while its
+            # shim waits for room to say so.
+            diskspace.reserve(segment, FIRST_RECORD_ROOM)
+        finally:
+            os.close(segment)
         return fsguard.create_file(SHIM_LOG, dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def remove_session_dir(sessions_fd: int, name: str) -> None:
+    """Remove whatever is under a session's name (a link as a link), if anything."""
+    try:
+        is_dir = stat.S_ISDIR(os.lstat(name, dir_fd=sessions_fd).st_mode)
+    except FileNotFoundError:
+        return
+    if is_dir:
+        shutil.rmtree(name, dir_fd=sessions_fd)
+    else:
+        os.unlink(name, dir_fd=sessions_fd)
 
 
 def last_words(path: Path) -> str | None:
@@ -86,6 +107,25 @@ def last_words(path: Path) -> str | None:
     except OSError:
         return None
     return lines[-1] if lines else None
+
+
+def shim_blocked(live: LiveSession) -> bool:
+    """The session's shim waits for disk space (it says so by its name, see
+    Shim.on_spool_blocked: reading it needs no disk)."""
+    shim = live.shim
+    return shim is not None and linux.process_name(shim.pid) == spool.NO_SPACE_NAME and shim.alive()
+
+
+def ended_or_gone(live: LiveSession) -> bool:
+    """Its end is recorded, or its command is gone while its shim waits for disk space
+    to record that end (it is then recorded once there is room)."""
+    return live.ended.is_set() or (live.command_gone() and shim_blocked(live))
+
+
+async def wait_ended_or_gone(live: LiveSession) -> None:
+    while not ended_or_gone(live):
+        with trio.move_on_after(GONE_POLL_INTERVAL):
+            await live.ended.wait()
 
 
 def free_bytes(path: Path) -> int | None:
@@ -141,9 +181,23 @@ class LiveSession:
     started: trio.Event = field(default_factory=trio.Event)
     ended: trio.Event = field(default_factory=trio.Event)
     send_lock: trio.Lock = field(default_factory=trio.Lock)
-    # Set while its shim waits for space on the runtime directory's disk: what `ps`,
-    # `show` and `info` say of it (its output waits in the command's pipe meanwhile).
+    # Set while its shim waits for space on the runtime directory's disk: where, and
+    # since when (its output waits in the command's pipe meanwhile).
     output_blocked: str | None = None
+
+    def command_gone(self) -> bool:
+        """Its command started and has ended (a command that ended while the daemon was
+        down is not even known by its process: command is None then)."""
+        return self.started.is_set() and not alive(self.command)
+
+    def output_note(self) -> str | None:
+        """What `ps`, `show` and `info` say of its output: None, or why it waits, and
+        whether its command has exited meanwhile (its exit status then waits too)."""
+        if self.output_blocked is None:
+            return None
+        if self.command_gone():
+            return f"{self.output_blocked}: {EXITED_WHILE_BLOCKED}"
+        return f"{self.output_blocked}: its output waits in the command's pipe"
 
 
 class SlotManager:
@@ -198,15 +252,20 @@ class SlotManager:
                 return slot
         return None
 
-    async def _start_queued(self) -> None:
+    async def _start_queued(self) -> dict[str, str]:
+        """Start queued sessions while slots are free; return why each one that found
+        no room on the runtime disk failed, by session id."""
+        refused: dict[str, str] = {}
         while not self.draining and self.free_slot() is not None:
             session = await self.writer.run(self.store.next_queued)
             # The slot is chosen only now, with no await before _start reserves it: a
             # start with queue=false may have taken the one that was free a moment ago.
             slot = self.free_slot()
             if session is None or slot is None or self.draining:
-                return
-            await self._start(session, slot)
+                break
+            if (why := await self._start(session, slot)) is not None:
+                refused[session.id] = why
+        return refused
 
     # -- submitting and starting -----------------------------------------------------
 
@@ -237,9 +296,12 @@ class SlotManager:
             if slot is None:  # taken while the insert ran: never queue what was refused
                 await self.writer.run(self.store.transition, session.id, ("queued",), status="cancelled", ended_at=utc_now(), reason="no free slot")
                 raise RequestError(ErrorCode.SLOTS_FULL, "not started: every slot was taken meanwhile")
-            await self._start(session, slot)
+            why = await self._start(session, slot)
         else:
-            await self._start_queued()  # a free slot takes it now: the reply says running
+            # A free slot takes it now: the reply says running.
+            why = (await self._start_queued()).get(session.id)
+        if why is not None:
+            raise RequestError(ErrorCode.STORAGE_ERROR, why)
         return await self.writer.run(self.store.get_session, session.id)
 
     def _spec(self, session: Session, slot: int) -> dict:
@@ -259,10 +321,14 @@ class SlotManager:
             "stop_timeout": self.config.stop_timeout,
         }
 
-    async def _start(self, session: Session, slot: int) -> None:
-        """Give a queued session a slot and spawn its shim."""
+    async def _start(self, session: Session, slot: int) -> str | None:
+        """Give a queued session a slot and spawn its shim.
+
+        Returns None, or, when the runtime disk has no room for the session's files,
+        what to tell the client who is waiting for it (the session is failed then).
+        """
         if session.id in self.live:
-            return  # already being started (by the dispatcher, or a start with queue=false)
+            return None  # already being started (by the dispatcher, or a start with queue=false)
         spool_dir = self.config.sessions_dir / session.id
         live = LiveSession(session.id, slot, "running", spool_dir)
         self.live[session.id] = live  # reserves the slot before the first await
@@ -284,12 +350,12 @@ class SlotManager:
             raise
         if started is None:  # cancelled meanwhile
             del self.live[session.id]
-            return
+            return None
         if self.stopping:
             # Shutdown with mode stop began while this start waited: do not start it.
             await self.writer.run(self.store.transition, session.id, ("running",), status="queued", slot=None, started_at=None, spool_dir=None)
             del self.live[session.id]
-            return
+            return None
         bound = log.bind(session_id=session.id, slot=slot)
         await self.register(session.id)
         try:
@@ -309,12 +375,7 @@ class SlotManager:
             finally:
                 os.close(shim_log)
         except (OSError, fsguard.PathError) as error:
-            bound.error("shim_spawn_failed", error=str(error))
-            self.ingestor.append(session.id, "system", f"could not start the shim: {error}\n".encode())
-            why = getattr(error, "strerror", None) or str(error)
-            self.ingestor.update(session.id, status="failed", slot=None, ended_at=utc_now(), reason=f"could not start shim: {why}")
-            await self._finish(live)
-            return
+            return await self._fail_start(live, error)
         live.shim = ProcessRef.of(shim.pid)
         self._shims[session.id] = shim
         self.ingestor.append(session.id, "system", f"started in slot {slot}\n".encode())
@@ -322,6 +383,36 @@ class SlotManager:
         bound.info("session_started", argv=session.argv, shim_pid=shim.pid)
         assert self._nursery is not None
         self._nursery.start_soon(self._supervise, live, spool.Position(0, 0))
+        return None
+
+    async def _fail_start(self, live: LiveSession, error: OSError | fsguard.PathError) -> str | None:
+        """Record a session whose shim could not be started as failed, and free its slot.
+
+        Returns what to tell a waiting client when the runtime disk is full (None
+        otherwise: the session's reply says failed, with the reason). Like systemd with
+        a runtime directory it cannot set up, and pueue with a task it cannot spawn, the
+        session is failed, not queued again: it must not start later, unseen, after its
+        client was told it did not.
+        """
+        no_space = isinstance(error, OSError) and diskspace.is_no_space(error)
+        why = f"no space left in {self.config.sessions_dir}" if no_space else getattr(error, "strerror", None) or str(error)
+        log.error("shim_spawn_failed", session_id=live.id, slot=live.slot, error=str(error))
+        self.ingestor.append(live.id, "system", f"could not start the shim: {why if no_space else error}\n".encode())
+        self.ingestor.update(
+            live.id, status="failed", slot=None, ended_at=utc_now(), reason=f"could not start shim: {why}", spool_dir=None
+        )
+        live.final = True
+        assert self._sessions_fd is not None
+        try:
+            # Nothing in it is needed, and on a full disk its pages are wanted back.
+            remove_session_dir(self._sessions_fd, live.id)
+        except OSError as cleanup_error:
+            log.warning("session_dir_not_removed", session_id=live.id, error=str(cleanup_error))
+        # Not _finish: where the database shares the full disk, its commit waits for
+        # room, and the client must hear now.
+        await self._commit_briefly()
+        await self._release(live)
+        return f"session {live.id} not started: {why} (recorded as failed)" if no_space else None
 
     async def attach(self, session: Session, shim: ProcessRef | None, command: ProcessRef | None, note: str) -> LiveSession:
         """Re-attach a session found live at start: resume its spool at the committed offset.
@@ -452,9 +543,13 @@ class SlotManager:
 
     async def _finish(self, live: LiveSession) -> None:
         """Commit the session's end, free its slot and start the next queued one."""
-        live.started.set()  # however it ended (a shim that could not spawn): stop waiting
         self.ingestor.update(live.id, spool_dir=None)  # removed below: everything is ingested
         await self.ingestor.commit_now()
+        await self._release(live)
+
+    async def _release(self, live: LiveSession) -> None:
+        """Free an ended session's slot, spool and numbering; start the next queued one."""
+        live.started.set()  # however it ended (a shim that could not spawn): stop waiting
         self.live.pop(live.id, None)
         live.ended.set()
         if self.store.file_problem() is None:  # else committed into a lost file: keep the spool
@@ -475,13 +570,12 @@ class SlotManager:
         needs no disk, and a daemon started meanwhile reads it the same way.
         """
         for live in self.live.values():
-            shim = live.shim
-            blocked = shim is not None and linux.process_name(shim.pid) == spool.NO_SPACE_NAME and shim.alive()
+            blocked = shim_blocked(live)
             if blocked == (live.output_blocked is not None):
                 continue
             bound = log.bind(session_id=live.id, slot=live.slot)
             if blocked:
-                live.output_blocked = f"no space left in {self.config.runtime_dir} since {utc_now()}: its output waits in the command's pipe"
+                live.output_blocked = f"no space left in {self.config.runtime_dir} since {utc_now()}"
                 bound.warning("spool_blocked", runtime_dir=str(self.config.runtime_dir), free_bytes=free_bytes(self.config.runtime_dir))
                 self.ingestor.append(live.id, "system", b"output waits: no space left for its spool\n")
             else:
@@ -529,14 +623,19 @@ class SlotManager:
             await self._commit_briefly()
 
     async def _escalate(self, live: LiveSession, timeout: float) -> None:
-        """SIGKILL the group if it has not ended timeout seconds after SIGTERM."""
+        """SIGKILL the group if it has not ended timeout seconds after SIGTERM.
+
+        A command that is gone while its shim waits for disk space counts as ended: its
+        shim has reaped it, and records how it ended once there is room.
+        """
         with trio.move_on_after(timeout):
-            await live.ended.wait()
-        if not live.ended.is_set():
+            await wait_ended_or_gone(live)
+        if not ended_or_gone(live):
             log.info("session_stop_escalated", session_id=live.id, slot=live.slot)
             await self._signal(live, signal.SIGKILL)
             with trio.move_on_after(max(5.0, timeout)):
-                await live.ended.wait()
+                await wait_ended_or_gone(live)
+        self.note_blocked_spools()  # the reply says why its end is not recorded yet
 
     def _request_stop(self, live: LiveSession, note: str) -> None:
         # Recorded with the next flush, not waited for: the signal must go out even
@@ -636,9 +735,11 @@ class SlotManager:
             await self._stop_every_live_session()
 
     async def _stop_every_live_session(self) -> None:
-        while self.live:
+        # Not the sessions whose command is gone while their shim waits for disk space:
+        # their shims outlive the daemon to record how they ended once there is room.
+        while pending := [live for live in self.live.values() if not ended_or_gone(live)]:
             async with trio.open_nursery() as nursery:
-                for live in list(self.live.values()):
+                for live in pending:
                     session = await self.writer.run(self.store.get_session, live.id)
                     if session is not None and session.status in LIVE_STATUSES:
                         nursery.start_soon(self.stop, session, None, True)

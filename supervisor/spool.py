@@ -87,8 +87,12 @@ class Position(NamedTuple):
     offset: int
 
 
+def segment_name(segment: int) -> str:
+    return f"{SEGMENT_PREFIX}{segment:08d}"
+
+
 def segment_path(session_dir: Path, segment: int) -> Path:
-    return session_dir / f"{SEGMENT_PREFIX}{segment:08d}"
+    return session_dir / segment_name(segment)
 
 
 def list_segments(session_dir: Path) -> list[int]:
@@ -157,7 +161,8 @@ class SpoolWriter:
     A full disk blocks the same way: a write that finds no space is retried, with a
     growing wait, until it goes through, and a record cut short by it is completed, never
     abandoned. on_blocked(True) is called when such a wait begins, on_blocked(False)
-    when it ends.
+    when it ends. Either wait is spent in pause(seconds), time.sleep unless told
+    otherwise: the shim reaps its command there, whatever the spool waits for.
     """
 
     def __init__(
@@ -166,11 +171,13 @@ class SpoolWriter:
         segment_bytes: int,
         max_segments: int,
         on_blocked: Callable[[bool], None] | None = None,
+        pause: Callable[[float], None] = time.sleep,
     ) -> None:
         self.session_dir = session_dir
         self.segment_bytes = segment_bytes
         self.max_segments = max(2, max_segments)
         self.on_blocked = on_blocked
+        self.pause = pause
         existing = list_segments(session_dir)
         self.segment = existing[-1] if existing else 0
         self._open()
@@ -224,7 +231,7 @@ class SpoolWriter:
                     wait = NO_SPACE_FIRST_WAIT
                     if self.on_blocked is not None:
                         self.on_blocked(True)
-                time.sleep(wait)
+                self.pause(wait)
                 wait = min(2 * wait, NO_SPACE_MAX_WAIT)
         finally:
             if wait is not None and self.on_blocked is not None:
@@ -234,7 +241,7 @@ class SpoolWriter:
         self._write(encode(ROTATE, b""))
         os.close(self.fd)
         while len(list_segments(self.session_dir)) >= self.max_segments:
-            time.sleep(0.05)
+            self.pause(0.05)
         self.segment += 1
         self._open()
 

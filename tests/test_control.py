@@ -245,10 +245,11 @@ SMALL_DISK = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is No
 
 
 @contextlib.contextmanager
-def daemon_on_small_disk(make_daemon, size: str = "16m", **settings) -> Iterator[tuple[DaemonHandle, Path]]:
-    """A running daemon whose state directory is a small tmpfs (unmounted after)."""
+def daemon_on_small_disk(make_daemon, size: str = "16m", mount_at: str = "state", **settings) -> Iterator[tuple[DaemonHandle, Path]]:
+    """A running daemon whose directory mount_at (its state directory unless told
+    otherwise) is a small tmpfs (unmounted after); yields the daemon and that directory."""
     daemon = make_daemon(start=False, **settings)
-    state = daemon.root / "state"
+    state = daemon.root / mount_at
     state.mkdir()
     # mode=0700: a tmpfs root is 1777 by default, which slotd refuses for its state.
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(state)], check=True)
@@ -262,7 +263,7 @@ def daemon_on_small_disk(make_daemon, size: str = "16m", **settings) -> Iterator
 
 @SMALL_DISK
 def test_a_full_disk_is_reported_and_nothing_is_lost_once_space_returns(make_daemon):
-    """With the database's disk full, writes get storage_error and reads still work; once space returns, every line is stored."""
+    """With the database's disk full, writes get storage_error naming the database and reads still work; once space returns, every line is stored."""
     with daemon_on_small_disk(make_daemon) as (daemon, state):
         gate = daemon.root / "gate"
         lines = 60_000
@@ -279,7 +280,7 @@ def test_a_full_disk_is_reported_and_nothing_is_lost_once_space_returns(make_dae
         with pytest.raises(RemoteError) as caught:
             daemon.start_session(py("pass"))
         assert caught.value.code == "storage_error"
-        assert "full" in caught.value.message
+        assert "full" in caught.value.message and str(daemon.database) in caught.value.message
         assert daemon.request("ps")[0]["id"] == session["id"]
 
         (state / "filler").unlink()
