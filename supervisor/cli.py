@@ -73,7 +73,7 @@ def human_value(key: str, value: Any) -> str:
     if key == "uptime":
         return age_text(value)
     if key == "live" and isinstance(value, list):
-        return ", ".join(f"slot {item['slot']}: {short_id(item['session'])} {item['status']}" for item in value) or "-"
+        return ", ".join(f"slot {item['slot']}: {short_id(item['session'])} {status_text(item)}" for item in value) or "-"
     if isinstance(value, (dict, list)):
         return json.dumps(value)
     return str(value)

@@ -88,6 +88,7 @@ def test_sessions_wait_out_a_full_runtime_disk_and_lose_nothing(make_daemon, mon
             assert shown["output_blocked"] and alive(shown["shim_pid"]) and alive(shown["pid"])
         assert daemon.log_path.read_bytes().count(b"spool_blocked") >= WRITERS
         assert daemon.cli("ps").stdout.count(b"running (disk full)") == WRITERS
+        assert daemon.cli("info").stdout.count(b"running (disk full)") == WRITERS
         seen: list[str] = []
         wait_for(lambda: any(f"{WRITERS} blocked: runtime disk full" in s for s in received_status(notify, seen)), what="the STATUS line")
 
