@@ -19,9 +19,10 @@ from supervisor import __version__
 from supervisor.config import Config
 from supervisor.database import ReaderPool
 from supervisor.ingest import Ingestor
+from supervisor.model import ENDED_STATUSES, Status, iso_from_unix, unix_from_iso, utc_now
 from supervisor.protocol import PS_RECENT_ENDED, ClientStalled, ErrorCode, RequestError, encode_data, signal_number
 from supervisor.slots import SlotManager, free_bytes
-from supervisor.store import ENDED_STATUSES, AmbiguousPrefix, DamagedRow, Reader, Row, Session, iso_from_unix, unix_from_iso, utc_now
+from supervisor.store import AmbiguousPrefix, DamagedRow, Reader, Row, Session
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -379,7 +380,7 @@ class Commands:
         return await self.cmd_info(args, emit)
 
     async def cmd_info(self, args: dict, emit: Emit) -> Any:
-        queued = await self.readers.run(Reader.count_with_status, ["queued"])
+        queued = await self.readers.run(Reader.count_with_status, [Status.QUEUED])
         db_bytes = 0
         for suffix in ("", "-wal"):
             try:

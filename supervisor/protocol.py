@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from supervisor import jsonlimits
-from supervisor.store import ALL_STATUSES, STREAMS
+from supervisor.model import ALL_STATUSES, STREAMS
 
 MAX_MESSAGE_BYTES = 1 << 20
 # A request id, as compact JSON: it is copied into every reply and streamed row.
@@ -185,9 +185,16 @@ def _is_mode(value: Any) -> bool:
     return value in ("keep", "stop")
 
 
+def _one_of(names: tuple[str, ...]) -> str:
+    """'"a", "b" or "c"': the names a message says an argument may be."""
+    quoted = [f'"{name}"' for name in names]
+    return f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
 SESSION = Arg(_is_str, "a session id or unique prefix (string)", required=True)
 LABELS = f"a JSON object of at most {MAX_LABELS_BYTES // 1024} KiB as compact JSON (text that is UTF-8, integers within 64 bits)"
-STATUSES = "a status or list of statuses (queued, running, paused, waiting_checkpoint, completed, failed, killed, lost, cancelled)"
+STATUSES = f"a status or list of statuses ({', '.join(ALL_STATUSES)})"
+STREAM = _one_of(STREAMS)
 
 COMMANDS: dict[str, dict[str, Arg]] = {
     "start": {
@@ -211,12 +218,12 @@ COMMANDS: dict[str, dict[str, Arg]] = {
         "tail": Arg(_is_non_negative_int, "a number of lines >= 0"),
         "since_seq": Arg(_is_non_negative_int, "a sequence number >= 0 (rows after it)"),
         "since_time": Arg(_is_str, "an ISO 8601 time"),
-        "stream": Arg(_is_stream, '"stdout", "stderr", "stdin" or "system"'),
+        "stream": Arg(_is_stream, STREAM),
     },
     "follow": {
         "session": SESSION,
         "since_seq": Arg(_is_non_negative_int, "a sequence number >= 0 (rows after it)", default=0),
-        "stream": Arg(_is_stream, '"stdout", "stderr", "stdin" or "system"'),
+        "stream": Arg(_is_stream, STREAM),
     },
     "send": {
         "session": SESSION,

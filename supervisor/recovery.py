@@ -22,7 +22,8 @@ import trio
 from supervisor import fsguard, spool
 from supervisor.processes import ProcessRef, alive, current_boot_id, find_shim, kill_process, signal_group
 from supervisor.slots import LiveSession, SlotManager, shim_columns
-from supervisor.store import LIVE_STATUSES, Session, utc_now
+from supervisor.model import LIVE_STATUSES, utc_now
+from supervisor.store import Session
 
 log = structlog.get_logger()
 

@@ -11,7 +11,8 @@ import structlog
 
 from supervisor.config import Retention
 from supervisor.database import DatabaseWriter, ReaderPool
-from supervisor.store import ENDED_STATUSES, Reader, iso_from_unix
+from supervisor.model import ENDED_STATUSES, iso_from_unix
+from supervisor.store import Reader
 
 log = structlog.get_logger()
 

@@ -31,7 +31,8 @@ from supervisor.ingest import Ingestor, tail_spool
 from supervisor.processes import ProcessRef, current_boot_id, kill_process, signal_group
 from supervisor.protocol import ErrorCode, RequestError
 from supervisor.stdin import InputClosed, InputWriter
-from supervisor.store import LIVE_STATUSES, Session, iso_from_unix, utc_now
+from supervisor.model import LIVE_STATUSES, iso_from_unix, utc_now
+from supervisor.store import Session
 
 log = structlog.get_logger()
 

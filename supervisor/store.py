@@ -25,11 +25,7 @@ import apsw
 import apsw.bestpractice
 
 from supervisor import jsonlimits
-
-LIVE_STATUSES = ("running", "paused", "waiting_checkpoint")
-ENDED_STATUSES = ("completed", "failed", "killed", "lost", "cancelled")
-ALL_STATUSES = ("queued", *LIVE_STATUSES, *ENDED_STATUSES)
-STREAMS = ("stdout", "stderr", "stdin", "system")
+from supervisor.model import ENDED_STATUSES, LIVE_STATUSES, utc_now
 
 BUSY_TIMEOUT_MS = 10_000
 # What the WAL file is cut back to when it restarts after a burst (journal_size_limit).
@@ -48,22 +44,6 @@ def _apply_bestpractice() -> None:
         if not _bestpractice_applied:
             apsw.bestpractice.apply(apsw.bestpractice.recommended)
             _bestpractice_applied = True
-
-
-def utc_now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
-
-
-def iso_from_unix(seconds: float) -> str:
-    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat(timespec="microseconds")
-
-
-def unix_from_iso(text: str) -> float:
-    """Parse an ISO 8601 time; a time without a zone is taken as UTC."""
-    moment = datetime.datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.UTC)
-    return moment.timestamp()
 
 
 # Each step runs in its own transaction and moves PRAGMA user_version up by one.
@@ -414,7 +394,7 @@ def _stream_filter(streams: Sequence[str] | None, args: list[Any]) -> str:
 
 # The condition sessions_by_end is declared with, as SQL text: SQLite uses a partial
 # index only for queries whose WHERE clause contains its condition (not bound values).
-_ENDED_TERM = f"status IN ({', '.join(repr(status) for status in ENDED_STATUSES)})"
+_ENDED_TERM = f"status IN ({', '.join(repr(status.value) for status in ENDED_STATUSES)})"
 
 
 def _label_filter(labels: dict[str, Any] | None) -> tuple[list[str], list[Any]]:

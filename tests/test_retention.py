@@ -5,7 +5,8 @@ from __future__ import annotations
 from supervisor import retention
 from supervisor.config import Retention
 from supervisor.database import DatabaseWriter
-from supervisor.store import Batch, Reader, Row, Session, Store, iso_from_unix
+from supervisor.model import iso_from_unix
+from supervisor.store import Batch, Reader, Row, Session, Store
 from tests.conftest import py, wait_for
 
 MiB = 1 << 20

@@ -1,0 +1,63 @@
+"""slotd's vocabulary: session statuses, transcript streams, times.
+
+A leaf: it imports nothing of slotd and nothing outside the standard library, so the
+daemon, the store and slotctl all speak it, and slotctl loads neither apsw nor trio.
+"""
+
+from __future__ import annotations
+
+import datetime
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    """A session's status (docs/protocol.md, "Statuses"), as the wire and the database spell it."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    PAUSED = "paused"
+    WAITING_CHECKPOINT = "waiting_checkpoint"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    KILLED = "killed"
+    LOST = "lost"
+    CANCELLED = "cancelled"
+
+
+# In this order: store.py's SQL spells the ended ones out as its partial index does, and
+# SQLite uses that index only for the same terms.
+LIVE_STATUSES = (Status.RUNNING, Status.PAUSED, Status.WAITING_CHECKPOINT)
+ENDED_STATUSES = (Status.COMPLETED, Status.FAILED, Status.KILLED, Status.LOST, Status.CANCELLED)
+ALL_STATUSES = tuple(Status)
+
+
+class Stream(StrEnum):
+    """Where a transcript row comes from: the command's output, its input, or slotd."""
+
+    STDOUT = "stdout"
+    STDERR = "stderr"
+    STDIN = "stdin"
+    SYSTEM = "system"
+
+
+STREAMS = tuple(Stream)
+
+
+# -- times: ISO 8601 in UTC with microseconds on the wire and in the database --------
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
+
+
+def iso_from_unix(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat(timespec="microseconds")
+
+
+def unix_from_iso(text: str) -> float:
+    """Parse an ISO 8601 time; a time without a zone is taken as UTC."""
+    moment = datetime.datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
+
