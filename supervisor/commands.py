@@ -19,7 +19,7 @@ from supervisor import __version__
 from supervisor.config import Config
 from supervisor.database import ReaderPool
 from supervisor.ingest import Ingestor
-from supervisor.model import ENDED_STATUSES, Status, iso_from_unix, unix_from_iso, utc_now
+from supervisor.model import ENDED_STATUSES, LiveState, Status, iso_from_unix, session_view, unix_from_iso, utc_now
 from supervisor.protocol import PS_RECENT_ENDED, ClientStalled, ErrorCode, RequestError, encode_data, signal_number
 from supervisor.slots import SlotManager, free_bytes
 from supervisor.store import AmbiguousPrefix, DamagedRow, Reader, Row, Session
@@ -178,12 +178,12 @@ class Commands:
         session = await self.readers.run(Reader.get_session, session_id)
         if session is None:
             raise RequestError(ErrorCode.NOT_FOUND, f"session {session_id} was deleted")
-        return session.to_json()
+        return session_view(session)
 
     def _with_live_state(self, session: Session) -> dict[str, Any]:
         """The session object, with what only the daemon's memory knows of a live one."""
         live = self.slots.live.get(session.id)
-        return {**session.to_json(), "output_blocked": live.output_blocked if live is not None else None}
+        return session_view(session, LiveState(output_blocked=live.output_blocked) if live is not None else LiveState())
 
     # -- sessions ------------------------------------------------------------------
 
@@ -191,7 +191,7 @@ class Commands:
         session = await self.slots.submit(
             args["argv"], args["cwd"], args["env"], args["labels"], args["priority"], args["queue"]
         )
-        return session.to_json()
+        return session_view(session)
 
     async def cmd_ps(self, args: dict, emit: Emit) -> Any:
         statuses = args["status"]
@@ -366,7 +366,7 @@ class Commands:
                 continue
             if current.is_ended:
                 # A session's end is committed with its last rows: nothing more will come.
-                return {**current.to_json(), "last_seq": after}
+                return {**session_view(current), "last_seq": after}
             await changed.wait()
 
     # -- the daemon ----------------------------------------------------------------

@@ -162,9 +162,6 @@ class Session:
     def is_ended(self) -> bool:
         return self.status in ENDED_STATUSES
 
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 _SESSION_FIELDS = [f.name for f in dataclasses.fields(Session)]
 _JSON_FIELDS = {"argv", "env", "labels"}

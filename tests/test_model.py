@@ -1,15 +1,16 @@
-"""model.py: a leaf slotctl loads without apsw, whose vocabulary the database agrees with."""
+"""model.py: a leaf slotctl loads without apsw, whose vocabulary the database and the wire agree with."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
 
 import apsw
 
-from supervisor.model import ALL_STATUSES, STREAMS
-from supervisor.store import Store
+from supervisor.model import ALL_STATUSES, SESSION_FIELDS, STREAMS, LiveState, session_view
+from supervisor.store import Session, Store
 
 
 def modules_loaded_by(statement: str) -> set[str]:
@@ -60,3 +61,11 @@ def test_the_database_accepts_every_status_and_stream_of_the_vocabulary_and_no_o
     finally:
         store.close()
 
+
+def test_every_stored_field_is_on_the_wire_but_the_spool_position() -> None:
+    """A session object carries every field of the stored session but where ingest has read its spool to; a new column must be placed on one side."""
+    stored = [field.name for field in dataclasses.fields(Session)]
+    assert set(stored) - set(SESSION_FIELDS) == {"spool_dir", "spool_segment", "spool_offset"}
+    session = Session(id="s", arrival=1, argv=["true"], cwd="/", status="running", queued_at="", slot=1, spool_dir="/run/x", spool_offset=9)
+    assert list(session_view(session)) == list(SESSION_FIELDS)
+    assert session_view(session, LiveState(output_blocked="full")) == {**session_view(session), "output_blocked": "full"}
