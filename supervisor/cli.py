@@ -439,6 +439,12 @@ def daemon_command(command: str):
 
 # -- parser ---------------------------------------------------------------------------
 
+# Each protocol command has a subcommand of the same name, but for these
+# (tests/test_commands.py checks both lists; docs/protocol.md says where `follow` is used):
+COMMANDS_WITHOUT_SUBCOMMAND = frozenset({"follow"})  # what `logs -f` and `run` do after their first request
+# and these subcommands are slotctl's own, not protocol commands:
+SUBCOMMANDS_OF_ITS_OWN = frozenset({"run"})  # a `start`, then a `follow` to the session's end
+
 # Argument types: a bad value is a usage error (exit 2) naming the option, never a
 # traceback or a request the daemon must refuse.
 

@@ -406,15 +406,15 @@ class Connection:
             except ValueError as error:  # UnicodeDecodeError included
                 raise RequestError(ErrorCode.BAD_REQUEST, f"not valid JSON: {error}") from None
             request_id = request_id_of(message)
-            request_id, command, args = parse_request(message)
+            request_id, request = parse_request(message)
 
             async def emit(item: dict[str, Any]) -> None:
                 await self.send({"id": request_id, **item})
 
-            if command in STREAMING_COMMANDS:
-                result = await self.stream_while_connected(self.commands.handle(command, args, emit))
+            if request.command in STREAMING_COMMANDS:
+                result = await self.stream_while_connected(self.commands.handle(request, emit))
             else:
-                result = await self.commands.handle(command, args, emit)
+                result = await self.commands.handle(request, emit)
             reply = ok_reply(request_id, result)
         except RequestError as error:
             reply = error_reply(request_id, error.code, error.message)
