@@ -39,7 +39,8 @@ sys.path.insert(0, str(CHECKOUT / "bench"))
 from latency import DaemonProcess  # noqa: E402
 
 from supervisor.client import Client  # noqa: E402
-from supervisor.store import Store, iso_from_unix, utc_now  # noqa: E402
+from supervisor.model import iso_from_unix, utc_now  # noqa: E402
+from supervisor.store import Store  # noqa: E402
 
 INFO_BAR = 0.100  # s, the slowest info during a listing
 RSS_INTERVAL = 0.02

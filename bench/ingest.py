@@ -47,7 +47,8 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from supervisor.client import Client, DaemonUnavailable  # noqa: E402
-from supervisor.store import Reader, Session, Store, utc_now  # noqa: E402
+from supervisor.model import utc_now  # noqa: E402
+from supervisor.store import Reader, Session, Store  # noqa: E402
 
 SESSIONS = 3
 LINE_BYTES = 100

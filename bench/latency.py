@@ -69,7 +69,8 @@ from ingest import LINE_BYTES, POLL_INTERVAL, session_program, settle, wait_unti
 
 from supervisor.client import Client, DaemonUnavailable  # noqa: E402
 from supervisor.protocol import decode_data  # noqa: E402
-from supervisor.store import Session, Store, unix_from_iso, utc_now  # noqa: E402
+from supervisor.model import unix_from_iso, utc_now  # noqa: E402
+from supervisor.store import Session, Store  # noqa: E402
 
 FULL = {"follow_lines": 500, "ps_rounds": 1000, "rows": 10_000_000, "restarts": 3, "idle_seconds": 30.0}
 QUICK = {"follow_lines": 100, "ps_rounds": 200, "rows": 1_000_000, "restarts": 1, "idle_seconds": 5.0}

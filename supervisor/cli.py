@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from supervisor import __version__
 from supervisor.client import Client, DaemonUnavailable, RemoteError, find_socket, result_of
 from supervisor.errors import CliExit, ConfigError, SlotdError
+from supervisor.model import STREAMS, Status, Stream, unix_from_iso
 from supervisor.protocol import EXITED_WHILE_BLOCKED, PS_RECENT_ENDED, decode_data
 
 T = TypeVar("T")
@@ -51,7 +52,7 @@ def short_id(session_id: str) -> str:
 def age(iso: str | None) -> str:
     if not iso:
         return "-"
-    return age_text(time.time() - datetime.datetime.fromisoformat(iso).timestamp())
+    return age_text(time.time() - unix_from_iso(iso))
 
 
 def command_text(argv: list[str], width: int = 40) -> str:
@@ -186,10 +187,10 @@ class RowPrinter:
         if self.mode == "raw":
             self.out.write(data)
         elif self.mode == "split":  # slotctl run: the command's stderr to our stderr
-            (self.err if stream == "stderr" else self.out).write(data)
-        elif stream == "system":
+            (self.err if stream == Stream.STDERR else self.out).write(data)
+        elif stream == Stream.SYSTEM:
             self.out.write(b"[slotd] " + data)
-        elif stream == "stdin":
+        elif stream == Stream.STDIN:
             self.out.write(b"[stdin] " + data + (b"" if data.endswith(b"\n") else b"\n"))
         else:
             self.out.write(data)
@@ -304,22 +305,22 @@ def exit_status_of(session: dict[str, Any]) -> int:
         return 128 + session["signal"]
     if session["exit_code"] is not None:
         return session["exit_code"]
-    if session["status"] == "completed":
+    if session["status"] == Status.COMPLETED:
         return CliExit.OK
     return CliExit.NOT_STARTED if session.get("started_at") is None or session["pid"] is None else CliExit.REFUSED
 
 
 def cmd_run(client: Client, args: argparse.Namespace) -> int:
     session = client.request("start", **start_args(args))
-    printer = RowPrinter("json" if args.json else "split", None if args.json else {"stdout", "stderr"})
+    printer = RowPrinter("json" if args.json else "split", None if args.json else {Stream.STDOUT, Stream.STDERR})
     daemon = Reconnecting(args, client)
     try:
         final = follow_rows(daemon, session["id"], 0, printer, None)
     finally:
         daemon.close()
-    if final["status"] == "failed" and final["pid"] is None:
+    if final["status"] == Status.FAILED and final["pid"] is None:
         print(f"slotctl: session {short_id(final['id'])} could not start: {final['reason']}", file=sys.stderr)
-    elif final["status"] in ("lost", "cancelled"):
+    elif final["status"] in (Status.LOST, Status.CANCELLED):
         print(f"slotctl: session {short_id(final['id'])} {final['status']}: {final['reason']}", file=sys.stderr)
     return exit_status_of(final)
 
@@ -363,7 +364,7 @@ def cmd_logs(client: Client, args: argparse.Namespace) -> int:
     if args.stream:
         streams = {args.stream}
     elif args.raw:
-        streams = {"stdout", "stderr"}  # raw means the bytes the command wrote
+        streams = {Stream.STDOUT, Stream.STDERR}  # raw means the bytes the command wrote
     else:
         streams = None
     printer = RowPrinter(mode, streams)
@@ -465,6 +466,13 @@ def daemon_command(command: str):
 
 
 # -- parser ---------------------------------------------------------------------------
+
+# Each protocol command has a subcommand of the same name, but for these
+# (tests/test_commands.py checks both lists; docs/protocol.md says where `follow` is used):
+COMMANDS_WITHOUT_SUBCOMMAND = frozenset({"follow"})  # what `logs -f` and `run` do after their first request
+# and these subcommands are slotctl's own, not protocol commands:
+SUBCOMMANDS_OF_ITS_OWN = frozenset({"run"})  # a `start`, then a `follow` to the session's end
+
 # Argument types: a bad value is a usage error (exit 2) naming the option, never a
 # traceback or a request the daemon must refuse.
 
@@ -550,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.add_argument("-n", type=int, metavar="N", help="only the last N lines")
     p.add_argument("--since", type=since_arg, metavar="SEQ|TIME", help="rows after this sequence number, or since this ISO time")
-    p.add_argument("--stream", choices=["stdout", "stderr", "stdin", "system"], help="one stream only")
+    p.add_argument("--stream", choices=[stream.value for stream in STREAMS], help="one stream only")
     p.add_argument("--raw", action="store_true", help="the exact bytes the command wrote, nothing added")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the session ends")
 

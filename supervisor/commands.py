@@ -20,9 +20,36 @@ from supervisor import __version__
 from supervisor.config import Config
 from supervisor.database import ReaderPool
 from supervisor.ingest import Ingestor
-from supervisor.protocol import PS_RECENT_ENDED, PS_REPLY_MAX, ClientStalled, ErrorCode, RequestError, encode_data, signal_number
+from supervisor.model import ALL_STATUSES, ENDED_STATUSES, LiveState, Status, iso_from_unix, session_view, unix_from_iso, utc_now
+from supervisor.protocol import (
+    PS_RECENT_ENDED,
+    PS_REPLY_MAX,
+    CancelRequest,
+    ClientStalled,
+    DeleteRequest,
+    DrainRequest,
+    ErrorCode,
+    FollowRequest,
+    InfoRequest,
+    KillRequest,
+    LogsRequest,
+    PauseRequest,
+    PruneRequest,
+    PsRequest,
+    Request,
+    RequestError,
+    ResumeRequest,
+    SendRequest,
+    ShowRequest,
+    ShutdownRequest,
+    StartRequest,
+    StopRequest,
+    UndrainRequest,
+    encode_data,
+    signal_number,
+)
 from supervisor.slots import SlotManager, free_bytes
-from supervisor.store import ALL_STATUSES, ENDED_STATUSES, AmbiguousPrefix, DamagedRow, EndedCursor, Reader, Row, Session, iso_from_unix, unix_from_iso, utc_now
+from supervisor.store import AmbiguousPrefix, DamagedRow, EndedCursor, Reader, Row, Session
 
 
 class Emit(Protocol):
@@ -118,7 +145,7 @@ def cut_lines(data: bytes, newlines: int) -> bytes:
 
 
 def sessions_json(sessions: list[Session]) -> list[dict[str, Any]]:
-    return [session.to_json() for session in sessions]
+    return [session_view(session) for session in sessions]
 
 
 def read_unended(reader: Reader, statuses: list[str], labels: dict[str, Any] | None, limit: int | None) -> list[dict[str, Any]]:
@@ -161,11 +188,10 @@ class Commands:
         self.started_monotonic = time.monotonic()
         self.started_at = utc_now()
 
-    async def handle(self, command: str, args: dict[str, Any], emit: Emit) -> Any:
-        if self.shutting_down and command not in READ_ONLY_COMMANDS:
-            raise RequestError(ErrorCode.SHUTTING_DOWN, f"slotd is shutting down: {command} refused (reads still work)")
-        handler = getattr(self, f"cmd_{command}")
-        return await handler(args, emit)
+    async def handle(self, request: Request, emit: Emit) -> Any:
+        if self.shutting_down and request.command not in READ_ONLY_COMMANDS:
+            raise RequestError(ErrorCode.SHUTTING_DOWN, f"slotd is shutting down: {request.command} refused (reads still work)")
+        return await HANDLERS[type(request)](self, request, emit)
 
     async def _session(self, prefix: str) -> Session:
         try:
@@ -205,28 +231,29 @@ class Commands:
             raise RequestError(ErrorCode.NOT_FOUND, f"session {session_id} was deleted")
         return self._with_live_state(session)
 
+    def _live_state(self, session_id: str) -> LiveState:
+        """What only the daemon's memory knows of a session (all None for one not live)."""
+        live = self.slots.live.get(session_id)
+        return LiveState(output_blocked=live.output_note()) if live is not None else LiveState()
+
     def _with_live_state(self, session: Session) -> dict[str, Any]:
         """The session object, with what only the daemon's memory knows of a live one."""
-        return self._with_output_blocked([session.to_json()])[0]
+        return session_view(session, self._live_state(session.id))
 
     # -- sessions ------------------------------------------------------------------
 
-    async def cmd_start(self, args: dict, emit: Emit) -> Any:
-        session = await self.slots.submit(
-            args["argv"], args["cwd"], args["env"], args["labels"], args["priority"], args["queue"]
-        )
-        return session.to_json()
+    async def cmd_start(self, request: StartRequest, emit: Emit) -> Any:
+        session = await self.slots.submit(request.argv, request.cwd, request.env, request.labels, request.priority, request.queue)
+        return session_view(session)
 
-    async def cmd_ps(self, args: dict, emit: Emit) -> Any:
-        statuses = args["status"]
-        if isinstance(statuses, str):
-            statuses = [statuses]
+    async def cmd_ps(self, request: PsRequest, emit: Emit) -> Any:
+        statuses = [request.status] if isinstance(request.status, str) else request.status
         # Like `docker ps`: what runs and waits, and only the latest of what ended.
-        recent_only = not (statuses or args["all"])
+        recent_only = not (statuses or request.all)
         listed: list[dict[str, Any]] = []
 
         async def deliver(page: list[dict[str, Any]]) -> None:
-            if args["stream"]:
+            if request.stream:
                 with trio.move_on_after(PAGE_SEND_DEADLINE) as sending:
                     await emit(*({"session": session} for session in page))
                 if sending.cancelled_caught:
@@ -240,11 +267,11 @@ class Commands:
                         'ask with "stream": true (as slotctl does) or a limit',
                     )
 
-        count = await self._list_sessions(statuses, args["labels"], args["limit"], PS_RECENT_ENDED if recent_only else None, deliver)
-        hidden = max(await self.readers.run(Reader.count_ended, args["labels"]) - PS_RECENT_ENDED, 0) if recent_only else 0
-        if args["stream"]:
+        count = await self._list_sessions(statuses, request.labels, request.limit, PS_RECENT_ENDED if recent_only else None, deliver)
+        hidden = max(await self.readers.run(Reader.count_ended, request.labels) - PS_RECENT_ENDED, 0) if recent_only else 0
+        if request.stream:
             return {"listed": count, "hidden": hidden}
-        return {"sessions": listed, "hidden": hidden} if args["count_hidden"] else listed
+        return {"sessions": listed, "hidden": hidden} if request.count_hidden else listed
 
     async def _list_sessions(
         self,
@@ -292,43 +319,42 @@ class Commands:
     def _with_output_blocked(self, sessions: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Session objects given what only the daemon's memory knows of a live one."""
         for session in sessions:
-            live = self.slots.live.get(session["id"])
-            session["output_blocked"] = live.output_note() if live is not None else None
+            session.update(self._live_state(session["id"])._asdict())
         return sessions
 
-    async def cmd_show(self, args: dict, emit: Emit) -> Any:
-        session = await self._session(args["session"])
+    async def cmd_show(self, request: ShowRequest, emit: Emit) -> Any:
+        session = await self._session(request.session)
         stats = await self.readers.run(Reader.transcript_stats, session.id)
         return {**self._with_live_state(session), "transcript": stats}
 
-    async def cmd_stop(self, args: dict, emit: Emit) -> Any:
-        session = await self._session(args["session"])
-        await self.slots.stop(session, args["timeout"], args["wait"])
+    async def cmd_stop(self, request: StopRequest, emit: Emit) -> Any:
+        session = await self._session(request.session)
+        await self.slots.stop(session, request.timeout, request.wait)
         return await self._current(session.id)
 
-    async def cmd_kill(self, args: dict, emit: Emit) -> Any:
-        session = await self._session(args["session"])
-        await self.slots.kill(session, signal_number(args["signal"]))
+    async def cmd_kill(self, request: KillRequest, emit: Emit) -> Any:
+        session = await self._session(request.session)
+        await self.slots.kill(session, signal_number(request.signal))
         return await self._current(session.id)
 
-    async def cmd_pause(self, args: dict, emit: Emit) -> Any:
-        session = await self._session(args["session"])
+    async def cmd_pause(self, request: PauseRequest, emit: Emit) -> Any:
+        session = await self._session(request.session)
         await self.slots.pause(session)
         return await self._current(session.id)
 
-    async def cmd_resume(self, args: dict, emit: Emit) -> Any:
-        session = await self._session(args["session"])
+    async def cmd_resume(self, request: ResumeRequest, emit: Emit) -> Any:
+        session = await self._session(request.session)
         await self.slots.resume(session)
         return await self._current(session.id)
 
-    async def cmd_cancel(self, args: dict, emit: Emit) -> Any:
-        session = await self._session(args["session"])
+    async def cmd_cancel(self, request: CancelRequest, emit: Emit) -> Any:
+        session = await self._session(request.session)
         await self.slots.cancel(session)
         return await self._current(session.id)
 
-    async def cmd_delete(self, args: dict, emit: Emit) -> Any:
+    async def cmd_delete(self, request: DeleteRequest, emit: Emit) -> Any:
         try:
-            session = await self._session(args["session"])
+            session = await self._session(request.session)
         except DamagedRow as error:
             # A row edited into nonsense can still be deleted (if it is not live).
             session_id = error.session_id
@@ -349,31 +375,29 @@ class Commands:
         self.ingestor.forget(session.id)
         return {"deleted": session.id}
 
-    async def cmd_send(self, args: dict, emit: Emit) -> Any:
-        session = await self._session(args["session"])
-        if args["data_b64"] is not None:
+    async def cmd_send(self, request: SendRequest, emit: Emit) -> Any:
+        session = await self._session(request.session)
+        data = request.data.encode()
+        if request.data_b64 is not None:
             try:
-                data = base64.b64decode(args["data_b64"], validate=True)
+                data += base64.b64decode(request.data_b64, validate=True)
             except binascii.Error:
                 raise RequestError(ErrorCode.INVALID_ARGUMENT, "send: 'data_b64' is not valid base64") from None
-            data = args["data"].encode() + data
-        else:
-            data = args["data"].encode()
-        await self.slots.send(session, data, args["eof"])
-        return {"sent": len(data), "eof": args["eof"]}
+        await self.slots.send(session, data, request.eof)
+        return {"sent": len(data), "eof": request.eof}
 
-    async def cmd_prune(self, args: dict, emit: Emit) -> Any:
-        statuses = args["status"] or list(ENDED_STATUSES)
+    async def cmd_prune(self, request: PruneRequest, emit: Emit) -> Any:
+        statuses = request.status or list(ENDED_STATUSES)
         if isinstance(statuses, str):
             statuses = [statuses]
         not_ended = [s for s in statuses if s not in ENDED_STATUSES]
         if not_ended:
             raise RequestError(ErrorCode.INVALID_ARGUMENT, f"prune: only ended sessions can be pruned, not {', '.join(not_ended)}")
         before = None
-        if args["older_than"] is not None:
-            if args["older_than"] > time.time():
+        if request.older_than is not None:
+            if request.older_than > time.time():
                 return {"deleted": []}  # older than the epoch: nothing is
-            before = iso_from_unix(time.time() - args["older_than"])
+            before = iso_from_unix(time.time() - request.older_than)
         deleted = await self.slots.writer.run(self.slots.store.prune, before, statuses)
         for session_id in deleted:
             self.ingestor.forget(session_id)
@@ -381,15 +405,15 @@ class Commands:
 
     # -- transcripts ---------------------------------------------------------------
 
-    async def cmd_logs(self, args: dict, emit: Emit) -> Any:
-        if args["tail"] is not None and (args["since_seq"] is not None or args["since_time"] is not None):
+    async def cmd_logs(self, request: LogsRequest, emit: Emit) -> Any:
+        if request.tail is not None and (request.since_seq is not None or request.since_time is not None):
             raise RequestError(ErrorCode.INVALID_ARGUMENT, "logs: 'tail' cannot be combined with 'since_seq' or 'since_time'")
-        session = await self._session(args["session"])
-        streams = [args["stream"]] if args["stream"] else None
+        session = await self._session(request.session)
+        streams = [request.stream] if request.stream else None
         sent = 0
         last_seq = 0
-        if args["tail"] is not None:
-            first, cut, last_seq = await self.readers.run(tail_start, session.id, args["tail"], streams)
+        if request.tail is not None:
+            first, cut, last_seq = await self.readers.run(tail_start, session.id, request.tail, streams)
             after = first - 1
 
             def tail_row(row: Row) -> dict[str, Any] | None:
@@ -412,12 +436,12 @@ class Commands:
                 after = page.last_seq
         else:
             since_ts = None
-            if args["since_time"] is not None:
+            if request.since_time is not None:
                 try:
-                    since_ts = unix_from_iso(args["since_time"])
+                    since_ts = unix_from_iso(request.since_time)
                 except ValueError:
-                    raise RequestError(ErrorCode.INVALID_ARGUMENT, f"logs: 'since_time' is not an ISO 8601 time: {args['since_time']!r}") from None
-            after = args["since_seq"] or 0
+                    raise RequestError(ErrorCode.INVALID_ARGUMENT, f"logs: 'since_time' is not an ISO 8601 time: {request.since_time!r}") from None
+            after = request.since_seq or 0
             if since_ts is not None:
                 after = max(after, await self.readers.run(Reader.seq_before_time, session.id, since_ts))
             # A follow carries on from here: at least what existed when we looked.
@@ -436,10 +460,10 @@ class Commands:
                     break
         return {"rows": sent, "last_seq": last_seq, "status": session.status}
 
-    async def cmd_follow(self, args: dict, emit: Emit) -> Any:
-        session = await self._session(args["session"])
-        streams = [args["stream"]] if args["stream"] else None
-        after = args["since_seq"]
+    async def cmd_follow(self, request: FollowRequest, emit: Emit) -> Any:
+        session = await self._session(request.session)
+        streams = [request.stream] if request.stream else None
+        after = request.since_seq
         current: Session | None = None
         while True:
             # Take the event before reading: a commit after this point wakes us.
@@ -460,21 +484,21 @@ class Commands:
                 continue
             if current.is_ended:
                 # A session's end is committed with its last rows: nothing more will come.
-                return {**current.to_json(), "last_seq": after}
+                return {**session_view(current), "last_seq": after}
             await changed.wait()
 
     # -- the daemon ----------------------------------------------------------------
 
-    async def cmd_drain(self, args: dict, emit: Emit) -> Any:
+    async def cmd_drain(self, request: DrainRequest, emit: Emit) -> Any:
         await self.slots.set_draining(True)
-        return await self.cmd_info(args, emit)
+        return await self.cmd_info(InfoRequest(), emit)
 
-    async def cmd_undrain(self, args: dict, emit: Emit) -> Any:
+    async def cmd_undrain(self, request: UndrainRequest, emit: Emit) -> Any:
         await self.slots.set_draining(False)
-        return await self.cmd_info(args, emit)
+        return await self.cmd_info(InfoRequest(), emit)
 
-    async def cmd_info(self, args: dict, emit: Emit) -> Any:
-        queued = await self.readers.run(Reader.count_with_status, ["queued"])
+    async def cmd_info(self, request: InfoRequest, emit: Emit) -> Any:
+        queued = await self.readers.run(Reader.count_with_status, [Status.QUEUED])
         db_bytes = 0
         for suffix in ("", "-wal"):
             try:
@@ -506,8 +530,33 @@ class Commands:
             "on_shutdown": self.config.on_shutdown,
         }
 
-    async def cmd_shutdown(self, args: dict, emit: Emit) -> Any:
-        mode = args["mode"] or self.config.on_shutdown
+    async def cmd_shutdown(self, request: ShutdownRequest, emit: Emit) -> Any:
+        mode = request.mode or self.config.on_shutdown
         self.request_shutdown(mode)
         return {"shutting_down": True, "mode": mode}
+
+
+Handler = Callable[[Commands, Any, Emit], Awaitable[Any]]
+
+# The handler of each request class: every command in protocol.REQUESTS has one, taking
+# that class (tests/test_commands.py checks both ways).
+HANDLERS: dict[type[Request], Handler] = {
+    StartRequest: Commands.cmd_start,
+    PsRequest: Commands.cmd_ps,
+    ShowRequest: Commands.cmd_show,
+    LogsRequest: Commands.cmd_logs,
+    FollowRequest: Commands.cmd_follow,
+    SendRequest: Commands.cmd_send,
+    StopRequest: Commands.cmd_stop,
+    KillRequest: Commands.cmd_kill,
+    PauseRequest: Commands.cmd_pause,
+    ResumeRequest: Commands.cmd_resume,
+    CancelRequest: Commands.cmd_cancel,
+    DeleteRequest: Commands.cmd_delete,
+    PruneRequest: Commands.cmd_prune,
+    DrainRequest: Commands.cmd_drain,
+    UndrainRequest: Commands.cmd_undrain,
+    InfoRequest: Commands.cmd_info,
+    ShutdownRequest: Commands.cmd_shutdown,
+}
 

@@ -282,16 +282,16 @@ class Connection:
             except ValueError as error:  # UnicodeDecodeError included
                 raise RequestError(ErrorCode.BAD_REQUEST, f"not valid JSON: {error}") from None
             request_id = request_id_of(message)
-            request_id, command, args = parse_request(message)
+            request_id, request = parse_request(message)
 
             async def emit(*items: dict[str, Any]) -> None:
                 # Several at once go out as one write: a page of sessions is 200 of them.
                 await self.send_bytes(b"".join(encode_message({"id": request_id, **item}) for item in items))
 
-            if command in STREAMING_COMMANDS:
-                result = await self.stream_while_connected(self.commands.handle(command, args, emit))
+            if request.command in STREAMING_COMMANDS:
+                result = await self.stream_while_connected(self.commands.handle(request, emit))
             else:
-                result = await self.commands.handle(command, args, emit)
+                result = await self.commands.handle(request, emit)
             reply = ok_reply(request_id, result)
         except RequestError as error:
             reply = error_reply(request_id, error.code, error.message)

@@ -8,6 +8,9 @@ Streaming commands (``logs``, ``follow``) first send any number of
 ``{"id": 1, "row": {...}}`` messages, one per transcript row; ``ps`` with ``stream``
 sends ``{"id": 1, "session": {...}}`` messages the same way. docs/protocol.md
 describes every command, argument and error code.
+
+Each command has a request class (StartRequest, PsRequest, ...) whose fields are its
+arguments and say how each is checked; parse_request checks a message and returns one.
 """
 
 from __future__ import annotations
@@ -17,12 +20,12 @@ import copy
 import json
 import math
 import signal
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, ClassVar
 
 from supervisor import jsonlimits
 from supervisor.errors import SlotdError
-from supervisor.store import ALL_STATUSES, STREAMS
+from supervisor.model import ALL_STATUSES, STREAMS
 
 MAX_MESSAGE_BYTES = 1 << 20
 # A request id, as compact JSON: it is copied into every reply and streamed row.
@@ -110,6 +113,9 @@ class ClientStalled(Exception):
 
 @dataclass(frozen=True)
 class Arg:
+    """How parse_request reads one argument: a value must pass check, else the error
+    says it must be `expected`; an absent one is an error if required, else default."""
+
     check: Callable[[Any], bool]
     expected: str
     required: bool = False
@@ -193,67 +199,181 @@ def _is_mode(value: Any) -> bool:
     return value in ("keep", "stop")
 
 
-SESSION = Arg(_is_str, "a session id or unique prefix (string)", required=True)
-LABELS = f"a JSON object of at most {MAX_LABELS_BYTES // 1024} KiB as compact JSON (text that is UTF-8, integers within 64 bits)"
-STATUSES = "a status or list of statuses (queued, running, paused, waiting_checkpoint, completed, failed, killed, lost, cancelled)"
+def _one_of(names: tuple[str, ...]) -> str:
+    """'"a", "b" or "c"': the names a message says an argument may be."""
+    quoted = [f'"{name}"' for name in names]
+    return f"{', '.join(quoted[:-1])} or {quoted[-1]}"
 
+
+SESSION = "a session id or unique prefix (string)"
+LABELS = f"a JSON object of at most {MAX_LABELS_BYTES // 1024} KiB as compact JSON (text that is UTF-8, integers within 64 bits)"
+STATUSES = f"a status or list of statuses ({', '.join(ALL_STATUSES)})"
+STREAM = _one_of(STREAMS)
+SINCE_SEQ = "a sequence number >= 0 (rows after it)"
+
+
+def arg(check: Callable[[Any], bool], expected: str, *, required: bool = False, default: Any = None) -> Any:
+    """A request class's field for one argument, read as Arg says."""
+    return field(metadata={"arg": Arg(check, expected, required, default)})
+
+
+# -- requests: one class per command, its fields the command's arguments -------------
+# Each field says how its argument is checked; parse_request fills every field (with
+# its default when the argument is absent or null), so the fields have no defaults here.
+
+
+@dataclass(frozen=True, kw_only=True)
+class Request:
+    """A request that passed its command's checks."""
+
+    command: ClassVar[str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionRequest(Request):
+    """A request about one session."""
+
+    session: str = arg(_is_str, SESSION, required=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StartRequest(Request):
+    command = "start"
+    argv: list[str] = arg(_is_argv, "a non-empty list of strings without NUL characters (the command and its arguments)", required=True)
+    cwd: str = arg(_is_runnable, "an absolute directory path (a string without NUL characters)", required=True)
+    env: dict[str, str] = arg(_is_env, "an object of string values without NUL characters, named by non-empty strings without '=' or NUL", default={})
+    labels: dict[str, Any] = arg(_is_labels, LABELS, default={})
+    priority: int = arg(_is_int, "an integer (higher starts first)", default=0)
+    queue: bool = arg(_is_bool, "true or false", default=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PsRequest(Request):
+    command = "ps"
+    status: str | list[str] | None = arg(_is_statuses, STATUSES)
+    labels: dict[str, Any] | None = arg(_is_labels, f"labels to match: {LABELS}")
+    limit: int | None = arg(_is_non_negative_int, "an integer >= 0")
+    all: bool = arg(_is_bool, f"true to list every ended session, not only the {PS_RECENT_ENDED} latest", default=False)
+    count_hidden: bool = arg(_is_bool, 'true for {"sessions": [...], "hidden": N} instead of the bare list', default=False)
+    stream: bool = arg(_is_bool, 'true to receive each session as a {"session": {...}} message, then {"listed": N, "hidden": N}', default=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShowRequest(SessionRequest):
+    command = "show"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogsRequest(SessionRequest):
+    command = "logs"
+    tail: int | None = arg(_is_non_negative_int, "a number of lines >= 0")
+    since_seq: int | None = arg(_is_non_negative_int, SINCE_SEQ)
+    since_time: str | None = arg(_is_str, "an ISO 8601 time")
+    stream: str | None = arg(_is_stream, STREAM)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FollowRequest(SessionRequest):
+    command = "follow"
+    since_seq: int = arg(_is_non_negative_int, SINCE_SEQ, default=0)
+    stream: str | None = arg(_is_stream, STREAM)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SendRequest(SessionRequest):
+    command = "send"
+    data: str = arg(_is_str, "text to write to the session's stdin", default="")
+    data_b64: str | None = arg(_is_str, "base64 bytes to write to the session's stdin")
+    eof: bool = arg(_is_bool, "true to close the session's stdin after the data", default=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StopRequest(SessionRequest):
+    command = "stop"
+    timeout: float | None = arg(lambda v: _is_number(v) and 0 <= v <= MAX_STOP_TIMEOUT, f"seconds from 0 to {MAX_STOP_TIMEOUT} before SIGKILL")
+    wait: bool = arg(_is_bool, "true or false", default=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class KillRequest(SessionRequest):
+    command = "kill"
+    signal: int | str = arg(_is_signal, "a signal name (TERM, SIGKILL) or number", default="SIGKILL")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PauseRequest(SessionRequest):
+    command = "pause"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResumeRequest(SessionRequest):
+    command = "resume"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CancelRequest(SessionRequest):
+    command = "cancel"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeleteRequest(SessionRequest):
+    command = "delete"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PruneRequest(Request):
+    command = "prune"
+    older_than: float | None = arg(lambda v: _is_number(v) and v >= 0, "an age in seconds >= 0")
+    status: str | list[str] | None = arg(_is_statuses, STATUSES)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DrainRequest(Request):
+    command = "drain"
+
+
+@dataclass(frozen=True, kw_only=True)
+class UndrainRequest(Request):
+    command = "undrain"
+
+
+@dataclass(frozen=True, kw_only=True)
+class InfoRequest(Request):
+    command = "info"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShutdownRequest(Request):
+    command = "shutdown"
+    mode: str | None = arg(_is_mode, '"keep" or "stop"')
+
+
+# Every command, in the order the unknown-command message lists them.
+REQUESTS: dict[str, type[Request]] = {
+    request.command: request
+    for request in (
+        StartRequest,
+        PsRequest,
+        ShowRequest,
+        LogsRequest,
+        FollowRequest,
+        SendRequest,
+        StopRequest,
+        KillRequest,
+        PauseRequest,
+        ResumeRequest,
+        CancelRequest,
+        DeleteRequest,
+        PruneRequest,
+        DrainRequest,
+        UndrainRequest,
+        InfoRequest,
+        ShutdownRequest,
+    )
+}
+# Each command's arguments, in field order: how parse_request checks them.
 COMMANDS: dict[str, dict[str, Arg]] = {
-    "start": {
-        "argv": Arg(_is_argv, "a non-empty list of strings without NUL characters (the command and its arguments)", required=True),
-        "cwd": Arg(_is_runnable, "an absolute directory path (a string without NUL characters)", required=True),
-        "env": Arg(_is_env, "an object of string values without NUL characters, named by non-empty strings without '=' or NUL", default={}),
-        "labels": Arg(_is_labels, LABELS, default={}),
-        "priority": Arg(_is_int, "an integer (higher starts first)", default=0),
-        "queue": Arg(_is_bool, "true or false", default=True),
-    },
-    "ps": {
-        "status": Arg(_is_statuses, STATUSES),
-        "labels": Arg(_is_labels, f"labels to match: {LABELS}"),
-        "limit": Arg(_is_non_negative_int, "an integer >= 0"),
-        "all": Arg(_is_bool, f"true to list every ended session, not only the {PS_RECENT_ENDED} latest", default=False),
-        "count_hidden": Arg(_is_bool, 'true for {"sessions": [...], "hidden": N} instead of the bare list', default=False),
-        "stream": Arg(_is_bool, 'true to receive each session as a {"session": {...}} message, then {"listed": N, "hidden": N}', default=False),
-    },
-    "show": {"session": SESSION},
-    "logs": {
-        "session": SESSION,
-        "tail": Arg(_is_non_negative_int, "a number of lines >= 0"),
-        "since_seq": Arg(_is_non_negative_int, "a sequence number >= 0 (rows after it)"),
-        "since_time": Arg(_is_str, "an ISO 8601 time"),
-        "stream": Arg(_is_stream, '"stdout", "stderr", "stdin" or "system"'),
-    },
-    "follow": {
-        "session": SESSION,
-        "since_seq": Arg(_is_non_negative_int, "a sequence number >= 0 (rows after it)", default=0),
-        "stream": Arg(_is_stream, '"stdout", "stderr", "stdin" or "system"'),
-    },
-    "send": {
-        "session": SESSION,
-        "data": Arg(_is_str, "text to write to the session's stdin", default=""),
-        "data_b64": Arg(_is_str, "base64 bytes to write to the session's stdin"),
-        "eof": Arg(_is_bool, "true to close the session's stdin after the data", default=False),
-    },
-    "stop": {
-        "session": SESSION,
-        "timeout": Arg(lambda v: _is_number(v) and 0 <= v <= MAX_STOP_TIMEOUT, f"seconds from 0 to {MAX_STOP_TIMEOUT} before SIGKILL"),
-        "wait": Arg(_is_bool, "true or false", default=True),
-    },
-    "kill": {
-        "session": SESSION,
-        "signal": Arg(_is_signal, "a signal name (TERM, SIGKILL) or number", default="SIGKILL"),
-    },
-    "pause": {"session": SESSION},
-    "resume": {"session": SESSION},
-    "cancel": {"session": SESSION},
-    "delete": {"session": SESSION},
-    "prune": {
-        "older_than": Arg(lambda v: _is_number(v) and v >= 0, "an age in seconds >= 0"),
-        "status": Arg(_is_statuses, STATUSES),
-    },
-    "drain": {},
-    "undrain": {},
-    "info": {},
-    "shutdown": {"mode": Arg(_is_mode, '"keep" or "stop"')},
+    name: {f.name: f.metadata["arg"] for f in fields(request)} for name, request in REQUESTS.items()
 }
 
 STREAMING_COMMANDS = frozenset({"logs", "follow"})
@@ -272,8 +392,9 @@ def request_id_of(message: Any) -> Any:
     return request_id
 
 
-def parse_request(message: Any) -> tuple[Any, str, dict[str, Any]]:
-    """Validate a decoded request; return (id, command, arguments with defaults)."""
+def parse_request(message: Any) -> tuple[Any, Request]:
+    """Validate a decoded request; return its id and the command's request, every
+    argument filled in (with its default if absent)."""
     if not isinstance(message, dict):
         raise RequestError(ErrorCode.BAD_REQUEST, "a request must be a JSON object")
     request_id = request_id_of(message)
@@ -285,7 +406,7 @@ def parse_request(message: Any) -> tuple[Any, str, dict[str, Any]]:
     spec = COMMANDS.get(command)
     if spec is None:
         raise RequestError(ErrorCode.UNKNOWN_COMMAND, f"unknown command {command!r} (known: {', '.join(COMMANDS)})")
-    args = {}
+    args: dict[str, Any] = {}
     for key, value in message.items():
         if key in ENVELOPE_KEYS:
             continue
@@ -303,7 +424,7 @@ def parse_request(message: Any) -> tuple[Any, str, dict[str, Any]]:
             if arg.required:
                 raise RequestError(ErrorCode.INVALID_ARGUMENT, f"{command}: missing argument {key!r} ({arg.expected})")
             args[key] = copy.deepcopy(arg.default)
-    return request_id, command, args
+    return request_id, REQUESTS[command](**args)
 
 
 def signal_number(value: int | str) -> int:

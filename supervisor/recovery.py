@@ -23,7 +23,8 @@ from supervisor import fsguard, spool
 from supervisor.linux import current_boot_id
 from supervisor.processes import ProcessRef, alive, find_shim, kill_process, signal_group
 from supervisor.slots import LiveSession, SlotManager, shim_columns
-from supervisor.store import LIVE_STATUSES, Session, utc_now
+from supervisor.model import LIVE_STATUSES, utc_now
+from supervisor.store import Session
 
 log = structlog.get_logger()
 

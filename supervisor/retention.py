@@ -12,7 +12,8 @@ import structlog
 
 from supervisor.config import Retention
 from supervisor.database import DatabaseWriter, ReaderPool
-from supervisor.store import ENDED_STATUSES, iso_from_unix, trimming
+from supervisor.model import ENDED_STATUSES, iso_from_unix
+from supervisor.store import trimming
 
 log = structlog.get_logger()
 

@@ -33,7 +33,8 @@ from supervisor.processes import ProcessRef, alive, kill_process, signal_group
 from supervisor.protocol import EXITED_WHILE_BLOCKED, ErrorCode, RequestError
 from supervisor.tailing import tail_spool
 from supervisor.stdin import InputClosed, InputWriter
-from supervisor.store import LIVE_STATUSES, Session, iso_from_unix, utc_now
+from supervisor.model import LIVE_STATUSES, iso_from_unix, utc_now
+from supervisor.store import Session
 
 log = structlog.get_logger()
 

@@ -17,7 +17,8 @@ import pytest
 
 from supervisor.client import RemoteError
 from supervisor.protocol import decode_data
-from supervisor.store import Store, iso_from_unix, utc_now
+from supervisor.model import iso_from_unix, utc_now
+from supervisor.store import Store
 from tests.conftest import py, system_text, wait_for
 
 

@@ -28,7 +28,8 @@ from supervisor.ingest import Ingestor
 from supervisor.jsonlimits import MAX_DEPTH
 from supervisor.protocol import MAX_ID_BYTES, MAX_LABELS_BYTES, decode_data
 from supervisor.slots import SlotManager
-from supervisor.store import Session, Store, utc_now
+from supervisor.model import utc_now
+from supervisor.store import Session, Store
 from supervisor.client import RemoteError
 from tests.conftest import py, wait_for
 from tests.test_control import SMALL_DISK, Raw, daemon_on_small_disk, fill_disk

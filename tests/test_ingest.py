@@ -25,7 +25,8 @@ from supervisor.database import DatabaseWriter
 from supervisor.ingest import Ingestor
 from supervisor.tailing import tail_spool
 from supervisor.spool import Position, Record, SpoolReader, SpoolWriter
-from supervisor.store import ROW_OVERHEAD, Batch, Reader, Row, Session, Store, utc_now
+from supervisor.model import utc_now
+from supervisor.store import ROW_OVERHEAD, Batch, Reader, Row, Session, Store
 from tests.conftest import end_shim_run, wait_for
 
 DEADLINE = 20.0

@@ -1,13 +1,14 @@
-"""docs/protocol.md stays true to protocol.py: every command, argument and error code."""
+"""docs/protocol.md stays true to the code: every command, argument, error code and session field."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 
-from supervisor import protocol
+from supervisor import model, protocol
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 
@@ -65,3 +66,26 @@ def test_error_code_table_lists_exactly_the_codes_that_exist() -> None:
     listed = TABLE_NAME.findall(section)
     assert len(listed) == len(set(listed)), "a code is listed twice"
     assert set(listed) == set(protocol.ALL_ERROR_CODES)
+
+
+def session_object_fields() -> list[str]:
+    """The names in the first column of the table under '## The session object'."""
+    section = level2_section(DOC.read_text(encoding="utf-8"), "The session object")
+    table = re.search(r"^\| Field \|.*?(?=^[^|]|\Z)", section, re.MULTILINE | re.DOTALL)
+    assert table is not None, "'## The session object' has no field table"
+    return TABLE_NAME.findall(table.group(0))
+
+
+def test_session_object_table_lists_exactly_the_fields_of_the_view() -> None:
+    """The session-object table has a row for every field of the session on the wire and none for a field it does not have."""
+    listed = session_object_fields()
+    assert len(listed) == len(set(listed)), "a field is listed twice"
+    assert set(listed) == {*model.SESSION_FIELDS, *model.LIVE_FIELDS}
+
+
+def test_the_full_session_object_example_has_exactly_the_fields_of_the_view() -> None:
+    """The example of a full session object (as show returns it) has every field of the view and no other."""
+    section = level2_section(DOC.read_text(encoding="utf-8"), "The session object")
+    example = re.search(r"^A full session object as `show` returns it:\s*```json\n(.*?)```", section, re.MULTILINE | re.DOTALL)
+    assert example is not None, "'## The session object' has no full example"
+    assert list(json.loads(example.group(1))) == [*model.SESSION_FIELDS, *model.LIVE_FIELDS, "transcript"]

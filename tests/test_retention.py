@@ -8,7 +8,8 @@ from supervisor import retention
 from supervisor.retention import truncation_marker
 from supervisor.config import Retention
 from supervisor.database import DatabaseWriter
-from supervisor.store import Batch, Reader, Row, Session, Store, iso_from_unix, trimming
+from supervisor.model import iso_from_unix
+from supervisor.store import Batch, Reader, Row, Session, Store, trimming
 from tests.conftest import py, wait_for
 
 MiB = 1 << 20

@@ -13,8 +13,8 @@ from typing import Any
 import apsw
 import pytest
 
+from supervisor.model import ENDED_STATUSES, iso_from_unix, utc_now
 from supervisor.store import (
-    ENDED_STATUSES,
     SCHEMA_VERSION,
     AmbiguousPrefix,
     Batch,
@@ -23,9 +23,7 @@ from supervisor.store import (
     SchemaTooNew,
     Session,
     Store,
-    iso_from_unix,
     migrate,
-    utc_now,
 )
 
 DAY = 86400.0

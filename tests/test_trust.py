@@ -416,7 +416,7 @@ def test_a_spool_directory_handed_to_another_user_while_the_daemon_was_down_is_n
     wait_for(lambda: b"up" in daemon.stdout_bytes(session["id"]), what="the session's output")
     recorded = daemon.session(session["id"])
     daemon.kill9()
-    spool_dir = Path(recorded["spool_dir"])
+    spool_dir = daemon.root / "run" / "sessions" / session["id"]
     os.chown(spool_dir, NOBODY, NOBODY)
     daemon.start()
     ended = daemon.wait_ended(session["id"])

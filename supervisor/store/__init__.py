@@ -4,7 +4,7 @@ One writer connection (``BEGIN IMMEDIATE``, WAL, no automatic checkpoints on the
 capture path) and any number of reader connections. Nothing here is async: the daemon
 calls these methods from worker threads so a commit never stalls the event loop.
 
-- records: the vocabulary (statuses, streams), times, Session, Row and Batch
+- records: Session, Row and Batch (the vocabulary and times are supervisor.model's)
 - schema: connection settings, the schema and its migrations
 - files: the database's files (identity, a lost WAL set aside) and checkpoints
 - reader: Reader, every query
@@ -22,33 +22,16 @@ from supervisor.store.files import (
     leave_journal_on_close,
 )
 from supervisor.store.reader import EndedCursor, Reader
-from supervisor.store.records import (
-    ALL_STATUSES,
-    ENDED_STATUSES,
-    LIVE_STATUSES,
-    ROW_OVERHEAD,
-    STREAMS,
-    Batch,
-    Row,
-    Session,
-    iso_from_unix,
-    row_cost,
-    unix_from_iso,
-    utc_now,
-)
+from supervisor.store.records import ROW_OVERHEAD, Batch, Row, Session, row_cost
 from supervisor.store.schema import BUSY_TIMEOUT_MS, MIGRATIONS, SCHEMA_VERSION, WAL_SIZE_LIMIT, connect, migrate
 from supervisor.store.writes import Store
 
 __all__ = [
-    "ALL_STATUSES",
     "BUSY_TIMEOUT_MS",
     "DATABASE_SUFFIXES",
-    "ENDED_STATUSES",
-    "LIVE_STATUSES",
     "MIGRATIONS",
     "ROW_OVERHEAD",
     "SCHEMA_VERSION",
-    "STREAMS",
     "TRUNCATE_BUSY_TIMEOUT_MS",
     "WAL_SIZE_LIMIT",
     "AmbiguousPrefix",
@@ -64,10 +47,7 @@ __all__ = [
     "Store",
     "connect",
     "database_is_empty",
-    "iso_from_unix",
     "leave_journal_on_close",
     "migrate",
     "row_cost",
-    "unix_from_iso",
-    "utc_now",
 ]

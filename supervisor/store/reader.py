@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any, Self
 
 from supervisor.errors import AmbiguousPrefix
+from supervisor.model import ENDED_STATUSES
 from supervisor.store.records import (
-    ENDED_STATUSES,
     Row,
     Session,
     _SELECT_COLUMNS,
@@ -36,7 +36,7 @@ def _stream_filter(streams: Sequence[str] | None, args: list[Any]) -> str:
 
 # The condition sessions_by_end is declared with, as SQL text: SQLite uses a partial
 # index only for queries whose WHERE clause contains its condition (not bound values).
-_ENDED_TERM = f"status IN ({', '.join(repr(status) for status in ENDED_STATUSES)})"
+_ENDED_TERM = f"status IN ({', '.join(repr(status.value) for status in ENDED_STATUSES)})"
 
 # Where a listing of ended sessions stands: the (ended_at, arrival) of the last one read.
 EndedCursor = tuple[bytes | None, int]

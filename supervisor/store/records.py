@@ -1,11 +1,10 @@
-"""What the store holds, as Python values: the status and stream vocabulary, times,
-a session's row, transcript rows and the batches ingest commits. No SQL runs here.
+"""What the store holds, as Python values: a session's row, transcript rows and the
+batches ingest commits (the statuses and streams are model.py's). No SQL runs here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -16,30 +15,9 @@ import structlog
 
 from supervisor import jsonlimits
 from supervisor.errors import DamagedRow
+from supervisor.model import ENDED_STATUSES
 
 log = structlog.get_logger()
-
-LIVE_STATUSES = ("running", "paused", "waiting_checkpoint")
-ENDED_STATUSES = ("completed", "failed", "killed", "lost", "cancelled")
-ALL_STATUSES = ("queued", *LIVE_STATUSES, *ENDED_STATUSES)
-STREAMS = ("stdout", "stderr", "stdin", "system")
-
-
-def utc_now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
-
-
-def iso_from_unix(seconds: float) -> str:
-    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat(timespec="microseconds")
-
-
-def unix_from_iso(text: str) -> float:
-    """Parse an ISO 8601 time; a time without a zone is taken as UTC."""
-    moment = datetime.datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.UTC)
-    return moment.timestamp()
-
 
 @dataclass(frozen=True)
 class Session:
@@ -76,12 +54,6 @@ class Session:
     @property
     def is_ended(self) -> bool:
         return self.status in ENDED_STATUSES
-
-    def to_json(self) -> dict[str, Any]:
-        # Not dataclasses.asdict: its deep copy took 30 µs a session, the bulk of a
-        # listing's time. The lists and objects inside are the session's own, fresh
-        # from the row; nothing changes them.
-        return {name: getattr(self, name) for name in _SESSION_FIELDS}
 
 
 _SESSION_FIELDS = [f.name for f in dataclasses.fields(Session)]

@@ -7,8 +7,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from supervisor.model import ENDED_STATUSES
 from supervisor.store.reader import Reader
-from supervisor.store.records import ENDED_STATUSES
 from supervisor.store.writes import Store
 
 

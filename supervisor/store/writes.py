@@ -11,10 +11,10 @@ from typing import Any
 import apsw
 
 from supervisor.errors import DamagedRow
+from supervisor.model import ENDED_STATUSES, utc_now
 from supervisor.store.files import DatabaseFile
 from supervisor.store.reader import Reader
 from supervisor.store.records import (
-    ENDED_STATUSES,
     _SELECT_COLUMNS,
     _SESSION_COLUMNS,
     _SESSION_FIELDS,
@@ -22,7 +22,6 @@ from supervisor.store.records import (
     Session,
     _session_from_row,
     _to_column,
-    utc_now,
 )
 from supervisor.store.schema import BUSY_TIMEOUT_MS, connect, migrate
 

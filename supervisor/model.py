@@ -1,0 +1,118 @@
+"""slotd's vocabulary: session statuses, transcript streams, times, the session on the wire.
+
+A leaf: it imports nothing of slotd and nothing outside the standard library, so the
+daemon, the store and slotctl all speak it, and slotctl loads neither apsw nor trio.
+"""
+
+from __future__ import annotations
+
+import datetime
+from enum import StrEnum
+from typing import Any, NamedTuple
+
+
+class Status(StrEnum):
+    """A session's status (docs/protocol.md, "Statuses"), as the wire and the database spell it."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    PAUSED = "paused"
+    WAITING_CHECKPOINT = "waiting_checkpoint"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    KILLED = "killed"
+    LOST = "lost"
+    CANCELLED = "cancelled"
+
+
+# In this order: store.py's SQL spells the ended ones out as its partial index does, and
+# SQLite uses that index only for the same terms.
+LIVE_STATUSES = (Status.RUNNING, Status.PAUSED, Status.WAITING_CHECKPOINT)
+ENDED_STATUSES = (Status.COMPLETED, Status.FAILED, Status.KILLED, Status.LOST, Status.CANCELLED)
+ALL_STATUSES = tuple(Status)
+
+
+class Stream(StrEnum):
+    """Where a transcript row comes from: the command's output, its input, or slotd."""
+
+    STDOUT = "stdout"
+    STDERR = "stderr"
+    STDIN = "stdin"
+    SYSTEM = "system"
+
+
+STREAMS = tuple(Stream)
+
+
+# -- times: ISO 8601 in UTC with microseconds on the wire and in the database --------
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
+
+
+def iso_from_unix(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat(timespec="microseconds")
+
+
+def unix_from_iso(text: str) -> float:
+    """Parse an ISO 8601 time; a time without a zone is taken as UTC."""
+    moment = datetime.datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
+
+
+# -- the session object on the wire ---------------------------------------------------
+
+# Its fields, in this order: the stored session's fields that clients may use, as
+# docs/protocol.md's table describes them. Where ingest has read the spool to
+# (spool_dir, spool_segment, spool_offset) is the daemon's own and stays off the wire.
+SESSION_FIELDS = (
+    "id",
+    "arrival",
+    "argv",
+    "cwd",
+    "status",
+    "queued_at",
+    "priority",
+    "slot",
+    "env",
+    "labels",
+    "pid",
+    "pid_create_time",
+    "shim_pid",
+    "shim_create_time",
+    "boot_id",
+    "exit_code",
+    "signal",
+    "reason",
+    "stop_requested",
+    "started_at",
+    "ended_at",
+    "transcript_bytes",
+    "truncation_seq",
+    "truncated_bytes",
+    "pid_start_ticks",
+    "shim_start_ticks",
+)
+
+
+class LiveState(NamedTuple):
+    """What only the daemon's memory knows of a session (all None for one not live);
+    `ps` and `show` add it to their session objects."""
+
+    # A note while the session's shim waits for space on a full runtime disk.
+    output_blocked: str | None = None
+
+
+LIVE_FIELDS = LiveState._fields
+
+
+def session_view(session: object, live: LiveState | None = None) -> dict[str, Any]:
+    """The session object clients see: the stored session's SESSION_FIELDS, then, if
+    given, its live state."""
+    view = {name: getattr(session, name) for name in SESSION_FIELDS}
+    if live is not None:
+        view.update(live._asdict())
+    return view
