@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import grp
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -450,3 +451,15 @@ def test_daemon_refuses_a_config_that_would_fail_later_with_exit_78(tmp_path: Pa
     assert message.startswith(f"slotd: configuration error: {path}: ")
     for fragment in fragments:
         assert fragment in message
+
+
+def test_embedded_config_names_every_key() -> None:
+    """config.toml names every configuration key (set, or in a comment when it has no fixed default), each in its table."""
+    text = EMBEDDED.read_text()
+    top, _, retention = text.partition("\n[retention]\n")
+
+    def named(section: str) -> set[str]:
+        return set(re.findall(r"^(?:# )?([a-z_]+) = ", section, re.M))
+
+    assert named(top) == {field.name for field in dataclasses.fields(Config)} - {"source", "retention"}
+    assert named(retention) == {field.name for field in dataclasses.fields(Retention)}
