@@ -95,3 +95,11 @@ class AmbiguousPrefix(SlotdError):
 
 class InputClosed(SlotdError):
     """Nobody reads a session's input FIFO any more: the shim is gone or going."""
+
+
+class CliError(SlotdError):
+    """slotctl cannot go on: the message is printed after "slotctl: ", status is its exit."""
+
+    def __init__(self, message: str, status: int = CliExit.REFUSED) -> None:
+        super().__init__(message)
+        self.status = status

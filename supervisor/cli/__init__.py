@@ -1,0 +1,210 @@
+"""slotctl: the command-line client. Human tables by default, --json for scripts.
+
+The parser and main live here; cli.commands has the subcommands, cli.output what they
+print, cli.connection how they reach the daemon. Exit statuses: supervisor/errors.py's
+CliExit (``slotctl run`` exits with the session's own status instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import re
+import sys
+
+from supervisor import __version__
+from supervisor.cli.commands import (
+    cmd_delete,
+    cmd_logs,
+    cmd_prune,
+    cmd_ps,
+    cmd_run,
+    cmd_send,
+    cmd_show,
+    cmd_start,
+    daemon_command,
+    simple,
+)
+from supervisor.cli.connection import connect
+from supervisor.cli.output import print_json
+from supervisor.client import DaemonUnavailable, RemoteError
+from supervisor.errors import CliError, CliExit
+from supervisor.model import STREAMS
+from supervisor.protocol import PS_RECENT_ENDED
+
+# Each protocol command has a subcommand of the same name, but for these
+# (tests/test_commands.py checks both lists; docs/protocol.md says where `follow` is used):
+COMMANDS_WITHOUT_SUBCOMMAND = frozenset({"follow"})  # what `logs -f` and `run` do after their first request
+# and these subcommands are slotctl's own, not protocol commands:
+SUBCOMMANDS_OF_ITS_OWN = frozenset({"run"})  # a `start`, then a `follow` to the session's end
+
+# Argument types: a bad value is a usage error (exit 2) naming the option, never a
+# traceback or a request the daemon must refuse.
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def seconds_arg(text: str) -> float:
+    """A finite number of seconds >= 0 (nan, inf and 1e400 are not)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def duration_arg(text: str) -> float:
+    """An age with its unit (30s, 12h, 7d, 1.5w), in seconds; a bare number is refused."""
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([smhdw])", text, re.ASCII)
+    seconds = float(match[1]) * DURATION_UNITS[match[2]] if match else math.nan
+    if not math.isfinite(seconds):
+        raise argparse.ArgumentTypeError(f"expected an age with a unit (30s, 12h, 7d, 2w), got {text!r}")
+    return seconds
+
+
+def since_arg(text: str) -> tuple[int | None, str | None]:
+    """(since_seq, since_time): a sequence number, or an ISO 8601 time."""
+    if text.isascii() and text.isdigit():
+        return int(text), None
+    try:
+        datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a sequence number or an ISO 8601 time, got {text!r}") from None
+    return None, text
+
+
+def signal_arg(text: str) -> int | str:
+    """A signal number (sent as a number) or name (the daemon checks it)."""
+    return int(text) if text.isascii() and text.isdigit() else text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    common.add_argument("--socket", default=argparse.SUPPRESS, help="the daemon's socket (default: $SLOTD_SOCKET, else from the config)")
+    common.add_argument("--config", default=argparse.SUPPRESS, help="the daemon's config file, to find its socket")
+
+    parser = argparse.ArgumentParser(prog="slotctl", description="Control slotd, the session supervisor.", parents=[common])
+    parser.add_argument("--version", action="version", version=f"slotctl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    for name, func, help_text in (
+        ("start", cmd_start, "start a session (queued when every slot is busy)"),
+        ("run", cmd_run, "start a session, print its output, exit with its exit code"),
+    ):
+        p = add(name, func, help_text)
+        p.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE", help="add to its environment")
+        p.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE", help="attach a label")
+        p.add_argument("--labels-json", metavar="JSON", help="labels as a JSON object")
+        p.add_argument("-p", "--priority", type=int, default=0, help="higher starts first (default 0)")
+        p.add_argument("-C", "--cwd", help="working directory (default: here)")
+        p.add_argument("--no-queue", action="store_true", help="refuse instead of queueing when every slot is busy")
+        if name == "start":
+            p.add_argument("-q", "--quiet", action="store_true", help="print only the id")
+        p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
+
+    p = add("ps", cmd_ps, "list sessions, the ones waiting for a person first")
+    p.add_argument("-s", "--status", action="append", default=[], help="only this status (repeatable)")
+    p.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE", help="only sessions with this label")
+    p.add_argument("-n", "--limit", type=int, help="at most this many")
+    p.add_argument("-a", "--all", action="store_true", help=f"every ended session, not only the {PS_RECENT_ENDED} latest")
+
+    p = add("show", cmd_show, "show one session")
+    p.add_argument("id")
+
+    p = add("logs", cmd_logs, "print a session's transcript")
+    p.add_argument("id")
+    p.add_argument("-n", type=int, metavar="N", help="only the last N lines")
+    p.add_argument("--since", type=since_arg, metavar="SEQ|TIME", help="rows after this sequence number, or since this ISO time")
+    p.add_argument("--stream", choices=[stream.value for stream in STREAMS], help="one stream only")
+    p.add_argument("--raw", action="store_true", help="the exact bytes the command wrote, nothing added")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing until the session ends")
+
+    p = add("send", cmd_send, "write to a session's stdin")
+    p.add_argument("id")
+    p.add_argument("data", nargs="?", help="text to send (a newline is added)")
+    p.add_argument("-n", "--no-newline", action="store_true", help="do not add a newline")
+    p.add_argument("--stdin", action="store_true", help="send what slotctl reads from its own stdin")
+    p.add_argument("--eof", action="store_true", help="close the session's stdin afterwards")
+
+    p = add("stop", simple("stop", timeout="timeout"), "SIGTERM the session's process group, SIGKILL after a timeout")
+    p.add_argument("id")
+    p.add_argument("-t", "--timeout", type=seconds_arg, help="seconds before SIGKILL (default: stop_timeout)")
+
+    p = add("kill", simple("kill", signal="signal"), "send a signal to the session's process group")
+    p.add_argument("id")
+    p.add_argument("-s", "--signal", type=signal_arg, default="KILL", help="signal name or number (default KILL)")
+
+    for name, help_text in (
+        ("pause", "SIGSTOP the session (it keeps its slot)"),
+        ("resume", "SIGCONT a paused session"),
+        ("cancel", "cancel a queued session"),
+    ):
+        add(name, simple(name), help_text).add_argument("id")
+
+    add("delete", cmd_delete, "delete an ended session and its transcript").add_argument("id")
+
+    p = add("prune", cmd_prune, "delete ended sessions: those a filter selects, or --all")
+    p.add_argument("--older-than", type=duration_arg, metavar="AGE", help="only those ended longer ago (30s, 12h, 7d, 2w: a unit is required)")
+    p.add_argument("-s", "--status", action="append", default=[], help="only this status (repeatable)")
+    p.add_argument(
+        "--all", action="store_true",
+        help="every ended session; asks on a terminal unless -y, and without a terminal needs -y (as docker's --force)",
+    )
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask before --all")
+
+    add("drain", daemon_command("drain"), "stop starting queued sessions")
+    add("undrain", daemon_command("undrain"), "start queued sessions again")
+    add("info", daemon_command("info"), "the daemon's state")
+    p = add("shutdown", daemon_command("shutdown"), "stop the daemon")
+    p.add_argument("--mode", choices=["keep", "stop"], help="keep sessions running (default from config) or stop them")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.json = getattr(args, "json", False)
+    try:
+        with connect(args) as client:
+            status = args.func(client, args)
+    except DaemonUnavailable as error:
+        print(f"slotctl: {error}", file=sys.stderr)
+        status = CliExit.UNAVAILABLE
+    except RemoteError as error:
+        if args.json:
+            print_json({"error": {"code": error.code, "message": error.message}})
+        print(f"slotctl: {error.message} [{error.code}]", file=sys.stderr)
+        status = CliExit.REFUSED
+    except CliError as error:
+        print(f"slotctl: {error}", file=sys.stderr)
+        status = error.status
+    except BrokenPipeError:
+        # Our reader (head, less) went away: stop quietly, as cat does. (The client
+        # reports a broken socket as ConnectionResetError, so this is our stdout.)
+        # Python flushes stdout once more at exit; pointed at /dev/null, it cannot fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = CliExit.OK
+    except ConnectionError as error:
+        print(f"slotctl: lost the connection to slotd: {error}", file=sys.stderr)
+        status = CliExit.UNAVAILABLE
+    except KeyboardInterrupt:
+        status = 130
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()
+
+
+if __name__ == "__main__":
+    main()

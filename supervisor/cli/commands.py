@@ -1,0 +1,238 @@
+"""slotctl's subcommands: each builds its request from the command line, sends it, and
+prints the answer; cmd_NAME for the protocol command NAME."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from supervisor.cli.connection import Reconnecting, follow_rows, print_rows
+from supervisor.cli.output import (
+    RowPrinter,
+    human_value,
+    print_json,
+    print_json_array,
+    print_session,
+    print_sessions,
+    short_id,
+)
+from supervisor.client import Client, result_of
+from supervisor.errors import CliError, CliExit
+from supervisor.model import Status, Stream
+
+
+def parse_kv(pairs: list[str], what: str) -> dict[str, str]:
+    result = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"{what} must be KEY=VALUE, got {pair!r}", CliExit.USAGE)
+        result[key] = value
+    return result
+
+
+def labels_from(args: argparse.Namespace) -> dict[str, Any]:
+    labels: dict[str, Any] = {}
+    if args.labels_json:
+        try:
+            labels = json.loads(args.labels_json)
+        except json.JSONDecodeError as error:
+            raise CliError(f"--labels-json is not valid JSON: {error}", CliExit.USAGE) from None
+        if not isinstance(labels, dict):
+            raise CliError("--labels-json must be a JSON object", CliExit.USAGE)
+    labels.update(parse_kv(args.label, "--label"))
+    return labels
+
+
+def start_args(args: argparse.Namespace) -> dict[str, Any]:
+    if not args.argv:
+        raise CliError("no command given: slotctl start [options] -- COMMAND [ARG...]", CliExit.USAGE)
+    argv = args.argv[1:] if args.argv[0] == "--" else args.argv
+    if not argv:
+        raise CliError("no command given after --", CliExit.USAGE)
+    return {
+        "argv": argv,
+        "cwd": os.path.abspath(args.cwd) if args.cwd else os.getcwd(),
+        "env": parse_kv(args.env, "--env"),
+        "labels": labels_from(args),
+        "priority": args.priority,
+        "queue": not args.no_queue,
+    }
+
+
+def cmd_start(client: Client, args: argparse.Namespace) -> int:
+    session = client.request("start", **start_args(args))
+    if args.json:
+        print_json(session)
+    else:
+        print(session["id"] if args.quiet else f"{session['id']} {session['status']}")
+    return CliExit.OK
+
+
+def exit_status_of(session: dict[str, Any]) -> int:
+    if session["signal"] is not None:
+        return 128 + session["signal"]
+    if session["exit_code"] is not None:
+        return session["exit_code"]
+    if session["status"] == Status.COMPLETED:
+        return CliExit.OK
+    return CliExit.NOT_STARTED if session.get("started_at") is None or session["pid"] is None else CliExit.REFUSED
+
+
+def cmd_run(client: Client, args: argparse.Namespace) -> int:
+    session = client.request("start", **start_args(args))
+    printer = RowPrinter("json" if args.json else "split", None if args.json else {Stream.STDOUT, Stream.STDERR})
+    daemon = Reconnecting(args, client)
+    try:
+        final = follow_rows(daemon, session["id"], 0, printer, None)
+    finally:
+        daemon.close()
+    if final["status"] == Status.FAILED and final["pid"] is None:
+        print(f"slotctl: session {short_id(final['id'])} could not start: {final['reason']}", file=sys.stderr)
+    elif final["status"] in (Status.LOST, Status.CANCELLED):
+        print(f"slotctl: session {short_id(final['id'])} {final['status']}: {final['reason']}", file=sys.stderr)
+    return exit_status_of(final)
+
+
+def cmd_ps(client: Client, args: argparse.Namespace) -> int:
+    # Streamed: the daemon sends any number of sessions a page at a time, never one
+    # reply of them all.
+    final: dict[str, Any] = {}
+
+    def sessions() -> Iterator[dict[str, Any]]:
+        for message in client.messages(
+            "ps",
+            status=args.status or None,
+            labels=parse_kv(args.label, "--label") or None,
+            limit=args.limit,
+            all=args.all,
+            stream=True,
+        ):
+            if "session" in message:
+                yield message["session"]
+            else:
+                final.update(result_of(message))
+
+    if args.json:
+        print_json_array(sessions())
+    else:
+        print_sessions(sessions())
+    if final["hidden"]:
+        print(f"{final['hidden']} older ended sessions not shown (ps -a)", file=sys.stderr)
+    return CliExit.OK
+
+
+def cmd_show(client: Client, args: argparse.Namespace) -> int:
+    session = client.request("show", session=args.id)
+    print_json(session) if args.json else print_session(session)
+    return CliExit.OK
+
+
+def cmd_logs(client: Client, args: argparse.Namespace) -> int:
+    mode = "json" if args.json else "raw" if args.raw else "human"
+    if args.stream:
+        streams = {args.stream}
+    elif args.raw:
+        streams = {Stream.STDOUT, Stream.STDERR}  # raw means the bytes the command wrote
+    else:
+        streams = None
+    printer = RowPrinter(mode, streams)
+    since_seq, since_time = args.since if args.since is not None else (None, None)
+    request = {"session": args.id, "tail": args.n, "since_seq": since_seq, "since_time": since_time, "stream": args.stream}
+    if not args.follow:
+        print_rows(client, printer, "logs", **request)
+        return CliExit.OK
+    daemon = Reconnecting(args, client)
+    try:
+        session_id = daemon.run(lambda c: c.request("show", session=args.id)["id"])
+
+        def backlog(c: Client) -> int:
+            if printer.last_seq:
+                # Cut off after some rows: the follow below carries on after the last one.
+                return printer.last_seq
+            return print_rows(c, printer, "logs", **request | {"session": session_id})["last_seq"]
+
+        since = daemon.run(backlog)
+        follow_rows(daemon, session_id, since, printer, args.stream)
+    finally:
+        daemon.close()
+    return CliExit.OK
+
+
+def cmd_send(client: Client, args: argparse.Namespace) -> int:
+    data = args.data if args.data is not None else ""
+    if args.stdin:
+        data_b64 = __import__("base64").b64encode(sys.stdin.buffer.read()).decode()
+    else:
+        data_b64 = None
+        if not args.no_newline and args.data is not None:
+            data += "\n"
+    result = client.request("send", session=args.id, data=data, data_b64=data_b64, eof=args.eof)
+    print_json(result) if args.json else None
+    return CliExit.OK
+
+
+def simple(command: str, **extra_args: str):
+    """A command that takes a session id and prints the session it returns."""
+
+    def run(client: Client, args: argparse.Namespace) -> int:
+        extras = {name: getattr(args, attr) for name, attr in extra_args.items()}
+        session = client.request(command, session=args.id, **extras)
+        if args.json:
+            print_json(session)
+        else:
+            print(f"{session['id']} {session['status']}" + (f" ({session['reason']})" if session.get("reason") else ""))
+        return CliExit.OK
+
+    return run
+
+
+def cmd_delete(client: Client, args: argparse.Namespace) -> int:
+    result = client.request("delete", session=args.id)
+    print_json(result) if args.json else print(f"deleted {result['deleted']}")
+    return CliExit.OK
+
+
+def confirmed(question: str) -> bool:
+    """Ask on the terminal; only y or yes is a yes."""
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+
+def cmd_prune(client: Client, args: argparse.Namespace) -> int:
+    filtered = args.older_than is not None or bool(args.status)
+    if args.all and filtered:
+        raise CliError("--all means every ended session: give it without --older-than or --status", CliExit.USAGE)
+    if not args.all and not filtered:
+        raise CliError("prune needs --older-than AGE, --status STATUS, or --all for every ended session", CliExit.USAGE)
+    if args.all and not args.yes:
+        # As docker's prune commands: ask on a terminal, and without one refuse rather
+        # than delete everything unasked.
+        if not sys.stdin.isatty():
+            raise CliError("prune --all deletes every ended session: add -y to confirm (no terminal to ask on)", CliExit.USAGE)
+        if not confirmed("Delete every ended session and its transcript?"):
+            print("slotctl: nothing pruned", file=sys.stderr)
+            return CliExit.OK
+    result = client.request("prune", older_than=args.older_than, status=args.status or None)
+    print_json(result) if args.json else print(f"pruned {len(result['deleted'])} sessions")
+    return CliExit.OK
+
+
+def daemon_command(command: str):
+    def run(client: Client, args: argparse.Namespace) -> int:
+        extras = {"mode": args.mode} if command == "shutdown" else {}
+        result = client.request(command, **extras)
+        if args.json:
+            print_json(result)
+        elif command == "info" or command in ("drain", "undrain"):
+            for key, value in result.items():
+                print(f"{key + ':':16} {human_value(key, value)}")
+        else:
+            print(f"shutting down ({result['mode']})")
+        return CliExit.OK
+
+    return run

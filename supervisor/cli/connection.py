@@ -1,0 +1,77 @@
+"""Reaching the daemon: finding its socket, and connecting again after a loss while
+following a transcript (the daemon restarted, or let a slow reader go)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from supervisor.cli.output import RowPrinter
+from supervisor.client import Client, DaemonUnavailable, find_socket, result_of
+from supervisor.errors import CliError, CliExit, ConfigError
+
+T = TypeVar("T")
+
+# How long `logs -f` keeps trying to reconnect to a restarting daemon.
+RECONNECT_SECONDS = 120.0
+
+
+def connect(args: argparse.Namespace) -> Client:
+    try:
+        path = find_socket(getattr(args, "socket", None), getattr(args, "config", None))
+    except ConfigError as error:
+        raise CliError(f"configuration error: {error}", CliExit.USAGE) from None
+    return Client(path)
+
+
+class Reconnecting:
+    """One connection to the daemon at a time, opened again after a loss (the daemon
+    restarted, or let a slow reader go) for up to RECONNECT_SECONDS."""
+
+    def __init__(self, args: argparse.Namespace, client: Client | None) -> None:
+        self.args = args
+        self.client = client
+
+    def run(self, attempt: Callable[[Client], T]) -> T:
+        """attempt(client) until it returns; after a loss it is called again on a new
+        connection, so it must ask for what it still lacks (rows after the last printed)."""
+        deadline = None
+        while True:
+            try:
+                if self.client is None:
+                    self.client = connect(self.args)
+                    deadline = None
+                return attempt(self.client)
+            except BrokenPipeError:
+                raise  # our stdout's reader went away, not the daemon
+            except (ConnectionError, DaemonUnavailable, OSError):
+                self.close()
+                deadline = deadline or time.monotonic() + RECONNECT_SECONDS
+                if time.monotonic() > deadline:
+                    raise CliError(f"lost the daemon and it did not come back within {RECONNECT_SECONDS:g}s", CliExit.UNAVAILABLE) from None
+                time.sleep(0.2)
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+
+def print_rows(client: Client, printer: RowPrinter, cmd: str, **args: Any) -> dict[str, Any]:
+    """Send a request, print the rows it brings, return its final result."""
+    for message in client.messages(cmd, **args):
+        if "row" in message:
+            printer.write(message["row"])
+        else:
+            return result_of(message)
+    raise ConnectionError("no reply")
+
+
+def follow_rows(daemon: Reconnecting, session_id: str, since_seq: int, printer: RowPrinter, stream: str | None) -> dict[str, Any]:
+    """Follow a transcript to the session's end, reconnecting if the daemon restarts:
+    each attempt asks for the rows after the last one printed, so none comes twice."""
+    return daemon.run(
+        lambda client: print_rows(client, printer, "follow", session=session_id, since_seq=max(since_seq, printer.last_seq), stream=stream)
+    )

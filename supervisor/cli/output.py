@@ -1,0 +1,171 @@
+"""What slotctl prints: tables and fields for people, JSON for scripts, transcript rows."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import textwrap
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from supervisor.model import Stream, unix_from_iso
+from supervisor.protocol import EXITED_WHILE_BLOCKED, decode_data
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def short_id(session_id: str) -> str:
+    return session_id[:8]
+
+
+def age(iso: str | None) -> str:
+    if not iso:
+        return "-"
+    return age_text(time.time() - unix_from_iso(iso))
+
+
+def command_text(argv: list[str], width: int = 40) -> str:
+    # Control characters (a newline in a `python -c` program) would break the table.
+    text = " ".join(argv).encode("unicode_escape").decode("ascii")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def human_value(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None:
+        return "-"
+    if key.endswith("_bytes") and isinstance(value, int):
+        for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+            if value >= size:
+                return f"{value / size:.1f} {unit}"
+        return f"{value} B"
+    if key == "uptime":
+        return age_text(value)
+    if key == "live" and isinstance(value, list):
+        return ", ".join(f"slot {item['slot']}: {short_id(item['session'])} {status_text(item)}" for item in value) or "-"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)
+
+
+def age_text(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(max(seconds, 0))}s"
+
+
+def outcome(session: dict[str, Any]) -> str:
+    if session["signal"] is not None:
+        try:
+            return signal.Signals(session["signal"]).name
+        except ValueError:
+            return f"sig{session['signal']}"
+    if session["exit_code"] is not None:
+        return str(session["exit_code"])
+    return "-"
+
+
+def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def session_row(s: dict[str, Any]) -> list[str]:
+    """A session's line of the `ps` table, cell by cell."""
+    when = s["ended_at"] or s["started_at"] or s["queued_at"]
+    labels = ",".join(f"{k}={v}" for k, v in s["labels"].items())
+    return [
+        short_id(s["id"]),
+        str(s["slot"] or "-"),
+        status_text(s),
+        str(s["priority"]),
+        str(s["pid"] or "-"),
+        outcome(s),
+        age(when),
+        command_text(s["argv"]),
+        labels,
+    ]
+
+
+SESSION_HEADERS = ["ID", "SLOT", "STATUS", "PRI", "PID", "EXIT", "AGE", "COMMAND", "LABELS"]
+
+
+def print_sessions(sessions: Iterable[dict[str, Any]]) -> None:
+    # The cells only are kept (the table's widths need every row): a tenth of the sessions' size.
+    print_table(SESSION_HEADERS, [session_row(s) for s in sessions])
+
+
+def print_json_array(values: Iterable[Any]) -> None:
+    """Print values as print_json prints their list, each as soon as it comes."""
+    opened = False
+    for value in values:
+        item = textwrap.indent(json.dumps(value, indent=2, sort_keys=True), "  ")
+        sys.stdout.write((",\n" if opened else "[\n") + item)
+        opened = True
+    print("\n]" if opened else "[]")
+
+
+def status_text(session: dict[str, Any]) -> str:
+    """The status, and whether its output (and, once its command exited, its end)
+    waits for room on a full runtime disk."""
+    note = session.get("output_blocked")
+    if not note:
+        return session["status"]
+    return session["status"] + (" (exited, disk full)" if note.endswith(EXITED_WHILE_BLOCKED) else " (disk full)")
+
+
+def print_session(session: dict[str, Any]) -> None:
+    fields = [
+        "id", "status", "slot", "priority", "argv", "cwd", "env", "labels", "pid", "shim_pid",
+        "exit_code", "signal", "reason", "output_blocked", "queued_at", "started_at", "ended_at",
+    ]
+    for name in fields:
+        value = session.get(name)
+        if isinstance(value, (list, dict)):
+            value = json.dumps(value)
+        print(f"{name + ':':12} {'-' if value is None else value}")
+    if "transcript" in session:
+        t = session["transcript"]
+        print(f"{'transcript:':12} {t['rows']} rows, {t['bytes']} bytes, last seq {t['last_seq']}")
+
+
+class RowPrinter:
+    """Writes transcript rows: raw bytes, JSON lines, or for people (system rows marked)."""
+
+    def __init__(self, mode: str, streams: set[str] | None) -> None:
+        self.mode = mode
+        self.streams = streams
+        self.out = sys.stdout.buffer
+        self.err = sys.stderr.buffer
+        self.last_seq = 0
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.last_seq = max(self.last_seq, row["seq"])
+        if self.mode == "json":
+            self.out.write(json.dumps(row).encode() + b"\n")
+            self.out.flush()
+            return
+        stream = row["stream"]
+        if self.streams is not None and stream not in self.streams:
+            return
+        data = decode_data(row)
+        if self.mode == "raw":
+            self.out.write(data)
+        elif self.mode == "split":  # slotctl run: the command's stderr to our stderr
+            (self.err if stream == Stream.STDERR else self.out).write(data)
+        elif stream == Stream.SYSTEM:
+            self.out.write(b"[slotd] " + data)
+        elif stream == Stream.STDIN:
+            self.out.write(b"[stdin] " + data + (b"" if data.endswith(b"\n") else b"\n"))
+        else:
+            self.out.write(data)
+        self.out.flush()
+        self.err.flush()
