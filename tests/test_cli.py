@@ -17,7 +17,8 @@ import pytest
 
 from supervisor.protocol import decode_data
 from supervisor.store import Store, iso_from_unix, utc_now
-from tests.conftest import py, system_text, wait_for
+from tests.harness import wait_for
+from tests.helpers import py, system_text
 
 
 def test_run_prints_output_and_exits_with_the_sessions_code(daemon):

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
 import os
-import shutil
 import socket
 import stat
 import subprocess
@@ -14,36 +11,11 @@ import sys
 
 import apsw
 import pytest
-from collections.abc import Iterator
-from pathlib import Path
 
 from supervisor.client import RemoteError
 from supervisor.protocol import decode_data
-from tests.conftest import DaemonHandle, py, request_as, wait_for
-
-
-class Raw:
-    """A bare connection, for sending what no well-behaved client would."""
-
-    def __init__(self, path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        # Blocking while connecting: with a timeout set, a full listen backlog would be
-        # EAGAIN at once instead of a short wait for the daemon to accept.
-        self.sock.connect(str(path))
-        self.sock.settimeout(20)
-        self.reader = self.sock.makefile("rb")
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def reply(self) -> dict:
-        line = self.reader.readline()
-        assert line, "connection closed"
-        return json.loads(line)
-
-    def close(self) -> None:
-        self.reader.close()
-        self.sock.close()
+from tests.harness import wait_for
+from tests.helpers import SMALL_DISK, Raw, daemon_on_small_disk, fill_disk, py, request_as
 
 
 @pytest.fixture
@@ -228,36 +200,6 @@ def test_input_to_a_session_whose_input_is_gone_is_refused_clearly(daemon):
     assert "gone" in caught.value.message
     assert daemon.session(session["id"])["status"] == "running"
     daemon.request("stop", session=session["id"])
-
-
-def fill_disk(path) -> None:
-    """Write to path until the filesystem has no space left."""
-    block = b"\0" * 65536
-    with open(path, "wb", buffering=0) as filler:
-        try:
-            while True:
-                filler.write(block)
-        except OSError as error:
-            assert error.errno == errno.ENOSPC
-
-
-SMALL_DISK = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="needs root to mount a small tmpfs")
-
-
-@contextlib.contextmanager
-def daemon_on_small_disk(make_daemon, size: str = "16m", **settings) -> Iterator[tuple[DaemonHandle, Path]]:
-    """A running daemon whose state directory is a small tmpfs (unmounted after)."""
-    daemon = make_daemon(start=False, **settings)
-    state = daemon.root / "state"
-    state.mkdir()
-    # mode=0700: a tmpfs root is 1777 by default, which slotd refuses for its state.
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(state)], check=True)
-    try:
-        daemon.start()
-        yield daemon, state
-    finally:
-        daemon.stop()
-        subprocess.run(["umount", "-l", str(state)], check=False)
 
 
 @SMALL_DISK

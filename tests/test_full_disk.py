@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import alive, py, wait_for
-from tests.test_control import SMALL_DISK, daemon_on_small_disk, fill_disk
+from tests.harness import wait_for
+from tests.helpers import SMALL_DISK, alive, daemon_on_small_disk, fill_disk, py
 
 WRITERS = 3
 LINES = 20_000  # ~2 MB per writer

@@ -30,8 +30,8 @@ from supervisor.protocol import MAX_ID_BYTES, MAX_LABELS_BYTES, decode_data
 from supervisor.slots import SlotManager
 from supervisor.store import Session, Store, utc_now
 from supervisor.client import RemoteError
-from tests.conftest import py, wait_for
-from tests.test_control import SMALL_DISK, Raw, daemon_on_small_disk, fill_disk
+from tests.harness import wait_for
+from tests.helpers import Raw, SMALL_DISK, daemon_on_small_disk, fill_disk, py
 
 
 def request_line(**message) -> bytes:

@@ -25,7 +25,8 @@ from supervisor.database import DatabaseWriter
 from supervisor.ingest import Ingestor, tail_spool
 from supervisor.spool import Position, Record, SpoolReader, SpoolWriter
 from supervisor.store import ROW_OVERHEAD, Batch, Reader, Row, Session, Store, utc_now
-from tests.conftest import end_shim_run, wait_for
+from tests.harness import wait_for
+from tests.helpers import end_shim_run
 
 DEADLINE = 20.0
 POLL = 0.02

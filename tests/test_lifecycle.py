@@ -6,7 +6,8 @@ import psutil
 import pytest
 
 from supervisor.client import RemoteError
-from tests.conftest import alive, py, wait_for
+from tests.harness import wait_for
+from tests.helpers import alive, py
 
 # A session whose child ignores SIGTERM and writes its pid, then both wait forever.
 STUBBORN_FAMILY = (

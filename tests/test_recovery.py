@@ -17,8 +17,8 @@ import pytest
 
 from supervisor.processes import ProcessRef, kill_process, signal_group
 from supervisor.processes import alive as alive_ref
-from tests.conftest import alive, assert_numbers_exactly_once, py, system_text, wait_for
-from tests.test_trust import start_refused
+from tests.harness import wait_for
+from tests.helpers import alive, assert_numbers_exactly_once, py, start_refused, system_text
 
 # Prints numbered lines as fast as it can for about `seconds`, then exits with `code`.
 NUMBERS = (
@@ -202,12 +202,7 @@ def test_logs_follow_across_a_restart_prints_every_line_once(daemon):
 
 def assert_processes_match_statuses(daemon) -> None:
     """A session recorded live has its shim running; one recorded ended has none."""
-    reader = daemon.reader()
-    try:
-        sessions = reader.list_sessions()
-    finally:
-        reader.close()
-    for session in sessions:
+    for session in daemon.stored_sessions():
         shim_running = alive_ref(ProcessRef.recorded(session.shim_pid, session.shim_start_ticks))
         if session.is_ended:
             assert not shim_running, f"{session.id} is {session.status} but its shim runs"

@@ -6,7 +6,8 @@ from supervisor import retention
 from supervisor.config import Retention
 from supervisor.database import DatabaseWriter
 from supervisor.store import Batch, Reader, Row, Session, Store, iso_from_unix
-from tests.conftest import py, wait_for
+from tests.harness import wait_for
+from tests.helpers import py
 
 MiB = 1 << 20
 
