@@ -34,3 +34,15 @@ def make_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonHandle]]:
 @pytest.fixture
 def daemon(make_daemon: Callable[..., DaemonHandle]) -> DaemonHandle:
     return make_daemon()
+
+
+@pytest.fixture(scope="module")
+def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonHandle]:
+    """One daemon for a module's tests that leave it as they found it (bad input it
+    refuses, say): for parametrized cases a start-up each costs more than the cases."""
+    handle = DaemonHandle(tmp_path_factory.mktemp("shared"), {})
+    try:
+        handle.start()
+        yield handle
+    finally:
+        handle.stop()

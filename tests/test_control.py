@@ -8,19 +8,20 @@ import socket
 import stat
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 
 import apsw
 import pytest
 
 from supervisor.client import RemoteError
 from supervisor.protocol import decode_data
-from tests.harness import wait_for
+from tests.harness import DaemonHandle, wait_for
 from tests.helpers import SMALL_DISK, Raw, daemon_on_small_disk, fill_disk, py, request_as
 
 
-@pytest.fixture
-def raw(daemon):
-    connections = []
+def connections_to(daemon: DaemonHandle) -> Iterator[Callable[[], Raw]]:
+    """Open bare connections to daemon on demand; all closed afterwards."""
+    connections: list[Raw] = []
 
     def connect() -> Raw:
         connection = Raw(daemon.socket)
@@ -30,6 +31,16 @@ def raw(daemon):
     yield connect
     for connection in connections:
         connection.close()
+
+
+@pytest.fixture
+def raw(daemon):
+    yield from connections_to(daemon)
+
+
+@pytest.fixture
+def shared_raw(shared_daemon):
+    yield from connections_to(shared_daemon)
 
 
 def assert_served(raw_connection: Raw) -> None:
@@ -61,9 +72,9 @@ def assert_served(raw_connection: Raw) -> None:
         (b'{"id": 1, "cmd": "show", "session": "ffffffff"}\n', "not_found"),
     ],
 )
-def test_bad_requests_get_an_error_and_the_connection_carries_on(raw, message, code):
+def test_bad_requests_get_an_error_and_the_connection_carries_on(shared_raw, message, code):
     """Malformed JSON, unknown commands and wrong types each get an error reply; the same and another connection keep being served."""
-    first, second = raw(), raw()
+    first, second = shared_raw(), shared_raw()
     first.send(message)
     reply = first.reply()
     assert reply["ok"] is False
@@ -149,7 +160,9 @@ def test_a_stale_socket_from_a_crashed_daemon_is_replaced(daemon):
 def test_requests_that_change_things_are_refused_while_shutting_down(make_daemon, raw):
     """While the daemon stops its sessions on the way out, start gets shutting_down and reads still work."""
     daemon = make_daemon(stop_timeout=3.0)
-    stubborn = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('up', flush=True)\ntime.sleep(600)"
+    # It ignores SIGTERM, so the daemon is still shutting down until the gate opens.
+    gate = daemon.root / "gate"
+    stubborn = f"import os, signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('up', flush=True)\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.02)"
     session = daemon.start_session(py(stubborn))
     wait_for(lambda: b"up" in daemon.stdout_bytes(session["id"]), what="session up")
     connection = Raw(daemon.socket)
@@ -161,6 +174,7 @@ def test_requests_that_change_things_are_refused_while_shutting_down(make_daemon
         assert connection.reply()["ok"] is True
     finally:
         connection.close()
+    gate.touch()
     daemon.process.wait(30)
     assert daemon.process.returncode == 0
 
