@@ -1,4 +1,5 @@
-"""The upkeep loops' timing: when the WAL is checkpointed or emptied, when retention runs.
+"""The upkeep loops' timing: when the WAL is checkpointed or emptied, when retention runs,
+when the systemd watchdog is pinged.
 
 The loops run for real on real SQLite files, with the real writer thread, ingestor and
 checkpointer, under a virtual clock, so minutes of their time take milliseconds. The
@@ -13,7 +14,9 @@ thread works for a task: then it stands still, as if SQLite took no time at all.
 
 from __future__ import annotations
 
+import socket
 import sys
+import threading
 import time
 import types
 import uuid
@@ -286,3 +289,66 @@ async def test_age_pruning_runs_at_start_then_once_per_prune_interval(clock, tmp
         writer.close()
         readers.close()
         store.close()
+
+
+# -- the systemd watchdog -------------------------------------------------------------------
+
+
+async def test_watchdog_pings_stop_while_a_writer_call_is_stuck_and_resume_after(autojump_clock, tmp_path, monkeypatch):
+    """WATCHDOG=1 goes out every interval; once one writer call has run for two intervals the pings stop, and they resume when it returns."""
+    # Here virtual time must pass while the writer thread works: trio's autojump clock,
+    # read by the writer's own stall timer too (from its thread: MockClock allows that).
+    monkeypatch.setattr(loop_module(DatabaseWriter), "time", types.SimpleNamespace(monotonic=autojump_clock.current_time, time=time.time))
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(tmp_path / "notify.sock"))
+    receiver.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    store = Store(tmp_path / "slotd.db")
+    writer = DatabaseWriter(store)
+    interval = 1.0
+    pings: list[float] = []
+    stuck, release = threading.Event(), threading.Event()
+
+    def stuck_call() -> None:
+        stuck.set()
+        release.wait()
+
+    returned = trio.Event()
+
+    async def stuck_writer_call() -> None:
+        await writer.run(stuck_call)
+        returned.set()
+
+    async def listen() -> None:
+        while True:
+            await trio.lowlevel.wait_readable(receiver)
+            if receiver.recv(64) == b"WATCHDOG=1":
+                pings.append(trio.current_time())
+
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                nursery.start_soon(listen)
+                await nursery.start(maintenance.watchdog_loop, writer, interval)
+                await trio.sleep(5.5)
+                assert len(pings) == 6  # at 0, 1, ... 5
+                nursery.start_soon(stuck_writer_call)
+                while not stuck.is_set():  # never idle, so no virtual time passes meanwhile
+                    await trio.sleep(0)
+                stuck_at = trio.current_time()
+                await trio.sleep(10)
+                during = [at for at in pings if at > stuck_at]
+                assert during and all(at < stuck_at + 2 * interval for at in during), (stuck_at, during)
+                release.set()
+                await returned.wait()
+                returned_at = trio.current_time()
+                await trio.sleep(3)
+                after = [at for at in pings if at > returned_at]
+                assert len(after) >= 2 and after[0] <= returned_at + interval, (returned_at, after)
+            finally:
+                release.set()
+                nursery.cancel_scope.cancel()
+    finally:
+        writer.close()
+        store.close()
+        receiver.close()
