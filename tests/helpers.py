@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -128,6 +129,25 @@ def refusal(result: subprocess.CompletedProcess, exit_code: int) -> str:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("slotd: ")
     return lines[0]
+
+
+@contextlib.contextmanager
+def notify_receiver(monkeypatch: pytest.MonkeyPatch, path: Path | None = None) -> Iterator[socket.socket]:
+    """A datagram socket standing in for systemd's, named in $NOTIFY_SOCKET: bound at
+    path, or an abstract name when none is given. Non-blocking."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        if path is None:
+            name = f"slotd-test-{uuid.uuid4()}"
+            sock.bind("\0" + name)
+            monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        else:
+            sock.bind(str(path))
+            monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        sock.setblocking(False)
+        yield sock
+    finally:
+        sock.close()
 
 
 def fill_disk(path) -> None:

@@ -2,32 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import socket
-import uuid
-from collections.abc import Iterator
-
-import pytest
 
 from tests.harness import wait_for
-from tests.helpers import SMALL_DISK, alive, daemon_on_small_disk, fill_disk, py
+from tests.helpers import SMALL_DISK, alive, daemon_on_small_disk, fill_disk, notify_receiver, py
 
 WRITERS = 3
 LINES = 20_000  # ~2 MB per writer
-
-
-@contextlib.contextmanager
-def notify_receiver(monkeypatch) -> Iterator[socket.socket]:
-    """An abstract datagram socket standing in for systemd's, named in $NOTIFY_SOCKET."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    name = f"slotd-test-{uuid.uuid4()}"
-    sock.bind("\0" + name)
-    sock.setblocking(False)
-    monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
-    try:
-        yield sock
-    finally:
-        sock.close()
 
 
 def received_status(sock: socket.socket, seen: list[str]) -> list[str]:

@@ -20,7 +20,7 @@ import threading
 import time
 import types
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,14 +32,8 @@ from supervisor import maintenance
 from supervisor.config import Config, Retention
 from supervisor.database import DatabaseWriter, ReaderPool
 from supervisor.ingest import Ingestor
-from supervisor.store import (
-    Checkpointer,
-    Reader,
-    Session,
-    Store,
-    iso_from_unix,
-    utc_now,
-)
+from supervisor.store import Checkpointer, Reader, Session, Store, iso_from_unix, utc_now
+from tests.helpers import notify_receiver
 
 POLL = 0.01  # virtual seconds between two looks at the outcome
 SLACK = 2 * POLL  # virtual seconds a "by" bound allows: the polls' own granularity
@@ -294,15 +288,17 @@ async def test_age_pruning_runs_at_start_then_once_per_prune_interval(clock, tmp
 # -- the systemd watchdog -------------------------------------------------------------------
 
 
-async def test_watchdog_pings_stop_while_a_writer_call_is_stuck_and_resume_after(autojump_clock, tmp_path, monkeypatch):
+@pytest.fixture
+def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
+    with notify_receiver(monkeypatch) as sock:
+        yield sock
+
+
+async def test_watchdog_pings_stop_while_a_writer_call_is_stuck_and_resume_after(autojump_clock, receiver, tmp_path, monkeypatch):
     """WATCHDOG=1 goes out every interval; once one writer call has run for two intervals the pings stop, and they resume when it returns."""
     # Here virtual time must pass while the writer thread works: trio's autojump clock,
     # read by the writer's own stall timer too (from its thread: MockClock allows that).
     monkeypatch.setattr(loop_module(DatabaseWriter), "time", types.SimpleNamespace(monotonic=autojump_clock.current_time, time=time.time))
-    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    receiver.bind(str(tmp_path / "notify.sock"))
-    receiver.setblocking(False)
-    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
     store = Store(tmp_path / "slotd.db")
     writer = DatabaseWriter(store)
     interval = 1.0
@@ -351,4 +347,3 @@ async def test_watchdog_pings_stop_while_a_writer_call_is_stuck_and_resume_after
     finally:
         writer.close()
         store.close()
-        receiver.close()
