@@ -1,5 +1,5 @@
 """Helpers the test files share: session commands, raw connections, other users, full
-disks, refused starts and transcript checks. Fixtures live in conftest.py; the daemon
+disks, refused starts, a stand-in for systemd's notify socket and transcript checks. Fixtures live in conftest.py; the daemon
 harness (DaemonHandle, wait_for) in harness.py, which bench/ uses as well."""
 
 from __future__ import annotations
