@@ -43,12 +43,13 @@ import apsw
 import psutil
 
 # The checkout this script belongs to, not whichever one the virtualenv points at (the
-# daemon is started from that checkout too).
+# daemon is started from that checkout too, by the tests' harness).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from supervisor.client import Client, DaemonUnavailable  # noqa: E402
+from supervisor.client import Client  # noqa: E402
 from supervisor.model import utc_now  # noqa: E402
 from supervisor.store import Reader, Session, Store  # noqa: E402
+from tests.harness import DaemonHandle  # noqa: E402
 
 SESSIONS = 3
 LINE_BYTES = 100
@@ -213,7 +214,7 @@ class RssSampler(threading.Thread):
         self.daemon_process = psutil.Process(daemon_pid)
         self.expected_shims = shims
         self.shims: dict[int, psutil.Process] = {}
-        self.commands: dict[int, psutil.Process] = {}  # only so they can be cleaned up
+        self.commands: dict[int, psutil.Process] = {}  # the shims' session commands, for their CPU time
         self.daemon_peak = 0
         self.shim_peaks: dict[int, int] = {}
         # CPU seconds (user + system) at the last sample: where the machine's time went.
@@ -261,63 +262,24 @@ class RssSampler(threading.Thread):
         self.stopped.set()
         self.join()
 
-    def kill_leftovers(self) -> None:
-        """Kill any shim or session command of ours still running (only if the daemon failed)."""
-        for process in [*self.commands.values(), *self.shims.values()]:
-            try:
-                if process.is_running():  # also checks the create time: never a reused PID
-                    process.kill()
-            except psutil.NoSuchProcess:
-                pass
-
-
-def write_config(root: Path) -> Path:
-    path = root / "slotd.toml"
-    path.write_text('state_dir = "state"\nruntime_dir = "run"\non_shutdown = "stop"\n')
-    return path
-
-
-def wait_until_ready(socket_path: Path, daemon: subprocess.Popen, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if daemon.poll() is not None:
-            raise RuntimeError(f"slotd exited with status {daemon.returncode} before it was ready")
-        try:
-            with Client(socket_path, timeout=5) as client:
-                client.request("info")
-                return
-        except (DaemonUnavailable, ConnectionError):
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"slotd not ready after {timeout}s")
-        time.sleep(POLL_INTERVAL)
 
 
 def measure_slotd(workdir: Path, lines: int) -> dict:
     """A real daemon, 3 sessions at once: time to all completed, peak RSS, then verification."""
     root = workdir / "slotd"
     root.mkdir()
-    config = write_config(root)
-    socket_path = root / "run" / "slotd.sock"
-    log = open(root / "slotd.log", "wb")
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "supervisor", "daemon", "--config", str(config)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
-    log.close()
+    handle = DaemonHandle(root, {"on_shutdown": "stop"})
+    daemon = handle.start(wait=False)
     sampler = None
     try:
-        wait_until_ready(socket_path, daemon)
-        sampler = RssSampler(daemon.pid, SESSIONS, root / "state" / "slotd.db-wal")
+        handle.wait_ready(timeout=30)
+        sampler = RssSampler(daemon.pid, SESSIONS, Path(f"{handle.database}-wal"))
         sampler.start()
         program = session_program(lines)
         settle()
         # Generous: even 10,000 lines/s would make it.
         timeout = 60 + SESSIONS * lines / 10_000
-        with Client(socket_path, timeout=30) as client:
+        with handle.client() as client:
             daemon_cpu_before = sum(psutil.Process(daemon.pid).cpu_times()[:2])
             started = time.perf_counter()
             ids = [client.request("start", argv=[sys.executable, "-c", program], cwd=str(root))["id"] for _ in range(SESSIONS)]
@@ -334,17 +296,13 @@ def measure_slotd(workdir: Path, lines: int) -> dict:
             daemon.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
-        tail = [line[:300] for line in (root / "slotd.log").read_text(errors="replace").splitlines()[-40:]]
-        print(f"slotd (exit status {daemon.returncode}) log, last lines:", *tail, sep="\n  ", file=sys.stderr)
+        print(f"slotd (exit status {daemon.returncode}) log, last lines:", *handle.log_tail(), sep="\n  ", file=sys.stderr)
         raise
     finally:
         if sampler is not None:
             sampler.stop()
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait()
-        if sampler is not None:
-            sampler.kill_leftovers()
+        # Only if the daemon failed: it, then what its sessions left behind.
+        handle.stop()
     return _rates(SESSIONS * lines, elapsed) | {
         "statuses": statuses,
         "daemon_cpu_s": daemon_cpu,
@@ -355,7 +313,7 @@ def measure_slotd(workdir: Path, lines: int) -> dict:
         "shims_sampled": len(sampler.shim_peaks),
         "wal_peak": sampler.wal_peak,
         "daemon_exit": daemon.returncode,
-        "problems": verify(root / "state" / "slotd.db", ids, lines, statuses)
+        "problems": verify(handle.database, ids, lines, statuses)
         + ([f"slotd exited with status {daemon.returncode} after shutdown"] if daemon.returncode else []),
     }
 

@@ -35,7 +35,8 @@ It prints a table with each bar and PASS or FAIL. A missed bar is reported, not 
 the exit status is non-zero only if a phase could not be measured (or re-attaching
 failed). Percentiles are nearest-rank. Everything it creates lives in a temporary directory
 that is removed at the end, with every daemon, shim and session it started ended (the
-sessions by their recorded pid and create time, never by name).
+sessions by their recorded pid and start time, never by name). Daemons are started,
+awaited and stopped by the tests' harness (tests/harness.py), as in the test suite.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -65,12 +65,13 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(CHECKOUT))
 sys.path.insert(0, str(CHECKOUT / "bench"))
 
-from ingest import LINE_BYTES, POLL_INTERVAL, session_program, settle, wait_until_ready, write_config  # noqa: E402
+from ingest import LINE_BYTES, POLL_INTERVAL, session_program, settle  # noqa: E402
 
 from supervisor.client import Client, DaemonUnavailable  # noqa: E402
 from supervisor.protocol import decode_data  # noqa: E402
 from supervisor.model import unix_from_iso, utc_now  # noqa: E402
 from supervisor.store import Session, Store  # noqa: E402
+from tests.harness import DaemonHandle  # noqa: E402
 
 FULL = {"follow_lines": 500, "ps_rounds": 1000, "rows": 10_000_000, "restarts": 3, "idle_seconds": 30.0}
 QUICK = {"follow_lines": 100, "ps_rounds": 200, "rows": 1_000_000, "restarts": 1, "idle_seconds": 5.0}
@@ -99,8 +100,6 @@ BUILD_ROWS = (
 LIVE_SESSIONS = 3
 SLEEP_PRINT = "import time\nn = 0\nwhile True:\n    n += 1\n    print(n, flush=True)\n    time.sleep(0.5)\n"
 SLEEPER = "import time\ntime.sleep(10**6)\n"
-# How far a create time read back may differ from the recorded one (psutil's rounding).
-CREATE_TIME_TOLERANCE = 0.05
 
 
 def ticker_program(interval: float) -> str:
@@ -137,112 +136,24 @@ def cpu_seconds(process: psutil.Process) -> float:
     return times.user + times.system
 
 
-# -- processes -------------------------------------------------------------------------
+# -- daemons and sessions ----------------------------------------------------------------
 
 
-class SessionProcesses:
-    """Every shim and session command the daemons reported, to end any left over.
-
-    By pid and create time, as slotd itself does: a pid reused meanwhile is never touched.
-    """
-
-    def __init__(self) -> None:
-        self.known: dict[tuple[int, float], bool] = {}  # (pid, create time) -> is a group leader
-
-    def record(self, session: dict) -> None:
-        if session.get("pid") and session.get("pid_create_time"):
-            self.known[(session["pid"], session["pid_create_time"])] = True
-        if session.get("shim_pid") and session.get("shim_create_time"):
-            self.known[(session["shim_pid"], session["shim_create_time"])] = False
-
-    def kill_leftovers(self) -> int:
-        killed = 0
-        for (pid, create_time), leader in self.known.items():
-            try:
-                process = psutil.Process(pid)
-                if abs(process.create_time() - create_time) > CREATE_TIME_TOLERANCE:
-                    continue
-                if process.status() == psutil.STATUS_ZOMBIE:
-                    continue
-                if leader:
-                    os.killpg(pid, signal.SIGKILL)  # the command's whole process group
-                else:
-                    process.kill()
-                killed += 1
-            except (psutil.NoSuchProcess, ProcessLookupError):
-                pass
-        return killed
-
-
-class DaemonProcess:
-    """A slotd under test in a directory of its own (config, state, runtime, log)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        self.config = write_config(root)
-        self.socket = root / "run" / "slotd.sock"
-        self.log = root / "slotd.log"
-        self.process: subprocess.Popen | None = None
-
-    def start(self, env: dict[str, str] | None = None) -> float:
-        """Spawn the daemon; return the perf_counter time just before the spawn."""
-        with open(self.log, "ab") as log:
-            started = time.perf_counter()
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "supervisor", "daemon", "--config", str(self.config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=CHECKOUT,
-                env=env,
-            )
-        return started
-
-    def wait_until_ready(self) -> None:
-        assert self.process is not None
-        wait_until_ready(self.socket, self.process)
-
-    def client(self, timeout: float = 30) -> Client:
-        return Client(self.socket, timeout=timeout)
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash would: the shims live on."""
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait()
-
-    def shutdown(self, timeout: float = 300) -> None:
-        """Stop every session, let the daemon commit what they wrote, wait for it to exit."""
-        assert self.process is not None
-        with self.client() as client:
-            client.request("shutdown", mode="stop")
-        self.process.wait(timeout=timeout)
-
-    def ensure_gone(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def log_tail(self, lines: int = 40) -> list[str]:
-        try:
-            text = self.log.read_text(errors="replace")
-        except FileNotFoundError:
-            return []
-        return [line[:300] for line in text.splitlines()[-lines:]]
+def new_daemon(root: Path) -> DaemonHandle:
+    """A slotd (not yet started) in a directory of its own: config, state, runtime, log."""
+    root.mkdir(parents=True, exist_ok=True)
+    return DaemonHandle(root, {"on_shutdown": "stop"})
 
 
 def start_sessions(client: Client, programs: list[str], cwd: Path) -> list[str]:
     return [client.request("start", argv=[sys.executable, "-c", program], cwd=str(cwd))["id"] for program in programs]
 
 
-def wait_until_started(client: Client, ids: list[str], processes: SessionProcesses, timeout: float = 30) -> dict[str, dict]:
+def wait_until_started(client: Client, ids: list[str], timeout: float = 30) -> dict[str, dict]:
     """Poll until every session runs its command (its pid is recorded); return them."""
     deadline = time.monotonic() + timeout
     while True:
         sessions = {session["id"]: session for session in client.request("ps") if session["id"] in ids}
-        for session in sessions.values():
-            processes.record(session)
         if len(sessions) == len(ids) and all(s["status"] == "running" and s["pid"] for s in sessions.values()):
             return sessions
         if time.monotonic() > deadline:
@@ -256,7 +167,7 @@ def wait_until_started(client: Client, ids: list[str], processes: SessionProcess
 class FollowProbe(threading.Thread):
     """Follows the ticking session; per line, arrival time minus the time written in it."""
 
-    def __init__(self, daemon: DaemonProcess, session_id: str, lines: int) -> None:
+    def __init__(self, daemon: DaemonHandle, session_id: str, lines: int) -> None:
         super().__init__(daemon=True)
         self.daemon_process = daemon
         self.session_id = session_id
@@ -310,7 +221,7 @@ class FollowProbe(threading.Thread):
 class ControlProbe(threading.Thread):
     """`ps` round trips on one persistent connection, one every PS_INTERVAL."""
 
-    def __init__(self, daemon: DaemonProcess, rounds: int) -> None:
+    def __init__(self, daemon: DaemonHandle, rounds: int) -> None:
         super().__init__(daemon=True)
         self.daemon_process = daemon
         self.rounds = rounds
@@ -336,23 +247,23 @@ def stored_bytes(client: Client, ids: list[str]) -> int:
     return sum(s["transcript_bytes"] + s["truncated_bytes"] for s in client.request("ps") if s["id"] in ids)
 
 
-def wal_size(daemon: DaemonProcess) -> int:
+def wal_size(daemon: DaemonHandle) -> int:
     try:
-        return (daemon.root / "state" / "slotd.db-wal").stat().st_size
+        return Path(f"{daemon.database}-wal").stat().st_size
     except FileNotFoundError:
         return 0
 
 
-def measure_under_load(workdir: Path, follow_lines: int, ps_rounds: int, processes: SessionProcesses) -> dict:
-    daemon = DaemonProcess(workdir / "load")
-    daemon.start()
+def measure_under_load(workdir: Path, follow_lines: int, ps_rounds: int) -> dict:
+    daemon = new_daemon(workdir / "load")
     try:
-        daemon.wait_until_ready()
+        daemon.start(wait=False)
+        daemon.wait_ready(timeout=30)
         settle()
         with daemon.client() as client:
             writers = start_sessions(client, [session_program(ENDLESS)] * 2, daemon.root)
             (ticker,) = start_sessions(client, [ticker_program(TICK_INTERVAL)], daemon.root)
-            wait_until_started(client, [*writers, ticker], processes)
+            wait_until_started(client, [*writers, ticker])
             time.sleep(WARMUP)
             process = psutil.Process(daemon.process.pid)
             bytes_before, cpu_before, started = stored_bytes(client, writers), cpu_seconds(process), time.perf_counter()
@@ -369,12 +280,12 @@ def measure_under_load(workdir: Path, follow_lines: int, ps_rounds: int, process
         for probe in (follow, control):
             if probe.error is not None:
                 raise probe.error
-        daemon.shutdown()
+        daemon.shutdown(timeout=300)
     except BaseException:
         print("slotd (load) log, last lines:", *daemon.log_tail(), sep="\n  ", file=sys.stderr)
         raise
     finally:
-        daemon.ensure_gone()
+        daemon.stop()  # only if it failed: it, then what its sessions left
     ingested = (bytes_after - bytes_before) / elapsed
     return {
         "seconds": elapsed,
@@ -479,7 +390,7 @@ class NotifyListener:
         self.sock.close()
 
 
-def wait_for_info(daemon: DaemonProcess, timeout: float = 30) -> float:
+def wait_for_info(daemon: DaemonHandle, timeout: float = 30) -> float:
     """Poll the control socket every 5 ms until `info` answers; the perf_counter time it did."""
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
@@ -501,23 +412,24 @@ def python_start_seconds() -> float:
     return time.perf_counter() - started
 
 
-def measure_restart(workdir: Path, rows: int, restarts: int, processes: SessionProcesses) -> dict:
-    daemon = DaemonProcess(workdir / "restart")
-    built = build_database(daemon.root / "state" / "slotd.db", rows)
+def measure_restart(workdir: Path, rows: int, restarts: int) -> dict:
+    daemon = new_daemon(workdir / "restart")
+    built = build_database(daemon.database, rows)
     notify = NotifyListener(daemon.root / "notify.sock")
     env = dict(os.environ, NOTIFY_SOCKET=str(notify.path))
     runs: list[dict] = []
     try:
-        daemon.start()
-        daemon.wait_until_ready()
+        daemon.start(wait=False)
+        daemon.wait_ready(timeout=30)
         with daemon.client() as client:
             ids = start_sessions(client, [SLEEP_PRINT] * LIVE_SESSIONS, daemon.root)
-            before = wait_until_started(client, ids, processes)
+            before = wait_until_started(client, ids)
         for _ in range(restarts):
-            daemon.kill()
+            daemon.kill9()
             settle()
             notify.listen(timeout=30)
-            started = daemon.start(env)
+            started = time.perf_counter()
+            daemon.start(wait=False, env=env)
             info_at = wait_for_info(daemon)
             ready_at = notify.wait()
             with daemon.client() as client:
@@ -535,12 +447,12 @@ def measure_restart(workdir: Path, rows: int, restarts: int, processes: SessionP
                 }
             )
         floor = python_start_seconds()
-        daemon.shutdown()
+        daemon.shutdown(timeout=300)
     except BaseException:
         print("slotd (restart) log, last lines:", *daemon.log_tail(), sep="\n  ", file=sys.stderr)
         raise
     finally:
-        daemon.ensure_gone()
+        daemon.stop()  # only if it failed: it, then what its sessions left
         notify.close()
     return {"database": built, "runs": runs, "python_import_s": floor, "live_sessions": LIVE_SESSIONS}
 
@@ -548,14 +460,14 @@ def measure_restart(workdir: Path, rows: int, restarts: int, processes: SessionP
 # -- 3. idle CPU ---------------------------------------------------------------------------
 
 
-def measure_idle(workdir: Path, seconds: float, processes: SessionProcesses) -> dict:
-    daemon = DaemonProcess(workdir / "idle")
-    daemon.start()
+def measure_idle(workdir: Path, seconds: float) -> dict:
+    daemon = new_daemon(workdir / "idle")
     try:
-        daemon.wait_until_ready()
+        daemon.start(wait=False)
+        daemon.wait_ready(timeout=30)
         with daemon.client() as client:
             ids = start_sessions(client, [SLEEPER] * LIVE_SESSIONS, daemon.root)
-            sessions = wait_until_started(client, ids, processes)
+            sessions = wait_until_started(client, ids)
         # Let start-up settle (the first idle checkpoint, the first retention pass).
         time.sleep(3.0)
         process = psutil.Process(daemon.process.pid)
@@ -569,12 +481,12 @@ def measure_idle(workdir: Path, seconds: float, processes: SessionProcesses) -> 
         switches = sum(process.num_ctx_switches()) - switches_before
         shims_cpu = sum(cpu_seconds(shim) for shim in shims) - shims_before
         threads = process.num_threads()
-        daemon.shutdown()
+        daemon.shutdown(timeout=300)
     except BaseException:
         print("slotd (idle) log, last lines:", *daemon.log_tail(), sep="\n  ", file=sys.stderr)
         raise
     finally:
-        daemon.ensure_gone()
+        daemon.stop()  # only if it failed: it, then what its sessions left
     return {
         "seconds": elapsed,
         "daemon_cpu_s": cpu,
@@ -684,7 +596,6 @@ def main() -> int:
         parser.error(f"unknown phase {', '.join(unknown)} (known: {', '.join(PHASES)})")
 
     workdir = Path(tempfile.mkdtemp(prefix="slotd-latency-"))
-    processes = SessionProcesses()
     results: dict[str, dict] = {}
     errors: dict[str, str] = {}
     started = time.perf_counter()
@@ -694,18 +605,14 @@ def main() -> int:
                 continue
             try:
                 if phase == "load":
-                    results[phase] = measure_under_load(workdir, settings["follow_lines"], settings["ps_rounds"], processes)
+                    results[phase] = measure_under_load(workdir, settings["follow_lines"], settings["ps_rounds"])
                 elif phase == "restart":
-                    results[phase] = measure_restart(workdir, settings["rows"], settings["restarts"], processes)
+                    results[phase] = measure_restart(workdir, settings["rows"], settings["restarts"])
                 else:
-                    results[phase] = measure_idle(workdir, settings["idle_seconds"], processes)
+                    results[phase] = measure_idle(workdir, settings["idle_seconds"])
             except Exception as error:
                 errors[phase] = f"{type(error).__name__}: {error}"
-            finally:
-                # Only if a daemon failed: the sessions it left behind.
-                processes.kill_leftovers()
     finally:
-        processes.kill_leftovers()
         shutil.rmtree(workdir, ignore_errors=True)
     passes = report(results, errors)
     print(f"wall time {time.perf_counter() - started:.1f} s")

@@ -11,7 +11,8 @@ import time
 import psutil
 import pytest
 
-from tests.conftest import py, wait_for
+from tests.harness import wait_for
+from tests.helpers import py
 
 
 def all_rows(daemon, session_id):

@@ -19,7 +19,8 @@ from supervisor.client import RemoteError
 from supervisor.protocol import decode_data
 from supervisor.model import iso_from_unix, utc_now
 from supervisor.store import Store
-from tests.conftest import py, system_text, wait_for
+from tests.harness import wait_for
+from tests.helpers import py, system_text
 
 
 def test_run_prints_output_and_exits_with_the_sessions_code(daemon):
@@ -157,17 +158,17 @@ BAD_NUMBERS = [
 
 
 @pytest.mark.parametrize("args, option", BAD_NUMBERS, ids=[f"{args[0]} {args[1]} {args[2][:8]}" for args, _ in BAD_NUMBERS])
-def test_a_bad_number_or_duration_is_a_usage_error_naming_the_option(daemon, args, option):
+def test_a_bad_number_or_duration_is_a_usage_error_naming_the_option(shared_daemon, args, option):
     """nan, inf, 1e400, a superscript digit, or an age without its unit: exit 2 with a message naming the option, no traceback, nothing deleted."""
-    kept = ended_session(daemon)
+    kept = ended_session(shared_daemon)
 
-    result = daemon.cli(*args)
+    result = shared_daemon.cli(*args)
 
     stderr = result.stderr.decode()
     assert result.returncode == 2, stderr
     assert "Traceback" not in stderr
     assert f"argument {option}" in stderr and repr(args[2]) in stderr
-    assert daemon.session(kept)["status"] == "completed"
+    assert shared_daemon.session(kept)["status"] == "completed"
 
 
 def test_prune_deletes_nothing_without_a_filter_or_all(daemon):

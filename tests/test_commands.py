@@ -9,7 +9,7 @@ import pytest
 
 from supervisor import cli, commands, protocol
 from supervisor.model import LIVE_FIELDS, SESSION_FIELDS
-from tests.conftest import py
+from tests.helpers import py
 
 
 def test_every_request_class_is_a_known_command() -> None:

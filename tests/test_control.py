@@ -2,53 +2,26 @@
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
 import os
-import shutil
 import socket
 import stat
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 
 import apsw
 import pytest
-from collections.abc import Iterator
-from pathlib import Path
 
 from supervisor.client import RemoteError
 from supervisor.protocol import decode_data
-from tests.conftest import DaemonHandle, py, request_as, wait_for
+from tests.harness import DaemonHandle, wait_for
+from tests.helpers import SMALL_DISK, Raw, daemon_on_small_disk, fill_disk, py, request_as
 
 
-class Raw:
-    """A bare connection, for sending what no well-behaved client would."""
-
-    def __init__(self, path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        # Blocking while connecting: with a timeout set, a full listen backlog would be
-        # EAGAIN at once instead of a short wait for the daemon to accept.
-        self.sock.connect(str(path))
-        self.sock.settimeout(20)
-        self.reader = self.sock.makefile("rb")
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def reply(self) -> dict:
-        line = self.reader.readline()
-        assert line, "connection closed"
-        return json.loads(line)
-
-    def close(self) -> None:
-        self.reader.close()
-        self.sock.close()
-
-
-@pytest.fixture
-def raw(daemon):
-    connections = []
+def connections_to(daemon: DaemonHandle) -> Iterator[Callable[[], Raw]]:
+    """Open bare connections to daemon on demand; all closed afterwards."""
+    connections: list[Raw] = []
 
     def connect() -> Raw:
         connection = Raw(daemon.socket)
@@ -58,6 +31,16 @@ def raw(daemon):
     yield connect
     for connection in connections:
         connection.close()
+
+
+@pytest.fixture
+def raw(daemon):
+    yield from connections_to(daemon)
+
+
+@pytest.fixture
+def shared_raw(shared_daemon):
+    yield from connections_to(shared_daemon)
 
 
 def assert_served(raw_connection: Raw) -> None:
@@ -89,9 +72,9 @@ def assert_served(raw_connection: Raw) -> None:
         (b'{"id": 1, "cmd": "show", "session": "ffffffff"}\n', "not_found"),
     ],
 )
-def test_bad_requests_get_an_error_and_the_connection_carries_on(raw, message, code):
+def test_bad_requests_get_an_error_and_the_connection_carries_on(shared_raw, message, code):
     """Malformed JSON, unknown commands and wrong types each get an error reply; the same and another connection keep being served."""
-    first, second = raw(), raw()
+    first, second = shared_raw(), shared_raw()
     first.send(message)
     reply = first.reply()
     assert reply["ok"] is False
@@ -177,7 +160,9 @@ def test_a_stale_socket_from_a_crashed_daemon_is_replaced(daemon):
 def test_requests_that_change_things_are_refused_while_shutting_down(make_daemon, raw):
     """While the daemon stops its sessions on the way out, start gets shutting_down and reads still work."""
     daemon = make_daemon(stop_timeout=3.0)
-    stubborn = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('up', flush=True)\ntime.sleep(600)"
+    # It ignores SIGTERM, so the daemon is still shutting down until the gate opens.
+    gate = daemon.root / "gate"
+    stubborn = f"import os, signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('up', flush=True)\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.02)"
     session = daemon.start_session(py(stubborn))
     wait_for(lambda: b"up" in daemon.stdout_bytes(session["id"]), what="session up")
     connection = Raw(daemon.socket)
@@ -189,6 +174,7 @@ def test_requests_that_change_things_are_refused_while_shutting_down(make_daemon
         assert connection.reply()["ok"] is True
     finally:
         connection.close()
+    gate.touch()
     daemon.process.wait(30)
     assert daemon.process.returncode == 0
 
@@ -228,37 +214,6 @@ def test_input_to_a_session_whose_input_is_gone_is_refused_clearly(daemon):
     assert "gone" in caught.value.message
     assert daemon.session(session["id"])["status"] == "running"
     daemon.request("stop", session=session["id"])
-
-
-def fill_disk(path) -> None:
-    """Write to path until the filesystem has no space left."""
-    block = b"\0" * 65536
-    with open(path, "wb", buffering=0) as filler:
-        try:
-            while True:
-                filler.write(block)
-        except OSError as error:
-            assert error.errno == errno.ENOSPC
-
-
-SMALL_DISK = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="needs root to mount a small tmpfs")
-
-
-@contextlib.contextmanager
-def daemon_on_small_disk(make_daemon, size: str = "16m", mount_at: str = "state", **settings) -> Iterator[tuple[DaemonHandle, Path]]:
-    """A running daemon whose directory mount_at (its state directory unless told
-    otherwise) is a small tmpfs (unmounted after); yields the daemon and that directory."""
-    daemon = make_daemon(start=False, **settings)
-    state = daemon.root / mount_at
-    state.mkdir()
-    # mode=0700: a tmpfs root is 1777 by default, which slotd refuses for its state.
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(state)], check=True)
-    try:
-        daemon.start()
-        yield daemon, state
-    finally:
-        daemon.stop()
-        subprocess.run(["umount", "-l", str(state)], check=False)
 
 
 @SMALL_DISK

@@ -2,37 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
 import time
-import uuid
-from collections.abc import Iterator
 
 import pytest
 
 from supervisor import linux
 from supervisor.client import RemoteError
-from tests.conftest import alive, py, wait_for
-from tests.test_control import SMALL_DISK, daemon_on_small_disk, fill_disk
+from tests.harness import wait_for
+from tests.helpers import SMALL_DISK, alive, daemon_on_small_disk, fill_disk, notify_receiver, py
 
 WRITERS = 3
 LINES = 20_000  # ~2 MB per writer
-
-
-@contextlib.contextmanager
-def notify_receiver(monkeypatch) -> Iterator[socket.socket]:
-    """An abstract datagram socket standing in for systemd's, named in $NOTIFY_SOCKET."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    name = f"slotd-test-{uuid.uuid4()}"
-    sock.bind("\0" + name)
-    sock.setblocking(False)
-    monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
-    try:
-        yield sock
-    finally:
-        sock.close()
 
 
 def received_status(sock: socket.socket, seen: list[str]) -> list[str]:

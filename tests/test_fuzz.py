@@ -17,7 +17,8 @@ import psutil
 import pytest
 
 from supervisor.protocol import COMMANDS, MAX_MESSAGE_BYTES
-from tests.conftest import py, wait_for
+from tests.harness import wait_for
+from tests.helpers import py
 
 SEED = int(os.environ.get("SLOTD_FUZZ_SEED", "7"))
 ROUNDS = 110  # connections that send a batch and read every reply

@@ -31,8 +31,8 @@ from supervisor.slots import SlotManager
 from supervisor.model import utc_now
 from supervisor.store import Session, Store
 from supervisor.client import RemoteError
-from tests.conftest import py, wait_for
-from tests.test_control import SMALL_DISK, Raw, daemon_on_small_disk, fill_disk
+from tests.harness import wait_for
+from tests.helpers import Raw, SMALL_DISK, daemon_on_small_disk, fill_disk, py
 
 
 def request_line(**message) -> bytes:
@@ -61,9 +61,9 @@ DEEP_SHAPES = {
 
 
 @pytest.mark.parametrize("message", DEEP_SHAPES.values(), ids=DEEP_SHAPES.keys())
-def test_a_deeply_nested_message_gets_bad_request_and_the_daemon_carries_on(daemon, message):
+def test_a_deeply_nested_message_gets_bad_request_and_the_daemon_carries_on(shared_daemon, message):
     """A message nested deeper than the limit (anywhere, however deep) gets bad_request, and the same daemon then answers info."""
-    connection = Raw(daemon.socket)
+    connection = Raw(shared_daemon.socket)
     try:
         connection.send(message)
         reply = connection.reply()
@@ -73,9 +73,9 @@ def test_a_deeply_nested_message_gets_bad_request_and_the_daemon_carries_on(daem
         after = connection.reply()
     finally:
         connection.close()
-    assert after["id"] == "after" and after["result"]["pid"] == daemon.process.pid
-    assert daemon.request("info")["pid"] == daemon.process.pid
-    assert daemon.request("ps") == []  # nothing was started
+    assert after["id"] == "after" and after["result"]["pid"] == shared_daemon.process.pid
+    assert shared_daemon.request("info")["pid"] == shared_daemon.process.pid
+    assert shared_daemon.request("ps") == []  # nothing was started
 
 
 @pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16", "utf-32"])
@@ -127,9 +127,9 @@ def test_nesting_up_to_the_limit_and_brackets_in_strings_are_accepted(daemon):
     ],
     ids=["over 64 KiB", "surrogate key", "surrogate value", "integer beyond 64 bits"],
 )
-def test_labels_that_could_not_be_sent_back_are_refused_before_anything_is_created(daemon, labels):
+def test_labels_that_could_not_be_sent_back_are_refused_before_anything_is_created(shared_daemon, labels):
     """start with labels too large or not encodable gets invalid_argument naming labels, and creates no session."""
-    connection = Raw(daemon.socket)
+    connection = Raw(shared_daemon.socket)
     try:
         connection.send(json.dumps({"id": 1, "cmd": "start", "argv": ["true"], "cwd": "/", "labels": labels}).encode() + b"\n")
         reply = connection.reply()
@@ -137,7 +137,7 @@ def test_labels_that_could_not_be_sent_back_are_refused_before_anything_is_creat
         connection.close()
     assert reply["error"]["code"] == "invalid_argument", reply
     assert "'labels'" in reply["error"]["message"]
-    assert daemon.request("ps") == []
+    assert shared_daemon.request("ps") == []
 
 
 def test_labels_within_the_limits_are_kept_and_listed(daemon):
@@ -197,14 +197,14 @@ def test_a_damaged_row_is_left_out_of_ps_for_everyone_else(daemon, column, value
     ],
     ids=["NUL in an argument", "NUL in the command", "NUL in cwd", "NUL in an env value", "NUL in an env name", "= in an env name", "empty env name"],
 )
-def test_input_the_shim_cannot_run_is_refused_at_start(daemon, argument, args):
+def test_input_the_shim_cannot_run_is_refused_at_start(shared_daemon, argument, args):
     """start with a NUL in argv, cwd or env, or an env name that is empty or holds '=', gets invalid_argument naming the argument, and nothing is created."""
     request = {"argv": ["true"], "cwd": "/", **args}
-    with daemon.client() as client:
+    with shared_daemon.client() as client:
         reply = next(message for message in client.messages("start", **request) if "ok" in message)
     assert reply["ok"] is False and reply["error"]["code"] == "invalid_argument", reply
     assert reply["error"]["message"].startswith(f"start: {argument!r} must be")
-    assert daemon.request("ps") == []
+    assert shared_daemon.request("ps") == []
 
 
 # -- memory per client ---------------------------------------------------------------------

@@ -27,7 +27,8 @@ from supervisor.tailing import tail_spool
 from supervisor.spool import Position, Record, SpoolReader, SpoolWriter
 from supervisor.model import utc_now
 from supervisor.store import ROW_OVERHEAD, Batch, Reader, Row, Session, Store
-from tests.conftest import end_shim_run, wait_for
+from tests.harness import wait_for
+from tests.helpers import end_shim_run
 
 DEADLINE = 20.0
 POLL = 0.02

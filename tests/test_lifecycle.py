@@ -6,7 +6,8 @@ import psutil
 import pytest
 
 from supervisor.client import RemoteError
-from tests.conftest import alive, py, wait_for
+from tests.harness import wait_for
+from tests.helpers import alive, py
 
 # A session whose child ignores SIGTERM and writes its pid, then both wait forever.
 STUBBORN_FAMILY = (
@@ -188,9 +189,12 @@ def test_a_terminating_signal_to_a_paused_session_continues_it(daemon):
 def test_pausing_a_session_whose_command_has_exited_is_refused(make_daemon):
     """pause answers invalid_state, and leaves the status alone, once the command itself has exited (its leftovers are being ended)."""
     daemon = make_daemon(stop_timeout=5.0)
+    # The leftover outlives the command until the gate opens (or SIGKILL after stop_timeout).
+    gate = daemon.root / "gate"
+    leftover = f"import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True)\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.02)"
     code = (
         "import subprocess, sys\n"
-        "child = subprocess.Popen([sys.executable, '-c', 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True); time.sleep(600)'], stdout=subprocess.PIPE)\n"
+        f"child = subprocess.Popen([sys.executable, '-c', {leftover!r}], stdout=subprocess.PIPE)\n"
         "child.stdout.readline()  # it ignores SIGTERM from here on; it still holds our stderr\n"
         "print('leaving', flush=True)\n"
     )
@@ -202,4 +206,5 @@ def test_pausing_a_session_whose_command_has_exited_is_refused(make_daemon):
         daemon.request("pause", session=session["id"])
     assert caught.value.code == "invalid_state"
     assert daemon.session(session["id"])["status"] == "running"
+    gate.touch()
     assert daemon.wait_ended(session["id"], timeout=20)["status"] == "completed"

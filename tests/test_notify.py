@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import os
-import socket
-import uuid
 
 import pytest
 
 from supervisor import systemd
+from tests.helpers import notify_receiver
 
 
 @pytest.fixture
 def receiver(tmp_path, monkeypatch, request):
     """A datagram socket standing in for systemd's notification socket."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    if request.param == "abstract":
-        name = f"slotd-test-{uuid.uuid4()}"
-        sock.bind("\0" + name)
-        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
-    else:
-        path = tmp_path / "notify.sock"
-        sock.bind(str(path))
-        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
-    sock.settimeout(5)
-    yield sock
-    sock.close()
+    with notify_receiver(monkeypatch, None if request.param == "abstract" else tmp_path / "notify.sock") as sock:
+        sock.settimeout(5)
+        yield sock
 
 
 @pytest.mark.parametrize("receiver", ["path", "abstract"], indirect=True)

@@ -9,7 +9,8 @@ import time
 from typing import Any
 
 from supervisor.client import RemoteError
-from tests.conftest import DaemonHandle, py, wait_for
+from tests.harness import DaemonHandle, wait_for
+from tests.helpers import py
 
 LOCK_SECONDS = 3.0
 COUNTER = "import time\nfor i in range(100000): print(i, flush=True); time.sleep(0.05)"

@@ -17,16 +17,18 @@ import pytest
 
 from supervisor.processes import ProcessRef, kill_process, signal_group
 from supervisor.processes import alive as alive_ref
-from tests.conftest import alive, assert_numbers_exactly_once, py, system_text, wait_for
-from tests.test_trust import start_refused
+from tests.harness import wait_for
+from tests.helpers import alive, assert_numbers_exactly_once, py, start_refused, system_text
 
-# Prints numbered lines as fast as it can for about `seconds`, then exits with `code`.
+# Prints numbered lines as fast as it can for about `seconds` (or until the file `gate`
+# exists), then exits with `code`.
 NUMBERS = (
-    "import sys, time\n"
+    "import os, sys, time\n"
     "seconds, code = float(sys.argv[1]), int(sys.argv[2])\n"
+    "gate = sys.argv[3] if len(sys.argv) > 3 else None\n"
     "end = time.monotonic() + seconds\n"
     "i = 0\n"
-    "while time.monotonic() < end:\n"
+    "while not os.path.exists(gate) if gate else time.monotonic() < end:\n"
     "    sys.stdout.write(''.join(f'{n}\\n' for n in range(i, i + 100))); i += 100\n"
     "    sys.stdout.flush()\n"
     "print('done', i, flush=True)\n"
@@ -36,6 +38,17 @@ NUMBERS = (
 
 def numbers(seconds: float, code: int = 0) -> list[str]:
     return [*py(NUMBERS), str(seconds), str(code)]
+
+
+def numbers_until(gate: Path, code: int = 0) -> list[str]:
+    """NUMBERS printing until the test opens the gate (creates the file)."""
+    return [*py(NUMBERS), "0", str(code), str(gate)]
+
+
+def wait_flowing(daemon, session_id: str, more: int = 100_000) -> None:
+    """Wait until a session's stored transcript has grown by `more` bytes from now."""
+    now = daemon.session(session_id)["transcript"]["bytes"]
+    wait_for(lambda: daemon.session(session_id)["transcript"]["bytes"] > now + more, what=f"{more} more bytes stored")
 
 
 def edit_session(daemon, session_id: str, **columns) -> None:
@@ -50,9 +63,10 @@ def edit_session(daemon, session_id: str, **columns) -> None:
 
 def test_sessions_survive_a_sigkilled_daemon_with_every_line_once(daemon):
     """Three sessions printing at full speed keep running through a daemon SIGKILL; after the restart their transcripts hold every number exactly once."""
-    sessions = [daemon.start_session(numbers(6.0, code)) for code in (0, 1, 2)]
+    gate = daemon.root / "gate"
+    sessions = [daemon.start_session(numbers_until(gate, code)) for code in (0, 1, 2)]
     for session in sessions:
-        wait_for(lambda s=session: daemon.session(s["id"])["transcript"]["bytes"] > 100_000, what="output flowing")
+        wait_flowing(daemon, session["id"])
     shims = [daemon.session(s["id"])["shim_pid"] for s in sessions]
     daemon.kill9()
     assert all(alive(pid) for pid in shims)
@@ -60,6 +74,9 @@ def test_sessions_survive_a_sigkilled_daemon_with_every_line_once(daemon):
     daemon.start()
     for session in sessions:
         assert daemon.session(session["id"])["status"] == "running"
+    for session in sessions:
+        wait_flowing(daemon, session["id"])  # and ingested live after the restart
+    gate.touch()
     ended = [daemon.wait_ended(s["id"], timeout=30) for s in sessions]
     assert [(s["status"], s["exit_code"]) for s in ended] == [("completed", 0), ("failed", 1), ("failed", 2)]
     for session in sessions:
@@ -148,8 +165,9 @@ def test_a_session_waiting_for_input_keeps_waiting_across_a_restart(daemon):
 
 def test_sigterm_with_keep_loses_no_line_and_the_next_start_reattaches(daemon):
     """SIGTERM with on_shutdown = keep leaves sessions running; the next daemon re-attaches and every line is stored once."""
-    session = daemon.start_session(numbers(2.5))
-    wait_for(lambda: daemon.session(session["id"])["transcript"]["bytes"] > 50_000, what="output flowing")
+    gate = daemon.root / "gate"
+    session = daemon.start_session(numbers_until(gate))
+    wait_flowing(daemon, session["id"], more=50_000)
     daemon.process.send_signal(signal.SIGTERM)
     assert daemon.process.wait(30) == 0
     reader = daemon.reader()
@@ -158,6 +176,8 @@ def test_sigterm_with_keep_loses_no_line_and_the_next_start_reattaches(daemon):
     finally:
         reader.close()
     daemon.start()
+    wait_flowing(daemon, session["id"], more=50_000)
+    gate.touch()
     assert daemon.wait_ended(session["id"], timeout=30)["status"] == "completed"
     assert_numbers_exactly_once(daemon.database, session["id"])
 
@@ -202,12 +222,7 @@ def test_logs_follow_across_a_restart_prints_every_line_once(daemon):
 
 def assert_processes_match_statuses(daemon) -> None:
     """A session recorded live has its shim running; one recorded ended has none."""
-    reader = daemon.reader()
-    try:
-        sessions = reader.list_sessions()
-    finally:
-        reader.close()
-    for session in sessions:
+    for session in daemon.stored_sessions():
         shim_running = alive_ref(ProcessRef.recorded(session.shim_pid, session.shim_start_ticks))
         if session.is_ended:
             assert not shim_running, f"{session.id} is {session.status} but its shim runs"
@@ -268,7 +283,8 @@ def test_the_queue_and_drain_survive_a_restart(daemon):
 def test_a_damaged_spool_loses_only_its_session_and_the_daemon_carries_on(daemon):
     """Garbage in one session's spool makes that session lost (what came before kept, its processes ended); the daemon and the other sessions go on."""
     damaged = daemon.start_session(py("import time\nwhile True:\n    print('tick', flush=True); time.sleep(0.05)"))
-    healthy = daemon.start_session(numbers(2.0))
+    gate = daemon.root / "gate"
+    healthy = daemon.start_session(numbers_until(gate))
     wait_for(lambda: b"tick" in daemon.stdout_bytes(damaged["id"]), what="first ticks")
     running = daemon.session(damaged["id"])
     daemon.kill9()
@@ -281,18 +297,22 @@ def test_a_damaged_spool_loses_only_its_session_and_the_daemon_carries_on(daemon
     assert lost["status"] == "lost" and "damaged" in lost["reason"]
     assert daemon.stdout_bytes(damaged["id"]).startswith(b"tick\n")
     wait_for(lambda: not alive(running["pid"]) and not alive(running["shim_pid"]), what="its processes ended")
+    wait_flowing(daemon, healthy["id"])
+    gate.touch()
     assert daemon.wait_ended(healthy["id"], timeout=30)["status"] == "completed"
     assert_numbers_exactly_once(daemon.database, healthy["id"])
 
 
 def test_a_session_recorded_before_start_ticks_existed_is_still_recognised(daemon):
     """A live session whose row has create times but no start ticks (written by an older slotd) is re-attached, not lost."""
-    session = daemon.start_session(numbers(4.0))
+    gate = daemon.root / "gate"
+    session = daemon.start_session(numbers_until(gate))
     wait_for(lambda: daemon.session(session["id"])["pid"], what="command started")
     daemon.kill9()
     edit_session(daemon, session["id"], pid_start_ticks=None, shim_start_ticks=None)
     daemon.start()
     assert daemon.session(session["id"])["status"] == "running"
+    gate.touch()
     assert daemon.wait_ended(session["id"], timeout=30)["status"] == "completed"
     assert_numbers_exactly_once(daemon.database, session["id"])
 

@@ -10,7 +10,8 @@ from supervisor.config import Retention
 from supervisor.database import DatabaseWriter
 from supervisor.model import iso_from_unix
 from supervisor.store import Batch, Reader, Row, Session, Store, trimming
-from tests.conftest import py, wait_for
+from tests.harness import wait_for
+from tests.helpers import py
 
 MiB = 1 << 20
 

@@ -20,7 +20,8 @@ import pytest
 from supervisor import spool
 from supervisor.shim import LineAssembler
 from supervisor.spool import Position, Record, SpoolReader
-from tests.conftest import alive, end_shim_run, wait_for
+from tests.harness import wait_for
+from tests.helpers import alive, end_shim_run, py
 
 DEADLINE = 15.0
 POLL = 0.02
@@ -227,10 +228,6 @@ def event(records: list[Record], kind: int) -> dict[str, Any]:
     matching = [record for record in records if record.kind == kind]
     assert len(matching) == 1, [record.kind for record in records]
     return json.loads(matching[0].data)
-
-
-def py(code: str) -> list[str]:
-    return [sys.executable, "-c", code]
 
 
 @pytest.fixture

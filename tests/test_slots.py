@@ -6,7 +6,8 @@ import apsw
 import pytest
 
 from supervisor.client import RemoteError
-from tests.conftest import py, wait_for
+from tests.harness import wait_for
+from tests.helpers import py
 
 # A session that runs until its gate file appears.
 GATE = "import os, sys, time\nwhile not os.path.exists(sys.argv[1]): time.sleep(0.02)\nprint('released', sys.argv[1])"

@@ -14,8 +14,8 @@ import pytest
 
 from supervisor import spool
 from supervisor.spool import Position, Record, SpoolReader, SpoolWriter
-from tests.conftest import wait_for
-from tests.test_control import SMALL_DISK, fill_disk
+from tests.harness import wait_for
+from tests.helpers import SMALL_DISK, fill_disk
 
 DEADLINE = 10.0
 

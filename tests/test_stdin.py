@@ -50,7 +50,7 @@ async def test_a_write_cut_short_leaves_only_whole_frames(tmp_path):
         os.close(reader)
 
 
-async def test_input_to_a_fifo_nobody_reads_says_so(tmp_path):
+async def test_input_to_a_fifo_nobody_reads_says_so(tmp_path, autojump_clock):
     """A FIFO whose reader is gone refuses input with InputClosed, not a hang."""
     fifo = tmp_path / "stdin"
     os.mkfifo(fifo)

@@ -17,7 +17,8 @@ import pytest
 
 from supervisor.client import Client
 from supervisor.store import Reader
-from tests.conftest import assert_numbers_exactly_once, system_text, wait_for
+from tests.harness import wait_for
+from tests.helpers import assert_numbers_exactly_once, system_text
 
 REPO = Path(__file__).resolve().parent.parent
 SYSTEMD = Path("/lib/systemd/systemd")

@@ -21,36 +21,17 @@ from pathlib import Path
 import apsw
 import pytest
 
-from conftest import DEADLINE, DaemonHandle, alive, py, request_as, system_text, wait_for
 from supervisor import fsguard, spool
 from supervisor.client import Client, DaemonUnavailable
 from supervisor.errors import DaemonExit
 from supervisor.slots import make_session_dir
 from supervisor.store import SCHEMA_VERSION
+from tests.harness import DEADLINE, DaemonHandle, wait_for
+from tests.helpers import alive, py, refusal, request_as, start_refused, system_text
 
 NOBODY = 65534
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to play another user")
-
-
-def start_refused(handle: DaemonHandle) -> subprocess.CompletedProcess:
-    """Start the daemon of handle in the foreground, expecting it to refuse."""
-    return subprocess.run(
-        [sys.executable, "-m", "supervisor", "daemon", "--config", str(handle.config_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def refusal(result: subprocess.CompletedProcess, exit_code: int) -> str:
-    """The one line a refused start printed, after checking its exit status."""
-    assert result.returncode == exit_code, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("slotd: ")
-    return lines[0]
 
 
 def mode(path: Path) -> int:

@@ -10,7 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from supervisor.maintenance import WAL_HARD_BYTES
-from tests.conftest import DaemonHandle, py, wait_for
+from tests.harness import DaemonHandle, wait_for
+from tests.helpers import py
 
 MiB = 1024 * 1024
 # The README's bound for the WAL file, whatever the sessions print.

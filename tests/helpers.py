@@ -1,0 +1,204 @@
+"""Helpers the test files share: session commands, raw connections, other users, full
+disks, refused starts, a stand-in for systemd's notify socket and transcript checks. Fixtures live in conftest.py; the daemon
+harness (DaemonHandle, wait_for) in harness.py, which bench/ uses as well."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from supervisor import spool
+from supervisor.processes import ProcessRef, signal_group
+from supervisor.store import Reader
+from tests.harness import DaemonHandle
+
+SMALL_DISK = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="needs root to mount a small tmpfs")
+
+
+def py(code: str) -> list[str]:
+    """A session command: this Python running code."""
+    return [sys.executable, "-c", code]
+
+
+def alive(pid: int | None) -> bool:
+    """True while pid is a running process (a zombie waiting to be reaped counts as gone)."""
+    if pid is None:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def end_shim_run(process: subprocess.Popen, records: list[spool.Record]) -> None:
+    """Teardown of a test's own shim: if it recorded no exit, end its command's group
+    (verified by the start ticks in its START record), then the shim itself."""
+    finished = any(r.kind in (spool.EXIT, spool.SPAWN_FAILED) for r in records)
+    start = next((json.loads(r.data) for r in records if r.kind == spool.START), None)
+    if start is not None and not finished:
+        signal_group(ProcessRef.recorded(start["pid"], start.get("start_ticks")), signal.SIGKILL)
+    if process.poll() is None:
+        process.kill()
+    process.wait(10)
+
+
+class Raw:
+    """A bare connection, for sending what no well-behaved client would."""
+
+    def __init__(self, path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Blocking while connecting: with a timeout set, a full listen backlog would be
+        # EAGAIN at once instead of a short wait for the daemon to accept.
+        self.sock.connect(str(path))
+        self.sock.settimeout(20)
+        self.reader = self.sock.makefile("rb")
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def reply(self) -> dict:
+        line = self.reader.readline()
+        assert line, "connection closed"
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
+
+
+def request_as(path: Path, uid: int, gid: int, message: bytes = b'{"id": 1, "cmd": "info"}\n', from_parent: bool = False) -> bytes:
+    """Send one request to the socket at path as uid/gid (no supplementary groups): the
+    reply line, or why it could not connect. Forked, not exec'd: another uid may not
+    reach this Python. from_parent enters the socket's directory as root first, so only
+    that directory's search permission (not its parents') stands in the way."""
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        try:
+            if from_parent:
+                os.chdir(path.parent)
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            client = socket.socket(socket.AF_UNIX)
+            client.settimeout(10)
+            try:
+                client.connect(path.name if from_parent else str(path))
+            except OSError as error:
+                os.write(write_end, f"connect failed: {error.strerror}".encode())
+            else:
+                try:
+                    client.sendall(message)
+                except BrokenPipeError:
+                    pass  # the daemon may refuse before it reads: its reply is waiting all the same
+                os.write(write_end, client.makefile("rb").readline())
+        except BaseException as error:
+            os.write(write_end, f"child failed: {error!r}".encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        reply = pipe.read()
+    os.waitpid(child, 0)
+    return reply
+
+
+def start_refused(handle: DaemonHandle) -> subprocess.CompletedProcess:
+    """Start the daemon of handle in the foreground, expecting it to refuse."""
+    return subprocess.run(handle.argv, capture_output=True, text=True, timeout=60)
+
+
+def refusal(result: subprocess.CompletedProcess, exit_code: int) -> str:
+    """The one line a refused start printed, after checking its exit status."""
+    assert result.returncode == exit_code, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("slotd: ")
+    return lines[0]
+
+
+@contextlib.contextmanager
+def notify_receiver(monkeypatch: pytest.MonkeyPatch, path: Path | None = None) -> Iterator[socket.socket]:
+    """A datagram socket standing in for systemd's, named in $NOTIFY_SOCKET: bound at
+    path, or an abstract name when none is given. Non-blocking."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        if path is None:
+            name = f"slotd-test-{uuid.uuid4()}"
+            sock.bind("\0" + name)
+            monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        else:
+            sock.bind(str(path))
+            monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        sock.setblocking(False)
+        yield sock
+    finally:
+        sock.close()
+
+
+def fill_disk(path) -> None:
+    """Write to path until the filesystem has no space left."""
+    block = b"\0" * 65536
+    with open(path, "wb", buffering=0) as filler:
+        try:
+            while True:
+                filler.write(block)
+        except OSError as error:
+            assert error.errno == errno.ENOSPC
+
+
+@contextlib.contextmanager
+def daemon_on_small_disk(
+    make_daemon: Callable[..., DaemonHandle], size: str = "16m", mount_at: str = "state", **settings
+) -> Iterator[tuple[DaemonHandle, Path]]:
+    """A running daemon whose directory mount_at (its state directory unless told
+    otherwise) is a small tmpfs (unmounted after); yields the daemon and that directory."""
+    daemon = make_daemon(start=False, **settings)
+    state = daemon.root / mount_at
+    state.mkdir()
+    # mode=0700: a tmpfs root is 1777 by default, which slotd refuses for its state.
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(state)], check=True)
+    try:
+        daemon.start()
+        yield daemon, state
+    finally:
+        daemon.stop()
+        subprocess.run(["umount", "-l", str(state)], check=False)
+
+
+def assert_numbers_exactly_once(database: Path, session_id: str) -> None:
+    """A session that printed 0, 1, 2... then 'done N' has each line stored once, in
+    order, with gapless sequence numbers."""
+    reader = Reader(database)
+    try:
+        rows = list(reader.iter_transcript(session_id))
+    finally:
+        reader.close()
+    assert [row.seq for row in rows] == list(range(1, len(rows) + 1))
+    lines = b"".join(row.data for row in rows if row.stream == "stdout").decode().splitlines()
+    assert lines[-1].startswith("done ")
+    count = int(lines[-1].split()[1])
+    assert lines[:-1] == [str(n) for n in range(count)]
+
+
+def system_text(database: Path, session_id: str) -> str:
+    """A session's system rows (the daemon's notes on it), as text."""
+    reader = Reader(database)
+    try:
+        return b"".join(row.data for row in reader.iter_transcript(session_id, streams=["system"])).decode()
+    finally:
+        reader.close()
