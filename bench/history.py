@@ -38,7 +38,6 @@ sys.path.insert(0, str(CHECKOUT / "bench"))
 
 from latency import DaemonProcess  # noqa: E402
 
-from supervisor.client import Client  # noqa: E402
 from supervisor.model import iso_from_unix, utc_now  # noqa: E402
 from supervisor.store import Store  # noqa: E402
 
@@ -106,7 +105,7 @@ def measure_listing(daemon: DaemonProcess, args: list[str]) -> dict:
     started = time.perf_counter()
     listing = subprocess.run(
         [sys.executable, "-m", "supervisor", "--socket", str(daemon.socket), "ps", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=CHECKOUT, check=True,
+        capture_output=True, cwd=CHECKOUT, check=True,
     )
     wall = time.perf_counter() - started
     probe.stopping.set()

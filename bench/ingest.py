@@ -46,10 +46,10 @@ import psutil
 # daemon is started from that checkout too, by the tests' harness).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from supervisor.client import Client  # noqa: E402
-from supervisor.model import utc_now  # noqa: E402
-from supervisor.store import Reader, Session, Store  # noqa: E402
-from tests.harness import DaemonHandle  # noqa: E402
+from supervisor.client import Client
+from supervisor.model import utc_now
+from supervisor.store import Reader, Session, Store
+from tests.harness import DaemonHandle
 
 SESSIONS = 3
 LINE_BYTES = 100
@@ -163,7 +163,7 @@ def measure_raw_generating(workdir: Path, lines: int) -> dict:
     work = [
         (session_id, seq, output[start : start + step])
         for seq, start in enumerate(range(0, len(outputs[0]), step), 1)
-        for session_id, output in zip(ids, outputs)
+        for session_id, output in zip(ids, outputs, strict=True)
     ]
     insert_batched(db, work)
     elapsed = time.perf_counter() - started

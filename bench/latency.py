@@ -68,8 +68,8 @@ sys.path.insert(0, str(CHECKOUT / "bench"))
 from ingest import LINE_BYTES, POLL_INTERVAL, session_program, settle  # noqa: E402
 
 from supervisor.client import Client, DaemonUnavailable  # noqa: E402
-from supervisor.protocol import decode_data  # noqa: E402
 from supervisor.model import unix_from_iso, utc_now  # noqa: E402
+from supervisor.protocol import decode_data  # noqa: E402
 from supervisor.store import Session, Store  # noqa: E402
 from tests.harness import DaemonHandle  # noqa: E402
 

@@ -20,7 +20,16 @@ from supervisor import __version__
 from supervisor.config import Config
 from supervisor.database import ReaderPool
 from supervisor.ingest import Ingestor
-from supervisor.model import ALL_STATUSES, ENDED_STATUSES, LiveState, Status, iso_from_unix, session_view, unix_from_iso, utc_now
+from supervisor.model import (
+    ALL_STATUSES,
+    ENDED_STATUSES,
+    LiveState,
+    Status,
+    iso_from_unix,
+    session_view,
+    unix_from_iso,
+    utc_now,
+)
 from supervisor.protocol import (
     PS_RECENT_ENDED,
     PS_REPLY_MAX,

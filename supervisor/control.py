@@ -13,7 +13,6 @@ import grp
 import os
 import pwd
 import select
-
 from collections.abc import Awaitable
 from typing import Any
 
@@ -22,18 +21,18 @@ import structlog
 import trio
 
 from supervisor.commands import Commands
-from supervisor.linux import peer_credentials
 from supervisor.jsonlimits import TooDeep
+from supervisor.linux import peer_credentials
 from supervisor.protocol import (
     MAX_MESSAGE_BYTES,
     STREAMING_COMMANDS,
+    ClientStalled,
     ErrorCode,
     RequestError,
     decode_message,
     encode_message,
     error_reply,
     ok_reply,
-    ClientStalled,
     parse_request,
     request_id_of,
 )
@@ -258,7 +257,8 @@ class Connection:
                         self._account()
                     # A half-closed client (shutdown(SHUT_WR), `nc -N`) still reads the
                     # stream; one that closed altogether leaves the socket hung up.
-                    while not hung_up(self.stream.socket):
+                    # No event says a socket hung up while we do not read it: poll.
+                    while not hung_up(self.stream.socket):  # noqa: ASYNC110
                         await trio.sleep(HANGUP_POLL_INTERVAL)
                     raise trio.BrokenResourceError("the client hung up")
 

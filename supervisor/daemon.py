@@ -32,15 +32,22 @@ import apsw
 import structlog
 import trio
 
-from supervisor.errors import DaemonExit, SocketInUse, SocketPathError, StartupError
 from supervisor import __version__, control, fsguard, maintenance, recovery, socketfile, systemd
 from supervisor.commands import Commands
 from supervisor.config import Config, ConfigError, load_config, replace
 from supervisor.database import DatabaseWriter, ReaderPool
+from supervisor.errors import DaemonExit, SocketInUse, SocketPathError, StartupError
 from supervisor.ingest import Ingestor
 from supervisor.logconfig import configure_logging, library_log_held, release_library_log
 from supervisor.slots import SlotManager
-from supervisor.store import DATABASE_SUFFIXES, Checkpointer, SchemaTooNew, Store, database_is_empty, leave_journal_on_close
+from supervisor.store import (
+    DATABASE_SUFFIXES,
+    Checkpointer,
+    SchemaTooNew,
+    Store,
+    database_is_empty,
+    leave_journal_on_close,
+)
 
 log = structlog.get_logger()
 

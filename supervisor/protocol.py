@@ -20,8 +20,9 @@ import copy
 import json
 import math
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from supervisor import jsonlimits
 from supervisor.errors import SlotdError

@@ -21,9 +21,9 @@ import trio
 
 from supervisor import fsguard, spool
 from supervisor.linux import current_boot_id
+from supervisor.model import LIVE_STATUSES, utc_now
 from supervisor.processes import ProcessRef, alive, find_shim, kill_process, signal_group
 from supervisor.slots import LiveSession, SlotManager, shim_columns
-from supervisor.model import LIVE_STATUSES, utc_now
 from supervisor.store import Session
 
 log = structlog.get_logger()

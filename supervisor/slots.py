@@ -29,12 +29,12 @@ from supervisor.config import Config
 from supervisor.database import DatabaseWriter
 from supervisor.ingest import Ingestor
 from supervisor.linux import current_boot_id
+from supervisor.model import LIVE_STATUSES, iso_from_unix, utc_now
 from supervisor.processes import ProcessRef, alive, kill_process, signal_group
 from supervisor.protocol import EXITED_WHILE_BLOCKED, ErrorCode, RequestError
-from supervisor.tailing import tail_spool
 from supervisor.stdin import InputClosed, InputWriter
-from supervisor.model import LIVE_STATUSES, iso_from_unix, utc_now
 from supervisor.store import Session
+from supervisor.tailing import tail_spool
 
 log = structlog.get_logger()
 

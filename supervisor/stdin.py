@@ -15,8 +15,8 @@ from pathlib import Path
 
 import trio
 
-from supervisor.errors import InputClosed
 from supervisor import spool
+from supervisor.errors import InputClosed
 
 FRAME_PAYLOAD = select.PIPE_BUF - spool.FIFO_FRAME.size
 

@@ -16,8 +16,8 @@ import psutil
 import pytest
 
 from supervisor.client import RemoteError
-from supervisor.protocol import decode_data
 from supervisor.model import iso_from_unix, utc_now
+from supervisor.protocol import decode_data
 from supervisor.store import Store
 from tests.harness import wait_for
 from tests.helpers import py, system_text

@@ -61,7 +61,7 @@ def test_session_objects_carry_exactly_the_fields_of_the_view(daemon) -> None:
     started = daemon.start_session(py("print('hi')"))
     assert list(started) == list(SESSION_FIELDS)
     with daemon.client() as client:
-        followed = [message for message in client.messages("follow", session=started["id"]) if "ok" in message][0]["result"]
+        followed = next(message for message in client.messages("follow", session=started["id"]) if "ok" in message)["result"]
     assert list(followed) == [*SESSION_FIELDS, "last_seq"]
     assert list(daemon.session(started["id"])) == [*SESSION_FIELDS, *LIVE_FIELDS, "transcript"]
     sleeper = daemon.start_session(py("import time; time.sleep(60)"))

@@ -442,7 +442,7 @@ def test_daemon_refuses_a_config_that_would_fail_later_with_exit_78(tmp_path: Pa
         out, err = daemon.communicate(timeout=15)
     except subprocess.TimeoutExpired:
         daemon.kill()
-        out, err = daemon.communicate()
+        _out, err = daemon.communicate()
         pytest.fail(f"slotd accepted the configuration and ran: {err.decode()[-2000:]}")
 
     message = err.decode()

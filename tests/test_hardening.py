@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -21,18 +20,18 @@ import structlog
 import trio
 
 from supervisor import control, jsonlimits, socketfile, spool
+from supervisor.client import RemoteError
 from supervisor.commands import Commands
 from supervisor.config import Config
 from supervisor.database import DatabaseWriter, ReaderPool
 from supervisor.ingest import Ingestor
 from supervisor.jsonlimits import MAX_DEPTH
-from supervisor.protocol import MAX_ID_BYTES, MAX_LABELS_BYTES, decode_data
-from supervisor.slots import SlotManager
 from supervisor.model import utc_now
+from supervisor.protocol import MAX_ID_BYTES, MAX_LABELS_BYTES
+from supervisor.slots import SlotManager
 from supervisor.store import Session, Store
-from supervisor.client import RemoteError
 from tests.harness import wait_for
-from tests.helpers import Raw, SMALL_DISK, daemon_on_small_disk, fill_disk, py
+from tests.helpers import SMALL_DISK, Raw, daemon_on_small_disk, fill_disk, py
 
 
 def request_line(**message) -> bytes:

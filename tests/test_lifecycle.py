@@ -38,7 +38,7 @@ def test_stop_leaves_no_process_behind_even_one_ignoring_sigterm(make_daemon):
     stopped = daemon.request("stop", session=session["id"])
     assert stopped["status"] == "killed"
     assert stopped["slot"] is None
-    wait_for(lambda: not any(alive(pid) for pid in family + [running["shim_pid"]]), what="every process gone")
+    wait_for(lambda: not any(alive(pid) for pid in [*family, running["shim_pid"]]), what="every process gone")
 
 
 def test_kill_sends_the_signal_asked_for(daemon):

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 
 from supervisor import maintenance
 from supervisor.config import Config, Retention
@@ -331,7 +332,7 @@ async def test_watchdog_pings_stop_while_a_writer_call_is_stuck_and_resume_after
                 assert len(pings) == 6  # at 0, 1, ... 5
                 nursery.start_soon(stuck_writer_call)
                 while not stuck.is_set():  # never idle, so no virtual time passes meanwhile
-                    await trio.sleep(0)
+                    await trio.lowlevel.checkpoint()
                 stuck_at = trio.current_time()
                 await trio.sleep(10)
                 during = [at for at in pings if at > stuck_at]

@@ -27,7 +27,7 @@ def command_sections() -> dict[str, str]:
     """Each '### `name`' section under '## Commands', by command name."""
     commands = level2_section(DOC.read_text(encoding="utf-8"), "Commands")
     parts = re.split(r"^### `([^`]+)`\s*$", commands, flags=re.MULTILINE)
-    return dict(zip(parts[1::2], parts[2::2]))
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
 
 
 def argument_names(section: str) -> set[str]:

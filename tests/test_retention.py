@@ -5,10 +5,10 @@ from __future__ import annotations
 import functools
 
 from supervisor import retention
-from supervisor.retention import truncation_marker
 from supervisor.config import Retention
 from supervisor.database import DatabaseWriter
 from supervisor.model import iso_from_unix
+from supervisor.retention import truncation_marker
 from supervisor.store import Batch, Reader, Row, Session, Store, trimming
 from tests.harness import wait_for
 from tests.helpers import py

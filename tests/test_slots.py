@@ -134,7 +134,7 @@ def test_sessions_can_be_named_by_a_unique_prefix(daemon):
     daemon.wait_ended(session["id"])
     assert daemon.request("show", session=session["id"][:8])["id"] == session["id"]
     others = [daemon.start_session(py("pass")) for _ in range(20)]
-    first_chars = [s["id"][0] for s in others + [session]]
+    first_chars = [s["id"][0] for s in [*others, session]]
     # 21 ids over 16 hex digits: two share a first character (pigeonhole).
     shared = next(c for c in set(first_chars) if first_chars.count(c) > 1)
     with pytest.raises(RemoteError) as caught:

@@ -344,7 +344,7 @@ def test_database_refuses_a_second_live_session_in_a_busy_slot(store: Store) -> 
     store.create_session(new_session(status="running", slot=2))
 
     for arrival, status in enumerate(("running", "paused", "waiting_checkpoint"), start=100):
-        with pytest.raises(apsw.ConstraintError, match="sessions.slot"):
+        with pytest.raises(apsw.ConstraintError, match=r"sessions\.slot"):
             insert_raw(store.db, str(uuid.uuid4()), status, 2, arrival)
 
     insert_raw(store.db, str(uuid.uuid4()), "running", 3, 200)  # another slot is free

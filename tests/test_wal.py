@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from supervisor.maintenance import WAL_HARD_BYTES
-from tests.harness import DaemonHandle, wait_for
+from tests.harness import DaemonHandle
 from tests.helpers import py
 
 MiB = 1024 * 1024

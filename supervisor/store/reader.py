@@ -10,13 +10,14 @@ from typing import Any, Self
 from supervisor.errors import AmbiguousPrefix
 from supervisor.model import ENDED_STATUSES
 from supervisor.store.records import (
+    _SELECT_COLUMNS,
     Row,
     Session,
-    _SELECT_COLUMNS,
     _session_from_row,
     _sessions_from_rows,
 )
 from supervisor.store.schema import connect
+
 
 def _stream_filter(streams: Sequence[str] | None, args: list[Any]) -> str:
     """The WHERE terms that keep only these streams (appending their values to args).

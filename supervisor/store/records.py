@@ -66,7 +66,7 @@ _SELECT_COLUMNS = ", ".join(f"CAST({name} AS BLOB)" if name in _TEXT_FIELDS else
 
 
 def _session_from_row(row: Sequence[Any]) -> Session:
-    values = dict(zip(_SESSION_FIELDS, row))
+    values = dict(zip(_SESSION_FIELDS, row, strict=True))
     raw_id = values["id"]
     session_id = raw_id.decode(errors="replace") if isinstance(raw_id, bytes) else str(raw_id)
     for name, value in values.items():
