@@ -439,7 +439,7 @@ def test_daemon_refuses_a_config_that_would_fail_later_with_exit_78(tmp_path: Pa
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
     )
     try:
-        out, err = daemon.communicate(timeout=15)
+        _out, err = daemon.communicate(timeout=15)
     except subprocess.TimeoutExpired:
         daemon.kill()
         _out, err = daemon.communicate()
