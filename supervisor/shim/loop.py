@@ -1,7 +1,7 @@
 """Shim: one session's event loop, over the command's pipes, the input FIFO and its exit.
 
 It runs until the command has exited and both output pipes are closed (or, if a process
-outside the group holds them, a little after the group is killed), then writes EXIT.
+outside the group holds them, a second after the group is killed), then writes EXIT.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """How the shim spends the spool's waits for room.
 
 SpoolWriter (spool.py) waits when the disk is full, or when the daemon has fallen
-behind by a whole spool. Meanwhile the shim reads nothing, so its command blocks on its
-next write; but the shim still says it is blocked (for the daemon, in its process name)
-and still reaps its command if that exits, so a stop never waits for the disk.
+behind by max_segments segments. Meanwhile the shim reads nothing, so its command
+blocks once its pipes are full. A full disk shows in the shim's process name, for the
+daemon; and whatever the wait, the shim reaps its command if that exits, so a stop
+never waits for room.
 """
 
 from __future__ import annotations
