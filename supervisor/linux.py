@@ -15,13 +15,15 @@ uses it too).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
+import functools
 import os
 import socket
 import struct
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import ctypes
 
 # -- /proc ------------------------------------------------------------------------------
 
@@ -123,21 +125,31 @@ IN_CREATE = 0x00000100
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """libc, loaded at the first watch: importing ctypes and finding libc would cost
+    every session's shim, which imports this module and never watches, ~7 ms at start."""
+    import ctypes.util
+
+    return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
 
 class DirectoryWatch:
     """A readable file descriptor whenever a file in the directory is created or written."""
 
     def __init__(self, directory: Path) -> None:
-        fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        from ctypes import get_errno
+
+        libc = _libc()
+        fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
-            error = ctypes.get_errno()
+            error = get_errno()
             raise OSError(error, f"inotify_init1: {os.strerror(error)}")
         self.fd = fd
         mask = IN_MODIFY | IN_CREATE | IN_CLOSE_WRITE | IN_MOVED_TO
-        if _libc.inotify_add_watch(fd, os.fsencode(directory), mask) < 0:
-            error = ctypes.get_errno()
+        if libc.inotify_add_watch(fd, os.fsencode(directory), mask) < 0:
+            error = get_errno()
             os.close(fd)
             raise OSError(error, f"inotify_add_watch {directory}: {os.strerror(error)}")
 

@@ -1,0 +1,127 @@
+"""The pump from the daemon's input FIFO to the command's stdin.
+
+The daemon writes frames (see spool.FIFO_FRAME; supervisor/stdin.py is its side); the
+shim records each frame's data in the spool as STDIN and passes it on to the command
+without ever blocking on it: what the command has not read yet waits here, and past
+STDIN_BUFFER_LIMIT the shim stops reading the FIFO, so the daemon's writes wait instead.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import sys
+from typing import IO
+
+from supervisor import spool
+from supervisor.shim.output import READ_SIZE
+
+# Stop reading operator input while this much is waiting for the command to read it.
+STDIN_BUFFER_LIMIT = 1 << 20
+# The daemon writes frames of at most PIPE_BUF bytes; a frame claiming more than this is
+# not its, and waiting for it would grow the buffer without bound.
+MAX_INPUT_FRAME = STDIN_BUFFER_LIMIT
+
+
+class StdinPump:
+    """Carries input frames from the FIFO (selector tag "fifo") to the command's stdin
+    (tag "stdin", watched only while input waits for the command to read it)."""
+
+    def __init__(
+        self, selector: selectors.BaseSelector, writer: spool.SpoolWriter, fifo: int, stdin: IO[bytes] | None
+    ) -> None:
+        self.selector = selector
+        self.writer = writer
+        self.fifo = fifo
+        self.stdin = stdin  # None once closed
+        self.stdin_buffer = bytearray()
+        self.stdin_eof_requested = False
+        self.fifo_buffer = bytearray()
+        selector.register(fifo, selectors.EVENT_READ, "fifo")
+
+    def on_fifo_readable(self) -> None:
+        self.read_fifo()
+        if len(self.stdin_buffer) > STDIN_BUFFER_LIMIT:
+            self.selector.unregister(self.fifo)
+
+    def on_stdin_writable(self) -> None:
+        self.write_stdin()
+        if len(self.stdin_buffer) <= STDIN_BUFFER_LIMIT and not self._is_registered(self.fifo):
+            self.selector.register(self.fifo, selectors.EVENT_READ, "fifo")
+
+    def read_fifo(self) -> None:
+        try:
+            data = os.read(self.fifo, READ_SIZE)
+        except BlockingIOError:
+            return
+        self.fifo_buffer += data
+        while len(self.fifo_buffer) >= spool.FIFO_FRAME.size:
+            kind, length = spool.FIFO_FRAME.unpack_from(self.fifo_buffer)
+            if length > MAX_INPUT_FRAME:
+                print(f"shim: input frame of {length} bytes is not the daemon's; dropping input", file=sys.stderr)
+                self.fifo_buffer.clear()
+                break
+            end = spool.FIFO_FRAME.size + length
+            if len(self.fifo_buffer) < end:
+                break
+            payload = bytes(self.fifo_buffer[spool.FIFO_FRAME.size : end])
+            del self.fifo_buffer[:end]
+            if kind == spool.FIFO_DATA:
+                self.writer.append(spool.STDIN, payload)
+                if self.stdin is not None:
+                    self.stdin_buffer += payload
+            elif kind == spool.FIFO_EOF:
+                self.stdin_eof_requested = True
+            else:
+                # Not the daemon's framing: the rest cannot be trusted to line up.
+                print(f"shim: unknown input frame kind {kind}; dropping {len(self.fifo_buffer)} bytes", file=sys.stderr)
+                self.fifo_buffer.clear()
+        self.write_stdin()
+
+    def write_stdin(self) -> None:
+        stdin = self.stdin
+        if stdin is None:
+            self.stdin_buffer.clear()
+            return
+        try:
+            while self.stdin_buffer:
+                written = os.write(stdin.fileno(), self.stdin_buffer)
+                del self.stdin_buffer[:written]
+        except BlockingIOError:
+            pass
+        except BrokenPipeError:
+            # The command closed its stdin: what it will never read is dropped.
+            self.stdin_buffer.clear()
+            self.close_stdin()
+            return
+        if self.stdin_eof_requested and not self.stdin_buffer:
+            self.close_stdin()
+            return
+        self._watch_stdin_writable(bool(self.stdin_buffer))
+
+    def _watch_stdin_writable(self, want: bool) -> None:
+        stdin = self.stdin
+        if stdin is None:
+            return
+        registered = self._is_registered(stdin)
+        if want and not registered:
+            self.selector.register(stdin, selectors.EVENT_WRITE, "stdin")
+        elif not want and registered:
+            self.selector.unregister(stdin)
+
+    def _is_registered(self, fileobj: int | IO[bytes]) -> bool:
+        try:
+            self.selector.get_key(fileobj)
+            return True
+        except KeyError:
+            return False
+
+    def close_stdin(self) -> None:
+        if self.stdin is not None:
+            if self._is_registered(self.stdin):
+                self.selector.unregister(self.stdin)
+            try:
+                self.stdin.close()
+            except BrokenPipeError:
+                pass
+            self.stdin = None
