@@ -25,7 +25,7 @@ from conftest import DEADLINE, DaemonHandle, alive, py, request_as, system_text,
 from supervisor import fsguard, spool
 from supervisor.client import Client, DaemonUnavailable
 from supervisor.errors import DaemonExit
-from supervisor.slots import make_session_dir
+from supervisor.spawn import make_session_dir
 from supervisor.store import SCHEMA_VERSION
 
 NOBODY = 65534
