@@ -18,7 +18,9 @@ import trio
 
 from supervisor import __version__
 from supervisor.config import Config
-from supervisor.database import ReaderPool
+from supervisor.database import DatabaseWriter, ReaderPool
+from supervisor.diskspace import free_bytes
+from supervisor.errors import InvalidArgument, InvalidState, SlotdError, SlotsFull, StorageFull
 from supervisor.ingest import Ingestor
 from supervisor.model import (
     ALL_STATUSES,
@@ -57,7 +59,7 @@ from supervisor.protocol import (
     encode_data,
     signal_number,
 )
-from supervisor.slots import SlotManager, free_bytes
+from supervisor.slots import SlotManager
 from supervisor.store import AmbiguousPrefix, DamagedRow, EndedCursor, Reader, Row, Session
 
 
@@ -79,6 +81,20 @@ PAGES_IN_FLIGHT = 64
 PAGE_SEND_DEADLINE = 60.0
 # A page of a `ps` listing: the sessions read, shaped and sent at a time.
 PS_PAGE = 200
+
+# How the slot manager's refusals are answered on the wire (their messages as they are).
+ERROR_CODES: dict[type[SlotdError], str] = {
+    InvalidArgument: ErrorCode.INVALID_ARGUMENT,
+    InvalidState: ErrorCode.INVALID_STATE,
+    SlotsFull: ErrorCode.SLOTS_FULL,
+    StorageFull: ErrorCode.STORAGE_ERROR,
+}
+
+
+def request_error(error: SlotdError) -> RequestError:
+    """The error reply for one of the slot manager's refusals (ERROR_CODES)."""
+    code = next(ERROR_CODES[kind] for kind in type(error).__mro__ if kind in ERROR_CODES)
+    return RequestError(code, str(error))
 
 
 def read_page(reader: Reader, session_id: str, after: int, streams: list[str] | None, since_ts: float | None = None) -> list[Row]:
@@ -184,12 +200,14 @@ class Commands:
         config: Config,
         slots: SlotManager,
         readers: ReaderPool,
+        writer: DatabaseWriter,
         ingestor: Ingestor,
         request_shutdown: Callable[[str | None], None],
     ) -> None:
         self.config = config
         self.slots = slots
         self.readers = readers
+        self.writer = writer
         self.ingestor = ingestor
         self.request_shutdown = request_shutdown
         self.shutting_down = False
@@ -200,7 +218,10 @@ class Commands:
     async def handle(self, request: Request, emit: Emit) -> Any:
         if self.shutting_down and request.command not in READ_ONLY_COMMANDS:
             raise RequestError(ErrorCode.SHUTTING_DOWN, f"slotd is shutting down: {request.command} refused (reads still work)")
-        return await HANDLERS[type(request)](self, request, emit)
+        try:
+            return await HANDLERS[type(request)](self, request, emit)
+        except tuple(ERROR_CODES) as error:
+            raise request_error(error) from None
 
     async def _session(self, prefix: str) -> Session:
         try:
@@ -252,7 +273,7 @@ class Commands:
     # -- sessions ------------------------------------------------------------------
 
     async def cmd_start(self, request: StartRequest, emit: Emit) -> Any:
-        session = await self.slots.submit(request.argv, request.cwd, request.env, request.labels, request.priority, request.queue)
+        session = await self.slots.queue.submit(request.argv, request.cwd, request.env, request.labels, request.priority, request.queue)
         return session_view(session)
 
     async def cmd_ps(self, request: PsRequest, emit: Emit) -> Any:
@@ -338,27 +359,27 @@ class Commands:
 
     async def cmd_stop(self, request: StopRequest, emit: Emit) -> Any:
         session = await self._session(request.session)
-        await self.slots.stop(session, request.timeout, request.wait)
+        await self.slots.controls.stop(session, request.timeout, request.wait)
         return await self._current(session.id)
 
     async def cmd_kill(self, request: KillRequest, emit: Emit) -> Any:
         session = await self._session(request.session)
-        await self.slots.kill(session, signal_number(request.signal))
+        await self.slots.controls.kill(session, signal_number(request.signal))
         return await self._current(session.id)
 
     async def cmd_pause(self, request: PauseRequest, emit: Emit) -> Any:
         session = await self._session(request.session)
-        await self.slots.pause(session)
+        await self.slots.controls.pause(session)
         return await self._current(session.id)
 
     async def cmd_resume(self, request: ResumeRequest, emit: Emit) -> Any:
         session = await self._session(request.session)
-        await self.slots.resume(session)
+        await self.slots.controls.resume(session)
         return await self._current(session.id)
 
     async def cmd_cancel(self, request: CancelRequest, emit: Emit) -> Any:
         session = await self._session(request.session)
-        await self.slots.cancel(session)
+        await self.slots.controls.cancel(session)
         return await self._current(session.id)
 
     async def cmd_delete(self, request: DeleteRequest, emit: Emit) -> Any:
@@ -373,14 +394,14 @@ class Commands:
             # Its end may be read but not yet committed (with its last rows): those
             # must not land after the row is gone.
             await self.ingestor.commit_now()
-            await self.slots.writer.run(self.slots.store.delete_session, session_id)
+            await self.writer.run(self.writer.store.delete_session, session_id)
             self.ingestor.forget(session_id)
             return {"deleted": session_id}
         if not session.is_ended:
             raise RequestError(
                 ErrorCode.INVALID_STATE, f"cannot delete session {session.id}: it is {session.status} (stop or cancel it first)"
             )
-        await self.slots.writer.run(self.slots.store.delete_session, session.id)
+        await self.writer.run(self.writer.store.delete_session, session.id)
         self.ingestor.forget(session.id)
         return {"deleted": session.id}
 
@@ -392,7 +413,7 @@ class Commands:
                 data += base64.b64decode(request.data_b64, validate=True)
             except binascii.Error:
                 raise RequestError(ErrorCode.INVALID_ARGUMENT, "send: 'data_b64' is not valid base64") from None
-        await self.slots.send(session, data, request.eof)
+        await self.slots.controls.send(session, data, request.eof)
         return {"sent": len(data), "eof": request.eof}
 
     async def cmd_prune(self, request: PruneRequest, emit: Emit) -> Any:
@@ -407,7 +428,7 @@ class Commands:
             if request.older_than > time.time():
                 return {"deleted": []}  # older than the epoch: nothing is
             before = iso_from_unix(time.time() - request.older_than)
-        deleted = await self.slots.writer.run(self.slots.store.prune, before, statuses)
+        deleted = await self.writer.run(self.writer.store.prune, before, statuses)
         for session_id in deleted:
             self.ingestor.forget(session_id)
         return {"deleted": deleted}
@@ -499,11 +520,11 @@ class Commands:
     # -- the daemon ----------------------------------------------------------------
 
     async def cmd_drain(self, request: DrainRequest, emit: Emit) -> Any:
-        await self.slots.set_draining(True)
+        await self.slots.queue.set_draining(True)
         return await self.cmd_info(InfoRequest(), emit)
 
     async def cmd_undrain(self, request: UndrainRequest, emit: Emit) -> Any:
-        await self.slots.set_draining(False)
+        await self.slots.queue.set_draining(False)
         return await self.cmd_info(InfoRequest(), emit)
 
     async def cmd_info(self, request: InfoRequest, emit: Emit) -> Any:
@@ -523,10 +544,10 @@ class Commands:
             "busy": len(self.slots.live),
             "live": [
                 {"slot": live.slot, "session": live.id, "status": live.status, "output_blocked": live.output_note()}
-                for live in sorted(self.slots.live.values(), key=lambda l: l.slot)
+                for live in self.slots.live.by_slot()
             ],
             "queued": queued,
-            "draining": self.slots.draining,
+            "draining": self.slots.queue.draining,
             "ingest_lag": round(self.ingestor.lag(), 3),
             "rows_committed": self.ingestor.rows_committed,
             "database": str(self.config.database),

@@ -278,7 +278,7 @@ class Daemon:
         readers = ReaderPool(config.database)
         ingestor = Ingestor(writer, config.flush_interval, config.batch_max_bytes)
         slots = SlotManager(config, writer, ingestor, self.session_umask)
-        commands = self.commands = Commands(config, slots, readers, ingestor, self.request_shutdown)
+        commands = self.commands = Commands(config, slots, readers, writer, ingestor, self.request_shutdown)
         socket_file: socketfile.SocketFile | None = None
         try:
             async with trio.open_nursery() as outer:
@@ -289,7 +289,7 @@ class Daemon:
                     await inner.start(maintenance.database_watch_loop, store, self.database_lost)
                     accepting = None
                     with self.startup_scope:
-                        counts = await recovery.reconcile(slots)
+                        counts = await recovery.reconcile(config, writer, ingestor, slots)
                         log.info("reconciled", **counts)
                         sock, socket_file = await socketfile.bind_socket(config.socket, socket_group_id(config))
                         accepting = await inner.start(control.serve, sock, commands, control.PeerPolicy(config.socket_group))
@@ -298,7 +298,7 @@ class Daemon:
                         await inner.start(maintenance.status_loop, config, slots, readers)
                         if (interval := systemd.watchdog_interval()) is not None:
                             await inner.start(maintenance.watchdog_loop, writer, interval)
-                        slots.wake_dispatch()
+                        slots.queue.wake()
                         systemd.notify("READY=1", f"STATUS={await maintenance.status_text(config, slots, readers)}")
                         log.info("ready", pid=os.getpid(), socket=str(config.socket), slots=config.slots, version=__version__)
                         release_library_log()
@@ -311,8 +311,7 @@ class Daemon:
                     if socket_file is not None:
                         socket_file.remove()
                     if self.shutdown_mode == "stop":
-                        slots.draining = True
-                        await slots.stop_all()
+                        await slots.controls.stop_all()
                     inner.cancel_scope.cancel()
                 outer.cancel_scope.cancel()
         finally:

@@ -1,4 +1,5 @@
-"""Disk space taken ahead of need, so a write that must not wait for room cannot.
+"""Disk space taken ahead of need, so a write that must not wait for room cannot; and
+how much is left.
 
 Linux's fallocate(2) through ctypes (Python has only posix_fallocate, which grows the
 file: an appending writer would then write after the reserved zeros).
@@ -10,6 +11,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+from pathlib import Path
 
 from supervisor import spool
 
@@ -35,3 +37,12 @@ def reserve(fd: int, length: int) -> None:
 def is_no_space(error: OSError) -> bool:
     """The disk (or the user's quota) is full: the operator's to fix, not a bug."""
     return error.errno in spool.NO_SPACE_ERRNOS
+
+
+def free_bytes(path: Path) -> int | None:
+    """Bytes an unprivileged writer may still use on path's filesystem (None if unknown)."""
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return None
+    return stats.f_bavail * stats.f_frsize

@@ -103,3 +103,28 @@ class CliError(SlotdError):
     def __init__(self, message: str, status: int = CliExit.REFUSED) -> None:
         super().__init__(message)
         self.status = status
+# -- what the slot manager refuses (commands.py answers each with its ErrorCode) --------
+
+
+class InvalidArgument(SlotdError):
+    """A request's argument that cannot be used; the message names it."""
+
+
+class InvalidState(SlotdError):
+    """An action the session's state does not allow; the message says what it is."""
+
+
+class SessionNotLive(InvalidState):
+    """An action on a live session asked of one that is not (queued, or ended)."""
+
+    def __init__(self, action: str, session_id: str, status: str) -> None:
+        super().__init__(f"cannot {action} session {session_id}: it is {status}")
+        self.session_id = session_id
+
+
+class SlotsFull(SlotdError):
+    """A start that may not queue found no free slot (or the daemon draining)."""
+
+
+class StorageFull(SlotdError):
+    """The runtime directory's disk has no room for a session's files: it is failed."""

@@ -1,6 +1,7 @@
 """The daemon's upkeep loops, one concern each: WAL checkpoints off the capture path,
-retention, reaping shims with the systemd STATUS line, the systemd watchdog, and
-watching that the database file is still the one opened."""
+retention, the systemd STATUS line (with the sessions whose output waits for disk
+space), the systemd watchdog, and watching that the database file is still the one
+opened."""
 
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ DATABASE_CHECK_INTERVAL = 1.0
 async def status_text(config: Config, slots: SlotManager, readers: ReaderPool) -> str:
     """The STATUS= line: "2/3 slots busy, 1 queued"."""
     queued = await readers.run(Reader.count_with_status, ["queued"])
-    draining = ", draining" if slots.draining else ""
-    blocked = sum(live.output_blocked is not None for live in slots.live.values())
+    draining = ", draining" if slots.queue.draining else ""
+    blocked = sum(live.output_blocked is not None for live in slots.live)
     disk_full = f", {blocked} blocked: runtime disk full" if blocked else ""
     return f"{len(slots.live)}/{config.slots} slots busy, {queued} queued{draining}{disk_full}"
 
@@ -147,13 +148,12 @@ async def retention_loop(config: Config, writer: DatabaseWriter, readers: Reader
 
 
 async def status_loop(config: Config, slots: SlotManager, readers: ReaderPool, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Reap shims that ended, note those waiting for disk space, and keep systemd's STATUS= line current."""
+    """Note the sessions whose shim waits for disk space, and keep systemd's STATUS= line current."""
     last = ""
     task_status.started()
     while True:
         await trio.sleep(STATUS_INTERVAL)
-        slots.reap_finished_shims()
-        slots.note_blocked_spools()
+        slots.runner.note_blocked_spools()
         status = await status_text(config, slots, readers)
         if status != last:
             systemd.notify(f"STATUS={status}")

@@ -334,7 +334,7 @@ class InProcessDaemon:
         self.readers = ReaderPool(self.config.database)
         self.ingestor = Ingestor(self.writer, self.config.flush_interval, self.config.batch_max_bytes)
         slots = SlotManager(self.config, self.writer, self.ingestor)
-        self.commands = Commands(self.config, slots, self.readers, self.ingestor, lambda mode: None)
+        self.commands = Commands(self.config, slots, self.readers, self.writer, self.ingestor, lambda mode: None)
 
     async def serve(self, nursery: trio.Nursery, stall_timeout: float) -> None:
         await nursery.start(self.ingestor.run)

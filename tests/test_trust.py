@@ -24,7 +24,7 @@ import pytest
 from supervisor import fsguard, spool
 from supervisor.client import Client, DaemonUnavailable
 from supervisor.errors import DaemonExit
-from supervisor.slots import make_session_dir
+from supervisor.spawn import make_session_dir
 from supervisor.store import SCHEMA_VERSION
 from tests.harness import DEADLINE, DaemonHandle, wait_for
 from tests.helpers import alive, py, refusal, request_as, start_refused, system_text
