@@ -27,7 +27,7 @@ def test_every_command_has_one_handler_taking_its_request() -> None:
 
 def test_every_handler_method_is_registered_under_its_command() -> None:
     """Each cmd_<name> method of Commands is the registered handler of the command <name>: none is left out of the registry."""
-    methods = {name.removeprefix("cmd_") for name in vars(commands.Commands) if name.startswith("cmd_")}
+    methods = {name.removeprefix("cmd_") for name in dir(commands.Commands) if name.startswith("cmd_")}
     assert methods == set(protocol.COMMANDS)
     for name, request_type in protocol.REQUESTS.items():
         assert commands.HANDLERS[request_type] is getattr(commands.Commands, f"cmd_{name}")

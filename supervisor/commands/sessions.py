@@ -1,0 +1,224 @@
+"""Handlers of the commands about sessions: start, list, show, control, delete, prune."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from supervisor.model import (
+    ALL_STATUSES,
+    ENDED_STATUSES,
+    iso_from_unix,
+    session_view,
+)
+from supervisor.protocol import (
+    PS_RECENT_ENDED,
+    PS_REPLY_MAX,
+    CancelRequest,
+    ClientStalled,
+    DeleteRequest,
+    ErrorCode,
+    KillRequest,
+    PauseRequest,
+    PruneRequest,
+    PsRequest,
+    RequestError,
+    ResumeRequest,
+    SendRequest,
+    ShowRequest,
+    StartRequest,
+    StopRequest,
+    signal_number,
+)
+from supervisor.store import DamagedRow, EndedCursor, Reader, Session
+from supervisor.commands.context import PAGE_SEND_DEADLINE, CommandContext, Emit
+
+# A page of a `ps` listing: the sessions read, shaped and sent at a time.
+PS_PAGE = 200
+
+
+def sessions_json(sessions: list[Session]) -> list[dict[str, Any]]:
+    return [session_view(session) for session in sessions]
+
+
+def read_unended(reader: Reader, statuses: list[str], labels: dict[str, Any] | None, limit: int | None) -> list[dict[str, Any]]:
+    """Every session not ended of these statuses, as JSON (in the reader's thread: a
+    page of sessions costs milliseconds to convert, which the event loop must not pay)."""
+    return sessions_json(reader.list_sessions(statuses, labels, limit))
+
+
+def read_ended_page(
+    reader: Reader, statuses: list[str] | None, labels: dict[str, Any] | None, after: EndedCursor | None, limit: int
+) -> tuple[list[dict[str, Any]], EndedCursor | None]:
+    """A page of ended sessions as JSON, and the cursor to carry on from (None at the end)."""
+    sessions, cursor = reader.ended_page(statuses, labels, after, limit)
+    return sessions_json(sessions), cursor
+
+
+class SessionCommands(CommandContext):
+    async def cmd_start(self, request: StartRequest, emit: Emit) -> Any:
+        session = await self.slots.queue.submit(request.argv, request.cwd, request.env, request.labels, request.priority, request.queue)
+        return session_view(session)
+
+    async def cmd_ps(self, request: PsRequest, emit: Emit) -> Any:
+        statuses = [request.status] if isinstance(request.status, str) else request.status
+        # Like `docker ps`: what runs and waits, and only the latest of what ended.
+        recent_only = not (statuses or request.all)
+        listed: list[dict[str, Any]] = []
+
+        async def deliver(page: list[dict[str, Any]]) -> None:
+            if request.stream:
+                with trio.move_on_after(PAGE_SEND_DEADLINE) as sending:
+                    await emit(*({"session": session} for session in page))
+                if sending.cancelled_caught:
+                    raise ClientStalled(f"took {PAGE_SEND_DEADLINE:g}s over one page of {len(page)} sessions")
+            else:
+                listed.extend(page)
+                if len(listed) > PS_REPLY_MAX:
+                    raise RequestError(
+                        ErrorCode.TOO_LARGE,
+                        f"ps: more than {PS_REPLY_MAX} sessions match, too many for one reply: "
+                        'ask with "stream": true (as slotctl does) or a limit',
+                    )
+
+        count = await self._list_sessions(statuses, request.labels, request.limit, PS_RECENT_ENDED if recent_only else None, deliver)
+        hidden = max(await self.readers.run(Reader.count_ended, request.labels) - PS_RECENT_ENDED, 0) if recent_only else 0
+        if request.stream:
+            return {"listed": count, "hidden": hidden}
+        return {"sessions": listed, "hidden": hidden} if request.count_hidden else listed
+
+    async def _list_sessions(
+        self,
+        statuses: list[str] | None,
+        labels: dict[str, Any] | None,
+        limit: int | None,
+        ended_cap: int | None,
+        deliver: Callable[[list[dict[str, Any]]], Awaitable[None]],
+    ) -> int:
+        """Hand deliver the sessions `ps` lists, in its order, a page at a time, each page
+        read and delivered under one of the daemon's page slots; how many were listed.
+
+        The sessions not ended (as many as slots and the queue hold) come in one page
+        read at once; the ended ones follow, PS_PAGE at a time (at most ended_cap of
+        them), the latest first. A session listed as live or queued that ends meanwhile
+        is not listed again among the ended ones: each is listed once.
+        """
+        remaining = limit if limit is not None else math.inf
+        unended = [status for status in ALL_STATUSES if status not in ENDED_STATUSES and (not statuses or status in statuses)]
+        ended = [status for status in ENDED_STATUSES if not statuses or status in statuses]
+        listed = 0
+        seen: set[str] = set()
+        if unended and remaining:
+            async with self.page_slots:
+                page = await self.readers.run(read_unended, unended, labels, limit)
+                seen = {session["id"] for session in page}
+                await deliver(self._with_output_blocked(page))
+                listed += len(page)
+                remaining -= len(page)
+        cursor: EndedCursor | None = None
+        ended_left = ended_cap if ended_cap is not None else math.inf
+        while ended and remaining and ended_left:
+            async with self.page_slots:
+                size = int(min(PS_PAGE, remaining, ended_left))
+                page, cursor = await self.readers.run(read_ended_page, ended if statuses else None, labels, cursor, size)
+                page = [session for session in page if session["id"] not in seen]
+                ended_left -= len(page)
+                await deliver(self._with_output_blocked(page))
+                listed += len(page)
+                remaining -= len(page)
+            if cursor is None:
+                break
+        return listed
+
+    def _with_output_blocked(self, sessions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Session objects given what only the daemon's memory knows of a live one."""
+        for session in sessions:
+            session.update(self._live_state(session["id"])._asdict())
+        return sessions
+
+    async def cmd_show(self, request: ShowRequest, emit: Emit) -> Any:
+        session = await self._session(request.session)
+        stats = await self.readers.run(Reader.transcript_stats, session.id)
+        return {**self._with_live_state(session), "transcript": stats}
+
+    async def cmd_stop(self, request: StopRequest, emit: Emit) -> Any:
+        session = await self._session(request.session)
+        await self.slots.controls.stop(session, request.timeout, request.wait)
+        return await self._current(session.id)
+
+    async def cmd_kill(self, request: KillRequest, emit: Emit) -> Any:
+        session = await self._session(request.session)
+        await self.slots.controls.kill(session, signal_number(request.signal))
+        return await self._current(session.id)
+
+    async def cmd_pause(self, request: PauseRequest, emit: Emit) -> Any:
+        session = await self._session(request.session)
+        await self.slots.controls.pause(session)
+        return await self._current(session.id)
+
+    async def cmd_resume(self, request: ResumeRequest, emit: Emit) -> Any:
+        session = await self._session(request.session)
+        await self.slots.controls.resume(session)
+        return await self._current(session.id)
+
+    async def cmd_cancel(self, request: CancelRequest, emit: Emit) -> Any:
+        session = await self._session(request.session)
+        await self.slots.controls.cancel(session)
+        return await self._current(session.id)
+
+    async def cmd_delete(self, request: DeleteRequest, emit: Emit) -> Any:
+        try:
+            session = await self._session(request.session)
+        except DamagedRow as error:
+            # A row edited into nonsense can still be deleted (if it is not live).
+            session_id = error.session_id
+            live = self.slots.live.get(session_id)
+            if live is not None and not live.final:
+                raise
+            # Its end may be read but not yet committed (with its last rows): those
+            # must not land after the row is gone.
+            await self.ingestor.commit_now()
+            await self.writer.run(self.writer.store.delete_session, session_id)
+            self.ingestor.forget(session_id)
+            return {"deleted": session_id}
+        if not session.is_ended:
+            raise RequestError(
+                ErrorCode.INVALID_STATE, f"cannot delete session {session.id}: it is {session.status} (stop or cancel it first)"
+            )
+        await self.writer.run(self.writer.store.delete_session, session.id)
+        self.ingestor.forget(session.id)
+        return {"deleted": session.id}
+
+    async def cmd_send(self, request: SendRequest, emit: Emit) -> Any:
+        session = await self._session(request.session)
+        data = request.data.encode()
+        if request.data_b64 is not None:
+            try:
+                data += base64.b64decode(request.data_b64, validate=True)
+            except binascii.Error:
+                raise RequestError(ErrorCode.INVALID_ARGUMENT, "send: 'data_b64' is not valid base64") from None
+        await self.slots.controls.send(session, data, request.eof)
+        return {"sent": len(data), "eof": request.eof}
+
+    async def cmd_prune(self, request: PruneRequest, emit: Emit) -> Any:
+        statuses = request.status or list(ENDED_STATUSES)
+        if isinstance(statuses, str):
+            statuses = [statuses]
+        not_ended = [s for s in statuses if s not in ENDED_STATUSES]
+        if not_ended:
+            raise RequestError(ErrorCode.INVALID_ARGUMENT, f"prune: only ended sessions can be pruned, not {', '.join(not_ended)}")
+        before = None
+        if request.older_than is not None:
+            if request.older_than > time.time():
+                return {"deleted": []}  # older than the epoch: nothing is
+            before = iso_from_unix(time.time() - request.older_than)
+        deleted = await self.writer.run(self.writer.store.prune, before, statuses)
+        for session_id in deleted:
+            self.ingestor.forget(session_id)
+        return {"deleted": deleted}
