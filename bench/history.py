@@ -53,8 +53,18 @@ def build_history(path: Path, sessions: int) -> float:
     now, first_end = utc_now(), time.time() - sessions
     # Ended in the last N seconds, one a second: retention's max_age_days must not prune them.
     rows = (
-        (str(uuid.uuid4()), arrival, "completed" if arrival % 10 else "failed", '["make", "-C", "/srv/build", "test"]', "/srv",
-         '{"job": "nightly"}', now, now, iso_from_unix(first_end + arrival), 0 if arrival % 10 else 2)
+        (
+            str(uuid.uuid4()),
+            arrival,
+            "completed" if arrival % 10 else "failed",
+            '["make", "-C", "/srv/build", "test"]',
+            "/srv",
+            '{"job": "nightly"}',
+            now,
+            now,
+            iso_from_unix(first_end + arrival),
+            0 if arrival % 10 else 2,
+        )
         for arrival in range(1, sessions + 1)
     )
     with store.write():
@@ -105,7 +115,9 @@ def measure_listing(daemon: DaemonProcess, args: list[str]) -> dict:
     started = time.perf_counter()
     listing = subprocess.run(
         [sys.executable, "-m", "supervisor", "--socket", str(daemon.socket), "ps", *args],
-        capture_output=True, cwd=CHECKOUT, check=True,
+        capture_output=True,
+        cwd=CHECKOUT,
+        check=True,
     )
     wall = time.perf_counter() - started
     probe.stopping.set()
@@ -147,7 +159,9 @@ def main() -> int:
 
     mib = 1 << 20
     print(f"{options.sessions:,} ended sessions stored in {built:.1f} s")
-    print(f"{'listing':<24}{'wall':>8}{'listed':>10}{'infos':>7}{'max info':>10}{'RSS before':>12}{'peak':>8}{'after':>8}  bar")
+    print(
+        f"{'listing':<24}{'wall':>8}{'listed':>10}{'infos':>7}{'max info':>10}{'RSS before':>12}{'peak':>8}{'after':>8}  bar"
+    )
     missing = False
     for name, (result, expected) in results.items():
         ok = result["info_max"] < INFO_BAR

@@ -123,7 +123,10 @@ def insert_batched(db: apsw.Connection, work: list[tuple[str, int, bytes]]) -> N
         with db:
             db.executemany(
                 INSERT,
-                ((sid, seq, time.time(), "stdout", chunk) for sid, seq, chunk in work[start : start + ROWS_PER_TRANSACTION]),
+                (
+                    (sid, seq, time.time(), "stdout", chunk)
+                    for sid, seq, chunk in work[start : start + ROWS_PER_TRANSACTION]
+                ),
             )
 
 
@@ -142,7 +145,10 @@ def measure_raw_batched(workdir: Path, lines: int) -> dict:
     elapsed = time.perf_counter() - started
     db.close()
     remove_database(path)
-    return _rates(SESSIONS * lines, elapsed) | {"rows": len(work), "transactions": -(-len(work) // ROWS_PER_TRANSACTION)}
+    return _rates(SESSIONS * lines, elapsed) | {
+        "rows": len(work),
+        "transactions": -(-len(work) // ROWS_PER_TRANSACTION),
+    }
 
 
 def measure_raw_generating(workdir: Path, lines: int) -> dict:
@@ -263,7 +269,6 @@ class RssSampler(threading.Thread):
         self.join()
 
 
-
 def measure_slotd(workdir: Path, lines: int) -> dict:
     """A real daemon, 3 sessions at once: time to all completed, peak RSS, then verification."""
     root = workdir / "slotd"
@@ -282,7 +287,10 @@ def measure_slotd(workdir: Path, lines: int) -> dict:
         with handle.client() as client:
             daemon_cpu_before = sum(psutil.Process(daemon.pid).cpu_times()[:2])
             started = time.perf_counter()
-            ids = [client.request("start", argv=[sys.executable, "-c", program], cwd=str(root))["id"] for _ in range(SESSIONS)]
+            ids = [
+                client.request("start", argv=[sys.executable, "-c", program], cwd=str(root))["id"]
+                for _ in range(SESSIONS)
+            ]
             statuses = wait_until_ended(client, ids, started + timeout)
             elapsed = time.perf_counter() - started
             sampler.stop()
@@ -296,7 +304,9 @@ def measure_slotd(workdir: Path, lines: int) -> dict:
             daemon.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
-        print(f"slotd (exit status {daemon.returncode}) log, last lines:", *handle.log_tail(), sep="\n  ", file=sys.stderr)
+        print(
+            f"slotd (exit status {daemon.returncode}) log, last lines:", *handle.log_tail(), sep="\n  ", file=sys.stderr
+        )
         raise
     finally:
         if sampler is not None:
@@ -353,7 +363,9 @@ def verify(database: Path, ids: list[str], lines: int, statuses: dict[str, str])
                     stdout.update(row.data)
                     stdout_bytes += len(row.data)
             if stdout_bytes != lines * LINE_BYTES or stdout.digest() != expected.digest():
-                problems.append(f"{session_id}: stdout has {stdout_bytes:,} bytes, not the {lines * LINE_BYTES:,} written")
+                problems.append(
+                    f"{session_id}: stdout has {stdout_bytes:,} bytes, not the {lines * LINE_BYTES:,} written"
+                )
     finally:
         reader.close()
     return problems
@@ -374,7 +386,9 @@ def report(lines: int, raw: dict, raw_generating: dict, per_line: dict, slotd: d
     daemon_mib = slotd["daemon_peak_rss"] / 2**20
     shim_mib = slotd["shim_peak_rss"] / 2**20
     stored_ok = not slotd["problems"]
-    print(f"ingest benchmark: {SESSIONS} sessions x {lines:,} lines x {LINE_BYTES} bytes  (machine: {os.cpu_count()} cores)")
+    print(
+        f"ingest benchmark: {SESSIONS} sessions x {lines:,} lines x {LINE_BYTES} bytes  (machine: {os.cpu_count()} cores)"
+    )
     print(f"{'approach':<42}{'lines/s':>12}{'MB/s':>9}{'vs raw':>9}")
     print(row("raw APSW batched, insert only", raw))
     print(row("raw APSW batched, generating the lines", raw_generating))
@@ -384,7 +398,9 @@ def report(lines: int, raw: dict, raw_generating: dict, per_line: dict, slotd: d
     print(f"slotd / raw APSW (generating lines) = {vs_generating:.2f}  (bar: >= 0.5)  {verdict(vs_generating >= 0.5)}")
     print(f"slotd / per-line  = {vs_per_line:.0f}x  (bar: >= 20x)    {verdict(vs_per_line >= 20)}")
     print(f"daemon peak RSS   = {daemon_mib:.1f} MiB (bar: < 100 MB) {verdict(daemon_mib * 2**20 < 100e6)}")
-    print(f"shim peak RSS     = {shim_mib:.1f} MiB (bar: < 100 MB) {verdict(shim_mib * 2**20 < 100e6)}  (max of {slotd['shims_sampled']} shims)")
+    print(
+        f"shim peak RSS     = {shim_mib:.1f} MiB (bar: < 100 MB) {verdict(shim_mib * 2**20 < 100e6)}  (max of {slotd['shims_sampled']} shims)"
+    )
     wal_mib = slotd["wal_peak"] / 2**20
     print(f"WAL peak size     = {wal_mib:.1f} MiB (bar: < 100 MB) {verdict(slotd['wal_peak'] < 100e6)}")
     print(

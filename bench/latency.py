@@ -157,7 +157,9 @@ def wait_until_started(client: Client, ids: list[str], timeout: float = 30) -> d
         if len(sessions) == len(ids) and all(s["status"] == "running" and s["pid"] for s in sessions.values()):
             return sessions
         if time.monotonic() > deadline:
-            raise RuntimeError(f"sessions not running after {timeout}s: {[(s['id'][:8], s['status']) for s in sessions.values()]}")
+            raise RuntimeError(
+                f"sessions not running after {timeout}s: {[(s['id'][:8], s['status']) for s in sessions.values()]}"
+            )
         time.sleep(POLL_INTERVAL)
 
 
@@ -437,7 +439,8 @@ def measure_restart(workdir: Path, rows: int, restarts: int) -> dict:
             reattached = sum(
                 1
                 for session_id in ids
-                if after.get(session_id, {}).get("status") == "running" and after[session_id]["pid"] == before[session_id]["pid"]
+                if after.get(session_id, {}).get("status") == "running"
+                and after[session_id]["pid"] == before[session_id]["pid"]
             )
             runs.append(
                 {
@@ -511,7 +514,9 @@ def ms(seconds: float) -> str:
 def report(results: dict, errors: dict[str, str]) -> dict[str, bool]:
     """Print the table; return the verdict per bar."""
     passes: dict[str, bool] = {}
-    print(f"latency benchmark (SPEC §8)  machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end")
+    print(
+        f"latency benchmark (SPEC §8)  machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end"
+    )
     print(f"{'measure':<44}{'p50':>10}{'p99':>11}{'max':>11}{'n':>6}   bar")
     if "load" in results:
         load = results["load"]
@@ -522,7 +527,10 @@ def report(results: dict, errors: dict[str, str]) -> dict[str, bool]:
             f"{'follow: line written -> follow client':<44}{ms(follow['p50'])}{ms(follow['p99']):>11}{ms(follow['max']):>11}"
             f"{follow['n']:>6}   p99 < {FOLLOW_BAR * 1000:.0f} ms  {verdict(passes['follow_p99'])}"
         )
-        for name, part in (("write -> shim record", follow["write_to_shim"]), ("shim record -> follow client", follow["shim_to_client"])):
+        for name, part in (
+            ("write -> shim record", follow["write_to_shim"]),
+            ("shim record -> follow client", follow["shim_to_client"]),
+        ):
             print(f"{'  of which ' + name:<44}{ms(part['p50'])}{ms(part['p99']):>11}{ms(part['max']):>11}")
         print(
             f"{'control: ps round trip':<44}{ms(control['p50'])}{ms(control['p99']):>11}{ms(control['max']):>11}"
@@ -532,7 +540,9 @@ def report(results: dict, errors: dict[str, str]) -> dict[str, bool]:
             f"  load: 2 writers ingested {load['load_lines_per_s']:,.0f} lines/s ({load['load_mb_per_s']:.1f} MB/s) "
             f"over {load['seconds']:.1f} s; daemon CPU {load['daemon_cpu_share']:.2f} cores"
         )
-        print(f"  at the end: ingest lag {load['ingest_lag_at_end']:.3f} s, WAL file {load['wal_bytes_at_end'] / 1e6:,.0f} MB")
+        print(
+            f"  at the end: ingest lag {load['ingest_lag_at_end']:.3f} s, WAL file {load['wal_bytes_at_end'] / 1e6:,.0f} MB"
+        )
         print(
             f"  follow: {follow['skipped_backlog_lines']} backlog lines left out, "
             f"{follow['missing_lines']} lines missing between the first and last measured"
@@ -580,7 +590,9 @@ def report(results: dict, errors: dict[str, str]) -> dict[str, bool]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a short run: " + ", ".join(f"{k}={v:,}" for k, v in QUICK.items()))
+    parser.add_argument(
+        "--quick", action="store_true", help="a short run: " + ", ".join(f"{k}={v:,}" for k, v in QUICK.items())
+    )
     parser.add_argument("--only", help=f"comma-separated phases to run ({', '.join(PHASES)}; default all)")
     parser.add_argument("--follow-lines", type=int, help=f"lines the follow measures (default {FULL['follow_lines']})")
     parser.add_argument("--ps-rounds", type=int, help=f"ps round trips (default {FULL['ps_rounds']})")
@@ -589,7 +601,10 @@ def main() -> int:
     parser.add_argument("--idle-seconds", type=float, help=f"idle measurement (default {FULL['idle_seconds']:.0f} s)")
     parser.add_argument("--json", metavar="PATH", help="also write the numbers as JSON to PATH")
     args = parser.parse_args()
-    settings = {key: getattr(args, key) if getattr(args, key) is not None else value for key, value in (QUICK if args.quick else FULL).items()}
+    settings = {
+        key: getattr(args, key) if getattr(args, key) is not None else value
+        for key, value in (QUICK if args.quick else FULL).items()
+    }
     phases = args.only.split(",") if args.only else list(PHASES)
     unknown = [phase for phase in phases if phase not in PHASES]
     if unknown:
@@ -617,7 +632,9 @@ def main() -> int:
     passes = report(results, errors)
     print(f"wall time {time.perf_counter() - started:.1f} s")
     if args.json:
-        Path(args.json).write_text(json.dumps({"settings": settings, "results": results, "errors": errors, "pass": passes}, indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps({"settings": settings, "results": results, "errors": errors, "pass": passes}, indent=2) + "\n"
+        )
     return 1 if errors or not passes.get("restart_reattached", True) else 0
 
 

@@ -122,6 +122,7 @@ def _is_number(value: Any) -> bool:
 
 def _integer_in(low: int, high: int) -> tuple[Check, str]:
     """A check for an integer in [low, high], and its description for error messages."""
+
     def check(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
@@ -135,7 +136,9 @@ def _bytes_in(low: int, high: int, note: str = "") -> tuple[Check, str]:
 
 def _number_in(low: float, high: float, unit: str, note: str = "") -> tuple[Check, str]:
     """A check for a finite number in [low, high] (never inf or nan), and its description."""
-    return (lambda value: _is_number(value) and low <= value <= high), f"a number of {unit} from {low:g} to {high:g}{note}"
+    return (
+        lambda value: _is_number(value) and low <= value <= high
+    ), f"a number of {unit} from {low:g} to {high:g}{note}"
 
 
 def _size(count: int) -> str:
@@ -178,9 +181,7 @@ def find_config_file(explicit: str | os.PathLike | None, environ: Mapping[str, s
         return Path(explicit)
     if environ.get("SLOTD_CONFIG"):
         return Path(environ["SLOTD_CONFIG"])
-    xdg = environ.get("XDG_CONFIG_HOME") or (
-        str(Path(environ["HOME"]) / ".config") if environ.get("HOME") else None
-    )
+    xdg = environ.get("XDG_CONFIG_HOME") or (str(Path(environ["HOME"]) / ".config") if environ.get("HOME") else None)
     candidates = [Path(xdg) / "slotd" / "config.toml"] if xdg else []
     candidates.append(Path("/etc/slotd/config.toml"))
     for candidate in candidates:
@@ -236,7 +237,9 @@ def build_config(data: Mapping[str, Any], source: Path | None, environ: Mapping[
         try:
             grp.getgrnam(top["socket_group"])
         except (KeyError, ValueError):  # ValueError: a NUL in the name
-            raise ConfigError(f"{where}: key 'socket_group': no group named {top['socket_group']!r} on this system") from None
+            raise ConfigError(
+                f"{where}: key 'socket_group': no group named {top['socket_group']!r} on this system"
+            ) from None
     if top.get("checkpoint_pattern") == "":
         top.pop("checkpoint_pattern")
     if top.get("checkpoint_pattern") is not None:

@@ -130,7 +130,9 @@ class RequestBudget:
 class Connection:
     """One client: reads requests one after another and answers each."""
 
-    def __init__(self, stream: trio.SocketStream, commands: Commands, budget: RequestBudget, stall_timeout: float) -> None:
+    def __init__(
+        self, stream: trio.SocketStream, commands: Commands, budget: RequestBudget, stall_timeout: float
+    ) -> None:
         self.stream = stream
         self.commands = commands
         self.budget = budget
@@ -173,7 +175,9 @@ class Connection:
             with trio.move_on_after(self.stall_timeout) as waiting:
                 await self.stream.send_all(view[start : start + SEND_CHUNK])
             if waiting.cancelled_caught:
-                raise ClientStalled(f"took none of a reply for {self.stall_timeout:g}s ({len(view) - start} bytes waiting)")
+                raise ClientStalled(
+                    f"took none of a reply for {self.stall_timeout:g}s ({len(view) - start} bytes waiting)"
+                )
         self.mid_message = False
 
     async def next_line(self) -> bytes | None:
@@ -298,7 +302,9 @@ class Connection:
         except apsw.Error as error:
             log.error("storage_error", error=str(error))
             # Named: on a full disk, the operator must know which one to free.
-            reply = error_reply(request_id, ErrorCode.STORAGE_ERROR, f"the database {self.commands.config.database} refused: {error}")
+            reply = error_reply(
+                request_id, ErrorCode.STORAGE_ERROR, f"the database {self.commands.config.database} refused: {error}"
+            )
         except (trio.BrokenResourceError, trio.ClosedResourceError, ClientStalled):
             raise
         except Exception as error:
@@ -332,12 +338,22 @@ async def serve(
                     pid, uid, gid = peer_credentials(stream.socket)
                     if not policy.allows(uid, gid):
                         log.warning("peer_refused", uid=uid, gid=gid)
-                        await connection.send(error_reply(None, ErrorCode.PERMISSION_DENIED, f"uid {uid} may not use this daemon"))
+                        await connection.send(
+                            error_reply(None, ErrorCode.PERMISSION_DENIED, f"uid {uid} may not use this daemon")
+                        )
                         return
                     if open_connections >= max_connections:
                         # Each costs a file descriptor, which the spools need too.
-                        log.warning("client_refused", pid=pid, uid=uid, reason="too many connections", open=open_connections)
-                        await connection.send(error_reply(None, ErrorCode.TOO_MANY_CLIENTS, f"the daemon serves at most {max_connections} connections at once"))
+                        log.warning(
+                            "client_refused", pid=pid, uid=uid, reason="too many connections", open=open_connections
+                        )
+                        await connection.send(
+                            error_reply(
+                                None,
+                                ErrorCode.TOO_MANY_CLIENTS,
+                                f"the daemon serves at most {max_connections} connections at once",
+                            )
+                        )
                         return
                     open_connections += 1
                     try:

@@ -163,7 +163,12 @@ class Controls:
     async def cancel(self, session: Session) -> None:
         """Take a queued session off the queue."""
         cancelled = await self.writer.run(
-            self.writer.store.transition, session.id, ("queued",), status="cancelled", ended_at=utc_now(), reason="cancelled"
+            self.writer.store.transition,
+            session.id,
+            ("queued",),
+            status="cancelled",
+            ended_at=utc_now(),
+            reason="cancelled",
         )
         if cancelled is None:
             raise InvalidState(f"cannot cancel session {session.id}: it is {session.status} (stop ends a live one)")

@@ -69,7 +69,9 @@ def socket_group_id(config: Config) -> int | None:
     try:
         return grp.getgrnam(config.socket_group).gr_gid
     except KeyError:
-        raise StartupError(f"socket_group {config.socket_group!r} is not a group on this system", DaemonExit.CONFIG) from None
+        raise StartupError(
+            f"socket_group {config.socket_group!r} is not a group on this system", DaemonExit.CONFIG
+        ) from None
 
 
 def prepare_directories(config: Config) -> Config:
@@ -157,7 +159,10 @@ def hold_lock(directory: Path, what: str):
         if not stat.S_ISREG(st.st_mode):
             raise StartupError(f"cannot use {what} {directory}: {lock_file} is not a regular file", DaemonExit.CONFIG)
         if st.st_uid != os.geteuid():
-            raise StartupError(f"cannot use {what} {directory}: {lock_file} belongs to {fsguard.owner_name(st.st_uid)}", DaemonExit.CONFIG)
+            raise StartupError(
+                f"cannot use {what} {directory}: {lock_file} belongs to {fsguard.owner_name(st.st_uid)}",
+                DaemonExit.CONFIG,
+            )
         if stat.S_IMODE(st.st_mode) != LOCK_FILE_MODE:  # in our own directory: loose, not foreign
             os.fchmod(fd, LOCK_FILE_MODE)
         try:
@@ -207,20 +212,22 @@ def check_database_present(config: Config, lock_history: str) -> None:
         listed = ", ".join(spools[:3]) + (", ..." if len(spools) > 3 else "")
         raise StartupError(
             f"database {database} {state} but {config.sessions_dir} holds {len(spools)} spool(s) of sessions it "
-            f"recorded ({listed}), which may still run: restore the database (see the README, \"Recovering the "
-            f"database\"), or move those directories out of {config.sessions_dir} to start with an empty one",
+            f'recorded ({listed}), which may still run: restore the database (see the README, "Recovering the '
+            f'database"), or move those directories out of {config.sessions_dir} to start with an empty one',
             DaemonExit.DATABASE,
         )
     if f"database {database}\n" in lock_history:
         raise StartupError(
             f"database {database} {state} but slotd has run here with it ({config.state_dir / LOCK_FILE} says so): restore it "
-            f"(see the README, \"Recovering the database\"), or delete {config.state_dir / LOCK_FILE} to start with an empty one",
+            f'(see the README, "Recovering the database"), or delete {config.state_dir / LOCK_FILE} to start with an empty one',
             DaemonExit.DATABASE,
         )
 
 
 class Daemon:
-    def __init__(self, config: Config, session_umask: int = 0o022, lock_fd: int | None = None, lock_history: str = "") -> None:
+    def __init__(
+        self, config: Config, session_umask: int = 0o022, lock_fd: int | None = None, lock_history: str = ""
+    ) -> None:
         self.config = config
         self.session_umask = session_umask
         self.lock_fd = lock_fd
@@ -292,7 +299,9 @@ class Daemon:
                         counts = await recovery.reconcile(config, writer, ingestor, slots)
                         log.info("reconciled", **counts)
                         sock, socket_file = await socketfile.bind_socket(config.socket, socket_group_id(config))
-                        accepting = await inner.start(control.serve, sock, commands, control.PeerPolicy(config.socket_group))
+                        accepting = await inner.start(
+                            control.serve, sock, commands, control.PeerPolicy(config.socket_group)
+                        )
                         await inner.start(maintenance.checkpoint_loop, ingestor, writer, checkpointer)
                         await inner.start(maintenance.retention_loop, config, writer, readers)
                         await inner.start(maintenance.status_loop, config, slots, readers)
@@ -300,7 +309,9 @@ class Daemon:
                             await inner.start(maintenance.watchdog_loop, writer, interval)
                         slots.queue.wake()
                         systemd.notify("READY=1", f"STATUS={await maintenance.status_text(config, slots, readers)}")
-                        log.info("ready", pid=os.getpid(), socket=str(config.socket), slots=config.slots, version=__version__)
+                        log.info(
+                            "ready", pid=os.getpid(), socket=str(config.socket), slots=config.slots, version=__version__
+                        )
                         release_library_log()
                     await self.shutdown_requested.wait()
                     systemd.notify("STOPPING=1")
@@ -315,31 +326,33 @@ class Daemon:
                     inner.cancel_scope.cancel()
                 outer.cancel_scope.cancel()
         finally:
-            with trio.CancelScope(shield=True):
-                # Only the socket this daemon bound: never a file it refused to replace,
-                # nor a socket another daemon bound there since.
-                if socket_file is not None:
-                    socket_file.remove()
-                readers.close()
-                writer.close()
-                if self.failure is not None:
-                    leave_journal_on_close(checkpointer.db, store.db)
-                else:
-                    try:
-                        checkpointer.checkpoint()
-                    except apsw.Error as error:  # a full disk: the next start replays the WAL
-                        log.warning("final_checkpoint_failed", error=str(error))
-                checkpointer.close()
-                store.close()
-                if self.failure is not None:
-                    for moved in store.set_aside_journal():
-                        log.warning("database_journal_set_aside", path=str(moved))
+            # No await in here: nothing can cancel it, and the socket goes first.
+            # Only the socket this daemon bound: never a file it refused to replace,
+            # nor a socket another daemon bound there since.
+            if socket_file is not None:
+                socket_file.remove()
+            readers.close()
+            writer.close()
+            if self.failure is not None:
+                leave_journal_on_close(checkpointer.db, store.db)
+            else:
+                try:
+                    checkpointer.checkpoint()
+                except apsw.Error as error:  # a full disk: the next start replays the WAL
+                    log.warning("final_checkpoint_failed", error=str(error))
+            checkpointer.close()
+            store.close()
+            if self.failure is not None:
+                for moved in store.set_aside_journal():
+                    log.warning("database_journal_set_aside", path=str(moved))
         log.info("stopped", left_running=len(slots.live))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="slotd", description="Supervise long-running command-line sessions.")
-    parser.add_argument("--config", "-c", help="config file (default: $SLOTD_CONFIG, XDG, /etc/slotd/config.toml, built-in)")
+    parser.add_argument(
+        "--config", "-c", help="config file (default: $SLOTD_CONFIG, XDG, /etc/slotd/config.toml, built-in)"
+    )
     parser.add_argument("--check-config", action="store_true", help="read the configuration, print it, and exit")
     parser.add_argument("--version", action="version", version=f"slotd {__version__}")
     return parser.parse_args(argv)
@@ -353,7 +366,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"slotd: configuration error: {error}", file=sys.stderr)
         sys.exit(DaemonExit.CONFIG)
     if args.check_config:
-        print(f"config: {config.source or 'built-in defaults'}\nstate_dir: {config.state_dir}\nruntime_dir: {config.runtime_dir}\nsocket: {config.socket}\nslots: {config.slots}")
+        print(
+            f"config: {config.source or 'built-in defaults'}\nstate_dir: {config.state_dir}\nruntime_dir: {config.runtime_dir}\nsocket: {config.socket}\nslots: {config.slots}"
+        )
         return
     configure_logging(config.log_level, config.log_format)
     session_umask = os.umask(DAEMON_UMASK)
@@ -408,7 +423,7 @@ def run_until_stopped(daemon: Daemon) -> None:
         error = leaves(group)[0]
         refuse(
             f"database {database} is damaged ({error}): recover it with sqlite3's .recover or .dump, or move it aside "
-            f"(see the README, \"Recovering the database\")",
+            f'(see the README, "Recovering the database")',
             DaemonExit.DATABASE,
         )
     except* (OSError, apsw.Error) as group:
@@ -420,7 +435,7 @@ def run_until_stopped(daemon: Daemon) -> None:
     if daemon.failure is not None:
         refuse(
             f"{daemon.failure} while slotd ran: stopped, leaving its sessions running; restore the database "
-            f"(see the README, \"Recovering the database\") before starting slotd again",
+            f'(see the README, "Recovering the database") before starting slotd again',
             DaemonExit.DATABASE,
         )
 

@@ -24,7 +24,9 @@ log = structlog.get_logger()
 
 
 class Dispatcher:
-    def __init__(self, config: Config, writer: DatabaseWriter, ingestor: Ingestor, live: LiveSessions, runner: SessionRunner) -> None:
+    def __init__(
+        self, config: Config, writer: DatabaseWriter, ingestor: Ingestor, live: LiveSessions, runner: SessionRunner
+    ) -> None:
         self.config = config
         self.writer = writer
         self.ingestor = ingestor
@@ -90,7 +92,14 @@ class Dispatcher:
         if not queue:
             slot = self.live.free_slot()
             if slot is None:  # taken while the insert ran: never queue what was refused
-                await self.writer.run(store.transition, session.id, ("queued",), status="cancelled", ended_at=utc_now(), reason="no free slot")
+                await self.writer.run(
+                    store.transition,
+                    session.id,
+                    ("queued",),
+                    status="cancelled",
+                    ended_at=utc_now(),
+                    reason="no free slot",
+                )
                 raise SlotsFull("not started: every slot was taken meanwhile")
             why = await self.runner.start(session, slot)
         else:

@@ -103,6 +103,8 @@ class CliError(SlotdError):
     def __init__(self, message: str, status: int = CliExit.REFUSED) -> None:
         super().__init__(message)
         self.status = status
+
+
 # -- what the slot manager refuses (commands.py answers each with its ErrorCode) --------
 
 

@@ -67,7 +67,9 @@ def _check_link(path: Path, st: os.stat_result) -> None:
     """Whoever owns a link decides where it leads: root or slotd's user only. (A link's
     own mode means nothing; its directory was checked before it.)"""
     if st.st_uid not in (0, os.geteuid()):
-        raise UntrustedPath(f"{path} is not safe to use: it is a symbolic link of {owner_name(st.st_uid)}, not of {_trusted_owners()}")
+        raise UntrustedPath(
+            f"{path} is not safe to use: it is a symbolic link of {owner_name(st.st_uid)}, not of {_trusted_owners()}"
+        )
 
 
 def _check_above(path: Path, st: os.stat_result) -> None:
@@ -196,7 +198,9 @@ def ensure_dir(path: Path, mode: int, gid: int = -1) -> Path:
     finally:
         os.close(fd)
     if not os.access(real, os.W_OK | os.X_OK):
-        raise PathError(f"{real} is not writable ({'read-only file system' if _read_only(real) else 'permission denied'})")
+        raise PathError(
+            f"{real} is not writable ({'read-only file system' if _read_only(real) else 'permission denied'})"
+        )
     return real
 
 

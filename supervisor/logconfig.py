@@ -87,7 +87,9 @@ class _ToStructlog(logging.Handler):
             # apsw logs every SQLite message as a warning; a NOTICE (e.g. WAL recovered
             # after a crash) is routine information.
             level = logging.INFO if "SQLITE_NOTICE" in message else record.levelno
-        structlog.get_logger().log(level, "sqlite_log" if "SQLITE_" in message else "library_log", logger=record.name, message=message)
+        structlog.get_logger().log(
+            level, "sqlite_log" if "SQLITE_" in message else "library_log", logger=record.name, message=message
+        )
 
 
 _forwarder = _ToStructlog()

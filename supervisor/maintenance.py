@@ -134,7 +134,9 @@ async def restart_wal(writer: DatabaseWriter, checkpointer: Checkpointer) -> boo
     return restarted or log_frames < WAL_HARD_BYTES // page_size
 
 
-async def retention_loop(config: Config, writer: DatabaseWriter, readers: ReaderPool, task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def retention_loop(
+    config: Config, writer: DatabaseWriter, readers: ReaderPool, task_status=trio.TASK_STATUS_IGNORED
+) -> None:
     next_prune = time.monotonic()
     task_status.started()
     while True:
@@ -147,7 +149,9 @@ async def retention_loop(config: Config, writer: DatabaseWriter, readers: Reader
             next_prune = time.monotonic() + PRUNE_INTERVAL
 
 
-async def status_loop(config: Config, slots: SlotManager, readers: ReaderPool, task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def status_loop(
+    config: Config, slots: SlotManager, readers: ReaderPool, task_status=trio.TASK_STATUS_IGNORED
+) -> None:
     """Note the sessions whose shim waits for disk space, and keep systemd's STATUS= line current."""
     last = ""
     task_status.started()
@@ -173,10 +177,14 @@ async def watchdog_loop(writer: DatabaseWriter, interval: float, task_status=tri
         await trio.sleep(interval)
 
 
-async def database_watch_loop(store: Store, on_lost: Callable[[str], None], task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def database_watch_loop(
+    store: Store, on_lost: Callable[[str], None], task_status=trio.TASK_STATUS_IGNORED
+) -> None:
     """Call on_lost(why) once the database path no longer names the file the store
     opened (deleted, replaced, emptied): SQLite would write on into it unawares."""
     task_status.started()
-    while (problem := store.file_problem()) is None:
+    # Nothing signals a file replaced under us (inotify would miss a rename of the
+    # directory above): look every DATABASE_CHECK_INTERVAL.
+    while (problem := store.file_problem()) is None:  # noqa: ASYNC110
         await trio.sleep(DATABASE_CHECK_INTERVAL)
     on_lost(problem)

@@ -18,23 +18,40 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import math
 import signal
-from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from supervisor import jsonlimits
+from supervisor.arguments import (
+    LABELS,
+    SESSION,
+    SINCE_SEQ,
+    STATUSES,
+    STREAM,
+    Arg,
+    arg,
+    is_argv,
+    is_bool,
+    is_env,
+    is_int,
+    is_labels,
+    is_mode,
+    is_non_negative_int,
+    is_number,
+    is_runnable,
+    is_signal,
+    is_statuses,
+    is_str,
+    is_stream,
+)
 from supervisor.errors import SlotdError
-from supervisor.model import ALL_STATUSES, STREAMS
 
 MAX_MESSAGE_BYTES = 1 << 20
 # A request id, as compact JSON: it is copied into every reply and streamed row.
 MAX_ID_BYTES = 1024
 # The longest grace a stop may give before SIGKILL: a day, as config's stop_timeout.
 MAX_STOP_TIMEOUT = 86400
-# What a session's labels may take, as JSON.
-MAX_LABELS_BYTES = 64 * 1024
 # `ps` without a status filter or "all" lists this many ended sessions, the latest.
 PS_RECENT_ENDED = 20
 # `ps` without "stream" answers with at most this many sessions in its one reply (about
@@ -109,115 +126,6 @@ class ClientStalled(Exception):
     stall limits in control.py and commands.py)."""
 
 
-# -- arguments ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Arg:
-    """How parse_request reads one argument: a value must pass check, else the error
-    says it must be `expected`; an absent one is an error if required, else default."""
-
-    check: Callable[[Any], bool]
-    expected: str
-    required: bool = False
-    default: Any = None
-
-
-INT64 = 1 << 63
-
-
-def _is_int(value: Any) -> bool:
-    # SQLite stores 64-bit integers: anything wider is refused here, not deep inside.
-    return isinstance(value, int) and not isinstance(value, bool) and -INT64 <= value < INT64
-
-
-def _is_str(value: Any) -> bool:
-    return jsonlimits.is_text(value)
-
-
-def _is_runnable(value: Any) -> bool:
-    # The kernel takes argv, env and paths as C strings: a NUL cannot get through exec.
-    return _is_str(value) and "\0" not in value
-
-
-def _is_number(value: Any) -> bool:
-    if isinstance(value, float):
-        return math.isfinite(value)
-    return _is_int(value)
-
-
-def _is_str_list(value: Any) -> bool:
-    return isinstance(value, list) and all(_is_str(item) for item in value)
-
-
-def _is_argv(value: Any) -> bool:
-    return isinstance(value, list) and len(value) > 0 and value[0] != "" and all(_is_runnable(item) for item in value)
-
-
-def _is_env_name(value: Any) -> bool:
-    # execve reads "NAME=value": a name with "=" or nothing before it would be misread.
-    return _is_runnable(value) and value != "" and "=" not in value
-
-
-def _is_env(value: Any) -> bool:
-    return isinstance(value, dict) and all(_is_env_name(k) and _is_runnable(v) for k, v in value.items())
-
-
-def _is_labels(value: Any) -> bool:
-    if not (isinstance(value, dict) and jsonlimits.is_plain(value)):
-        return False
-    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()) <= MAX_LABELS_BYTES
-
-
-def _is_bool(value: Any) -> bool:
-    return isinstance(value, bool)
-
-
-def _is_non_negative_int(value: Any) -> bool:
-    return _is_int(value) and value >= 0
-
-
-def _is_statuses(value: Any) -> bool:
-    items = [value] if isinstance(value, str) else value
-    return _is_str_list(items) and all(item in ALL_STATUSES for item in items)
-
-
-def _is_stream(value: Any) -> bool:
-    return value in STREAMS
-
-
-def _is_signal(value: Any) -> bool:
-    if _is_int(value):
-        return 0 < value < signal.NSIG
-    if isinstance(value, str):
-        name = value.upper()
-        name = name if name.startswith("SIG") else "SIG" + name
-        return name in signal.Signals.__members__
-    return False
-
-
-def _is_mode(value: Any) -> bool:
-    return value in ("keep", "stop")
-
-
-def _one_of(names: tuple[str, ...]) -> str:
-    """'"a", "b" or "c"': the names a message says an argument may be."""
-    quoted = [f'"{name}"' for name in names]
-    return f"{', '.join(quoted[:-1])} or {quoted[-1]}"
-
-
-SESSION = "a session id or unique prefix (string)"
-LABELS = f"a JSON object of at most {MAX_LABELS_BYTES // 1024} KiB as compact JSON (text that is UTF-8, integers within 64 bits)"
-STATUSES = f"a status or list of statuses ({', '.join(ALL_STATUSES)})"
-STREAM = _one_of(STREAMS)
-SINCE_SEQ = "a sequence number >= 0 (rows after it)"
-
-
-def arg(check: Callable[[Any], bool], expected: str, *, required: bool = False, default: Any = None) -> Any:
-    """A request class's field for one argument, read as Arg says."""
-    return field(metadata={"arg": Arg(check, expected, required, default)})
-
-
 # -- requests: one class per command, its fields the command's arguments -------------
 # Each field says how its argument is checked; parse_request fills every field (with
 # its default when the argument is absent or null), so the fields have no defaults here.
@@ -234,29 +142,41 @@ class Request:
 class SessionRequest(Request):
     """A request about one session."""
 
-    session: str = arg(_is_str, SESSION, required=True)
+    session: str = arg(is_str, SESSION, required=True)
 
 
 @dataclass(frozen=True, kw_only=True)
 class StartRequest(Request):
     command = "start"
-    argv: list[str] = arg(_is_argv, "a non-empty list of strings without NUL characters (the command and its arguments)", required=True)
-    cwd: str = arg(_is_runnable, "an absolute directory path (a string without NUL characters)", required=True)
-    env: dict[str, str] = arg(_is_env, "an object of string values without NUL characters, named by non-empty strings without '=' or NUL", default={})
-    labels: dict[str, Any] = arg(_is_labels, LABELS, default={})
-    priority: int = arg(_is_int, "an integer (higher starts first)", default=0)
-    queue: bool = arg(_is_bool, "true or false", default=True)
+    argv: list[str] = arg(
+        is_argv, "a non-empty list of strings without NUL characters (the command and its arguments)", required=True
+    )
+    cwd: str = arg(is_runnable, "an absolute directory path (a string without NUL characters)", required=True)
+    env: dict[str, str] = arg(
+        is_env,
+        "an object of string values without NUL characters, named by non-empty strings without '=' or NUL",
+        default={},
+    )
+    labels: dict[str, Any] = arg(is_labels, LABELS, default={})
+    priority: int = arg(is_int, "an integer (higher starts first)", default=0)
+    queue: bool = arg(is_bool, "true or false", default=True)
 
 
 @dataclass(frozen=True, kw_only=True)
 class PsRequest(Request):
     command = "ps"
-    status: str | list[str] | None = arg(_is_statuses, STATUSES)
-    labels: dict[str, Any] | None = arg(_is_labels, f"labels to match: {LABELS}")
-    limit: int | None = arg(_is_non_negative_int, "an integer >= 0")
-    all: bool = arg(_is_bool, f"true to list every ended session, not only the {PS_RECENT_ENDED} latest", default=False)
-    count_hidden: bool = arg(_is_bool, 'true for {"sessions": [...], "hidden": N} instead of the bare list', default=False)
-    stream: bool = arg(_is_bool, 'true to receive each session as a {"session": {...}} message, then {"listed": N, "hidden": N}', default=False)
+    status: str | list[str] | None = arg(is_statuses, STATUSES)
+    labels: dict[str, Any] | None = arg(is_labels, f"labels to match: {LABELS}")
+    limit: int | None = arg(is_non_negative_int, "an integer >= 0")
+    all: bool = arg(is_bool, f"true to list every ended session, not only the {PS_RECENT_ENDED} latest", default=False)
+    count_hidden: bool = arg(
+        is_bool, 'true for {"sessions": [...], "hidden": N} instead of the bare list', default=False
+    )
+    stream: bool = arg(
+        is_bool,
+        'true to receive each session as a {"session": {...}} message, then {"listed": N, "hidden": N}',
+        default=False,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -267,38 +187,40 @@ class ShowRequest(SessionRequest):
 @dataclass(frozen=True, kw_only=True)
 class LogsRequest(SessionRequest):
     command = "logs"
-    tail: int | None = arg(_is_non_negative_int, "a number of lines >= 0")
-    since_seq: int | None = arg(_is_non_negative_int, SINCE_SEQ)
-    since_time: str | None = arg(_is_str, "an ISO 8601 time")
-    stream: str | None = arg(_is_stream, STREAM)
+    tail: int | None = arg(is_non_negative_int, "a number of lines >= 0")
+    since_seq: int | None = arg(is_non_negative_int, SINCE_SEQ)
+    since_time: str | None = arg(is_str, "an ISO 8601 time")
+    stream: str | None = arg(is_stream, STREAM)
 
 
 @dataclass(frozen=True, kw_only=True)
 class FollowRequest(SessionRequest):
     command = "follow"
-    since_seq: int = arg(_is_non_negative_int, SINCE_SEQ, default=0)
-    stream: str | None = arg(_is_stream, STREAM)
+    since_seq: int = arg(is_non_negative_int, SINCE_SEQ, default=0)
+    stream: str | None = arg(is_stream, STREAM)
 
 
 @dataclass(frozen=True, kw_only=True)
 class SendRequest(SessionRequest):
     command = "send"
-    data: str = arg(_is_str, "text to write to the session's stdin", default="")
-    data_b64: str | None = arg(_is_str, "base64 bytes to write to the session's stdin")
-    eof: bool = arg(_is_bool, "true to close the session's stdin after the data", default=False)
+    data: str = arg(is_str, "text to write to the session's stdin", default="")
+    data_b64: str | None = arg(is_str, "base64 bytes to write to the session's stdin")
+    eof: bool = arg(is_bool, "true to close the session's stdin after the data", default=False)
 
 
 @dataclass(frozen=True, kw_only=True)
 class StopRequest(SessionRequest):
     command = "stop"
-    timeout: float | None = arg(lambda v: _is_number(v) and 0 <= v <= MAX_STOP_TIMEOUT, f"seconds from 0 to {MAX_STOP_TIMEOUT} before SIGKILL")
-    wait: bool = arg(_is_bool, "true or false", default=True)
+    timeout: float | None = arg(
+        lambda v: is_number(v) and 0 <= v <= MAX_STOP_TIMEOUT, f"seconds from 0 to {MAX_STOP_TIMEOUT} before SIGKILL"
+    )
+    wait: bool = arg(is_bool, "true or false", default=True)
 
 
 @dataclass(frozen=True, kw_only=True)
 class KillRequest(SessionRequest):
     command = "kill"
-    signal: int | str = arg(_is_signal, "a signal name (TERM, SIGKILL) or number", default="SIGKILL")
+    signal: int | str = arg(is_signal, "a signal name (TERM, SIGKILL) or number", default="SIGKILL")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -324,8 +246,8 @@ class DeleteRequest(SessionRequest):
 @dataclass(frozen=True, kw_only=True)
 class PruneRequest(Request):
     command = "prune"
-    older_than: float | None = arg(lambda v: _is_number(v) and v >= 0, "an age in seconds >= 0")
-    status: str | list[str] | None = arg(_is_statuses, STATUSES)
+    older_than: float | None = arg(lambda v: is_number(v) and v >= 0, "an age in seconds >= 0")
+    status: str | list[str] | None = arg(is_statuses, STATUSES)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -346,7 +268,7 @@ class InfoRequest(Request):
 @dataclass(frozen=True, kw_only=True)
 class ShutdownRequest(Request):
     command = "shutdown"
-    mode: str | None = arg(_is_mode, '"keep" or "stop"')
+    mode: str | None = arg(is_mode, '"keep" or "stop"')
 
 
 # Every command, in the order the unknown-command message lists them.
@@ -418,7 +340,9 @@ def parse_request(message: Any) -> tuple[Any, Request]:
         if value is None and not arg.required:
             continue
         if not arg.check(value):
-            raise RequestError(ErrorCode.INVALID_ARGUMENT, f"{command}: {key!r} must be {arg.expected}, got {value!r}"[:500])
+            raise RequestError(
+                ErrorCode.INVALID_ARGUMENT, f"{command}: {key!r} must be {arg.expected}, got {value!r}"[:500]
+            )
         args[key] = value
     for key, arg in spec.items():
         if key not in args:

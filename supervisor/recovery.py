@@ -95,8 +95,9 @@ def spool_writer(spool_dir: Path) -> ProcessRef | None:
     return None
 
 
-
-async def reconcile(config: Config, writer: DatabaseWriter, ingestor: Ingestor, slots: SlotManager, wait_for_ended: float = 30.0) -> dict[str, int]:
+async def reconcile(
+    config: Config, writer: DatabaseWriter, ingestor: Ingestor, slots: SlotManager, wait_for_ended: float = 30.0
+) -> dict[str, int]:
     """Decide the fate of every session recorded as live; return counts by decision."""
     return await Reconciler(config, writer, ingestor, slots).reconcile(wait_for_ended)
 
@@ -138,7 +139,8 @@ class Reconciler:
             return "lost", None
         command = ProcessRef.recorded(session.pid, session.pid_start_ticks, session.pid_create_time)
         spool_dir = Path(session.spool_dir) if session.spool_dir else None
-        if spool_dir is None or not os.path.lexists(spool_dir):
+        # One lstat per session, once at start: not worth a thread.
+        if spool_dir is None or not os.path.lexists(spool_dir):  # noqa: ASYNC240
             if session.shim_pid is None:
                 await self.requeue(session)
                 return "requeued", None
@@ -203,7 +205,9 @@ class Reconciler:
             if entry.name in self.slots.live:
                 continue
             if (writer := spool_writer(entry)) is not None:
-                log.warning("stray_spool_kept", session_id=entry.name, pid=writer.pid, reason="a process still writes to it")
+                log.warning(
+                    "stray_spool_kept", session_id=entry.name, pid=writer.pid, reason="a process still writes to it"
+                )
                 continue
             shutil.rmtree(entry, ignore_errors=True)
             log.info("stray_spool_removed", session_id=entry.name)

@@ -22,6 +22,7 @@ def truncation_marker(dropped_bytes: int, cap: int) -> bytes:
     """The system row that stands where retention dropped the middle of a transcript."""
     return f"transcript truncated: {dropped_bytes} bytes dropped here to keep it under {cap} bytes (retention.max_session_bytes)\n".encode()
 
+
 async def enforce_session_cap(writer: DatabaseWriter, readers: ReaderPool, retention: Retention) -> None:
     """Truncate the middle of every transcript over max_session_bytes."""
     cap = retention.max_session_bytes

@@ -64,7 +64,8 @@ class ShimReaper:
         if shim is None:
             return
         with trio.move_on_after(5):
-            while shim.poll() is None:
+            # Our child, about to exit: a short poll is simpler than a pidfd here.
+            while shim.poll() is None:  # noqa: ASYNC110
                 await trio.sleep(0.01)
         if shim.returncode is not None:
             self._shims.pop(session_id, None)  # reap_finished may have been first
@@ -145,7 +146,13 @@ class SessionRunner:
         if self.live.closed:
             # Shutdown with mode stop began while this start waited: do not start it.
             await self.writer.run(
-                self.writer.store.transition, session.id, ("running",), status="queued", slot=None, started_at=None, spool_dir=None
+                self.writer.store.transition,
+                session.id,
+                ("running",),
+                status="queued",
+                slot=None,
+                started_at=None,
+                spool_dir=None,
             )
             self.live.remove(session.id)
             return None
@@ -174,11 +181,20 @@ class SessionRunner:
         client was told it did not.
         """
         no_space = isinstance(error, OSError) and diskspace.is_no_space(error)
-        why = f"no space left in {self.config.sessions_dir}" if no_space else getattr(error, "strerror", None) or str(error)
+        why = (
+            f"no space left in {self.config.sessions_dir}"
+            if no_space
+            else getattr(error, "strerror", None) or str(error)
+        )
         log.error("shim_spawn_failed", session_id=live.id, slot=live.slot, error=str(error))
         self.ingestor.append(live.id, "system", f"could not start the shim: {why if no_space else error}\n".encode())
         self.ingestor.update(
-            live.id, status="failed", slot=None, ended_at=utc_now(), reason=f"could not start shim: {why}", spool_dir=None
+            live.id,
+            status="failed",
+            slot=None,
+            ended_at=utc_now(),
+            reason=f"could not start shim: {why}",
+            spool_dir=None,
         )
         live.final = True
         assert self._sessions_fd is not None
@@ -193,7 +209,9 @@ class SessionRunner:
         await self._release(live)
         return f"session {live.id} not started: {why} (recorded as failed)" if no_space else None
 
-    async def attach(self, session: Session, shim: ProcessRef | None, command: ProcessRef | None, note: str) -> LiveSession:
+    async def attach(
+        self, session: Session, shim: ProcessRef | None, command: ProcessRef | None, note: str
+    ) -> LiveSession:
         """Re-attach a session found live at start: resume its spool at the committed offset.
 
         shim and command come from reconcile's identity checks (None when not running):
@@ -292,7 +310,9 @@ class SessionRunner:
             bound = log.bind(session_id=live.id, slot=live.slot)
             if blocked:
                 live.output_blocked = f"no space left in {runtime_dir} since {utc_now()}"
-                bound.warning("spool_blocked", runtime_dir=str(runtime_dir), free_bytes=diskspace.free_bytes(runtime_dir))
+                bound.warning(
+                    "spool_blocked", runtime_dir=str(runtime_dir), free_bytes=diskspace.free_bytes(runtime_dir)
+                )
                 self.ingestor.append(live.id, "system", b"output waits: no space left for its spool\n")
             else:
                 live.output_blocked = None

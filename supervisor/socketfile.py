@@ -56,14 +56,20 @@ async def listener_pid(path: Path) -> int | None:
         except (ConnectionRefusedError, FileNotFoundError):
             return None
         except OSError as error:  # a full backlog, say: someone listens, and is stuck
-            raise SocketInUse(f"something listens on socket {path} but does not take connections ({error.strerror}); refusing to take it over") from None
+            raise SocketInUse(
+                f"something listens on socket {path} but does not take connections ({error.strerror}); refusing to take it over"
+            ) from None
         pid = peer_credentials(probe)[0]
         with trio.move_on_after(PROBE_TIMEOUT):
             try:
                 await probe.send(b'{"id": 1, "cmd": "info"}\n')
                 reply = b""
                 # Whoever listens there may be hostile: a bounded read, a depth-checked parse.
-                while not reply.endswith(b"\n") and len(reply) < PROBE_REPLY_LIMIT and (data := await probe.recv(RECEIVE_SIZE)):
+                while (
+                    not reply.endswith(b"\n")
+                    and len(reply) < PROBE_REPLY_LIMIT
+                    and (data := await probe.recv(RECEIVE_SIZE))
+                ):
                     reply += data
                 answered = jsonlimits.loads(reply[:PROBE_REPLY_LIMIT])["result"]["pid"]
             except (OSError, ValueError, KeyError, TypeError):
@@ -80,7 +86,9 @@ async def check_socket_free(path: Path) -> os.stat_result | None:
     has a daemon answering on it; return a stale socket's stat (nobody listens: it may
     be replaced), or None when there is nothing at path."""
     if len(os.fsencode(path)) >= 108:
-        raise SocketPathError(f"socket path is too long for a Unix socket ({len(os.fsencode(path))} bytes, at most 107): {path}")
+        raise SocketPathError(
+            f"socket path is too long for a Unix socket ({len(os.fsencode(path))} bytes, at most 107): {path}"
+        )
     try:
         st = os.lstat(path)
     except FileNotFoundError:

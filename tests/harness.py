@@ -27,7 +27,9 @@ DEADLINE = 15.0
 ENDED = ("completed", "failed", "killed", "lost", "cancelled")
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = DEADLINE, interval: float = 0.02, what: str = "condition") -> Any:
+def wait_for(
+    condition: Callable[[], Any], timeout: float = DEADLINE, interval: float = 0.02, what: str = "condition"
+) -> Any:
     """Poll condition until it returns something truthy; fail after timeout."""
     deadline = time.monotonic() + timeout
     while True:

@@ -25,7 +25,9 @@ from supervisor.processes import ProcessRef, signal_group
 from supervisor.store import Reader
 from tests.harness import DaemonHandle
 
-SMALL_DISK = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="needs root to mount a small tmpfs")
+SMALL_DISK = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("mount") is None, reason="needs root to mount a small tmpfs"
+)
 
 
 def py(code: str) -> list[str]:
@@ -79,7 +81,9 @@ class Raw:
         self.sock.close()
 
 
-def request_as(path: Path, uid: int, gid: int, message: bytes = b'{"id": 1, "cmd": "info"}\n', from_parent: bool = False) -> bytes:
+def request_as(
+    path: Path, uid: int, gid: int, message: bytes = b'{"id": 1, "cmd": "info"}\n', from_parent: bool = False
+) -> bytes:
     """Send one request to the socket at path as uid/gid (no supplementary groups): the
     reply line, or why it could not connect. Forked, not exec'd: another uid may not
     reach this Python. from_parent enters the socket's directory as root first, so only

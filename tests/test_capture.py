@@ -79,6 +79,7 @@ def test_a_prompt_without_newline_is_readable_within_200ms(daemon):
     reader = daemon.reader()
     try:
         for i in range(3):
+
             def find():
                 for row in reader.rows_after(session["id"], 0, 1000):
                     if row.data.startswith(f"prompt {i} ".encode()):
@@ -100,11 +101,7 @@ def test_a_gibibyte_without_newline_keeps_daemon_and_shim_memory_bounded(make_da
     """A session writing 1 GiB with no newline keeps daemon and shim RSS under 100 MB, and every byte is stored."""
     daemon = make_daemon(retention={"max_session_bytes": 0})
     total = 1 << 30
-    code = (
-        "import sys\n"
-        "block = b'x' * (1 << 20)\n"
-        f"for _ in range({total >> 20}): sys.stdout.buffer.write(block)\n"
-    )
+    code = f"import sys\nblock = b'x' * (1 << 20)\nfor _ in range({total >> 20}): sys.stdout.buffer.write(block)\n"
     session = daemon.start_session(py(code))
     shim_pid = wait_for(lambda: daemon.session(session["id"])["shim_pid"], what="shim pid")
     processes = {"daemon": psutil.Process(daemon.process.pid), "shim": psutil.Process(shim_pid)}
@@ -192,4 +189,6 @@ def test_a_session_runs_ahead_of_a_frozen_daemon_by_at_most_spool_max_bytes(make
     finally:
         daemon.process.send_signal(signal.SIGCONT)
     assert daemon.wait_ended(session["id"], timeout=60)["status"] == "completed"
-    assert daemon.stdout_bytes(session["id"]) == b"".join(f"{i:08d}".encode() + b"x" * 991 + b"\n" for i in range(lines))
+    assert daemon.stdout_bytes(session["id"]) == b"".join(
+        f"{i:08d}".encode() + b"x" * 991 + b"\n" for i in range(lines)
+    )

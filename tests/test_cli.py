@@ -59,8 +59,22 @@ def test_ps_json_carries_the_session_fields(daemon):
     result = daemon.cli("ps", "--json")
     assert result.returncode == 0, result.stderr
     sessions = json.loads(result.stdout)
-    fields = {"id", "slot", "status", "priority", "argv", "cwd", "labels", "pid", "exit_code", "signal",
-              "reason", "queued_at", "started_at", "ended_at"}
+    fields = {
+        "id",
+        "slot",
+        "status",
+        "priority",
+        "argv",
+        "cwd",
+        "labels",
+        "pid",
+        "exit_code",
+        "signal",
+        "reason",
+        "queued_at",
+        "started_at",
+        "ended_at",
+    }
     assert fields <= set(sessions[0])
     assert sessions[0]["labels"] == {"project": "slotd"}
     filtered = json.loads(daemon.cli("ps", "--json", "--label", "project=other").stdout)
@@ -148,16 +162,19 @@ def test_kill_takes_a_signal_number(daemon):
     assert (ended["status"], ended["signal"]) == ("killed", 9)
 
 
-BAD_NUMBERS = [
-    (["stop", "-t", value, "ffffffff"], "-t/--timeout") for value in ("nan", "inf", "-1", "1e400", "²")
-] + [
-    (["prune", "--older-than", value], "--older-than") for value in ("nan", "infd", "1e400d", "9" * 400 + "d", "²", "²d", "10")
-] + [
-    (["logs", "--since", value, "ffffffff"], "--since") for value in ("nan", "inf", "1e400", "²", "yesterday")
-]
+BAD_NUMBERS = (
+    [(["stop", "-t", value, "ffffffff"], "-t/--timeout") for value in ("nan", "inf", "-1", "1e400", "²")]
+    + [
+        (["prune", "--older-than", value], "--older-than")
+        for value in ("nan", "infd", "1e400d", "9" * 400 + "d", "²", "²d", "10")
+    ]
+    + [(["logs", "--since", value, "ffffffff"], "--since") for value in ("nan", "inf", "1e400", "²", "yesterday")]
+)
 
 
-@pytest.mark.parametrize("args, option", BAD_NUMBERS, ids=[f"{args[0]} {args[1]} {args[2][:8]}" for args, _ in BAD_NUMBERS])
+@pytest.mark.parametrize(
+    "args, option", BAD_NUMBERS, ids=[f"{args[0]} {args[1]} {args[2][:8]}" for args, _ in BAD_NUMBERS]
+)
 def test_a_bad_number_or_duration_is_a_usage_error_naming_the_option(shared_daemon, args, option):
     """nan, inf, 1e400, a superscript digit, or an age without its unit: exit 2 with a message naming the option, no traceback, nothing deleted."""
     kept = ended_session(shared_daemon)
@@ -194,7 +211,9 @@ def prune_all_on_a_terminal(daemon, answer: bytes) -> subprocess.CompletedProces
         os.write(controller, answer)
         process = subprocess.run(
             [sys.executable, "-m", "supervisor", "--socket", str(daemon.socket), "prune", "--all"],
-            stdin=terminal, capture_output=True, timeout=60,
+            stdin=terminal,
+            capture_output=True,
+            timeout=60,
         )
     finally:
         os.close(controller)
@@ -224,7 +243,8 @@ def test_output_into_a_reader_that_leaves_early_ends_quietly_with_0(daemon):
 
     slotctl = subprocess.Popen(
         [sys.executable, "-m", "supervisor", "--socket", str(daemon.socket), "logs", "--raw", session["id"]],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     head = subprocess.Popen(["head", "-1"], stdin=slotctl.stdout, stdout=subprocess.PIPE)
     slotctl.stdout.close()  # head alone holds the pipe's reading end
@@ -264,7 +284,8 @@ def test_ps_lists_live_queued_and_the_latest_ended_quickly_among_100000_sessions
     ]
     with store.write():
         store.db.executemany(
-            "INSERT INTO sessions (id, arrival, status, argv, cwd, queued_at, ended_at) VALUES (?, ?, ?, ?, ?, ?, ?)", ended
+            "INSERT INTO sessions (id, arrival, status, argv, cwd, queued_at, ended_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            ended,
         )
     store.close()
     daemon.start()
@@ -296,12 +317,22 @@ def store_ended_sessions(database, count: int) -> list[str]:
     # Ended within retention's max_age_days, one a second: pruning must not race a listing.
     first_end = time.time() - 2 * count
     ended = [
-        (str(uuid.uuid4()), arrival, "completed", '["make", "test"]', "/", '{"job": "nightly"}', utc_now(), iso_from_unix(first_end + arrival))
+        (
+            str(uuid.uuid4()),
+            arrival,
+            "completed",
+            '["make", "test"]',
+            "/",
+            '{"job": "nightly"}',
+            utc_now(),
+            iso_from_unix(first_end + arrival),
+        )
         for arrival in range(1, count + 1)
     ]
     with store.write():
         store.db.executemany(
-            "INSERT INTO sessions (id, arrival, status, argv, cwd, labels, queued_at, ended_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", ended
+            "INSERT INTO sessions (id, arrival, status, argv, cwd, labels, queued_at, ended_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            ended,
         )
     store.close()
     return [row[0] for row in reversed(ended)]
@@ -409,7 +440,9 @@ def slotctl(daemon, *args: str) -> subprocess.Popen:
     with open(daemon.root / "slotctl.err", "wb") as stderr:
         return subprocess.Popen(
             [sys.executable, "-m", "supervisor", "--socket", str(daemon.socket), *args],
-            stdout=subprocess.PIPE, stderr=stderr, cwd=daemon.root,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            cwd=daemon.root,
         )
 
 
@@ -438,7 +471,11 @@ def test_logs_follow_prints_every_row_once_across_daemon_kills_in_backlog_and_li
     follower = slotctl(daemon, "logs", "-f", "--json", session["id"])
     output = SlowReader(follower)  # a row a line
     rng = random.Random(8)
-    for lines in (rng.randrange(backlog // 10, backlog // 3), rng.randrange(backlog // 2, backlog * 9 // 10), backlog + rng.randrange(20, 100)):
+    for lines in (
+        rng.randrange(backlog // 10, backlog // 3),
+        rng.randrange(backlog // 2, backlog * 9 // 10),
+        backlog + rng.randrange(20, 100),
+    ):
         kill_and_restart_when(daemon, output, lines)
     printed = [json.loads(line) for line in output.finish().splitlines()]
     assert follower.returncode == 0, (daemon.root / "slotctl.err").read_text()

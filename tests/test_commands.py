@@ -14,7 +14,11 @@ from tests.helpers import py
 
 def test_every_request_class_is_a_known_command() -> None:
     """Each request class protocol.py declares for a command is registered under that command, so parse_request accepts it."""
-    declared = [value for value in vars(protocol).values() if isinstance(value, type) and issubclass(value, protocol.Request) and "command" in vars(value)]
+    declared = [
+        value
+        for value in vars(protocol).values()
+        if isinstance(value, type) and issubclass(value, protocol.Request) and "command" in vars(value)
+    ]
     assert {request.command: request for request in declared} == protocol.REQUESTS
 
 
@@ -46,12 +50,20 @@ def test_every_command_is_a_slotctl_subcommand_but_the_listed_exceptions() -> No
     ("message", "expected"),
     [
         ({"cmd": "show", "session": "ab"}, protocol.ShowRequest(session="ab")),
-        ({"cmd": "follow", "session": "ab", "stream": None}, protocol.FollowRequest(session="ab", since_seq=0, stream=None)),
-        ({"cmd": "start", "argv": ["true"], "cwd": "/"}, protocol.StartRequest(argv=["true"], cwd="/", env={}, labels={}, priority=0, queue=True)),
+        (
+            {"cmd": "follow", "session": "ab", "stream": None},
+            protocol.FollowRequest(session="ab", since_seq=0, stream=None),
+        ),
+        (
+            {"cmd": "start", "argv": ["true"], "cwd": "/"},
+            protocol.StartRequest(argv=["true"], cwd="/", env={}, labels={}, priority=0, queue=True),
+        ),
         ({"cmd": "info"}, protocol.InfoRequest()),
     ],
 )
-def test_a_request_becomes_its_commands_class_with_every_default_filled(message: dict, expected: protocol.Request) -> None:
+def test_a_request_becomes_its_commands_class_with_every_default_filled(
+    message: dict, expected: protocol.Request
+) -> None:
     """parse_request returns the command's request class, with the defaults of the arguments left out or null."""
     assert protocol.parse_request({"id": 7, **message}) == (7, expected)
 
@@ -61,7 +73,9 @@ def test_session_objects_carry_exactly_the_fields_of_the_view(daemon) -> None:
     started = daemon.start_session(py("print('hi')"))
     assert list(started) == list(SESSION_FIELDS)
     with daemon.client() as client:
-        followed = next(message for message in client.messages("follow", session=started["id"]) if "ok" in message)["result"]
+        followed = next(message for message in client.messages("follow", session=started["id"]) if "ok" in message)[
+            "result"
+        ]
     assert list(followed) == [*SESSION_FIELDS, "last_seq"]
     assert list(daemon.session(started["id"])) == [*SESSION_FIELDS, *LIVE_FIELDS, "transcript"]
     sleeper = daemon.start_session(py("import time; time.sleep(60)"))

@@ -36,7 +36,9 @@ def home(tmp_path: Path) -> Path:
     return path
 
 
-def test_embedded_config_resolves_its_directories_against_its_own_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_embedded_config_resolves_its_directories_against_its_own_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The repository's config.toml loads and keeps state and runtime directories beside itself, whatever the cwd."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -72,7 +74,9 @@ def test_embedded_config_values_are_the_builtin_defaults(home: Path) -> None:
             assert getattr(from_file, field.name) == getattr(builtin, field.name), field.name
 
 
-def test_relative_config_path_from_a_checkout_keeps_state_in_the_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_config_path_from_a_checkout_keeps_state_in_the_checkout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`slotd --config config.toml` run inside a checkout puts state and runtime directories in that checkout."""
     checkout = tmp_path / "checkout"
     checkout.mkdir()
@@ -85,7 +89,9 @@ def test_relative_config_path_from_a_checkout_keeps_state_in_the_checkout(tmp_pa
     assert config.runtime_dir == checkout / "state" / "run"
 
 
-def test_paths_in_a_config_file_resolve_against_its_directory_not_the_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_paths_in_a_config_file_resolve_against_its_directory_not_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Relative paths resolve against the file's directory, absolute paths stay as written."""
     path = write(
         tmp_path / "conf" / "slotd.toml",
@@ -158,7 +164,9 @@ def test_slotd_config_beats_xdg_config(three_configs: tuple[Path, Path, Path, di
     assert load_config(None, environ=environ).slots == 2
 
 
-def test_xdg_config_home_file_is_read_without_explicit_or_env(three_configs: tuple[Path, Path, Path, dict[str, str]]) -> None:
+def test_xdg_config_home_file_is_read_without_explicit_or_env(
+    three_configs: tuple[Path, Path, Path, dict[str, str]],
+) -> None:
     """Without --config or $SLOTD_CONFIG, $XDG_CONFIG_HOME/slotd/config.toml is read."""
     _, _, xdg, environ = three_configs
     del environ["SLOTD_CONFIG"]
@@ -187,9 +195,7 @@ def test_empty_slotd_config_is_ignored(three_configs: tuple[Path, Path, Path, di
 
 
 @pytest.mark.parametrize("how", ["explicit", "SLOTD_CONFIG"])
-def test_named_config_file_that_is_missing_is_an_error_not_a_fallback(
-    tmp_path: Path, home: Path, how: str
-) -> None:
+def test_named_config_file_that_is_missing_is_an_error_not_a_fallback(tmp_path: Path, home: Path, how: str) -> None:
     """A config file named by --config or $SLOTD_CONFIG that does not exist is an error naming it, not a silent fallback."""
     missing = tmp_path / "nowhere" / "slotd.toml"
     write(home / ".config" / "slotd" / "config.toml", "slots = 5\n")
@@ -264,11 +270,26 @@ BAD_CONFIGS = {
     "bool-is-not-an-int": ("slots = true\n", ["'slots'", "an integer from 1 to 256", "True"]),
     "zero-slots": ("slots = 0\n", ["'slots'", "an integer from 1 to 256", "got 0"]),
     "too-many-slots": ("slots = 257\n", ["'slots'", "an integer from 1 to 256", "257"]),
-    "bad-regex": ("checkpoint_pattern = 'Continue\\? ['\n", ["'checkpoint_pattern'", "RE2 cannot compile", "missing ]"]),
-    "backreference": ("checkpoint_pattern = '(y|n)\\1'\n", ["'checkpoint_pattern'", "\\1", "a backreference is not supported"]),
-    "named-backreference": ("checkpoint_pattern = '(?P<a>y)(?P=a)'\n", ["'checkpoint_pattern'", "a named backreference"]),
-    "lookahead": ("checkpoint_pattern = 'Continue(?=\\?)'\n", ["'checkpoint_pattern'", "(?=", "lookahead is not supported"]),
-    "lookbehind": ("checkpoint_pattern = '(?<!no )Continue'\n", ["'checkpoint_pattern'", "(?<!", "lookbehind is not supported"]),
+    "bad-regex": (
+        "checkpoint_pattern = 'Continue\\? ['\n",
+        ["'checkpoint_pattern'", "RE2 cannot compile", "missing ]"],
+    ),
+    "backreference": (
+        "checkpoint_pattern = '(y|n)\\1'\n",
+        ["'checkpoint_pattern'", "\\1", "a backreference is not supported"],
+    ),
+    "named-backreference": (
+        "checkpoint_pattern = '(?P<a>y)(?P=a)'\n",
+        ["'checkpoint_pattern'", "a named backreference"],
+    ),
+    "lookahead": (
+        "checkpoint_pattern = 'Continue(?=\\?)'\n",
+        ["'checkpoint_pattern'", "(?=", "lookahead is not supported"],
+    ),
+    "lookbehind": (
+        "checkpoint_pattern = '(?<!no )Continue'\n",
+        ["'checkpoint_pattern'", "(?<!", "lookbehind is not supported"],
+    ),
     "possessive": ("checkpoint_pattern = 'a++'\n", ["'checkpoint_pattern'", "a possessive quantifier"]),
     "bad-choice": ('on_shutdown = "later"\n', ["'on_shutdown'", '"keep" or "stop"', "'later'"]),
     "negative-timeout": ("stop_timeout = -1\n", ["'stop_timeout'", "from 0 to 86400", "-1"]),
@@ -280,12 +301,24 @@ BAD_CONFIGS = {
     "tiny-batch": ("batch_max_bytes = 10\n", ["'batch_max_bytes'", "from 1024 (1 KiB) to 1073741824 (1 GiB)"]),
     "tiny-segment": ("spool_segment_bytes = 1\n", ["'spool_segment_bytes'", "from 65536 (64 KiB)"]),
     "huge-spool": ("spool_max_bytes = 9223372036854775807\n", ["'spool_max_bytes'", "to 1099511627776 (1 TiB)"]),
-    "unknown-group": ("socket_group = 'no-such-group-slotd'\n", ["'socket_group'", "no group named 'no-such-group-slotd'"]),
+    "unknown-group": (
+        "socket_group = 'no-such-group-slotd'\n",
+        ["'socket_group'", "no group named 'no-such-group-slotd'"],
+    ),
     "unknown-retention-key": ("[retention]\nmax_age = 3\n", ["'retention.max_age'", "unknown key", "max_age_days"]),
-    "wrong-retention-type": ('[retention]\nmax_age_days = "never"\n', ["'retention.max_age_days'", "a number of days", "'never'"]),
-    "age-beyond-a-century": ("[retention]\nmax_age_days = 1e7\n", ["'retention.max_age_days'", "from 0 to 36500", "10000000.0"]),
+    "wrong-retention-type": (
+        '[retention]\nmax_age_days = "never"\n',
+        ["'retention.max_age_days'", "a number of days", "'never'"],
+    ),
+    "age-beyond-a-century": (
+        "[retention]\nmax_age_days = 1e7\n",
+        ["'retention.max_age_days'", "from 0 to 36500", "10000000.0"],
+    ),
     "infinite-age": ("[retention]\nmax_age_days = inf\n", ["'retention.max_age_days'", "from 0 to 36500", "inf"]),
-    "huge-session-cap": ("[retention]\nmax_session_bytes = 9223372036854775807\n", ["'retention.max_session_bytes'", "1 TiB"]),
+    "huge-session-cap": (
+        "[retention]\nmax_session_bytes = 9223372036854775807\n",
+        ["'retention.max_session_bytes'", "1 TiB"],
+    ),
     "negative-db-budget": ("[retention]\nmax_db_bytes = -1\n", ["'retention.max_db_bytes'", "from 0 to", "1 PiB"]),
     "retention-not-a-table": ("retention = 5\n", ["'retention'", "a table"]),
     "invalid-toml": ("slots = 3\nstate_dir = \n", ["not valid TOML", "line 2"]),
@@ -418,7 +451,10 @@ BAD_AT_START = {
     "infinite-age": ("[retention]\nmax_age_days = inf\n", ["'retention.max_age_days'", "from 0 to 36500"]),
     "infinite-stop-timeout": ("stop_timeout = inf\n", ["'stop_timeout'", "from 0 to 86400"]),
     "huge-flush-interval": ("flush_interval = 1e9\n", ["'flush_interval'", "from 0.001 to 10"]),
-    "backreference": ("checkpoint_pattern = '(y|n)\\1'\n", ["'checkpoint_pattern'", "a backreference is not supported"]),
+    "backreference": (
+        "checkpoint_pattern = '(y|n)\\1'\n",
+        ["'checkpoint_pattern'", "a backreference is not supported"],
+    ),
     "segment-larger-than-half-the-spool": (
         "spool_segment_bytes = 8388608\nspool_max_bytes = 4194304\n",
         ["'spool_segment_bytes' (8388608)", "half of 'spool_max_bytes' (4194304)"],
@@ -431,12 +467,16 @@ BAD_AT_START = {
 
 
 @pytest.mark.parametrize("contents, fragments", list(BAD_AT_START.values()), ids=list(BAD_AT_START))
-def test_daemon_refuses_a_config_that_would_fail_later_with_exit_78(tmp_path: Path, contents: str, fragments: list[str]) -> None:
+def test_daemon_refuses_a_config_that_would_fail_later_with_exit_78(
+    tmp_path: Path, contents: str, fragments: list[str]
+) -> None:
     """slotd exits 78 at once, without a traceback, on a value that would only fail after start, naming file, key and range."""
     path = write(tmp_path / "slotd.toml", f"state_dir = 'state'\nruntime_dir = 'run'\n{contents}")
     daemon = subprocess.Popen(
         [sys.executable, "-m", "supervisor", "daemon", "--config", str(path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
     )
     try:
         _out, err = daemon.communicate(timeout=15)

@@ -254,7 +254,9 @@ def test_followers_that_hang_up_are_let_go(daemon, raw):
         connection.send(json.dumps({"id": 1, "cmd": "follow", "session": session["id"]}).encode() + b"\n")
         assert "row" in connection.reply()
         connection.close()
-    wait_for(lambda: len(os.listdir(f"/proc/{daemon.process.pid}/fd")) <= before + 5, what="the followers' sockets closed")
+    wait_for(
+        lambda: len(os.listdir(f"/proc/{daemon.process.pid}/fd")) <= before + 5, what="the followers' sockets closed"
+    )
     assert_served(raw())
     daemon.request("stop", session=session["id"])
 

@@ -32,5 +32,9 @@ def test_the_readme_lists_every_exit_status_and_no_other(program, table):
 @pytest.mark.parametrize("unit", ["systemd/slotd.service", "systemd/system/slotd.service"])
 def test_the_units_do_not_restart_on_the_statuses_that_need_the_operator(unit):
     """Each unit's RestartPreventExitStatus names exactly the database and configuration statuses."""
-    [line] = [line for line in (README.parent / unit).read_text().splitlines() if line.startswith("RestartPreventExitStatus=")]
-    assert sorted(int(word) for word in line.split("=", 1)[1].split()) == sorted([DaemonExit.DATABASE, DaemonExit.CONFIG])
+    [line] = [
+        line for line in (README.parent / unit).read_text().splitlines() if line.startswith("RestartPreventExitStatus=")
+    ]
+    assert sorted(int(word) for word in line.split("=", 1)[1].split()) == sorted(
+        [DaemonExit.DATABASE, DaemonExit.CONFIG]
+    )

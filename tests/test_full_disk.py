@@ -25,7 +25,7 @@ def received_status(sock: socket.socket, seen: list[str]) -> list[str]:
             datagram = sock.recv(4096).decode()
         except BlockingIOError:
             return seen
-        seen.extend(line[len("STATUS="):] for line in datagram.splitlines() if line.startswith("STATUS="))
+        seen.extend(line[len("STATUS=") :] for line in datagram.splitlines() if line.startswith("STATUS="))
 
 
 def daemon_on_a_full_runtime_disk(make_daemon):
@@ -57,7 +57,11 @@ def test_sessions_wait_out_a_full_runtime_disk_and_lose_nothing(make_daemon, mon
         gate.touch()
 
         info = wait_for(
-            lambda: (info := daemon.request("info"))["live"] and all(live["output_blocked"] for live in info["live"]) and info,
+            lambda: (
+                (info := daemon.request("info"))["live"]
+                and all(live["output_blocked"] for live in info["live"])
+                and info
+            ),
             what="every session reported blocked",
         )
         assert len(info["live"]) == WRITERS
@@ -73,7 +77,10 @@ def test_sessions_wait_out_a_full_runtime_disk_and_lose_nothing(make_daemon, mon
         assert daemon.cli("ps").stdout.count(b"running (disk full)") == WRITERS
         assert daemon.cli("info").stdout.count(b"running (disk full)") == WRITERS
         seen: list[str] = []
-        wait_for(lambda: any(f"{WRITERS} blocked: runtime disk full" in s for s in received_status(notify, seen)), what="the STATUS line")
+        wait_for(
+            lambda: any(f"{WRITERS} blocked: runtime disk full" in s for s in received_status(notify, seen)),
+            what="the STATUS line",
+        )
 
         (state / "filler").unlink()
         for writer, session in enumerate(sessions):
@@ -86,7 +93,9 @@ def test_sessions_wait_out_a_full_runtime_disk_and_lose_nothing(make_daemon, mon
 def daemon_with_only_its_runtime_disk_full(make_daemon, **settings):
     """A daemon whose runtime directory alone is a 16 MiB tmpfs (its database and socket
     elsewhere): what a full disk does to the shims, with the database unaffected."""
-    return daemon_on_small_disk(make_daemon, "16m", mount_at="rt", runtime_dir="rt", socket="run/slotd.sock", **settings)
+    return daemon_on_small_disk(
+        make_daemon, "16m", mount_at="rt", runtime_dir="rt", socket="run/slotd.sock", **settings
+    )
 
 
 @SMALL_DISK
@@ -144,7 +153,10 @@ def test_a_command_that_ends_while_its_output_waits_for_room_is_shown_as_exited_
     with daemon_with_only_its_runtime_disk_full(make_daemon) as (daemon, runtime):
         session = start_blocked_writer(daemon, runtime, lines)
         wait_for(lambda: not alive(session["pid"]), what="the command exited")
-        shown = wait_for(lambda: "exited" in (s := daemon.session(session["id"]))["output_blocked"] and s, what="the note that it exited")
+        shown = wait_for(
+            lambda: "exited" in (s := daemon.session(session["id"]))["output_blocked"] and s,
+            what="the note that it exited",
+        )
         assert shown["status"] == "running"
         assert "its exit status is recorded once its output is stored" in shown["output_blocked"]
         assert "running (exited, disk full)" in daemon.cli("ps").stdout.decode()
@@ -181,7 +193,9 @@ def test_a_restarted_daemon_shows_a_blocked_session_whose_command_exited_meanwhi
         daemon.kill9()
         wait_for(lambda: not alive(session["pid"]), what="the command exited")
         daemon.start()
-        wait_for(lambda: "exited" in (daemon.session(session["id"])["output_blocked"] or ""), what="the note that it exited")
+        wait_for(
+            lambda: "exited" in (daemon.session(session["id"])["output_blocked"] or ""), what="the note that it exited"
+        )
 
         (runtime / "filler").unlink()
         assert daemon.wait_ended(session["id"])["status"] == "completed"

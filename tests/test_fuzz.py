@@ -28,9 +28,33 @@ CONCURRENCY = 4  # rounds under way at once
 
 # Values of every JSON type (and a few that are not what anyone expects).
 VALUES: list = [
-    True, False, 0, -1, 1 << 63, -(1 << 64), 1.5, -0.0, 1e308, "", "x", "SIGKILL", "\ud800",
-    "\0", "a=b", "/", "relative", "ffff", [], [""], ["\0"], [1, 2], {}, {"a": 1}, {"": "\0"},
-    {"k": {"n": [None]}}, [[[[[]]]]],
+    True,
+    False,
+    0,
+    -1,
+    1 << 63,
+    -(1 << 64),
+    1.5,
+    -0.0,
+    1e308,
+    "",
+    "x",
+    "SIGKILL",
+    "\ud800",
+    "\0",
+    "a=b",
+    "/",
+    "relative",
+    "ffff",
+    [],
+    [""],
+    ["\0"],
+    [1, 2],
+    {},
+    {"a": 1},
+    {"": "\0"},
+    {"k": {"n": [None]}},
+    [[[[[]]]]],
 ]
 
 
@@ -62,7 +86,9 @@ class Fuzzer:
     def __init__(self, rng: random.Random, session_id: str) -> None:
         self.rng = rng
         self.session_id = session_id
-        self.wrong = {(cmd, name): wrong_values(arg.check) for cmd, spec in COMMANDS.items() for name, arg in spec.items()}
+        self.wrong = {
+            (cmd, name): wrong_values(arg.check) for cmd, spec in COMMANDS.items() for name, arg in spec.items()
+        }
 
     def wrong_type(self) -> bytes:
         """A request whose chosen argument has a value its check refuses, or is missing."""
@@ -86,7 +112,12 @@ class Fuzzer:
     def broken_utf8(self) -> bytes:
         text = json.dumps({"id": 1, "cmd": "show", "session": "x" * 20}).encode()
         cut = self.rng.randrange(len(text))
-        return text[:cut] + self.rng.choice([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80"]) + text[cut:] + b"\n"
+        return (
+            text[:cut]
+            + self.rng.choice([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80"])
+            + text[cut:]
+            + b"\n"
+        )
 
     def truncated(self) -> bytes:
         command = self.rng.choice([c for c in COMMANDS if c != "shutdown"])
@@ -96,7 +127,9 @@ class Fuzzer:
     def deep(self) -> bytes:
         depth = self.rng.choice([33, 100, 983, 5000, 50_000])
         opener, closer = self.rng.choice([(b"[", b"]"), (b'{"a":', b"}")])
-        inner = opener * depth + (b"" if opener == b"[" else b"1") + (closer * depth if self.rng.random() < 0.7 else b"")
+        inner = (
+            opener * depth + (b"" if opener == b"[" else b"1") + (closer * depth if self.rng.random() < 0.7 else b"")
+        )
         where = self.rng.choice([b'{"id": %s, "cmd": "info"}', b'{"id": 1, "cmd": "ps", "labels": {"k": %s}}', b"%s"])
         return where.replace(b"%s", inner) + b"\n"
 
@@ -178,7 +211,10 @@ def fuzz_round(daemon, session_id: str, number: int, per_round: int) -> int:
     # One request id per round nested 940-1009 deep: a sweep across the depths at which
     # Python's recursion limit is reached between decoding a request and encoding its
     # reply, wherever the interpreter's stack stands.
-    messages.insert(fuzzer.rng.randrange(per_round), b'{"id": ' + b"[" * (940 + number % 70) + b"]" * (940 + number % 70) + b', "cmd": "info"}\n')
+    messages.insert(
+        fuzzer.rng.randrange(per_round),
+        b'{"id": ' + b"[" * (940 + number % 70) + b"]" * (940 + number % 70) + b', "cmd": "info"}\n',
+    )
     if number % 10 == 3:
         messages.append(fuzzer.oversized())
     if number % 7 == 5:
@@ -211,7 +247,14 @@ def test_fuzzed_messages_leave_the_daemon_serving_with_its_memory_and_files_back
     while usage(pid)[1] > fds_before:
         fds_before = usage(pid)[1]
         with ThreadPoolExecutor(16) as pool:
-            list(pool.map(lambda n: run_round(daemon.socket, [Fuzzer.line({"cmd": "show", "session": session["id"]})] * 50, f"warm-{n}"), range(32)))
+            list(
+                pool.map(
+                    lambda n: run_round(
+                        daemon.socket, [Fuzzer.line({"cmd": "show", "session": session["id"]})] * 50, f"warm-{n}"
+                    ),
+                    range(32),
+                )
+            )
     time.sleep(0.5)
     rss_before, fds_before = usage(pid)
 

@@ -20,6 +20,7 @@ import structlog
 import trio
 
 from supervisor import control, jsonlimits, socketfile, spool
+from supervisor.arguments import MAX_LABELS_BYTES
 from supervisor.client import RemoteError
 from supervisor.commands import Commands
 from supervisor.config import Config
@@ -27,7 +28,7 @@ from supervisor.database import DatabaseWriter, ReaderPool
 from supervisor.ingest import Ingestor
 from supervisor.jsonlimits import MAX_DEPTH
 from supervisor.model import utc_now
-from supervisor.protocol import MAX_ID_BYTES, MAX_LABELS_BYTES
+from supervisor.protocol import MAX_ID_BYTES
 from supervisor.slots import SlotManager
 from supervisor.store import Session, Store
 from tests.harness import wait_for
@@ -53,7 +54,9 @@ DEEP_SHAPES = {
     **{f"id {depth} deep": b'{"id": ' + nested(depth) + b', "cmd": "info"}\n' for depth in range(960, 1001, 4)},
     "id 5000 deep": b'{"id": ' + nested(5000) + b', "cmd": "info"}\n',
     "id 200000 deep, never closed": b'{"id": ' + b"[" * 200_000 + b"\n",
-    "labels 983 deep": b'{"id": 1, "cmd": "start", "argv": ["true"], "cwd": "/", "labels": {"a": ' + nested(983) + b"}}\n",
+    "labels 983 deep": b'{"id": 1, "cmd": "start", "argv": ["true"], "cwd": "/", "labels": {"a": '
+    + nested(983)
+    + b"}}\n",
     "objects 983 deep": b'{"id": 1, "cmd": "ps", "labels": ' + b'{"a": ' * 983 + b"1" + b"}" * 983 + b"}\n",
     "one level too deep": b'{"id": ' + nested(MAX_DEPTH) + b', "cmd": "info"}\n',
 }
@@ -130,7 +133,9 @@ def test_labels_that_could_not_be_sent_back_are_refused_before_anything_is_creat
     """start with labels too large or not encodable gets invalid_argument naming labels, and creates no session."""
     connection = Raw(shared_daemon.socket)
     try:
-        connection.send(json.dumps({"id": 1, "cmd": "start", "argv": ["true"], "cwd": "/", "labels": labels}).encode() + b"\n")
+        connection.send(
+            json.dumps({"id": 1, "cmd": "start", "argv": ["true"], "cwd": "/", "labels": labels}).encode() + b"\n"
+        )
         reply = connection.reply()
     finally:
         connection.close()
@@ -176,7 +181,10 @@ def test_a_damaged_row_is_left_out_of_ps_for_everyone_else(daemon, column, value
     connection.close()
     assert [s["id"] for s in daemon.request("ps")] == [healthy["id"]]
     assert [s["id"] for s in daemon.request("ps", labels={"team": "a"})] == [healthy["id"]]
-    wait_for(lambda: f"session {damaged['id']}: column {column}".encode() in daemon.log_path.read_bytes(), what="the damage logged")
+    wait_for(
+        lambda: f"session {damaged['id']}: column {column}".encode() in daemon.log_path.read_bytes(),
+        what="the damage logged",
+    )
     assert daemon.request("delete", session=damaged["id"]) == {"deleted": damaged["id"]}
 
 
@@ -194,7 +202,15 @@ def test_a_damaged_row_is_left_out_of_ps_for_everyone_else(daemon, column, value
         ("env", {"env": {"A=B": "v"}}),
         ("env", {"env": {"": "v"}}),
     ],
-    ids=["NUL in an argument", "NUL in the command", "NUL in cwd", "NUL in an env value", "NUL in an env name", "= in an env name", "empty env name"],
+    ids=[
+        "NUL in an argument",
+        "NUL in the command",
+        "NUL in cwd",
+        "NUL in an env value",
+        "NUL in an env name",
+        "= in an env name",
+        "empty env name",
+    ],
 )
 def test_input_the_shim_cannot_run_is_refused_at_start(shared_daemon, argument, args):
     """start with a NUL in argv, cwd or env, or an env name that is empty or holds '=', gets invalid_argument naming the argument, and nothing is created."""
@@ -326,7 +342,9 @@ class InProcessDaemon:
     trio run, so the stall timeout can be short; everything else is as in slotd."""
 
     def __init__(self, root: Path) -> None:
-        self.config = Config(source=None, state_dir=root / "state", runtime_dir=root / "run", socket=root / "run" / "slotd.sock")
+        self.config = Config(
+            source=None, state_dir=root / "state", runtime_dir=root / "run", socket=root / "run" / "slotd.sock"
+        )
         self.config.state_dir.mkdir(mode=0o700)
         self.config.runtime_dir.mkdir(mode=0o700)
         self.store = Store(self.config.database)
@@ -339,11 +357,22 @@ class InProcessDaemon:
     async def serve(self, nursery: trio.Nursery, stall_timeout: float) -> None:
         await nursery.start(self.ingestor.run)
         sock, _socket_file = await socketfile.bind_socket(self.config.socket, None)
-        serve = functools.partial(control.serve, sock, self.commands, control.PeerPolicy(None), stall_timeout=stall_timeout)
+        serve = functools.partial(
+            control.serve, sock, self.commands, control.PeerPolicy(None), stall_timeout=stall_timeout
+        )
         await nursery.start(serve)
 
     async def create_running_session(self) -> str:
-        session = Session(id=str(uuid.uuid4()), arrival=0, argv=["x"], cwd="/", status="running", slot=1, queued_at=utc_now(), started_at=utc_now())
+        session = Session(
+            id=str(uuid.uuid4()),
+            arrival=0,
+            argv=["x"],
+            cwd="/",
+            status="running",
+            slot=1,
+            queued_at=utc_now(),
+            started_at=utc_now(),
+        )
         await self.writer.run(self.store.create_session, session)
         self.ingestor.register(session.id, 0)
         return session.id
@@ -366,14 +395,26 @@ async def test_a_follower_that_stops_reading_is_let_go_and_slotctl_resumes_witho
                 daemon.ingestor.append(session_id, "stdout", lines[0])
                 await daemon.ingestor.commit_now()
                 slotctl = subprocess.Popen(
-                    [sys.executable, "-m", "supervisor", "--socket", str(daemon.config.socket), "logs", "-f", "--raw", session_id],
+                    [
+                        sys.executable,
+                        "-m",
+                        "supervisor",
+                        "--socket",
+                        str(daemon.config.socket),
+                        "logs",
+                        "-f",
+                        "--raw",
+                        session_id,
+                    ],
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
                 )
                 try:
                     # Its follow has begun once the first row has gone out: then the rest.
                     with trio.fail_after(15):
-                        while slotctl.poll() is None and not await trio.to_thread.run_sync(_pipe_has_data, slotctl.stdout):
+                        while slotctl.poll() is None and not await trio.to_thread.run_sync(
+                            _pipe_has_data, slotctl.stdout
+                        ):
                             await trio.sleep(0.02)
                     for line in lines[1:]:
                         daemon.ingestor.append(session_id, "stdout", line)
@@ -445,7 +486,9 @@ def test_signalling_a_session_lost_before_its_command_started_answers_at_once(ma
         for command, args in (("kill", {"signal": "USR1"}), ("pause", {})):
             began = time.monotonic()
             with daemon.client() as client:
-                reply = next(message for message in client.messages(command, session=session["id"], **args) if "ok" in message)
+                reply = next(
+                    message for message in client.messages(command, session=session["id"], **args) if "ok" in message
+                )
             took = time.monotonic() - began
             assert reply["ok"] is False and reply["error"]["code"] == "invalid_state", reply
             assert took < 1.0, f"{command} took {took:.1f}s"

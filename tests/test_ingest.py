@@ -192,10 +192,15 @@ async def test_rows_are_numbered_consecutively_per_session_after_the_registered_
         (43, "stdin", b"c\n"),
         (44, "stdout", b"\x00\xff\n"),
     ]
-    assert [(r.seq, r.stream, r.data) for r in rows_of(db_path, fresh)] == [(1, "stderr", b"b\n"), (2, "system", b"d\n")]
+    assert [(r.seq, r.stream, r.data) for r in rows_of(db_path, fresh)] == [
+        (1, "stderr", b"b\n"),
+        (2, "system", b"d\n"),
+    ]
 
 
-async def test_nothing_appended_is_in_the_database_before_a_flush(store: RecordingStore, db_path: Path, open_ingestor) -> None:
+async def test_nothing_appended_is_in_the_database_before_a_flush(
+    store: RecordingStore, db_path: Path, open_ingestor
+) -> None:
     """Appended rows stay out of the database until a flush commits them."""
     session_id = new_session(store)
     commits_before = store.commits
@@ -455,7 +460,9 @@ def record_event(ingestor: Ingestor, session_id: str, spool_dir: Path, record: R
     if record.kind == spool.START:
         ingestor.append(session_id, "system", b"started\n", record.timestamp)
     elif record.kind == spool.EXIT:
-        ingestor.append(session_id, "system", b"exit %r %r\n" % (payload["exit_code"], payload["signal"]), record.timestamp)
+        ingestor.append(
+            session_id, "system", b"exit %r %r\n" % (payload["exit_code"], payload["signal"]), record.timestamp
+        )
     ingestor.set_position(session_id, end, spool_dir)
 
 
@@ -578,7 +585,10 @@ async def test_tail_spool_ingests_every_record_once_in_order_and_returns_the_exi
     assert [(r.stream, r.data) for r in rows[1:-1]] == [(STREAM_OF[k], d) for k, d in written]
     assert [r.ts for r in rows] == [record.timestamp for record in records if record.kind != spool.ROTATE]
     session = committed_session(db_path, session_id)
-    assert (session.spool_segment, session.spool_offset) == (last_segment, spool.segment_path(spool_dir, last_segment).stat().st_size)
+    assert (session.spool_segment, session.spool_offset) == (
+        last_segment,
+        spool.segment_path(spool_dir, last_segment).stat().st_size,
+    )
     assert spool.list_segments(spool_dir) == [last_segment]
 
 
@@ -697,7 +707,14 @@ def child_daemon_main(argv: list[str]) -> None:
 
     store.db.set_commit_hook(on_commit)
     trio.run(
-        partial(ingest_session, store, Path(spool_dir), session_id, int(shim_pid) or None, batch_max_bytes=int(batch_max_bytes))
+        partial(
+            ingest_session,
+            store,
+            Path(spool_dir),
+            session_id,
+            int(shim_pid) or None,
+            batch_max_bytes=int(batch_max_bytes),
+        )
     )
 
 
@@ -705,9 +722,21 @@ def child_daemon_main(argv: list[str]) -> None:
 def spawn_child_daemon(db_path: Path) -> Iterator[Callable[..., subprocess.Popen]]:
     children: list[subprocess.Popen] = []
 
-    def spawn(spool_dir: Path, session_id: str, shim_pid: int = 0, crash_at_commit: int = 0, batch_max_bytes: int = 1 << 20) -> subprocess.Popen:
+    def spawn(
+        spool_dir: Path, session_id: str, shim_pid: int = 0, crash_at_commit: int = 0, batch_max_bytes: int = 1 << 20
+    ) -> subprocess.Popen:
         child = subprocess.Popen(
-            [sys.executable, "-c", CHILD_DAEMON, str(db_path), str(spool_dir), session_id, str(shim_pid), str(crash_at_commit), str(batch_max_bytes)],
+            [
+                sys.executable,
+                "-c",
+                CHILD_DAEMON,
+                str(db_path),
+                str(spool_dir),
+                session_id,
+                str(shim_pid),
+                str(crash_at_commit),
+                str(batch_max_bytes),
+            ],
             cwd=REPO,
             stdin=subprocess.DEVNULL,
         )

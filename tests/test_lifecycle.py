@@ -14,7 +14,7 @@ STUBBORN_FAMILY = (
     "import os, signal, subprocess, sys, time\n"
     "child = subprocess.Popen([sys.executable, '-c', "
     "'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-    "print(\"grandchild ready\", flush=True); time.sleep(600)'])\n"
+    'print("grandchild ready", flush=True); time.sleep(600)\'])\n'
     "print('child', child.pid, flush=True)\n"
     "time.sleep(600)\n"
 )
@@ -150,7 +150,9 @@ def test_leftover_processes_end_with_the_command(daemon):
 def test_stop_without_waiting_still_escalates_to_sigkill(make_daemon):
     """stop with wait=false returns at once, and SIGKILL still follows the timeout."""
     daemon = make_daemon(stop_timeout=0.5)
-    stubborn = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('up', flush=True)\ntime.sleep(600)"
+    stubborn = (
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('up', flush=True)\ntime.sleep(600)"
+    )
     session = daemon.start_session(py(stubborn))
     wait_for(lambda: b"up" in daemon.stdout_bytes(session["id"]), what="session up")
     reply = daemon.request("stop", session=session["id"], wait=False)

@@ -145,7 +145,9 @@ def loop_module(thing: Any) -> types.ModuleType:
 @pytest.fixture
 async def parts(tmp_path: Path, virtual_monotonic: None) -> AsyncIterator[Parts]:
     store = Store(tmp_path / "slotd.db")
-    session = Session(id=str(uuid.uuid4()), arrival=0, argv=["true"], cwd="/", status="running", queued_at=utc_now(), slot=1)
+    session = Session(
+        id=str(uuid.uuid4()), arrival=0, argv=["true"], cwd="/", status="running", queued_at=utc_now(), slot=1
+    )
     store.create_session(session)
     writer = CountingWriter(store)
     ingestor = Ingestor(writer, flush_interval=60.0, batch_max_bytes=1 << 20)
@@ -248,7 +250,14 @@ def ended_session(store: Store, days_ago: float) -> str:
     """An ended session that ended days_ago (real time: retention compares wall-clock dates)."""
     ended = iso_from_unix(time.time() - days_ago * 86400)
     session = Session(
-        id=str(uuid.uuid4()), arrival=0, argv=["true"], cwd="/", status="completed", queued_at=ended, ended_at=ended, exit_code=0
+        id=str(uuid.uuid4()),
+        arrival=0,
+        argv=["true"],
+        cwd="/",
+        status="completed",
+        queued_at=ended,
+        ended_at=ended,
+        exit_code=0,
     )
     return store.create_session(session).id
 
@@ -266,7 +275,13 @@ async def test_age_pruning_runs_at_start_then_once_per_prune_interval(clock, tmp
     store = Store(tmp_path / "slotd.db")
     writer = CountingWriter(store)
     readers = ReaderPool(store.path)
-    config = Config(source=None, state_dir=tmp_path, runtime_dir=tmp_path, socket=tmp_path / "slotd.sock", retention=Retention(max_age_days=1))
+    config = Config(
+        source=None,
+        state_dir=tmp_path,
+        runtime_dir=tmp_path,
+        socket=tmp_path / "slotd.sock",
+        retention=Retention(max_age_days=1),
+    )
     first = ended_session(store, days_ago=2)
     try:
         async with trio.open_nursery() as nursery:
@@ -296,11 +311,17 @@ def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
         yield sock
 
 
-async def test_watchdog_pings_stop_while_a_writer_call_is_stuck_and_resume_after(autojump_clock, receiver, tmp_path, monkeypatch):
+async def test_watchdog_pings_stop_while_a_writer_call_is_stuck_and_resume_after(
+    autojump_clock, receiver, tmp_path, monkeypatch
+):
     """WATCHDOG=1 goes out every interval; once one writer call has run for two intervals the pings stop, and they resume when it returns."""
     # Here virtual time must pass while the writer thread works: trio's autojump clock,
     # read by the writer's own stall timer too (from its thread: MockClock allows that).
-    monkeypatch.setattr(loop_module(DatabaseWriter), "time", types.SimpleNamespace(monotonic=autojump_clock.current_time, time=time.time))
+    monkeypatch.setattr(
+        loop_module(DatabaseWriter),
+        "time",
+        types.SimpleNamespace(monotonic=autojump_clock.current_time, time=time.time),
+    )
     store = Store(tmp_path / "slotd.db")
     writer = DatabaseWriter(store)
     interval = 1.0

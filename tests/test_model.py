@@ -37,7 +37,9 @@ def test_the_database_accepts_every_status_and_stream_of_the_vocabulary_and_no_o
     """The schema's CHECK constraints (fixed in its migrations) name exactly the statuses and streams model.py has."""
     store = Store(tmp_path / "slotd.db")
     try:
-        insert = "INSERT INTO sessions (id, arrival, status, slot, argv, cwd, queued_at) VALUES (?, ?, ?, ?, '[]', '/', '')"
+        insert = (
+            "INSERT INTO sessions (id, arrival, status, slot, argv, cwd, queued_at) VALUES (?, ?, ?, ?, '[]', '/', '')"
+        )
         for arrival, status in enumerate([*ALL_STATUSES, "unknown"]):
             slot = 1 if status in ("running", "paused", "waiting_checkpoint") else None
             try:
@@ -53,7 +55,10 @@ def test_the_database_accepts_every_status_and_stream_of_the_vocabulary_and_no_o
         for seq, stream in enumerate([*STREAMS, "unknown"]):
             try:
                 with store.db:
-                    store.db.execute("INSERT INTO transcript (session_id, seq, ts, stream, data) VALUES ('t', ?, 0, ?, x'')", (seq, stream))
+                    store.db.execute(
+                        "INSERT INTO transcript (session_id, seq, ts, stream, data) VALUES ('t', ?, 0, ?, x'')",
+                        (seq, stream),
+                    )
             except apsw.ConstraintError:
                 assert stream == "unknown"
             else:
@@ -66,6 +71,19 @@ def test_every_stored_field_is_on_the_wire_but_the_spool_position() -> None:
     """A session object carries every field of the stored session but where ingest has read its spool to; a new column must be placed on one side."""
     stored = [field.name for field in dataclasses.fields(Session)]
     assert set(stored) - set(SESSION_FIELDS) == {"spool_dir", "spool_segment", "spool_offset"}
-    session = Session(id="s", arrival=1, argv=["true"], cwd="/", status="running", queued_at="", slot=1, spool_dir="/run/x", spool_offset=9)
+    session = Session(
+        id="s",
+        arrival=1,
+        argv=["true"],
+        cwd="/",
+        status="running",
+        queued_at="",
+        slot=1,
+        spool_dir="/run/x",
+        spool_offset=9,
+    )
     assert list(session_view(session)) == list(SESSION_FIELDS)
-    assert session_view(session, LiveState(output_blocked="full")) == {**session_view(session), "output_blocked": "full"}
+    assert session_view(session, LiveState(output_blocked="full")) == {
+        **session_view(session),
+        "output_blocked": "full",
+    }

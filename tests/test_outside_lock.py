@@ -85,6 +85,9 @@ def test_reads_answer_within_100_ms_while_another_process_holds_the_write_lock(d
         daemon.request("resume", session=session_id)
     # Once the lock is gone, what the session printed meanwhile is committed.
     rows_at_release = daemon.request("show", session=session_id)["transcript"]["rows"]
-    wait_for(lambda: daemon.request("show", session=session_id)["transcript"]["rows"] > rows_at_release + 5, what="rows after the lock")
+    wait_for(
+        lambda: daemon.request("show", session=session_id)["transcript"]["rows"] > rows_at_release + 5,
+        what="rows after the lock",
+    )
     daemon.request("stop", session=session_id)
     daemon.wait_ended(session_id)

@@ -86,6 +86,8 @@ def test_session_object_table_lists_exactly_the_fields_of_the_view() -> None:
 def test_the_full_session_object_example_has_exactly_the_fields_of_the_view() -> None:
     """The example of a full session object (as show returns it) has every field of the view and no other."""
     section = level2_section(DOC.read_text(encoding="utf-8"), "The session object")
-    example = re.search(r"^A full session object as `show` returns it:\s*```json\n(.*?)```", section, re.MULTILINE | re.DOTALL)
+    example = re.search(
+        r"^A full session object as `show` returns it:\s*```json\n(.*?)```", section, re.MULTILINE | re.DOTALL
+    )
     assert example is not None, "'## The session object' has no full example"
     assert list(json.loads(example.group(1))) == [*model.SESSION_FIELDS, *model.LIVE_FIELDS, "transcript"]

@@ -113,7 +113,9 @@ def test_truncation_in_slices_keeps_head_tail_and_an_exact_byte_count(tmp_path):
         for _ in range(2):  # a second round moves the marker's count, not the head
             plan = trimming.truncation_plan(reader, session.id, cap, cap * 9 // 10)
             assert plan is not None
-            while trimming.drop_middle_rows(store, session.id, *plan, functools.partial(truncation_marker, cap=cap), max_rows=100):
+            while trimming.drop_middle_rows(
+                store, session.id, *plan, functools.partial(truncation_marker, cap=cap), max_rows=100
+            ):
                 pass
             more = Batch()
             last = reader.last_seq(session.id)

@@ -258,7 +258,11 @@ def start_shim(tmp_path: Path) -> Iterator[Callable[..., ShimRun]]:
     extra_pids: list[tuple[int, float]] = []
 
     def start(
-        argv: list[str], env_extra: dict[str, str] | None = None, shim_env: dict[str, str] | None = None, fifo: bool = True, **spec: Any
+        argv: list[str],
+        env_extra: dict[str, str] | None = None,
+        shim_env: dict[str, str] | None = None,
+        fifo: bool = True,
+        **spec: Any,
     ) -> ShimRun:
         session_dir = tmp_path / f"session{len(runs)}"
         session_dir.mkdir()
@@ -453,8 +457,7 @@ def test_fifo_input_reaches_the_command_stdin_and_is_recorded_as_stdin(start_shi
     run.send_raw(frame[:3])
     run.send_raw(frame[3:])
     run.send_raw(
-        spool.FIFO_FRAME.pack(spool.FIFO_DATA, 6) + b"x\ny\nz\n"
-        + spool.FIFO_FRAME.pack(spool.FIFO_DATA, 5) + b"quit\n"
+        spool.FIFO_FRAME.pack(spool.FIFO_DATA, 6) + b"x\ny\nz\n" + spool.FIFO_FRAME.pack(spool.FIFO_DATA, 5) + b"quit\n"
     )
     records = run.wait_final()
     inputs = [r.data for r in records if r.kind == spool.STDIN]
@@ -539,7 +542,9 @@ def test_a_child_that_ignores_sigterm_and_holds_the_pipes_is_killed_after_stop_t
     stop_timeout = 0.5
     run = start_shim(py(code), stop_timeout=stop_timeout)
     found = run.wait_for(
-        lambda records: b"child up\n" in (out := stream_bytes(records, spool.STDOUT)) and re.search(rb"pid (\d+)\n", out),
+        lambda records: (
+            b"child up\n" in (out := stream_bytes(records, spool.STDOUT)) and re.search(rb"pid (\d+)\n", out)
+        ),
         what="the child's pid and the child up",
     )
     child_pid = int(found.group(1))

@@ -280,14 +280,18 @@ def test_ended_page_walks_every_ended_session_once_latest_first_past_damaged_row
     """ended_page, a page at a time, lists every matching ended session once in list_sessions' order (equal end times, no end time and a damaged row included) and count_ended counts them."""
     store.create_session(new_session(labels={"team": "a"}))  # queued: not ended
     ended = [
-        store.create_session(new_session(status="completed", ended_at=f"2026-01-01T00:00:{second // 2:02d}+00:00", labels={"team": team}))
+        store.create_session(
+            new_session(status="completed", ended_at=f"2026-01-01T00:00:{second // 2:02d}+00:00", labels={"team": team})
+        )
         for second, team in enumerate("abababab")
     ]
-    killed = store.create_session(new_session(status="killed", ended_at="2026-01-02T00:00:00+00:00", labels={"team": "a"}))
+    killed = store.create_session(
+        new_session(status="killed", ended_at="2026-01-02T00:00:00+00:00", labels={"team": "a"})
+    )
     no_end = [store.create_session(new_session(status="failed", labels={"team": "a"})) for _ in range(3)]
     damaged = ended[4]
     with store.write():
-        store.db.execute("UPDATE sessions SET labels = '{\"team\": \"a\", broken' WHERE id = ?", (damaged.id,))
+        store.db.execute('UPDATE sessions SET labels = \'{"team": "a", broken\' WHERE id = ?', (damaged.id,))
 
     def walk(statuses: list[str] | None, labels: dict | None, size: int) -> list[str]:
         listed, cursor = [], None
@@ -302,7 +306,13 @@ def test_ended_page_walks_every_ended_session_once_latest_first_past_damaged_row
     for size in (1, 2, 3, 100):
         assert walk(None, None, size) == everything
     assert walk(["completed"], None, 2) == [s.id for s in reversed(ended) if s is not damaged]
-    assert walk(None, {"team": "a"}, 2) == [killed.id, ended[6].id, ended[2].id, ended[0].id, *(s.id for s in reversed(no_end))]
+    assert walk(None, {"team": "a"}, 2) == [
+        killed.id,
+        ended[6].id,
+        ended[2].id,
+        ended[0].id,
+        *(s.id for s in reversed(no_end)),
+    ]
     assert store.count_ended(None) == 12 and store.count_ended({"team": "b"}) == 4
 
 
@@ -452,7 +462,9 @@ def transcript(store: Store) -> tuple[str, list[Row]]:
     return session.id, rows
 
 
-def test_rows_after_pages_forward_with_stream_and_time_filters(reader: Reader, transcript: tuple[str, list[Row]]) -> None:
+def test_rows_after_pages_forward_with_stream_and_time_filters(
+    reader: Reader, transcript: tuple[str, list[Row]]
+) -> None:
     """rows_after returns rows after a sequence number, oldest first, limited, filtered by stream and by time."""
     session_id, rows = transcript
 
@@ -461,11 +473,14 @@ def test_rows_after_pages_forward_with_stream_and_time_filters(reader: Reader, t
     assert reader.rows_after(session_id, 50, 100) == []
     stderr = [r for r in rows if r.stream == "stderr"]
     assert reader.rows_after(session_id, 0, 100, streams=["stderr"]) == stderr
-    assert reader.rows_after(session_id, 0, 100, streams=["stdout", "system"]) == [r for r in rows if r.stream != "stderr"]
+    assert reader.rows_after(session_id, 0, 100, streams=["stdout", "system"]) == [
+        r for r in rows if r.stream != "stderr"
+    ]
     assert reader.rows_after(session_id, 0, 100, since_ts=1040.0) == rows[39:]
-    assert reader.rows_after(session_id, 0, 3, streams=["stderr"], since_ts=1020.0) == [
-        r for r in stderr if r.ts >= 1020.0
-    ][:3]
+    assert (
+        reader.rows_after(session_id, 0, 3, streams=["stderr"], since_ts=1020.0)
+        == [r for r in stderr if r.ts >= 1020.0][:3]
+    )
 
 
 def test_rows_before_reads_backwards(reader: Reader, transcript: tuple[str, list[Row]]) -> None:
@@ -475,7 +490,9 @@ def test_rows_before_reads_backwards(reader: Reader, transcript: tuple[str, list
     assert reader.rows_before(session_id, 51, 3) == rows[:-4:-1]
     assert reader.rows_before(session_id, 3, 10) == [rows[1], rows[0]]
     assert reader.rows_before(session_id, 1, 10) == []
-    assert reader.rows_before(session_id, 51, 2, streams=["system"]) == [r for r in rows if r.stream == "system"][:-3:-1]
+    assert (
+        reader.rows_before(session_id, 51, 2, streams=["system"]) == [r for r in rows if r.stream == "system"][:-3:-1]
+    )
 
 
 def test_a_stream_filter_finds_a_rare_streams_rows_without_walking_the_session(store: Store, reader: Reader) -> None:

@@ -30,8 +30,7 @@ def test_a_test_file_takes_shared_helpers_from_helpers_or_harness_only(path):
     wrong = sorted(
         name
         for name in imported_modules(path)
-        if name != own
-        and (name.startswith(("tests.test_", "test_", ".")) or name.split(".")[-1] == "conftest")
+        if name != own and (name.startswith(("tests.test_", "test_", ".")) or name.split(".")[-1] == "conftest")
     )
     assert not wrong, f"{path.name} imports {', '.join(wrong)}: move what it needs to tests/helpers.py"
 
@@ -39,5 +38,7 @@ def test_a_test_file_takes_shared_helpers_from_helpers_or_harness_only(path):
 def test_the_harness_does_not_need_pytest():
     """tests/harness.py imports without pytest (nor anything that needs it), so bench/ can start its daemons with it."""
     blocked = "import sys; sys.modules['pytest'] = None; import tests.harness"
-    result = subprocess.run([sys.executable, "-c", blocked], cwd=TESTS.parent, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", blocked], cwd=TESTS.parent, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr

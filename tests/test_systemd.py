@@ -77,7 +77,18 @@ class PrivateSystemd:
         )
         with open(self.log, "wb") as log:
             self.unshare = subprocess.Popen(
-                ["unshare", "--pid", "--fork", "--mount", "--mount-proc", "--propagation", "private", "sh", "-c", script],
+                [
+                    "unshare",
+                    "--pid",
+                    "--fork",
+                    "--mount",
+                    "--mount-proc",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    "-c",
+                    script,
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -103,7 +114,11 @@ class PrivateSystemd:
     def run(self, *command: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         """Run a command inside the namespaces."""
         return subprocess.run(
-            ["nsenter", "-t", str(self.pid), "-m", "-p", *command], capture_output=True, check=check, timeout=120, env=env
+            ["nsenter", "-t", str(self.pid), "-m", "-p", *command],
+            capture_output=True,
+            check=check,
+            timeout=120,
+            env=env,
         )
 
     def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -124,7 +139,9 @@ class PrivateSystemd:
         self.ctl("daemon-reload")
 
     def journal(self) -> str:
-        return self.run("journalctl", "--no-pager", "-o", "cat", "-u", "slotd", check=False).stdout.decode(errors="replace")
+        return self.run("journalctl", "--no-pager", "-o", "cat", "-u", "slotd", check=False).stdout.decode(
+            errors="replace"
+        )
 
     def close(self) -> None:
         """Stop systemd; if it will not go, kill it, which ends every process in its namespace."""
@@ -192,7 +209,9 @@ class Service:
             "print('done', i, flush=True)\n"
             "sys.exit(int(sys.argv[2]))\n"
         )
-        return self.request("start", argv=[sys.executable, "-c", program, str(seconds), str(code), self.marker], cwd="/")["id"]
+        return self.request(
+            "start", argv=[sys.executable, "-c", program, str(seconds), str(code), self.marker], cwd="/"
+        )["id"]
 
     def start_flowing(self, count: int, seconds: float) -> list[str]:
         """Start slotd and `count` numbered-line sessions, once output flows from each."""

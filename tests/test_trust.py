@@ -44,7 +44,9 @@ def mode(path: Path) -> int:
 @needs_root
 @pytest.mark.parametrize("directory", ["state", "run", "run/sessions"])
 @pytest.mark.parametrize("problem", ["owner", "mode"])
-def test_a_directory_another_user_owns_or_may_write_is_refused_at_start(make_daemon, directory: str, problem: str) -> None:
+def test_a_directory_another_user_owns_or_may_write_is_refused_at_start(
+    make_daemon, directory: str, problem: str
+) -> None:
     """A state dir, runtime dir or sessions/ that belongs to another user, or that group and others may write, stops slotd with exit 78 naming it, its owner and its mode."""
     daemon = make_daemon(start=False)
     target = daemon.root / directory
@@ -84,7 +86,9 @@ def test_a_parent_others_may_write_is_refused_unless_it_is_sticky(make_daemon, s
 
 @pytest.mark.parametrize("shape", ["dangling symlink", "file"])
 @pytest.mark.parametrize("key", ["state_dir", "runtime_dir"])
-def test_a_directory_that_is_a_dangling_link_or_a_file_is_one_line_and_exit_78(make_daemon, shape: str, key: str) -> None:
+def test_a_directory_that_is_a_dangling_link_or_a_file_is_one_line_and_exit_78(
+    make_daemon, shape: str, key: str
+) -> None:
     """A state or runtime dir that is a dangling symlink or a regular file stops slotd with one line naming it and exit 78."""
     daemon = make_daemon(start=False, **{key: "there"})
     there = daemon.root / "there"
@@ -121,14 +125,14 @@ def test_every_file_and_directory_slotd_makes_is_private(daemon) -> None:
     wait_for(lambda: b"up" in daemon.stdout_bytes(session["id"]), what="the session's output")
     state, run = daemon.root / "state", daemon.root / "run"
     session_dir = run / "sessions" / session["id"]
-    assert {name: mode(state / name) for name in ("slotd.db", "slotd.db-wal", "slotd.db-shm", "slotd.lock")} == dict.fromkeys(
-        ("slotd.db", "slotd.db-wal", "slotd.db-shm", "slotd.lock"), 0o600
-    )
+    assert {
+        name: mode(state / name) for name in ("slotd.db", "slotd.db-wal", "slotd.db-shm", "slotd.lock")
+    } == dict.fromkeys(("slotd.db", "slotd.db-wal", "slotd.db-shm", "slotd.lock"), 0o600)
     assert [mode(d) for d in (state, run, run / "sessions", session_dir)] == [0o700] * 4
     assert mode(daemon.socket) == 0o600
-    assert {name: mode(session_dir / name) for name in (spool.SPEC_FILE, spool.STDIN_FIFO, "shim.log")} == dict.fromkeys(
-        (spool.SPEC_FILE, spool.STDIN_FIFO, "shim.log"), 0o600
-    )
+    assert {
+        name: mode(session_dir / name) for name in (spool.SPEC_FILE, spool.STDIN_FIFO, "shim.log")
+    } == dict.fromkeys((spool.SPEC_FILE, spool.STDIN_FIFO, "shim.log"), 0o600)
 
 
 def test_a_session_keeps_the_umask_slotd_was_started_with(daemon) -> None:
@@ -270,7 +274,9 @@ def test_socket_group_with_a_directory_the_group_cannot_pass_is_refused_naming_i
     group = empty_group()
     closed = open_root / "closed"
     closed.mkdir(mode=0o700)
-    daemon = DaemonHandle(open_root, {"socket_group": group.gr_name, "state_dir": "closed/state", "runtime_dir": "closed/run"})
+    daemon = DaemonHandle(
+        open_root, {"socket_group": group.gr_name, "state_dir": "closed/state", "runtime_dir": "closed/run"}
+    )
     line = refusal(start_refused(daemon), DaemonExit.CONFIG)
     assert f"socket_group '{group.gr_name}' cannot reach the socket: {closed} (owner root, mode 0700" in line
     assert "o+x" in line
@@ -402,9 +408,13 @@ def test_a_spool_directory_handed_to_another_user_while_the_daemon_was_down_is_n
     daemon.start()
     ended = daemon.wait_ended(session["id"])
     assert ended["status"] == "lost"
-    assert ended["reason"].startswith(f"its spool directory is not trusted: directory {spool_dir} is not safe to use (owner nobody")
+    assert ended["reason"].startswith(
+        f"its spool directory is not trusted: directory {spool_dir} is not safe to use (owner nobody"
+    )
     assert "not trusted" in system_text(daemon.database, session["id"])
-    wait_for(lambda: not alive(recorded["pid"]) and not alive(recorded["shim_pid"]), what="the session's processes to end")
+    wait_for(
+        lambda: not alive(recorded["pid"]) and not alive(recorded["shim_pid"]), what="the session's processes to end"
+    )
 
 
 def test_a_spool_directory_row_naming_another_directory_is_neither_read_nor_removed(make_daemon) -> None:
@@ -423,9 +433,14 @@ def test_a_spool_directory_row_naming_another_directory_is_neither_read_nor_remo
     daemon.start()
     ended = daemon.wait_ended(session["id"])
     assert ended["status"] == "lost"
-    assert ended["reason"] == f"its spool directory is not trusted: {precious} is not where slotd keeps its spool ({daemon.root / 'run' / 'sessions' / session['id']})"
+    assert (
+        ended["reason"]
+        == f"its spool directory is not trusted: {precious} is not where slotd keeps its spool ({daemon.root / 'run' / 'sessions' / session['id']})"
+    )
     assert (precious / "keep").read_text() == "mine\n"
-    wait_for(lambda: not alive(recorded["pid"]) and not alive(recorded["shim_pid"]), what="the session's processes to end")
+    wait_for(
+        lambda: not alive(recorded["pid"]) and not alive(recorded["shim_pid"]), what="the session's processes to end"
+    )
 
 
 def test_walk_names_the_missing_part_and_checks_links_on_the_way(tmp_path: Path) -> None:
@@ -441,7 +456,9 @@ def test_walk_names_the_missing_part_and_checks_links_on_the_way(tmp_path: Path)
 def test_the_systemd_units_do_not_restart_on_a_refusal_to_start(unit: str) -> None:
     """Both units list 78 and 65, the statuses of every refusal an operator must act on, in RestartPreventExitStatus."""
     text = (Path(__file__).parent.parent / "systemd" / unit).read_text()
-    settings = [line.split("=", 1)[1].split() for line in text.splitlines() if line.startswith("RestartPreventExitStatus=")]
+    settings = [
+        line.split("=", 1)[1].split() for line in text.splitlines() if line.startswith("RestartPreventExitStatus=")
+    ]
     assert settings and {str(DaemonExit.CONFIG), str(DaemonExit.DATABASE)} <= set(settings[-1])
 
 
@@ -477,7 +494,9 @@ def test_two_daemons_on_one_runtime_dir_are_refused(make_daemon) -> None:
     first.wait_status(session["id"], "running")
     second = make_daemon(start=False, runtime_dir=str(first.root / "run"), socket=str(first.root / "second.sock"))
     line = refusal(start_refused(second), DaemonExit.ALREADY_RUNNING)
-    assert f"another slotd (pid {first.process.pid}) is already running on runtime directory {first.root / 'run'}" in line
+    assert (
+        f"another slotd (pid {first.process.pid}) is already running on runtime directory {first.root / 'run'}" in line
+    )
     assert (first.root / "run" / "sessions" / session["id"] / spool.STDIN_FIFO).exists()
     assert first.session(session["id"])["status"] == "running"
 
@@ -499,12 +518,17 @@ def test_a_listener_that_answers_with_garbage_is_named_not_a_traceback(make_daem
     daemon = make_daemon(start=False)
     daemon.socket.parent.mkdir(mode=0o700)
     listener = subprocess.Popen(
-        [sys.executable, "-c", (
-            "import socket, sys\n"
-            "s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(); print('ready', flush=True)\n"
-            "while True:\n"
-            "    c, _ = s.accept(); c.recv(100); c.sendall(b'[' * 200000 + b'\\n'); c.close()\n"
-        ), str(daemon.socket)],
+        [
+            sys.executable,
+            "-c",
+            (
+                "import socket, sys\n"
+                "s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(); print('ready', flush=True)\n"
+                "while True:\n"
+                "    c, _ = s.accept(); c.recv(100); c.sendall(b'[' * 200000 + b'\\n'); c.close()\n"
+            ),
+            str(daemon.socket),
+        ],
         stdout=subprocess.PIPE,
     )
     try:

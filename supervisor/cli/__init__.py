@@ -85,10 +85,14 @@ def signal_arg(text: str) -> int | str:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
-    common.add_argument("--socket", default=argparse.SUPPRESS, help="the daemon's socket (default: $SLOTD_SOCKET, else from the config)")
+    common.add_argument(
+        "--socket", default=argparse.SUPPRESS, help="the daemon's socket (default: $SLOTD_SOCKET, else from the config)"
+    )
     common.add_argument("--config", default=argparse.SUPPRESS, help="the daemon's config file, to find its socket")
 
-    parser = argparse.ArgumentParser(prog="slotctl", description="Control slotd, the session supervisor.", parents=[common])
+    parser = argparse.ArgumentParser(
+        prog="slotctl", description="Control slotd, the session supervisor.", parents=[common]
+    )
     parser.add_argument("--version", action="version", version=f"slotctl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -114,9 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("ps", cmd_ps, "list sessions, the ones waiting for a person first")
     p.add_argument("-s", "--status", action="append", default=[], help="only this status (repeatable)")
-    p.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE", help="only sessions with this label")
+    p.add_argument(
+        "-l", "--label", action="append", default=[], metavar="KEY=VALUE", help="only sessions with this label"
+    )
     p.add_argument("-n", "--limit", type=int, help="at most this many")
-    p.add_argument("-a", "--all", action="store_true", help=f"every ended session, not only the {PS_RECENT_ENDED} latest")
+    p.add_argument(
+        "-a", "--all", action="store_true", help=f"every ended session, not only the {PS_RECENT_ENDED} latest"
+    )
 
     p = add("show", cmd_show, "show one session")
     p.add_argument("id")
@@ -124,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("logs", cmd_logs, "print a session's transcript")
     p.add_argument("id")
     p.add_argument("-n", type=int, metavar="N", help="only the last N lines")
-    p.add_argument("--since", type=since_arg, metavar="SEQ|TIME", help="rows after this sequence number, or since this ISO time")
+    p.add_argument(
+        "--since", type=since_arg, metavar="SEQ|TIME", help="rows after this sequence number, or since this ISO time"
+    )
     p.add_argument("--stream", choices=[stream.value for stream in STREAMS], help="one stream only")
     p.add_argument("--raw", action="store_true", help="the exact bytes the command wrote, nothing added")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the session ends")
@@ -154,10 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
     add("delete", cmd_delete, "delete an ended session and its transcript").add_argument("id")
 
     p = add("prune", cmd_prune, "delete ended sessions: those a filter selects, or --all")
-    p.add_argument("--older-than", type=duration_arg, metavar="AGE", help="only those ended longer ago (30s, 12h, 7d, 2w: a unit is required)")
+    p.add_argument(
+        "--older-than",
+        type=duration_arg,
+        metavar="AGE",
+        help="only those ended longer ago (30s, 12h, 7d, 2w: a unit is required)",
+    )
     p.add_argument("-s", "--status", action="append", default=[], help="only this status (repeatable)")
     p.add_argument(
-        "--all", action="store_true",
+        "--all",
+        action="store_true",
         help="every ended session; asks on a terminal unless -y, and without a terminal needs -y (as docker's --force)",
     )
     p.add_argument("-y", "--yes", action="store_true", help="do not ask before --all")

@@ -142,7 +142,13 @@ def cmd_logs(client: Client, args: argparse.Namespace) -> int:
         streams = None
     printer = RowPrinter(mode, streams)
     since_seq, since_time = args.since if args.since is not None else (None, None)
-    request = {"session": args.id, "tail": args.n, "since_seq": since_seq, "since_time": since_time, "stream": args.stream}
+    request = {
+        "session": args.id,
+        "tail": args.n,
+        "since_seq": since_seq,
+        "since_time": since_time,
+        "stream": args.stream,
+    }
     if not args.follow:
         print_rows(client, printer, "logs", **request)
         return CliExit.OK
@@ -213,7 +219,9 @@ def cmd_prune(client: Client, args: argparse.Namespace) -> int:
         # As docker's prune commands: ask on a terminal, and without one refuse rather
         # than delete everything unasked.
         if not sys.stdin.isatty():
-            raise CliError("prune --all deletes every ended session: add -y to confirm (no terminal to ask on)", CliExit.USAGE)
+            raise CliError(
+                "prune --all deletes every ended session: add -y to confirm (no terminal to ask on)", CliExit.USAGE
+            )
         if not confirmed("Delete every ended session and its transcript?"):
             print("slotctl: nothing pruned", file=sys.stderr)
             return CliExit.OK

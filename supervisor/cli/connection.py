@@ -50,7 +50,9 @@ class Reconnecting:
                 self.close()
                 deadline = deadline or time.monotonic() + RECONNECT_SECONDS
                 if time.monotonic() > deadline:
-                    raise CliError(f"lost the daemon and it did not come back within {RECONNECT_SECONDS:g}s", CliExit.UNAVAILABLE) from None
+                    raise CliError(
+                        f"lost the daemon and it did not come back within {RECONNECT_SECONDS:g}s", CliExit.UNAVAILABLE
+                    ) from None
                 time.sleep(0.2)
 
     def close(self) -> None:
@@ -69,9 +71,13 @@ def print_rows(client: Client, printer: RowPrinter, cmd: str, **args: Any) -> di
     raise ConnectionError("no reply")
 
 
-def follow_rows(daemon: Reconnecting, session_id: str, since_seq: int, printer: RowPrinter, stream: str | None) -> dict[str, Any]:
+def follow_rows(
+    daemon: Reconnecting, session_id: str, since_seq: int, printer: RowPrinter, stream: str | None
+) -> dict[str, Any]:
     """Follow a transcript to the session's end, reconnecting if the daemon restarts:
     each attempt asks for the rows after the last one printed, so none comes twice."""
     return daemon.run(
-        lambda client: print_rows(client, printer, "follow", session=session_id, since_seq=max(since_seq, printer.last_seq), stream=stream)
+        lambda client: print_rows(
+            client, printer, "follow", session=session_id, since_seq=max(since_seq, printer.last_seq), stream=stream
+        )
     )

@@ -47,7 +47,9 @@ def human_value(key: str, value: Any) -> str:
     if key == "uptime":
         return age_text(value)
     if key == "live" and isinstance(value, list):
-        return ", ".join(f"slot {item['slot']}: {short_id(item['session'])} {status_text(item)}" for item in value) or "-"
+        return (
+            ", ".join(f"slot {item['slot']}: {short_id(item['session'])} {status_text(item)}" for item in value) or "-"
+        )
     if isinstance(value, (dict, list)):
         return json.dumps(value)
     return str(value)
@@ -124,8 +126,23 @@ def status_text(session: dict[str, Any]) -> str:
 
 def print_session(session: dict[str, Any]) -> None:
     fields = [
-        "id", "status", "slot", "priority", "argv", "cwd", "env", "labels", "pid", "shim_pid",
-        "exit_code", "signal", "reason", "output_blocked", "queued_at", "started_at", "ended_at",
+        "id",
+        "status",
+        "slot",
+        "priority",
+        "argv",
+        "cwd",
+        "env",
+        "labels",
+        "pid",
+        "shim_pid",
+        "exit_code",
+        "signal",
+        "reason",
+        "output_blocked",
+        "queued_at",
+        "started_at",
+        "ended_at",
     ]
     for name in fields:
         value = session.get(name)

@@ -67,7 +67,9 @@ class Commands(SessionCommands, TranscriptCommands, DaemonCommands):
 
     async def handle(self, request: Request, emit: Emit) -> Any:
         if self.shutting_down and request.command not in READ_ONLY_COMMANDS:
-            raise RequestError(ErrorCode.SHUTTING_DOWN, f"slotd is shutting down: {request.command} refused (reads still work)")
+            raise RequestError(
+                ErrorCode.SHUTTING_DOWN, f"slotd is shutting down: {request.command} refused (reads still work)"
+            )
         try:
             return await HANDLERS[type(request)](self, request, emit)
         except tuple(ERROR_CODES) as error:

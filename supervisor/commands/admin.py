@@ -6,8 +6,8 @@ import os
 import time
 from typing import Any
 
-
 from supervisor import __version__
+from supervisor.commands.context import CommandContext, Emit
 from supervisor.diskspace import free_bytes
 from supervisor.model import (
     Status,
@@ -19,7 +19,7 @@ from supervisor.protocol import (
     UndrainRequest,
 )
 from supervisor.store import Reader
-from supervisor.commands.context import CommandContext, Emit
+
 
 class DaemonCommands(CommandContext):
     async def cmd_drain(self, request: DrainRequest, emit: Emit) -> Any:

@@ -25,6 +25,7 @@ from supervisor.protocol import (
 from supervisor.slots import SlotManager
 from supervisor.store import AmbiguousPrefix, Reader, Row, Session
 
+
 class Emit(Protocol):
     """Sends messages of the request being answered (before its final reply), in order."""
 
@@ -109,7 +110,9 @@ class CommandContext:
                         await emit(message)
                         sent += 1
             if sending.cancelled_caught:
-                raise ClientStalled(f"took {PAGE_SEND_DEADLINE:g}s over one page of transcript ({sent} of {len(page)} rows)")
+                raise ClientStalled(
+                    f"took {PAGE_SEND_DEADLINE:g}s over one page of transcript ({sent} of {len(page)} rows)"
+                )
             return PageSent(sent, page[-1].seq if page else None, is_full(page))
 
     async def _current(self, session_id: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import trio
 
+from supervisor.commands.context import PAGE_SEND_DEADLINE, CommandContext, Emit
 from supervisor.model import (
     ALL_STATUSES,
     ENDED_STATUSES,
@@ -37,7 +38,6 @@ from supervisor.protocol import (
     signal_number,
 )
 from supervisor.store import DamagedRow, EndedCursor, Reader, Session
-from supervisor.commands.context import PAGE_SEND_DEADLINE, CommandContext, Emit
 
 # A page of a `ps` listing: the sessions read, shaped and sent at a time.
 PS_PAGE = 200
@@ -47,7 +47,9 @@ def sessions_json(sessions: list[Session]) -> list[dict[str, Any]]:
     return [session_view(session) for session in sessions]
 
 
-def read_unended(reader: Reader, statuses: list[str], labels: dict[str, Any] | None, limit: int | None) -> list[dict[str, Any]]:
+def read_unended(
+    reader: Reader, statuses: list[str], labels: dict[str, Any] | None, limit: int | None
+) -> list[dict[str, Any]]:
     """Every session not ended of these statuses, as JSON (in the reader's thread: a
     page of sessions costs milliseconds to convert, which the event loop must not pay)."""
     return sessions_json(reader.list_sessions(statuses, labels, limit))
@@ -63,7 +65,9 @@ def read_ended_page(
 
 class SessionCommands(CommandContext):
     async def cmd_start(self, request: StartRequest, emit: Emit) -> Any:
-        session = await self.slots.queue.submit(request.argv, request.cwd, request.env, request.labels, request.priority, request.queue)
+        session = await self.slots.queue.submit(
+            request.argv, request.cwd, request.env, request.labels, request.priority, request.queue
+        )
         return session_view(session)
 
     async def cmd_ps(self, request: PsRequest, emit: Emit) -> Any:
@@ -87,8 +91,12 @@ class SessionCommands(CommandContext):
                         'ask with "stream": true (as slotctl does) or a limit',
                     )
 
-        count = await self._list_sessions(statuses, request.labels, request.limit, PS_RECENT_ENDED if recent_only else None, deliver)
-        hidden = max(await self.readers.run(Reader.count_ended, request.labels) - PS_RECENT_ENDED, 0) if recent_only else 0
+        count = await self._list_sessions(
+            statuses, request.labels, request.limit, PS_RECENT_ENDED if recent_only else None, deliver
+        )
+        hidden = (
+            max(await self.readers.run(Reader.count_ended, request.labels) - PS_RECENT_ENDED, 0) if recent_only else 0
+        )
         if request.stream:
             return {"listed": count, "hidden": hidden}
         return {"sessions": listed, "hidden": hidden} if request.count_hidden else listed
@@ -110,7 +118,9 @@ class SessionCommands(CommandContext):
         is not listed again among the ended ones: each is listed once.
         """
         remaining = limit if limit is not None else math.inf
-        unended = [status for status in ALL_STATUSES if status not in ENDED_STATUSES and (not statuses or status in statuses)]
+        unended = [
+            status for status in ALL_STATUSES if status not in ENDED_STATUSES and (not statuses or status in statuses)
+        ]
         ended = [status for status in ENDED_STATUSES if not statuses or status in statuses]
         listed = 0
         seen: set[str] = set()
@@ -126,7 +136,9 @@ class SessionCommands(CommandContext):
         while ended and remaining and ended_left:
             async with self.page_slots:
                 size = int(min(PS_PAGE, remaining, ended_left))
-                page, cursor = await self.readers.run(read_ended_page, ended if statuses else None, labels, cursor, size)
+                page, cursor = await self.readers.run(
+                    read_ended_page, ended if statuses else None, labels, cursor, size
+                )
                 page = [session for session in page if session["id"] not in seen]
                 ended_left -= len(page)
                 await deliver(self._with_output_blocked(page))
@@ -189,7 +201,8 @@ class SessionCommands(CommandContext):
             return {"deleted": session_id}
         if not session.is_ended:
             raise RequestError(
-                ErrorCode.INVALID_STATE, f"cannot delete session {session.id}: it is {session.status} (stop or cancel it first)"
+                ErrorCode.INVALID_STATE,
+                f"cannot delete session {session.id}: it is {session.status} (stop or cancel it first)",
             )
         await self.writer.run(self.writer.store.delete_session, session.id)
         self.ingestor.forget(session.id)
@@ -212,7 +225,9 @@ class SessionCommands(CommandContext):
             statuses = [statuses]
         not_ended = [s for s in statuses if s not in ENDED_STATUSES]
         if not_ended:
-            raise RequestError(ErrorCode.INVALID_ARGUMENT, f"prune: only ended sessions can be pruned, not {', '.join(not_ended)}")
+            raise RequestError(
+                ErrorCode.INVALID_ARGUMENT, f"prune: only ended sessions can be pruned, not {', '.join(not_ended)}"
+            )
         before = None
         if request.older_than is not None:
             if request.older_than > time.time():

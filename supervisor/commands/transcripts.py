@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-
+from supervisor.commands.context import PAGE_BYTES, PAGE_ROWS, CommandContext, Emit, is_full
 from supervisor.model import (
     iso_from_unix,
     session_view,
@@ -18,9 +18,11 @@ from supervisor.protocol import (
     encode_data,
 )
 from supervisor.store import Reader, Row, Session
-from supervisor.commands.context import PAGE_BYTES, PAGE_ROWS, CommandContext, Emit, is_full
 
-def read_page(reader: Reader, session_id: str, after: int, streams: list[str] | None, since_ts: float | None = None) -> list[Row]:
+
+def read_page(
+    reader: Reader, session_id: str, after: int, streams: list[str] | None, since_ts: float | None = None
+) -> list[Row]:
     return reader.rows_after(session_id, after, PAGE_ROWS, streams, since_ts, max_bytes=PAGE_BYTES)
 
 
@@ -75,7 +77,9 @@ def cut_lines(data: bytes, newlines: int) -> bytes:
     return data[cut + 1 :]
 
 
-def read_follow_page(reader: Reader, session_id: str, after: int, streams: list[str] | None) -> tuple[Session | None, list[Row]]:
+def read_follow_page(
+    reader: Reader, session_id: str, after: int, streams: list[str] | None
+) -> tuple[Session | None, list[Row]]:
     """The session as it is, then its rows after `after`: in that order, so a session
     seen ended has all its rows in the page (its end is committed with them)."""
     session = reader.get_session(session_id)
@@ -85,7 +89,9 @@ def read_follow_page(reader: Reader, session_id: str, after: int, streams: list[
 class TranscriptCommands(CommandContext):
     async def cmd_logs(self, request: LogsRequest, emit: Emit) -> Any:
         if request.tail is not None and (request.since_seq is not None or request.since_time is not None):
-            raise RequestError(ErrorCode.INVALID_ARGUMENT, "logs: 'tail' cannot be combined with 'since_seq' or 'since_time'")
+            raise RequestError(
+                ErrorCode.INVALID_ARGUMENT, "logs: 'tail' cannot be combined with 'since_seq' or 'since_time'"
+            )
         session = await self._session(request.session)
         streams = [request.stream] if request.stream else None
         sent = 0
@@ -104,8 +110,12 @@ class TranscriptCommands(CommandContext):
 
             while after < last_seq:
 
-                async def tail_page() -> list[Row]:
-                    return [row for row in await self.readers.run(read_page, session.id, after, streams) if row.seq <= last_seq]
+                async def tail_page(after: int = after) -> list[Row]:
+                    return [
+                        row
+                        for row in await self.readers.run(read_page, session.id, after, streams)
+                        if row.seq <= last_seq
+                    ]
 
                 page = await self._send_page(emit, tail_page, tail_row)
                 sent += page.rows
@@ -118,7 +128,10 @@ class TranscriptCommands(CommandContext):
                 try:
                     since_ts = unix_from_iso(request.since_time)
                 except ValueError:
-                    raise RequestError(ErrorCode.INVALID_ARGUMENT, f"logs: 'since_time' is not an ISO 8601 time: {request.since_time!r}") from None
+                    raise RequestError(
+                        ErrorCode.INVALID_ARGUMENT,
+                        f"logs: 'since_time' is not an ISO 8601 time: {request.since_time!r}",
+                    ) from None
             after = request.since_seq or 0
             if since_ts is not None:
                 after = max(after, await self.readers.run(Reader.seq_before_time, session.id, since_ts))
@@ -126,7 +139,7 @@ class TranscriptCommands(CommandContext):
             last_seq = max(after, await self.readers.run(Reader.last_seq, session.id))
             while True:
 
-                async def next_page() -> list[Row]:
+                async def next_page(after: int = after) -> list[Row]:
                     return await self.readers.run(read_page, session.id, after, streams, since_ts)
 
                 page = await self._send_page(emit, next_page, plain_row)
@@ -147,7 +160,7 @@ class TranscriptCommands(CommandContext):
             # Take the event before reading: a commit after this point wakes us.
             changed = self.ingestor.session_commit_event(session.id)
 
-            async def follow_page() -> list[Row]:
+            async def follow_page(after: int = after) -> list[Row]:
                 nonlocal current
                 current, rows = await self.readers.run(read_follow_page, session.id, after, streams)
                 if current is None:

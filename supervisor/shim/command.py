@@ -102,7 +102,11 @@ class Command:
 
     def kill_group_when_due(self) -> None:
         assert self.proc is not None
-        if self.exited_at is not None and not self.killed_group and time.monotonic() >= self.exited_at + self.stop_timeout:
+        if (
+            self.exited_at is not None
+            and not self.killed_group
+            and time.monotonic() >= self.exited_at + self.stop_timeout
+        ):
             signal_group(self.proc.pid, signal.SIGKILL)
             self.killed_group = True
 
@@ -141,7 +145,9 @@ class MissingWorkingDirectory(OSError):
 
     def __init__(self, cwd: str) -> None:
         self.not_a_directory = os.path.exists(cwd)
-        super().__init__(f"working directory {cwd!r} {'is not a directory' if self.not_a_directory else 'does not exist'}")
+        super().__init__(
+            f"working directory {cwd!r} {'is not a directory' if self.not_a_directory else 'does not exist'}"
+        )
 
 
 def spawn_failure_reason(error: OSError) -> str:

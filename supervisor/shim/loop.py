@@ -32,7 +32,11 @@ class Shim:
         self.command = Command(spec)
         wait = SpoolWait(self.command)
         self.writer = spool.SpoolWriter(
-            session_dir, int(spec["segment_bytes"]), int(spec["max_segments"]), wait.on_spool_blocked, wait.wait_for_spool
+            session_dir,
+            int(spec["segment_bytes"]),
+            int(spec["max_segments"]),
+            wait.on_spool_blocked,
+            wait.wait_for_spool,
         )
         self.output = Output(self.writer, int(spec["max_chunk_bytes"]), flush_interval)
         self.selector = selectors.DefaultSelector()
@@ -48,9 +52,13 @@ class Shim:
         # Opened read-write: the shim is then always a writer of its own FIFO, so reads
         # never see EOF when the daemon closes its end or restarts.
         try:
-            fifo = fsguard.open_owned(spool.STDIN_FIFO, os.O_RDWR | os.O_NONBLOCK, self.dir_fd, stat.S_IFIFO, "input FIFO")
+            fifo = fsguard.open_owned(
+                spool.STDIN_FIFO, os.O_RDWR | os.O_NONBLOCK, self.dir_fd, stat.S_IFIFO, "input FIFO"
+            )
         except FileNotFoundError:
-            return self.refuse("input FIFO missing", f"its input FIFO {self.session_dir / spool.STDIN_FIFO} does not exist")
+            return self.refuse(
+                "input FIFO missing", f"its input FIFO {self.session_dir / spool.STDIN_FIFO} does not exist"
+            )
         except (OSError, fsguard.PathError) as error:
             return self.refuse("input FIFO not usable", f"its input FIFO in {self.session_dir}: {error}")
         # The handler goes in before the spawn: a SIGTERM just after START would

@@ -126,9 +126,7 @@ class Output:
             self.emit(kind, [c for c in [assembler.flush()] if c])
 
     def next_timeout(self, now: float, extra: float | None) -> float | None:
-        deadlines = [
-            d for a in self.assemblers.values() if (d := a.deadline(self.flush_interval)) is not None
-        ]
+        deadlines = [d for a in self.assemblers.values() if (d := a.deadline(self.flush_interval)) is not None]
         if extra is not None:
             deadlines.append(extra)
         if not deadlines:

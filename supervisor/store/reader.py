@@ -145,7 +145,9 @@ class Reader:
             clauses.append(f"status IN ({', '.join('?' for _ in statuses)})")
             filter_args.extend(statuses)
         rows: list[Sequence[Any]] = []
-        select = f"SELECT CAST(ended_at AS BLOB), arrival, {_SELECT_COLUMNS} FROM sessions INDEXED BY sessions_by_end WHERE "
+        select = (
+            f"SELECT CAST(ended_at AS BLOB), arrival, {_SELECT_COLUMNS} FROM sessions INDEXED BY sessions_by_end WHERE "
+        )
         if after is None or after[0] is not None:
             # Without statistics SQLite would pick sessions_by_status and sort them all.
             # ended_at comes back as bytes (it may not be UTF-8) and is compared as the
@@ -156,7 +158,9 @@ class Reader:
                 where.append("(ended_at, arrival) < (CAST(? AS TEXT), ?)")
                 args.extend(after)
             rows = list(
-                self.db.execute(select + " AND ".join(where) + " ORDER BY ended_at DESC, arrival DESC LIMIT ?", [*args, limit])
+                self.db.execute(
+                    select + " AND ".join(where) + " ORDER BY ended_at DESC, arrival DESC LIMIT ?", [*args, limit]
+                )
             )
         if len(rows) < limit:
             # Rows without an end time (a hand-edited row) come last, as in list_sessions.
@@ -165,7 +169,9 @@ class Reader:
             if after is not None and after[0] is None:
                 where.append("arrival < ?")
                 args.append(after[1])
-            rows += self.db.execute(select + " AND ".join(where) + " ORDER BY arrival DESC LIMIT ?", [*args, limit - len(rows)])
+            rows += self.db.execute(
+                select + " AND ".join(where) + " ORDER BY arrival DESC LIMIT ?", [*args, limit - len(rows)]
+            )
         cursor = (rows[-1][0], rows[-1][1]) if len(rows) == limit else None
         return _sessions_from_rows(row[2:] for row in rows), cursor
 
@@ -186,9 +192,7 @@ class Reader:
     # -- transcript ----------------------------------------------------------------
 
     def last_seq(self, session_id: str) -> int:
-        return self.db.execute(
-            "SELECT coalesce(max(seq), 0) FROM transcript WHERE session_id = ?", (session_id,)
-        ).get
+        return self.db.execute("SELECT coalesce(max(seq), 0) FROM transcript WHERE session_id = ?", (session_id,)).get
 
     def transcript_stats(self, session_id: str) -> dict[str, int]:
         rows, size, last = self.db.execute(
@@ -236,7 +240,8 @@ class Reader:
         while lo < hi:
             mid = (lo + hi) // 2
             seq, ts = self.db.execute(
-                "SELECT seq, ts FROM transcript WHERE session_id = ? AND seq >= ? ORDER BY seq LIMIT 1", (session_id, mid)
+                "SELECT seq, ts FROM transcript WHERE session_id = ? AND seq >= ? ORDER BY seq LIMIT 1",
+                (session_id, mid),
             ).get
             if ts >= since_ts:
                 hi = mid
@@ -245,7 +250,12 @@ class Reader:
         return lo - 1
 
     def rows_before(
-        self, session_id: str, before_seq: int, limit: int, streams: Sequence[str] | None = None, max_bytes: int | None = None
+        self,
+        session_id: str,
+        before_seq: int,
+        limit: int,
+        streams: Sequence[str] | None = None,
+        max_bytes: int | None = None,
     ) -> list[Row]:
         """Up to limit rows with seq < before_seq, newest first: reading a transcript backwards."""
         query = "SELECT seq, ts, stream, data FROM transcript WHERE session_id = ? AND seq < ?"

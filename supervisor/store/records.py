@@ -19,6 +19,7 @@ from supervisor.model import ENDED_STATUSES
 
 log = structlog.get_logger()
 
+
 @dataclass(frozen=True)
 class Session:
     id: str
@@ -59,7 +60,20 @@ class Session:
 _SESSION_FIELDS = [f.name for f in dataclasses.fields(Session)]
 _JSON_FIELDS = {"argv", "env", "labels"}
 _SESSION_COLUMNS = ", ".join(_SESSION_FIELDS)
-_TEXT_FIELDS = {"id", "status", "argv", "cwd", "env", "labels", "boot_id", "reason", "queued_at", "started_at", "ended_at", "spool_dir"}
+_TEXT_FIELDS = {
+    "id",
+    "status",
+    "argv",
+    "cwd",
+    "env",
+    "labels",
+    "boot_id",
+    "reason",
+    "queued_at",
+    "started_at",
+    "ended_at",
+    "spool_dir",
+}
 # Text is read as bytes and decoded in _session_from_row: bytes that are not UTF-8 then
 # damage their own row only, not every query that meets them (apsw would raise there).
 _SELECT_COLUMNS = ", ".join(f"CAST({name} AS BLOB)" if name in _TEXT_FIELDS else name for name in _SESSION_FIELDS)
@@ -81,7 +95,9 @@ def _session_from_row(row: Sequence[Any]) -> Session:
                 values[name] = jsonlimits.loads(value)
             except (TypeError, ValueError) as error:
                 raise DamagedRow(session_id, name, f"is not valid JSON ({error})") from None
-        elif not (value is None or isinstance(value, (int, str)) or (isinstance(value, float) and math.isfinite(value))):
+        elif not (
+            value is None or isinstance(value, (int, str)) or (isinstance(value, float) and math.isfinite(value))
+        ):
             raise DamagedRow(session_id, name, f"holds {type(value).__name__} {str(value)[:40]}, not text or a number")
     values["stop_requested"] = bool(values["stop_requested"])
     return Session(**values)

@@ -31,6 +31,7 @@ def truncation_plan(reader: Reader, session_id: str, cap: int, target: int) -> t
         return None
     return head_end, tail_start
 
+
 def _scan_until(reader: Reader, session_id: str, budget: int, order: str) -> int | None:
     """The last seq reached, scanning rows in `order`, before their bytes pass budget."""
     reached = None
@@ -53,7 +54,12 @@ def sessions_over_cap(store: Store, cap: int) -> list[str]:
 
 
 def drop_middle_rows(
-    store: Store, session_id: str, head_end: int, tail_start: int, marker_text: Callable[[int], bytes], max_rows: int = 256
+    store: Store,
+    session_id: str,
+    head_end: int,
+    tail_start: int,
+    marker_text: Callable[[int], bytes],
+    max_rows: int = 256,
 ) -> int:
     """Drop up to max_rows of the oldest rows strictly between head_end and
     tail_start (a truncation_plan), keeping one marker row there, whose text is
@@ -109,6 +115,7 @@ def drop_middle_rows(
         )
         return dropped
 
+
 def oldest_ended(store: Store, limit: int) -> list[str]:
     return [
         sid
@@ -118,6 +125,7 @@ def oldest_ended(store: Store, limit: int) -> list[str]:
             (*ENDED_STATUSES, limit),
         )
     ]
+
 
 def used_bytes(store: Store) -> int:
     """Bytes the database's live pages take (free pages excluded)."""
