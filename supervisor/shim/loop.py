@@ -40,6 +40,13 @@ class Shim:
         )
         self.output = Output(self.writer, int(spec["max_chunk_bytes"]), flush_interval)
         self.selector = selectors.DefaultSelector()
+        # CPython runs a signal's Python handler between bytecodes, so one that lands
+        # just before select() starts to wait would run (and forward a SIGTERM) only
+        # once select() returned for another reason, perhaps never. The C-level handler
+        # writes the signal to this pipe, which wakes select() (set_wakeup_fd).
+        self.wakeup, wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wakeup_write, warn_on_full_buffer=False)
+        self.selector.register(self.wakeup, selectors.EVENT_READ, "signal")
 
     def refuse(self, reason: str, detail: str) -> int:
         """End without starting the command: the spool says why, as for a failed spawn."""
@@ -109,8 +116,19 @@ class Shim:
                     stdin.on_fifo_readable()
                 elif tag == "stdin":
                     stdin.on_stdin_writable()
+                elif tag == "signal":
+                    drain(self.wakeup)  # its handler has run by now, between bytecodes
                 elif tag == "exit":
                     self.selector.unregister(key.fileobj)
                     if command.exited_at is None:  # else reaped while the spool waited for room
                         command.command_exited()
             self.output.flush_due(now)
+
+
+def drain(fd: int) -> None:
+    """Read a non-blocking pipe empty."""
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
