@@ -38,6 +38,8 @@ def find_socket(socket_path: str | None = None, config_path: str | None = None) 
 
 
 class Client:
+    """A blocking connection to the daemon: one request at a time, replies as they come."""
+
     def __init__(self, path: Path, timeout: float | None = None) -> None:
         self.path = path
         self._next_id = 1

@@ -31,6 +31,8 @@ PiB = 1024 * TiB
 
 @dataclass(frozen=True)
 class Retention:
+    """The [retention] table: per-session cap, age and database budget."""
+
     # Transcript bytes kept per session (head and tail, with a marker between); 0 = no cap.
     max_session_bytes: int = 256 * MiB
     # Ended sessions older than this many days are pruned; 0 = keep forever.
@@ -41,6 +43,8 @@ class Retention:
 
 @dataclass(frozen=True)
 class Config:
+    """slotd's configuration, every key checked at load (config.toml documents each)."""
+
     source: Path | None
     state_dir: Path
     runtime_dir: Path

@@ -35,6 +35,8 @@ SEND_TIMEOUT = 30.0
 
 
 class Controls:
+    """What a client may do to a live or queued session: stop, kill, pause, resume, cancel, send."""
+
     def __init__(
         self, config: Config, writer: DatabaseWriter, ingestor: Ingestor, live: LiveSessions, runner: SessionRunner
     ) -> None:

@@ -225,6 +225,8 @@ def check_database_present(config: Config, lock_history: str) -> None:
 
 
 class Daemon:
+    """One run of slotd: its signals, its shutdown, and the nursery tree of its parts."""
+
     def __init__(
         self, config: Config, session_umask: int = 0o022, lock_fd: int | None = None, lock_history: str = ""
     ) -> None:

@@ -24,6 +24,8 @@ log = structlog.get_logger()
 
 
 class Dispatcher:
+    """The queue: takes new sessions, and starts the next queued one whenever a slot is free."""
+
     def __init__(
         self, config: Config, writer: DatabaseWriter, ingestor: Ingestor, live: LiveSessions, runner: SessionRunner
     ) -> None:

@@ -24,6 +24,8 @@ log = structlog.get_logger()
 
 
 class Ingestor:
+    """Collects rows and session changes into batches and commits each in one transaction."""
+
     def __init__(self, writer: DatabaseWriter, flush_interval: float, batch_max_bytes: int) -> None:
         self.writer = writer
         self.flush_interval = flush_interval

@@ -85,6 +85,8 @@ class ShimReaper:
 
 
 class SessionRunner:
+    """Starts a session's shim, follows its spool to the end, and records how it ended."""
+
     def __init__(
         self, config: Config, writer: DatabaseWriter, ingestor: Ingestor, live: LiveSessions, session_umask: int = 0o022
     ) -> None:

@@ -22,6 +22,8 @@ from supervisor.store import Reader
 
 
 class DaemonCommands(CommandContext):
+    """Handlers about the daemon itself: drain, undrain, info, shutdown."""
+
     async def cmd_drain(self, request: DrainRequest, emit: Emit) -> Any:
         await self.slots.queue.set_draining(True)
         return await self.cmd_info(InfoRequest(), emit)

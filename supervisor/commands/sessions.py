@@ -64,6 +64,8 @@ def read_ended_page(
 
 
 class SessionCommands(CommandContext):
+    """Handlers of the commands about sessions: start, ps, show, the controls, delete, send, prune."""
+
     async def cmd_start(self, request: StartRequest, emit: Emit) -> Any:
         session = await self.slots.queue.submit(
             request.argv, request.cwd, request.env, request.labels, request.priority, request.queue

@@ -87,6 +87,8 @@ def read_follow_page(
 
 
 class TranscriptCommands(CommandContext):
+    """Handlers that read transcripts: logs and follow."""
+
     async def cmd_logs(self, request: LogsRequest, emit: Emit) -> Any:
         if request.tail is not None and (request.since_seq is not None or request.since_time is not None):
             raise RequestError(

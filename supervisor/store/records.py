@@ -22,6 +22,8 @@ log = structlog.get_logger()
 
 @dataclass(frozen=True)
 class Session:
+    """A session's row as stored (the wire view is model.session_view)."""
+
     id: str
     arrival: int
     argv: list[str]
