@@ -215,5 +215,11 @@ class Controls:
                 for live in pending:
                     session = await self.writer.run(self.writer.store.get_session, live.id)
                     if session is not None and session.status in LIVE_STATUSES:
-                        nursery.start_soon(self.stop, session, None, True)
+                        nursery.start_soon(self._stop_if_live, session)
             await trio.sleep(0.05)  # a start that was mid-way has registered or backed off
+
+    async def _stop_if_live(self, session: Session) -> None:
+        try:
+            await self.stop(session, None, True)
+        except SessionNotLive:
+            pass  # it ended between the read and the stop: nothing is left to stop
