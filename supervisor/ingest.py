@@ -5,6 +5,9 @@ It assigns sequence numbers, collects a batch, and commits it in one transaction
 flush (every flush_interval, or sooner when the batch is full or someone must know the
 batch is durable). Each batch also stores the spool position it reached, so after a crash
 ingest resumes where the last commit left off: no row lost, none twice, no gap.
+
+Followers do not wait for the commit: a row read from a spool is theirs as soon as it is
+numbered (livefeed.py says why it can never change after that).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import trio
 
 from supervisor import spool
 from supervisor.database import DatabaseWriter
+from supervisor.livefeed import LiveFeed
 from supervisor.store import Batch, Row
 
 log = structlog.get_logger()
@@ -43,7 +47,14 @@ class Ingestor:
         self._open_generation = 0
         self._committed_generation = -1
         self._committed = trio.Event()
-        self._session_committed: dict[str, trio.Event] = {}
+        self._session_changed: dict[str, trio.Event] = {}
+        # Counts commits, deletions and cancels (of any session): a follower that saw it
+        # unchanged since it last read the database has nothing new to read there.
+        self.changes = 0
+        self.live_feed = LiveFeed()
+        # Sessions whose spool is read again after a restart -> the rows the daemon wrote
+        # itself meanwhile, (stream, data, ts), numbered once that is done (see replay).
+        self._replaying: dict[str, list[tuple[str, bytes, float]]] = {}
         self.rows_committed = 0
         self.bytes_committed = 0
         self.last_commit_at = time.monotonic()
@@ -54,6 +65,7 @@ class Ingestor:
     def register(self, session_id: str, last_seq: int) -> None:
         """Start numbering a session's rows after last_seq (its highest committed)."""
         self._next_seq.setdefault(session_id, last_seq + 1)
+        self.live_feed.register(session_id, last_seq)
 
     def is_registered(self, session_id: str) -> bool:
         return session_id in self._next_seq
@@ -62,14 +74,48 @@ class Ingestor:
         """The session is deleted: stop numbering it, and wake whoever follows it."""
         self._next_seq.pop(session_id, None)
         self._spool_dirs.pop(session_id, None)
+        self._replaying.pop(session_id, None)
+        self.live_feed.forget(session_id)
         self._wake_followers({session_id})
 
-    def append(self, session_id: str, stream: str, data: bytes, ts: float | None = None) -> int:
+    def append(self, session_id: str, stream: str, data: bytes, ts: float | None = None) -> int | None:
+        """A row the daemon writes itself (a system note): followers get it once it is
+        committed. Returns its seq, or None while the session's spool is replayed: then
+        it is numbered once that is done."""
+        ts = time.time() if ts is None else ts
+        if (waiting := self._replaying.get(session_id)) is not None:
+            waiting.append((stream, data, ts))
+            return None
+        return self._add(Row(session_id, self._number(session_id), ts, stream, data), from_spool=False)
+
+    def append_read(self, session_id: str, stream: str, data: bytes, ts: float) -> int:
+        """A row read from the session's spool: followers may get it at once."""
+        return self._add(Row(session_id, self._number(session_id), ts, stream, data), from_spool=True)
+
+    def replay(self, session_id: str) -> None:
+        """The session's spool is about to be read again from its committed position (a
+        restart): its rows must take the numbers the daemon before gave them, which
+        followers may have been sent. So rows the daemon writes itself meanwhile wait
+        (and take no number) until replayed() says the spool is read past where it ended
+        then."""
+        self._replaying.setdefault(session_id, [])
+
+    def replayed(self, session_id: str) -> None:
+        """The replay is done (or was never begun): number the rows that waited for it."""
+        for stream, data, ts in self._replaying.pop(session_id, ()):
+            self._add(Row(session_id, self._number(session_id), ts, stream, data), from_spool=False)
+
+    def _number(self, session_id: str) -> int:
         seq = self._next_seq[session_id]
         self._next_seq[session_id] = seq + 1
-        self._batch.add_row(Row(session_id, seq, time.time() if ts is None else ts, stream, data))
-        self._mark_work()
         return seq
+
+    def _add(self, row: Row, from_spool: bool) -> int:
+        self._batch.add_row(row)
+        self._mark_work()
+        if self.live_feed.add(row, from_spool):
+            self._wake_followers({row.session_id}, committed=False)
+        return row.seq
 
     def set_position(self, session_id: str, position: spool.Position, spool_dir: Path) -> None:
         self._batch.positions[session_id] = (position.segment, position.offset)
@@ -107,18 +153,21 @@ class Ingestor:
         """Wait for the next successful commit (of any session)."""
         await self._committed.wait()
 
-    def session_commit_event(self, session_id: str) -> trio.Event:
-        """Set by the next commit that changes this session (or by its deletion): take
-        it before reading, wait on it after, and no change slips in between."""
-        return self._session_committed.setdefault(session_id, trio.Event())
+    def session_event(self, session_id: str) -> trio.Event:
+        """Set by the next row of this session followers may get, by the next commit
+        that changes it, or by its deletion: take it before reading, wait on it after,
+        and no change slips in between."""
+        return self._session_changed.setdefault(session_id, trio.Event())
 
     def notify_changed(self, session_id: str) -> None:
         """A change made outside the batch (cancel): wake who follows the session."""
         self._wake_followers({session_id})
 
-    def _wake_followers(self, session_ids: set[str]) -> None:
+    def _wake_followers(self, session_ids: set[str], committed: bool = True) -> None:
+        if committed:
+            self.changes += 1
         for session_id in session_ids:
-            event = self._session_committed.pop(session_id, None)
+            event = self._session_changed.pop(session_id, None)
             if event is not None:
                 event.set()
 
@@ -174,6 +223,7 @@ class Ingestor:
             self.bytes_committed += batch.size
             self.last_commit_at = time.monotonic()
             self._delete_ingested_segments(batch)
+            self.live_feed.committed(batch.rows)
             self._wake_followers(batch.touched())
         self._committed_generation = generation
         event, self._committed = self._committed, trio.Event()

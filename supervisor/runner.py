@@ -227,6 +227,7 @@ class SessionRunner:
             live.started.set()
         self.live.add(live)
         await register(self.writer, self.ingestor, session.id)
+        self.ingestor.replay(session.id)  # so this note takes no number a follower saw
         self.ingestor.append(session.id, "system", f"{note}\n".encode())
         assert self._nursery is not None
         position = spool.Position(session.spool_segment, session.spool_offset)
@@ -264,6 +265,8 @@ class SessionRunner:
             bound.exception("session_watch_failed")
             reason = f"slotd could not follow it ({type(error).__name__}: {error})"
         finally:
+            # A tail that stopped short of its replay's end: what waited for it goes now.
+            self.ingestor.replayed(live.id)
             # A shim still running here is left to the next daemon on purpose
             # (shutdown with on_shutdown = "keep"); reap the ones that have ended.
             self.shims.reap_finished()

@@ -317,6 +317,18 @@ class SpoolReader:
         self.close()
 
 
+def end_position(session_dir: Path) -> Position:
+    """Where the spool ends now: its last segment and that segment's size (which may
+    include a record still being written)."""
+    segments = list_segments(session_dir)
+    if not segments:
+        return Position(0, 0)
+    try:
+        return Position(segments[-1], segment_path(session_dir, segments[-1]).stat().st_size)
+    except FileNotFoundError:
+        return Position(segments[-1], 0)
+
+
 def delete_segments_before(session_dir: Path, segment: int) -> None:
     """Remove segments wholly ingested: every number below the committed one."""
     for number in list_segments(session_dir):

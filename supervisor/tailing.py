@@ -75,6 +75,10 @@ async def tail_spool(
     the session's outcome cannot be known.
     """
     reader = spool.SpoolReader(spool_dir, position)
+    # After a restart the daemon's own rows wait until the spool is read as far as it
+    # reached when this tail began, which is past every record a daemon before could
+    # have read and shown (Ingestor.replay); or until nothing more is there to read.
+    replay_end: spool.Position | None = spool.end_position(spool_dir)
     try:
         watch: DirectoryWatch | None = DirectoryWatch(spool_dir)
     except OSError as error:
@@ -92,7 +96,7 @@ async def tail_spool(
             latest_output = None
             for record, record_end in items:
                 if record.kind in spool.STREAM_NAMES:
-                    ingestor.append(session_id, spool.STREAM_NAMES[record.kind], record.data, record.timestamp)
+                    ingestor.append_read(session_id, spool.STREAM_NAMES[record.kind], record.data, record.timestamp)
                     ingestor.set_position(session_id, record_end, spool_dir)
                     if record.kind != spool.STDIN:
                         latest_output = record.data
@@ -101,6 +105,7 @@ async def tail_spool(
                     ingestor.set_position(session_id, record_end, spool_dir)
                     continue
                 if record.kind in (spool.EXIT, spool.SPAWN_FAILED):
+                    ingestor.replayed(session_id)  # the spool's end: every output is read
                     # The last output's checkpoint check goes before the exit is
                     # recorded: nothing may change a session's status after its end.
                     if latest_output is not None:
@@ -110,6 +115,9 @@ async def tail_spool(
                 on_event(record, record_end)
             if latest_output is not None:
                 on_output(latest_output)
+            if replay_end is not None and (not items or reader.position >= replay_end):
+                ingestor.replayed(session_id)
+                replay_end = None
             if items:
                 await trio.lowlevel.checkpoint()
                 continue

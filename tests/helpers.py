@@ -45,6 +45,32 @@ def alive(pid: int | None) -> bool:
         return False
 
 
+# Holds BEGIN EXCLUSIVE on the database, says so, and lets go after argv[2] seconds.
+LOCKER = (
+    "import sqlite3, sys, time\n"
+    "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+    "db.execute('BEGIN EXCLUSIVE')\n"
+    "print('locked', flush=True)\n"
+    "time.sleep(float(sys.argv[2]))\n"
+    "db.execute('COMMIT')\n"
+)
+
+
+@contextlib.contextmanager
+def write_lock_held(database: Path) -> Iterator[None]:
+    """Another process holds the database's write lock (BEGIN EXCLUSIVE) until the end
+    of the block: the daemon reads on, but commits nothing meanwhile."""
+    locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(database), "600"], stdout=subprocess.PIPE)
+    try:
+        assert locker.stdout is not None and locker.stdout.readline() == b"locked\n"
+        yield
+    finally:
+        locker.kill()
+        locker.wait()
+        assert locker.stdout is not None
+        locker.stdout.close()
+
+
 def end_shim_run(process: subprocess.Popen, records: list[spool.Record]) -> None:
     """Teardown of a test's own shim: if it recorded no exit, end its command's group
     (verified by the start ticks in its START record), then the shim itself."""

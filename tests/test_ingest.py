@@ -451,6 +451,113 @@ async def test_spool_segments_are_deleted_once_a_later_position_is_committed(
     assert spool.list_segments(spool_dir) == [2, 3]
 
 
+# -- what followers get before the commit -------------------------------------------------
+
+
+async def ingestor_of_a_new_session(store: Store, open_ingestor, **settings: Any) -> tuple[Ingestor, str]:
+    session_id = new_session(store)
+    ingestor = await open_ingestor(**settings)
+    ingestor.register(session_id, 0)
+    return ingestor, session_id
+
+
+def numbered(db_path: Path, session_id: str) -> list[tuple[int, bytes]]:
+    return [(row.seq, row.data) for row in rows_of(db_path, session_id)]
+
+
+def read_ahead(ingestor: Ingestor, session_id: str, after: int, streams: list[str] | None = None, max_rows: int = 500):
+    """(seqs, through) of what a follower at `after` may be sent before the commit, or None."""
+    ahead = ingestor.live_feed.read_ahead(session_id, after, streams, max_rows, 1 << 20)
+    return None if ahead is None else ([row.seq for row in ahead.rows], ahead.through)
+
+
+async def test_rows_read_from_a_spool_are_followed_before_their_commit_but_none_past_a_daemon_row(
+    store: RecordingStore, db_path: Path, open_ingestor
+) -> None:
+    """Rows read from a spool can be sent to followers at once; a row the daemon writes itself holds back itself and every row after it until they are committed."""
+    ingestor, session_id = await ingestor_of_a_new_session(store, open_ingestor)
+    ingestor.append_read(session_id, "stdout", b"a\n", 1.0)
+    ingestor.append_read(session_id, "stderr", b"b\n", 2.0)
+    assert read_ahead(ingestor, session_id, 0) == ([1, 2], 2)
+    assert read_ahead(ingestor, session_id, 0, max_rows=1) == ([1], 1)
+    assert read_ahead(ingestor, session_id, 0, streams=["stderr"]) == ([2], 2)
+    ingestor.append(session_id, "system", b"paused\n")
+    ingestor.append_read(session_id, "stdout", b"c\n", 3.0)
+    assert read_ahead(ingestor, session_id, 2) == ([], 2)
+    assert rows_of(db_path, session_id) == []
+
+    await ingestor.commit_now()
+    assert numbered(db_path, session_id) == [
+        (1, b"a\n"),
+        (2, b"b\n"),
+        (3, b"paused\n"),
+        (4, b"c\n"),
+    ]
+    assert read_ahead(ingestor, session_id, 2) is None  # committed: the database has them
+    ingestor.append_read(session_id, "stdout", b"d\n", 4.0)
+    assert read_ahead(ingestor, session_id, 4) == ([5], 5)
+
+
+async def test_rows_the_daemon_writes_during_a_replay_are_numbered_after_it(
+    store: RecordingStore, db_path: Path, open_ingestor
+) -> None:
+    """While a spool is read again after a restart, a row the daemon writes takes no number until the replay is done, so the rows read again keep theirs."""
+    ingestor, session_id = await ingestor_of_a_new_session(store, open_ingestor)
+    ingestor.replay(session_id)
+    assert ingestor.append(session_id, "system", b"re-attached\n") is None
+    assert ingestor.append_read(session_id, "stdout", b"a\n", 1.0) == 1
+    assert ingestor.append_read(session_id, "stdout", b"b\n", 2.0) == 2
+    ingestor.replayed(session_id)
+    assert ingestor.append_read(session_id, "stdout", b"c\n", 3.0) == 4
+    await ingestor.commit_now()
+    assert numbered(db_path, session_id) == [
+        (1, b"a\n"),
+        (2, b"b\n"),
+        (3, b"re-attached\n"),
+        (4, b"c\n"),
+    ]
+
+
+async def test_a_replayed_spool_numbers_a_daemon_row_after_every_record_there_when_the_tail_began(
+    store: RecordingStore, db_path: Path, spool_dir: Path, open_ingestor, nursery: trio.Nursery
+) -> None:
+    """A note written while a live session's spool is replayed is numbered after every record the spool held when its tail began, and before the records written later."""
+    writer = SpoolWriter(spool_dir, segment_bytes=1 << 20, max_segments=4)
+    for index in range(3):
+        writer.append(spool.STDOUT, b"before %d\n" % index)
+    session_id = new_session(store, spool_dir=spool_dir)
+    ingestor = await open_ingestor(flush_interval=0.01)
+    ingestor.register(session_id, 0)
+    ingestor.replay(session_id)
+    ingestor.append(session_id, "system", b"re-attached\n")
+    shim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    ended = trio.Event()
+
+    async def tail() -> None:
+        await tail_spool(session_id, spool_dir, Position(0, 0), shim.pid, ingestor, lambda *_: None, lambda _: None)
+        ended.set()
+
+    try:
+        nursery.start_soon(tail)
+        await poll_until(lambda: row_count(db_path, session_id) == 4, "the rows read again and the note")
+        writer.append(spool.STDOUT, b"after\n")
+        writer.append_event(spool.EXIT, {"exit_code": 0, "signal": None, "ended_at": time.time()})
+        writer.close()
+        with trio.fail_after(DEADLINE):
+            await ended.wait()
+        await ingestor.commit_now()
+    finally:
+        shim.kill()
+        shim.wait()
+    assert numbered(db_path, session_id) == [
+        (1, b"before 0\n"),
+        (2, b"before 1\n"),
+        (3, b"before 2\n"),
+        (4, b"re-attached\n"),
+        (5, b"after\n"),
+    ]
+
+
 # -- one daemon's ingest of one session: what slots.py does, reduced to the ingest path ---
 
 

@@ -10,20 +10,10 @@ from typing import Any
 
 from supervisor.client import RemoteError
 from tests.harness import DaemonHandle, wait_for
-from tests.helpers import py
+from tests.helpers import LOCKER, py
 
 LOCK_SECONDS = 3.0
 COUNTER = "import time\nfor i in range(100000): print(i, flush=True); time.sleep(0.05)"
-
-# Holds BEGIN EXCLUSIVE on the database, says so, and lets go after argv[2] seconds.
-LOCKER = (
-    "import sqlite3, sys, time\n"
-    "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-    "db.execute('BEGIN EXCLUSIVE')\n"
-    "print('locked', flush=True)\n"
-    "time.sleep(float(sys.argv[2]))\n"
-    "db.execute('COMMIT')\n"
-)
 
 
 def test_reads_answer_within_100_ms_while_another_process_holds_the_write_lock(daemon: DaemonHandle) -> None:

@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,10 +16,18 @@ import apsw
 import psutil
 import pytest
 
+from supervisor.commands.transcripts import row_message
 from supervisor.processes import ProcessRef, kill_process, signal_group
 from supervisor.processes import alive as alive_ref
 from tests.harness import wait_for
-from tests.helpers import alive, assert_numbers_exactly_once, py, start_refused, system_text
+from tests.helpers import (
+    alive,
+    assert_numbers_exactly_once,
+    py,
+    start_refused,
+    system_text,
+    write_lock_held,
+)
 
 # Prints numbered lines as fast as it can for about `seconds` (or until the file `gate`
 # exists), then exits with `code`.
@@ -218,6 +227,73 @@ def test_logs_follow_across_a_restart_prints_every_line_once(daemon):
             follower.wait()
     assert follower.returncode == 0, err
     assert out == b"".join(f"{i}\n".encode() for i in range(60))
+
+
+# Prints a numbered line every 10 ms until the file argv[1] exists.
+TICKS_UNTIL = (
+    "import os, sys, time\n"
+    "i = 0\n"
+    "while not os.path.exists(sys.argv[1]):\n"
+    "    print(i, flush=True); i += 1; time.sleep(0.01)\n"
+)
+
+
+def test_rows_followed_before_their_commit_are_stored_the_same_after_a_sigkill(daemon, tmp_path):
+    """logs -f prints rows the daemon read but could not commit; after a SIGKILL and restart it reconnects, and what it printed equals the committed transcript, row for row, none twice."""
+    gate = tmp_path / "gate"
+    session_id = daemon.start_session([*py(TICKS_UNTIL), str(gate)])["id"]
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "supervisor", "--socket", str(daemon.socket), "logs", "-f", "--json", session_id],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    printed: list[dict] = []
+
+    def collect() -> None:
+        assert follower.stdout is not None
+        printed.extend(json.loads(line) for line in follower.stdout)
+
+    collecting = threading.Thread(target=collect, daemon=True)
+    collecting.start()
+    try:
+        wait_for(lambda: len(printed) > 5, what="the first rows")
+        with write_lock_held(daemon.database):
+            committed = last_committed_seq(daemon, session_id)
+            # Read, sent and printed, but not committed: the lock holds every commit back.
+            wait_for(lambda: printed[-1]["seq"] > committed + 5, what="rows printed before their commit")
+            daemon.kill9()
+        assert last_committed_seq(daemon, session_id) == committed
+        printed_before_restart = len(printed)
+        daemon.start()
+        wait_for(lambda: len(printed) > printed_before_restart + 5, what="rows after the restart")
+        gate.touch()
+        follower.wait(60)  # not communicate(): the thread reads stdout
+        collecting.join(10)
+        assert follower.stderr is not None
+        err = follower.stderr.read()
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+        for pipe in (follower.stdout, follower.stderr):
+            if pipe is not None:
+                pipe.close()
+    assert follower.returncode == 0, err
+    reader = daemon.reader()
+    try:
+        stored = [row_message(row) for row in reader.iter_transcript(session_id)]
+    finally:
+        reader.close()
+    assert [row["seq"] for row in printed] == sorted({row["seq"] for row in printed}), "a row printed twice"
+    assert printed == stored
+
+
+def last_committed_seq(daemon, session_id: str) -> int:
+    reader = daemon.reader()
+    try:
+        return reader.last_seq(session_id)
+    finally:
+        reader.close()
 
 
 def assert_processes_match_statuses(daemon) -> None:

@@ -158,9 +158,30 @@ class TranscriptCommands(CommandContext):
         streams = [request.stream] if request.stream else None
         after = request.since_seq
         current: Session | None = None
+        feed = self.ingestor.live_feed
+        looked_at: int | None = None  # self.ingestor.changes when the database was last read
         while True:
-            # Take the event before reading: a commit after this point wakes us.
-            changed = self.ingestor.session_commit_event(session.id)
+            # Take the event before looking: a row read or committed after this point wakes us.
+            changed = self.ingestor.session_event(session.id)
+            # Rows read but not yet committed come from ingest, once every committed row
+            # before them is sent: in order, and none twice, whichever holds it.
+            ahead = feed.read_ahead(session.id, after, streams, PAGE_ROWS, PAGE_BYTES)
+            if ahead is not None and ahead.through > after:
+                if ahead.rows:
+
+                    async def read_ahead(rows: list[Row] = ahead.rows) -> list[Row]:
+                        return rows
+
+                    await self._send_page(emit, read_ahead, plain_row)
+                after = ahead.through
+                continue
+            committed_seq = feed.committed_seq(session.id)
+            if ahead is not None and looked_at == self.ingestor.changes:
+                # Nothing committed since the database was read, and every row up to
+                # committed_seq sent: only a read or a commit brings more.
+                await changed.wait()
+                continue
+            looked_at = self.ingestor.changes
 
             async def follow_page(after: int = after) -> list[Row]:
                 nonlocal current
@@ -175,6 +196,10 @@ class TranscriptCommands(CommandContext):
                 after = page.last_seq
             if page.full:
                 continue
+            if committed_seq is not None:
+                # Committed before the page was read, so the page had every row up to it
+                # (retention may have dropped some): the rest come from ingest.
+                after = max(after, committed_seq)
             if current.is_ended:
                 # A session's end is committed with its last rows: nothing more will come.
                 return {**session_view(current), "last_seq": after}
