@@ -60,7 +60,8 @@ class Command:
                 start_new_session=True,
                 bufsize=0,
             )
-        except OSError as error:
+        # SubprocessError: taking the terminal failed in the child (preexec_fn).
+        except (OSError, subprocess.SubprocessError) as error:
             if self.terminal is not None:
                 self.terminal.close()
             writer.append_event(
@@ -173,11 +174,13 @@ class MissingWorkingDirectory(OSError):
         )
 
 
-def spawn_failure_reason(error: OSError) -> str:
+def spawn_failure_reason(error: OSError | subprocess.SubprocessError) -> str:
     if isinstance(error, MissingWorkingDirectory):
         return "working directory is not a directory" if error.not_a_directory else "working directory not found"
     if isinstance(error, FileNotFoundError):
         return "command not found"
     if isinstance(error, PermissionError):
         return "permission denied"
-    return f"could not start: {error.strerror or error}"
+    if isinstance(error, OSError) and error.strerror:
+        return f"could not start: {error.strerror}"
+    return f"could not start: {error}"

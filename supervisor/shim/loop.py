@@ -1,8 +1,9 @@
 """Shim: one session's event loop, over the command's pipes (or its terminal), the input
 FIFO and its exit.
 
-It runs until the command has exited and its output pipes (or terminal) are closed (or, if a process
-outside the group holds them, a second after the group is killed), then writes EXIT.
+It runs until the command has exited and its output pipes (or its terminal) are closed
+(or, if a process outside the group holds them, a second after the group is killed),
+then writes EXIT.
 """
 
 from __future__ import annotations
