@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from supervisor import jsonlimits
-from supervisor.model import ALL_STATUSES, STREAMS
+from supervisor.model import ALL_STATUSES, MAX_TERMINAL_SIDE, STREAMS
 
 # What a session's labels may take, as JSON.
 MAX_LABELS_BYTES = 64 * 1024
@@ -74,6 +74,10 @@ def is_labels(value: Any) -> bool:
     if not (isinstance(value, dict) and jsonlimits.is_plain(value)):
         return False
     return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()) <= MAX_LABELS_BYTES
+
+
+def is_terminal_side(value: Any) -> bool:
+    return is_int(value) and 1 <= value <= MAX_TERMINAL_SIDE
 
 
 def is_bool(value: Any) -> bool:

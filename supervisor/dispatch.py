@@ -16,7 +16,7 @@ from supervisor.database import DatabaseWriter
 from supervisor.errors import InvalidArgument, SlotsFull, StorageFull
 from supervisor.ingest import Ingestor
 from supervisor.live import LiveSessions
-from supervisor.model import utc_now
+from supervisor.model import TerminalSize, utc_now
 from supervisor.runner import SessionRunner
 from supervisor.store import Session
 
@@ -67,10 +67,21 @@ class Dispatcher:
                 refused[session.id] = why
         return refused
 
-    async def submit(self, argv: list[str], cwd: str, env: dict, labels: dict, priority: int, queue: bool) -> Session:
-        """Queue a new session, and start it now if a slot is free; with queue false,
-        start it now or not at all (SlotsFull). StorageFull if the runtime disk has no
-        room for its files (it is recorded as failed then)."""
+    async def submit(
+        self,
+        argv: list[str],
+        cwd: str,
+        env: dict,
+        labels: dict,
+        priority: int,
+        queue: bool,
+        *,
+        terminal: TerminalSize | None = None,
+    ) -> Session:
+        """Queue a new session (on a pseudo-terminal of that size, if given), and start
+        it now if a slot is free; with queue false, start it now or not at all
+        (SlotsFull). StorageFull if the runtime disk has no room for its files (it is
+        recorded as failed then)."""
         if not os.path.isabs(cwd):
             raise InvalidArgument(f"start: 'cwd' must be an absolute path, got {cwd!r}")
         if not queue and (self.draining or self.live.free_slot() is None):
@@ -86,6 +97,9 @@ class Dispatcher:
             priority=priority,
             status="queued",
             queued_at=utc_now(),
+            tty=terminal is not None,
+            tty_cols=terminal.cols if terminal else None,
+            tty_rows=terminal.rows if terminal else None,
         )
         store = self.writer.store
         session = await self.writer.run(store.create_session, session)

@@ -39,9 +39,29 @@ class Stream(StrEnum):
     STDERR = "stderr"
     STDIN = "stdin"
     SYSTEM = "system"
+    # A tty session's output: its terminal merges stdout and stderr into one stream, so
+    # neither name would be true of it.
+    TTY = "tty"
 
 
 STREAMS = tuple(Stream)
+
+
+# -- terminals: a tty session's window size -----------------------------------------
+
+
+class TerminalSize(NamedTuple):
+    """A terminal's window size, in character cells."""
+
+    cols: int
+    rows: int
+
+
+# What a tty session gets when neither its client's terminal nor --size says.
+DEFAULT_TERMINAL_SIZE = TerminalSize(80, 24)
+# The widest and tallest window a session may ask for: far beyond any screen, and a
+# bound on what a model of the screen may cost.
+MAX_TERMINAL_SIDE = 1000
 
 
 # -- times: ISO 8601 in UTC with microseconds on the wire and in the database --------
@@ -95,6 +115,9 @@ SESSION_FIELDS = (
     "truncated_bytes",
     "pid_start_ticks",
     "shim_start_ticks",
+    "tty",
+    "tty_cols",
+    "tty_rows",
 )
 
 

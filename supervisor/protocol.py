@@ -44,8 +44,10 @@ from supervisor.arguments import (
     is_statuses,
     is_str,
     is_stream,
+    is_terminal_side,
 )
 from supervisor.errors import SlotdError
+from supervisor.model import MAX_TERMINAL_SIDE
 
 MAX_MESSAGE_BYTES = 1 << 20
 # A request id, as compact JSON: it is copied into every reply and streamed row.
@@ -160,6 +162,9 @@ class StartRequest(Request):
     labels: dict[str, Any] = arg(is_labels, LABELS, default={})
     priority: int = arg(is_int, "an integer (higher starts first)", default=0)
     queue: bool = arg(is_bool, "true or false", default=True)
+    tty: bool = arg(is_bool, "true to run the command on a pseudo-terminal", default=False)
+    tty_cols: int | None = arg(is_terminal_side, f"the terminal's width in columns, 1 to {MAX_TERMINAL_SIDE}")
+    tty_rows: int | None = arg(is_terminal_side, f"the terminal's height in rows, 1 to {MAX_TERMINAL_SIDE}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -205,7 +210,9 @@ class SendRequest(SessionRequest):
     command = "send"
     data: str = arg(is_str, "text to write to the session's stdin", default="")
     data_b64: str | None = arg(is_str, "base64 bytes to write to the session's stdin")
-    eof: bool = arg(is_bool, "true to close the session's stdin after the data", default=False)
+    eof: bool = arg(
+        is_bool, "true to close the session's stdin after the data (on a terminal: to type Ctrl-D)", default=False
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

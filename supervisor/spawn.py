@@ -22,6 +22,8 @@ SHIM_LOG = "shim.log"
 # Disk space held for the shim's first spool record (START or SPAWN_FAILED, a few
 # hundred bytes): one page, the least a filesystem allocates.
 FIRST_RECORD_ROOM = 4096
+# A tty session's TERM unless its env names one: what terminals and tmux emulate today.
+TTY_TERM = "xterm-256color"
 
 
 def shim_spec(config: Config, session: Session, slot: int) -> dict[str, Any]:
@@ -29,6 +31,10 @@ def shim_spec(config: Config, session: Session, slot: int) -> dict[str, Any]:
     env = dict(session.env)
     env["SLOTD_SESSION_ID"] = session.id
     env["SLOTD_SLOT"] = str(slot)
+    if session.tty:
+        # Programs on a terminal look it up by TERM; the daemon's own (none under
+        # systemd) says nothing of this one. The session's env may name another.
+        env.setdefault("TERM", TTY_TERM)
     return {
         "argv": session.argv,
         "cwd": session.cwd,
@@ -39,6 +45,7 @@ def shim_spec(config: Config, session: Session, slot: int) -> dict[str, Any]:
         # config.py keeps segments at most half of spool_max_bytes: two fit.
         "max_segments": config.spool_max_bytes // config.spool_segment_bytes,
         "stop_timeout": config.stop_timeout,
+        "tty": {"cols": session.tty_cols, "rows": session.tty_rows} if session.tty else None,
     }
 
 

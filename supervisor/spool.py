@@ -15,11 +15,12 @@ check catches. A payload checksum would cost ~10 % of the capture path's CPU twi
 (shim and daemon) for no case that can happen (after a reboot a spool is never read:
 its sessions are lost by the boot id).
 
-Output records carry the exact bytes read from the command's pipes. The shim writes
-records in the order it read them; a segment ends with a ROTATE record, after which the
-next segment holds the rest. The last record of a spool is EXIT (or SPAWN_FAILED). The
-daemon deletes a segment once every record in it is committed to the database, which
-keeps the spool's disk use bounded.
+Output records carry the exact bytes read from the command's pipes, or from its
+terminal's master side for a tty session. The shim writes records in the order it read
+them; a segment ends with a ROTATE record, after which the next segment holds the rest.
+The last record of a spool is EXIT (or SPAWN_FAILED). The daemon deletes a segment once
+every record in it is committed to the database, which keeps the spool's disk use
+bounded.
 """
 
 from __future__ import annotations
@@ -46,10 +47,12 @@ START = 4
 EXIT = 5
 SPAWN_FAILED = 6
 ROTATE = 7
+TTY = 8  # a tty session's output: its terminal's stdout and stderr in one
 
-STREAM_NAMES = {STDOUT: "stdout", STDERR: "stderr", STDIN: "stdin"}
+STREAM_NAMES = {STDOUT: "stdout", STDERR: "stderr", STDIN: "stdin", TTY: "tty"}
 # Records that only the daemon reads as events, never stored as transcript rows.
 EVENT_KINDS = frozenset({START, EXIT, SPAWN_FAILED, ROTATE})
+KINDS = EVENT_KINDS | frozenset(STREAM_NAMES)
 # A record longer than this is corruption, not data: the shim never writes one.
 MAX_PAYLOAD = 16 * 1024 * 1024
 
@@ -138,7 +141,7 @@ def decode(buffer: bytes | memoryview, start: int = 0) -> tuple[list[Record], in
         kind, timestamp, length, check = HEADER.unpack_from(view, offset)
         if check != zlib.crc32(_CHECKED.pack(kind, timestamp, length)):
             raise CorruptSpool(f"header checksum mismatch at offset {offset}")
-        if length > MAX_PAYLOAD or not 1 <= kind <= ROTATE:
+        if length > MAX_PAYLOAD or kind not in KINDS:
             raise CorruptSpool(f"bad record header at offset {offset}")
         data_start = offset + HEADER.size
         if end - data_start < length:

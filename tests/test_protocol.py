@@ -42,6 +42,17 @@ CASES: list[tuple[Any, str, str]] = [
         "kill: 'signal' must be a signal name",
     ),
     ({"cmd": "shutdown", "mode": "later"}, ErrorCode.INVALID_ARGUMENT, "shutdown: 'mode' must be"),
+    ({"cmd": "start", "argv": ["sh"], "cwd": "/", "tty": 1}, ErrorCode.INVALID_ARGUMENT, "start: 'tty' must be true"),
+    (
+        {"cmd": "start", "argv": ["sh"], "cwd": "/", "tty": True, "tty_cols": 0},
+        ErrorCode.INVALID_ARGUMENT,
+        "start: 'tty_cols' must be the terminal's width in columns, 1 to 1000",
+    ),
+    (
+        {"cmd": "start", "argv": ["sh"], "cwd": "/", "tty": True, "tty_rows": 1001},
+        ErrorCode.INVALID_ARGUMENT,
+        "start: 'tty_rows' must be the terminal's height in rows, 1 to 1000",
+    ),
 ]
 
 

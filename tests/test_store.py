@@ -15,6 +15,7 @@ import pytest
 
 from supervisor.model import ENDED_STATUSES, iso_from_unix, utc_now
 from supervisor.store import (
+    MIGRATIONS,
     SCHEMA_VERSION,
     AmbiguousPrefix,
     Batch,
@@ -108,6 +109,48 @@ def test_migrations_set_user_version_and_reopening_is_idempotent(tmp_path: Path)
         assert again.create_session(new_session()).arrival == session.arrival + 1
     finally:
         again.close()
+
+
+def test_the_tty_migrations_keep_every_row_and_index_and_admit_the_tty_stream(tmp_path: Path) -> None:
+    """A database of schema 5 reaches the current schema with its sessions, rows, row ids and indexes as they were, and stores tty rows."""
+    path = tmp_path / "slotd.db"
+    db = apsw.Connection(str(path))
+    for number, migration in enumerate(MIGRATIONS[:5]):
+        with db:
+            db.execute(migration)
+            db.pragma("user_version", number + 1)
+    with db:
+        db.execute(
+            "INSERT INTO sessions (id, arrival, status, argv, cwd, queued_at) VALUES ('s', 1, 'completed', '[]', '/', '')"
+        )
+        for seq, stream in enumerate(["stdout", "stderr", "stdin", "system"], start=1):
+            db.execute(
+                "INSERT INTO transcript (id, session_id, seq, ts, stream, data) VALUES (?, 's', ?, 0, ?, ?)",
+                (seq * 10, seq, stream, f"row {seq}".encode()),
+            )
+    indexes_before = set(db.execute("SELECT name, sql FROM sqlite_master WHERE tbl_name = 'transcript'"))
+    db.close()
+
+    store = Store(path)
+    try:
+        assert store.db.pragma("user_version") == SCHEMA_VERSION
+        assert store.get_session("s").tty is False
+        rows = list(store.db.execute("SELECT id, seq, stream, data FROM transcript ORDER BY seq"))
+        assert rows == [
+            (10, 1, "stdout", b"row 1"),
+            (20, 2, "stderr", b"row 2"),
+            (30, 3, "stdin", b"row 3"),
+            (40, 4, "system", b"row 4"),
+        ]
+        indexes = set(
+            store.db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'transcript'")
+        )
+        assert indexes == {(name, sql) for name, sql in indexes_before if name.startswith("transcript_by")}
+        store.commit_batch(Batch(rows=[Row("s", 5, 0.0, "tty", b"\x1b[1mbold\x1b[0m\r\n")]))
+        assert store.db.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert store.db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    finally:
+        store.close()
 
 
 def test_database_from_a_newer_slotd_is_refused(store: Store, db_path: Path) -> None:

@@ -31,7 +31,7 @@ from supervisor.cli.connection import connect
 from supervisor.cli.output import print_json
 from supervisor.client import DaemonUnavailable, RemoteError
 from supervisor.errors import CliError, CliExit
-from supervisor.model import STREAMS
+from supervisor.model import MAX_TERMINAL_SIDE, STREAMS, TerminalSize
 from supervisor.protocol import PS_RECENT_ENDED
 
 # Each protocol command has a subcommand of the same name, but for these
@@ -77,6 +77,14 @@ def since_arg(text: str) -> tuple[int | None, str | None]:
     return None, text
 
 
+def terminal_size_arg(text: str) -> TerminalSize:
+    """A window size as COLSxROWS (120x40), each from 1 to MAX_TERMINAL_SIDE."""
+    match = re.fullmatch(r"([0-9]{1,9})[xX]([0-9]{1,9})", text, re.ASCII)
+    if not match or not all(1 <= int(side) <= MAX_TERMINAL_SIDE for side in match.groups()):
+        raise argparse.ArgumentTypeError(f"expected COLSxROWS, each from 1 to {MAX_TERMINAL_SIDE}, got {text!r}")
+    return TerminalSize(int(match[1]), int(match[2]))
+
+
 def signal_arg(text: str) -> int | str:
     """A signal number (sent as a number) or name (the daemon checks it)."""
     return int(text) if text.isascii() and text.isdigit() else text
@@ -112,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-p", "--priority", type=int, default=0, help="higher starts first (default 0)")
         p.add_argument("-C", "--cwd", help="working directory (default: here)")
         p.add_argument("--no-queue", action="store_true", help="refuse instead of queueing when every slot is busy")
+        p.add_argument(
+            "-t", "--tty", action="store_true", help="run it on a pseudo-terminal (its stdout and stderr become one)"
+        )
+        p.add_argument(
+            "--size",
+            type=terminal_size_arg,
+            metavar="COLSxROWS",
+            help="the terminal's size with --tty (default: slotctl's own terminal's, else 80x24)",
+        )
         if name == "start":
             p.add_argument("-q", "--quiet", action="store_true", help="print only the id")
         p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
@@ -144,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", nargs="?", help="text to send (a newline is added)")
     p.add_argument("-n", "--no-newline", action="store_true", help="do not add a newline")
     p.add_argument("--stdin", action="store_true", help="send what slotctl reads from its own stdin")
-    p.add_argument("--eof", action="store_true", help="close the session's stdin afterwards")
+    p.add_argument(
+        "--eof", action="store_true", help="close the session's stdin afterwards (a tty session's: type Ctrl-D)"
+    )
 
     p = add("stop", simple("stop", timeout="timeout"), "SIGTERM the session's process group, SIGKILL after a timeout")
     p.add_argument("id")

@@ -22,7 +22,10 @@ from supervisor.cli.output import (
 )
 from supervisor.client import Client, result_of
 from supervisor.errors import CliError, CliExit
-from supervisor.model import Status, Stream
+from supervisor.model import MAX_TERMINAL_SIDE, Status, Stream, TerminalSize
+
+# The streams of what a command writes: its pipes', or its terminal's.
+OUTPUT_STREAMS: set[str] = {Stream.STDOUT, Stream.STDERR, Stream.TTY}
 
 
 def parse_kv(pairs: list[str], what: str) -> dict[str, str]:
@@ -54,7 +57,7 @@ def start_args(args: argparse.Namespace) -> dict[str, Any]:
     argv = args.argv[1:] if args.argv[0] == "--" else args.argv
     if not argv:
         raise CliError("no command given after --", CliExit.USAGE)
-    return {
+    request = {
         "argv": argv,
         "cwd": os.path.abspath(args.cwd) if args.cwd else os.getcwd(),
         "env": parse_kv(args.env, "--env"),
@@ -62,6 +65,26 @@ def start_args(args: argparse.Namespace) -> dict[str, Any]:
         "priority": args.priority,
         "queue": not args.no_queue,
     }
+    if args.size is not None and not args.tty:
+        raise CliError("--size is a terminal's size: give it with --tty", CliExit.USAGE)
+    if args.tty:
+        size = args.size or own_terminal_size()
+        request |= {"tty": True, "tty_cols": size and size.cols, "tty_rows": size and size.rows}
+    return request
+
+
+def own_terminal_size() -> TerminalSize | None:
+    """The size of the terminal slotctl runs in (its stdout's, else its stdin's), if any:
+    the daemon's default size is for clients without one."""
+    for stream in (sys.stdout, sys.stdin):
+        try:
+            size = os.get_terminal_size(stream.fileno())
+        except (OSError, ValueError):
+            continue
+        # A terminal that reports 0x0 (a serial line) has no size to pass on.
+        if size.columns and size.lines:
+            return TerminalSize(min(size.columns, MAX_TERMINAL_SIDE), min(size.lines, MAX_TERMINAL_SIDE))
+    return None
 
 
 def cmd_start(client: Client, args: argparse.Namespace) -> int:
@@ -85,7 +108,7 @@ def exit_status_of(session: dict[str, Any]) -> int:
 
 def cmd_run(client: Client, args: argparse.Namespace) -> int:
     session = client.request("start", **start_args(args))
-    printer = RowPrinter("json" if args.json else "split", None if args.json else {Stream.STDOUT, Stream.STDERR})
+    printer = RowPrinter("json" if args.json else "split", None if args.json else OUTPUT_STREAMS)
     daemon = Reconnecting(args, client)
     try:
         final = follow_rows(daemon, session["id"], 0, printer, None)
@@ -137,7 +160,7 @@ def cmd_logs(client: Client, args: argparse.Namespace) -> int:
     if args.stream:
         streams = {args.stream}
     elif args.raw:
-        streams = {Stream.STDOUT, Stream.STDERR}  # raw means the bytes the command wrote
+        streams = OUTPUT_STREAMS  # raw means the bytes the command wrote
     else:
         streams = None
     printer = RowPrinter(mode, streams)

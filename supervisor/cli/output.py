@@ -132,6 +132,7 @@ def print_session(session: dict[str, Any]) -> None:
         "priority",
         "argv",
         "cwd",
+        "tty",
         "env",
         "labels",
         "pid",
@@ -146,6 +147,8 @@ def print_session(session: dict[str, Any]) -> None:
     ]
     for name in fields:
         value = session.get(name)
+        if name == "tty":
+            value = f"{session['tty_cols']}x{session['tty_rows']}" if value else None
         if isinstance(value, (list, dict)):
             value = json.dumps(value)
         print(f"{name + ':':12} {'-' if value is None else value}")

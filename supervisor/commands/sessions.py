@@ -14,7 +14,9 @@ import trio
 from supervisor.commands.context import PAGE_SEND_DEADLINE, CommandContext, Emit
 from supervisor.model import (
     ALL_STATUSES,
+    DEFAULT_TERMINAL_SIZE,
     ENDED_STATUSES,
+    TerminalSize,
     iso_from_unix,
     session_view,
 )
@@ -63,12 +65,34 @@ def read_ended_page(
     return sessions_json(sessions), cursor
 
 
+def terminal_of(request: StartRequest) -> TerminalSize | None:
+    """The window size a start asks for, DEFAULT_TERMINAL_SIZE's where it says none; None
+    for a session without a terminal."""
+    if not request.tty:
+        if request.tty_cols is not None or request.tty_rows is not None:
+            raise RequestError(
+                ErrorCode.INVALID_ARGUMENT,
+                "start: 'tty_cols' and 'tty_rows' are a terminal's size: give them with \"tty\": true",
+            )
+        return None
+    return TerminalSize(
+        request.tty_cols or DEFAULT_TERMINAL_SIZE.cols,
+        request.tty_rows or DEFAULT_TERMINAL_SIZE.rows,
+    )
+
+
 class SessionCommands(CommandContext):
     """Handlers of the commands about sessions: start, ps, show, the controls, delete, send, prune."""
 
     async def cmd_start(self, request: StartRequest, emit: Emit) -> Any:
         session = await self.slots.queue.submit(
-            request.argv, request.cwd, request.env, request.labels, request.priority, request.queue
+            request.argv,
+            request.cwd,
+            request.env,
+            request.labels,
+            request.priority,
+            request.queue,
+            terminal=terminal_of(request),
         )
         return session_view(session)
 

@@ -15,6 +15,7 @@ write. Its last record is the command's exit status.
   signals on, reaping it and ending its group, the EXIT record
 - output: the command's stdout and stderr cut into records of whole lines
 - stdin: the pump from the daemon's input FIFO to the command's stdin
+- terminal: a tty session's pseudo-terminal, whose master the shim holds
 - spoolwait: how the shim spends the spool's waits for room (a full disk): named
   blocked, still reaping its command
 

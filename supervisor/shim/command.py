@@ -14,9 +14,10 @@ import signal
 import subprocess
 import time
 from types import FrameType
-from typing import Any
+from typing import IO, Any
 
 from supervisor import linux, spool
+from supervisor.shim.terminal import Terminal
 
 
 class Command:
@@ -31,6 +32,17 @@ class Command:
         self.exited_at: float | None = None  # monotonic, once the command is reaped
         self.ended_at: float | None = None  # the same moment in UNIX seconds, for EXIT
         self.killed_group = False
+        tty = spec.get("tty")  # a session without a terminal may leave it out
+        self.terminal_size: tuple[int, int] | None = (int(tty["cols"]), int(tty["rows"])) if tty else None
+        self.terminal: Terminal | None = None  # a tty session's, once opened
+
+    def stdio_args(self) -> dict[str, Any]:
+        """Popen's arguments for the command's stdin, stdout and stderr: three pipes, or
+        a tty session's terminal (opened here: a host out of ptys is a failed spawn)."""
+        if self.terminal_size is None:
+            return {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+        self.terminal = Terminal(*self.terminal_size)
+        return self.terminal.popen_args()
 
     def spawn(self, writer: spool.SpoolWriter) -> bool:
         """Start the command and record START; or record SPAWN_FAILED and return False."""
@@ -44,13 +56,14 @@ class Command:
                 self.spec["argv"],
                 cwd=cwd,
                 env=env,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                **self.stdio_args(),
                 start_new_session=True,
                 bufsize=0,
             )
-        except OSError as error:
+        # SubprocessError: taking the terminal failed in the child (preexec_fn).
+        except (OSError, subprocess.SubprocessError) as error:
+            if self.terminal is not None:
+                self.terminal.close()
             writer.append_event(
                 spool.SPAWN_FAILED,
                 {"reason": spawn_failure_reason(error), "detail": str(error), "ended_at": time.time()},
@@ -69,6 +82,17 @@ class Command:
             },
         )
         return True
+
+    def io(self) -> tuple[dict[IO[bytes], int], IO[bytes]]:
+        """Once spawned: what the shim reads the command's output from, each with its
+        record kind, and what it writes the command's input to."""
+        proc = self.proc
+        assert proc is not None
+        if self.terminal is None:
+            assert proc.stdin and proc.stdout and proc.stderr
+            return {proc.stdout: spool.STDOUT, proc.stderr: spool.STDERR}, proc.stdin
+        output, input_ = self.terminal.started()
+        return {output: spool.TTY}, input_
 
     def forward_signal(self, signum: int, _frame: FrameType | None) -> None:
         """A signal sent to the shim is meant for the session: pass it to the group."""
@@ -150,11 +174,13 @@ class MissingWorkingDirectory(OSError):
         )
 
 
-def spawn_failure_reason(error: OSError) -> str:
+def spawn_failure_reason(error: OSError | subprocess.SubprocessError) -> str:
     if isinstance(error, MissingWorkingDirectory):
         return "working directory is not a directory" if error.not_a_directory else "working directory not found"
     if isinstance(error, FileNotFoundError):
         return "command not found"
     if isinstance(error, PermissionError):
         return "permission denied"
-    return f"could not start: {error.strerror or error}"
+    if isinstance(error, OSError) and error.strerror:
+        return f"could not start: {error.strerror}"
+    return f"could not start: {error}"

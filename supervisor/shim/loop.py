@@ -1,7 +1,9 @@
-"""Shim: one session's event loop, over the command's pipes, the input FIFO and its exit.
+"""Shim: one session's event loop, over the command's pipes (or its terminal), the input
+FIFO and its exit.
 
-It runs until the command has exited and both output pipes are closed (or, if a process
-outside the group holds them, a second after the group is killed), then writes EXIT.
+It runs until the command has exited and its output pipes (or its terminal) are closed
+(or, if a process outside the group holds them, a second after the group is killed),
+then writes EXIT.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from supervisor.shim.command import Command
 from supervisor.shim.output import Output
 from supervisor.shim.spoolwait import SpoolWait
 from supervisor.shim.stdin import StdinPump
+from supervisor.shim.terminal import eof_character
 
 
 class Shim:
@@ -38,7 +41,9 @@ class Shim:
             wait.on_spool_blocked,
             wait.wait_for_spool,
         )
-        self.output = Output(self.writer, int(spec["max_chunk_bytes"]), flush_interval)
+        # A terminal merges the command's stdout and stderr into one stream.
+        kinds = (spool.STDOUT, spool.STDERR) if self.command.terminal_size is None else (spool.TTY,)
+        self.output = Output(self.writer, int(spec["max_chunk_bytes"]), flush_interval, kinds)
         self.selector = selectors.DefaultSelector()
         # CPython runs a signal's Python handler between bytecodes, so one that lands
         # just before select() starts to wait would run (and forward a SIGTERM) only
@@ -74,15 +79,16 @@ class Shim:
         if not self.command.spawn(self.writer):
             self.writer.close()
             return 0
-        proc = self.command.proc
-        assert proc is not None and proc.stdin and proc.stdout and proc.stderr
+        streams, command_input = self.command.io()
         self.command.forward_early_signals()
-        streams = {proc.stdout: spool.STDOUT, proc.stderr: spool.STDERR}
-        for pipe in (*streams, proc.stdin):
+        for pipe in (*streams, command_input):
             os.set_blocking(pipe.fileno(), False)
         for pipe, kind in streams.items():
             self.selector.register(pipe, selectors.EVENT_READ, kind)
-        stdin = StdinPump(self.selector, self.writer, fifo, proc.stdin)
+        # On a terminal, the end of input is its EOF character, typed: closing the
+        # master would hang the terminal up, and with it the command.
+        eof = None if self.command.terminal is None else eof_character(command_input)
+        stdin = StdinPump(self.selector, self.writer, fifo, command_input, eof)
         self.selector.register(self.command.open_pidfd(), selectors.EVENT_READ, "exit")
 
         self.capture(len(streams), stdin)
@@ -108,7 +114,7 @@ class Shim:
             now = time.monotonic()
             for key, _mask in events:
                 tag = key.data
-                if tag in (spool.STDOUT, spool.STDERR):
+                if tag in self.output.assemblers:
                     if not self.output.read(tag, key.fd, now):
                         self.selector.unregister(key.fileobj)
                         open_streams -= 1

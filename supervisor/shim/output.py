@@ -1,4 +1,5 @@
-"""The command's stdout and stderr, read as they come and stored as records of whole lines.
+"""The command's stdout and stderr (or its terminal), read as they come and stored as
+records of whole lines.
 
 Records go to the spool in the order the shim read them, across both streams; a
 partial line waits for its newline at most flush_interval seconds.
@@ -10,6 +11,7 @@ import os
 from collections.abc import Sequence
 
 from supervisor import spool
+from supervisor.shim.terminal import is_hang_up
 
 READ_SIZE = 65536
 
@@ -79,15 +81,13 @@ class LineAssembler:
 
 
 class Output:
-    """The command's two output streams, each cut into records, written in the order read."""
+    """The command's output streams (stdout and stderr, or its terminal), each cut into
+    records, written in the order read."""
 
-    def __init__(self, writer: spool.SpoolWriter, max_chunk: int, flush_interval: float) -> None:
+    def __init__(self, writer: spool.SpoolWriter, max_chunk: int, flush_interval: float, kinds: Sequence[int]) -> None:
         self.writer = writer
         self.flush_interval = flush_interval
-        self.assemblers = {
-            spool.STDOUT: LineAssembler(spool.STDOUT, max_chunk),
-            spool.STDERR: LineAssembler(spool.STDERR, max_chunk),
-        }
+        self.assemblers = {kind: LineAssembler(kind, max_chunk) for kind in kinds}
 
     def read(self, kind: int, fd: int, now: float) -> bool:
         """Read what the stream's pipe holds and store its whole lines; at end of file
@@ -96,6 +96,10 @@ class Output:
             data = os.read(fd, READ_SIZE)
         except BlockingIOError:
             return True
+        except OSError as error:
+            if not is_hang_up(error):
+                raise
+            data = b""  # a terminal's end of file
         assembler = self.assemblers[kind]
         if data:
             self.emit(kind, assembler.feed(data, now))

@@ -4,6 +4,8 @@ The daemon writes frames (see spool.FIFO_FRAME; supervisor/stdin.py is its side)
 shim records each frame's data in the spool as STDIN and passes it on to the command
 without ever blocking on it: what the command has not read yet waits here, and past
 STDIN_BUFFER_LIMIT the shim stops reading the FIFO, so the daemon's writes wait instead.
+A tty session's input goes to its terminal's master side, as if typed: the terminal
+echoes it and edits lines as for a person.
 """
 
 from __future__ import annotations
@@ -28,12 +30,20 @@ class StdinPump:
     (tag "stdin", watched only while input waits for the command to read it)."""
 
     def __init__(
-        self, selector: selectors.BaseSelector, writer: spool.SpoolWriter, fifo: int, stdin: IO[bytes] | None
+        self,
+        selector: selectors.BaseSelector,
+        writer: spool.SpoolWriter,
+        fifo: int,
+        stdin: IO[bytes] | None,
+        eof: bytes | None = None,
     ) -> None:
         self.selector = selector
         self.writer = writer
         self.fifo = fifo
         self.stdin = stdin  # None once closed
+        # A terminal's EOF character: on a terminal the end of input is typed (and the
+        # terminal stays open), not a pipe closed.
+        self.eof = eof
         self.stdin_buffer = bytearray()
         self.stdin_eof_requested = False
         self.fifo_buffer = bytearray()
@@ -66,6 +76,8 @@ class StdinPump:
                 break
             payload = bytes(self.fifo_buffer[spool.FIFO_FRAME.size : end])
             del self.fifo_buffer[:end]
+            if kind == spool.FIFO_EOF and self.eof is not None:
+                kind, payload = spool.FIFO_DATA, self.eof
             if kind == spool.FIFO_DATA:
                 self.writer.append(spool.STDIN, payload)
                 if self.stdin is not None:

@@ -53,6 +53,9 @@ class Session:
     truncated_bytes: int = 0
     pid_start_ticks: int | None = None
     shim_start_ticks: int | None = None
+    tty: bool = False  # runs on a pseudo-terminal, of tty_cols x tty_rows
+    tty_cols: int | None = None
+    tty_rows: int | None = None
 
     @property
     def is_ended(self) -> bool:
@@ -61,6 +64,7 @@ class Session:
 
 _SESSION_FIELDS = [f.name for f in dataclasses.fields(Session)]
 _JSON_FIELDS = {"argv", "env", "labels"}
+_BOOL_FIELDS = {"stop_requested", "tty"}  # stored as 0 or 1
 _SESSION_COLUMNS = ", ".join(_SESSION_FIELDS)
 _TEXT_FIELDS = {
     "id",
@@ -101,7 +105,8 @@ def _session_from_row(row: Sequence[Any]) -> Session:
             value is None or isinstance(value, (int, str)) or (isinstance(value, float) and math.isfinite(value))
         ):
             raise DamagedRow(session_id, name, f"holds {type(value).__name__} {str(value)[:40]}, not text or a number")
-    values["stop_requested"] = bool(values["stop_requested"])
+    for name in _BOOL_FIELDS:
+        values[name] = bool(values[name])
     return Session(**values)
 
 
@@ -120,7 +125,7 @@ def _sessions_from_rows(rows: Iterable[Sequence[Any]]) -> list[Session]:
 def _to_column(name: str, value: Any) -> Any:
     if name in _JSON_FIELDS:
         return json.dumps(value)
-    if name == "stop_requested":
+    if name in _BOOL_FIELDS:
         return int(bool(value))
     return value
 

@@ -104,6 +104,30 @@ MIGRATIONS: list[str] = [
     CREATE INDEX sessions_by_end ON sessions(ended_at, arrival)
         WHERE status IN ('completed', 'failed', 'killed', 'lost', 'cancelled');
     """,
+    # 6: terminal sessions: whether a session runs on a pseudo-terminal, and its window size
+    """
+    ALTER TABLE sessions ADD COLUMN tty INTEGER NOT NULL DEFAULT 0 CHECK (tty IN (0, 1));
+    ALTER TABLE sessions ADD COLUMN tty_cols INTEGER;
+    ALTER TABLE sessions ADD COLUMN tty_rows INTEGER;
+    """,
+    # 7: the `tty` stream, a terminal's output. SQLite cannot alter a CHECK in place: the
+    # transcript table is rebuilt with the wider one (rows, ids and indexes as they were).
+    """
+    CREATE TABLE transcript_new (
+        id INTEGER PRIMARY KEY,
+        session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        ts REAL NOT NULL,
+        stream TEXT NOT NULL CHECK (stream IN ('stdout', 'stderr', 'stdin', 'system', 'tty')),
+        data BLOB NOT NULL
+    );
+    INSERT INTO transcript_new (id, session_id, seq, ts, stream, data)
+        SELECT id, session_id, seq, ts, stream, data FROM transcript;
+    DROP TABLE transcript;
+    ALTER TABLE transcript_new RENAME TO transcript;
+    CREATE UNIQUE INDEX transcript_by_session ON transcript(session_id, seq);
+    CREATE INDEX transcript_by_stream ON transcript(session_id, stream, seq) WHERE stream <> 'stdout';
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
