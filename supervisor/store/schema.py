@@ -5,6 +5,7 @@ current version by numbered migrations.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import apsw
@@ -28,8 +29,37 @@ def _apply_bestpractice() -> None:
             _bestpractice_applied = True
 
 
+_STREAMS_CHECK = "CHECK (stream IN ('stdout', 'stderr', 'stdin', 'system'))"
+_STREAMS_CHECK_WITH_TTY = "CHECK (stream IN ('stdout', 'stderr', 'stdin', 'system', 'tty'))"
+
+
+def admit_the_tty_stream(connection: apsw.Connection) -> None:
+    """Migration 7: the transcript's CHECK admits the `tty` stream too.
+
+    SQLite cannot ALTER a CHECK, and rebuilding the table copies every row: minutes, and
+    gigabytes of WAL, on a big database, at the first start of the new slotd. A CHECK
+    that only admits one more value is edited in the schema in place instead, as SQLite
+    documents for loosening a constraint ("Making Other Kinds Of Table Schema Changes",
+    sqlite.org/lang_altertable.html): every stored row satisfies the new one. Runs inside
+    migrate's transaction; schema_version goes up so every connection reloads the schema.
+    """
+    sql = connection.execute("SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = 'transcript'").get
+    if not isinstance(sql, str) or sql.count(_STREAMS_CHECK) != 1:
+        raise apsw.CorruptError(f"the transcript table is not as slotd made it (its streams CHECK): {sql!r}")
+    version = connection.pragma("schema_version")
+    connection.pragma("writable_schema", True)
+    try:
+        connection.execute(
+            "UPDATE sqlite_schema SET sql = ? WHERE type = 'table' AND name = 'transcript'",
+            (sql.replace(_STREAMS_CHECK, _STREAMS_CHECK_WITH_TTY),),
+        )
+        connection.pragma("schema_version", version + 1)
+    finally:
+        connection.pragma("writable_schema", False)
+
+
 # Each step runs in its own transaction and moves PRAGMA user_version up by one.
-MIGRATIONS: list[str] = [
+MIGRATIONS: list[str | Callable[[apsw.Connection], None]] = [
     # 1: sessions, their transcripts, daemon-wide settings
     """
     CREATE TABLE sessions (
@@ -110,24 +140,8 @@ MIGRATIONS: list[str] = [
     ALTER TABLE sessions ADD COLUMN tty_cols INTEGER;
     ALTER TABLE sessions ADD COLUMN tty_rows INTEGER;
     """,
-    # 7: the `tty` stream, a terminal's output. SQLite cannot alter a CHECK in place: the
-    # transcript table is rebuilt with the wider one (rows, ids and indexes as they were).
-    """
-    CREATE TABLE transcript_new (
-        id INTEGER PRIMARY KEY,
-        session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
-        seq INTEGER NOT NULL,
-        ts REAL NOT NULL,
-        stream TEXT NOT NULL CHECK (stream IN ('stdout', 'stderr', 'stdin', 'system', 'tty')),
-        data BLOB NOT NULL
-    );
-    INSERT INTO transcript_new (id, session_id, seq, ts, stream, data)
-        SELECT id, session_id, seq, ts, stream, data FROM transcript;
-    DROP TABLE transcript;
-    ALTER TABLE transcript_new RENAME TO transcript;
-    CREATE UNIQUE INDEX transcript_by_session ON transcript(session_id, seq);
-    CREATE INDEX transcript_by_stream ON transcript(session_id, stream, seq) WHERE stream <> 'stdout';
-    """,
+    # 7: the `tty` stream, a terminal's output (a step in code: see admit_the_tty_stream)
+    admit_the_tty_stream,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -158,7 +172,11 @@ def migrate(connection: apsw.Connection) -> int:
     if version > SCHEMA_VERSION:
         raise SchemaTooNew(version, SCHEMA_VERSION)
     for number in range(version, SCHEMA_VERSION):
+        step = MIGRATIONS[number]
         with connection:
-            connection.execute(MIGRATIONS[number])
+            if callable(step):
+                step(connection)
+            else:
+                connection.execute(step)
             connection.pragma("user_version", number + 1)
     return SCHEMA_VERSION
