@@ -395,14 +395,20 @@ def test_a_session_directory_name_taken_by_a_link_is_not_followed(tmp_path: Path
     assert (theirs / spool.SPEC_FILE).read_text() == "their spec"
 
 
-@needs_root
-def test_a_spool_directory_handed_to_another_user_while_the_daemon_was_down_is_not_trusted(make_daemon) -> None:
-    """A live session whose spool directory belongs to another user at the next start is lost, with the reason, and its processes are ended, not re-attached."""
-    daemon = make_daemon()
+def session_left_by_a_killed_daemon(daemon) -> dict:
+    """A session whose command runs (and has printed), recorded, then its daemon SIGKILLed."""
     session = daemon.start_session(py("import time; print('up', flush=True); time.sleep(600)"))
     wait_for(lambda: b"up" in daemon.stdout_bytes(session["id"]), what="the session's output")
     recorded = daemon.session(session["id"])
     daemon.kill9()
+    return recorded
+
+
+@needs_root
+def test_a_spool_directory_handed_to_another_user_while_the_daemon_was_down_is_not_trusted(make_daemon) -> None:
+    """A live session whose spool directory belongs to another user at the next start is lost, with the reason, and its processes are ended, not re-attached."""
+    daemon = make_daemon()
+    session = session_left_by_a_killed_daemon(daemon)
     spool_dir = daemon.root / "run" / "sessions" / session["id"]
     os.chown(spool_dir, NOBODY, NOBODY)
     daemon.start()
@@ -413,17 +419,14 @@ def test_a_spool_directory_handed_to_another_user_while_the_daemon_was_down_is_n
     )
     assert "not trusted" in system_text(daemon.database, session["id"])
     wait_for(
-        lambda: not alive(recorded["pid"]) and not alive(recorded["shim_pid"]), what="the session's processes to end"
+        lambda: not alive(session["pid"]) and not alive(session["shim_pid"]), what="the session's processes to end"
     )
 
 
 def test_a_spool_directory_row_naming_another_directory_is_neither_read_nor_removed(make_daemon) -> None:
     """A live session whose row was edited (while the daemon was down) to name another directory of ours as its spool is lost at the next start, and that directory is left as it was."""
     daemon = make_daemon()
-    session = daemon.start_session(py("import time; print('up', flush=True); time.sleep(600)"))
-    wait_for(lambda: b"up" in daemon.stdout_bytes(session["id"]), what="the session's output")
-    recorded = daemon.session(session["id"])
-    daemon.kill9()
+    session = session_left_by_a_killed_daemon(daemon)
     precious = daemon.root / "precious"
     precious.mkdir(mode=0o700)
     (precious / "keep").write_text("mine\n")
@@ -439,7 +442,7 @@ def test_a_spool_directory_row_naming_another_directory_is_neither_read_nor_remo
     )
     assert (precious / "keep").read_text() == "mine\n"
     wait_for(
-        lambda: not alive(recorded["pid"]) and not alive(recorded["shim_pid"]), what="the session's processes to end"
+        lambda: not alive(session["pid"]) and not alive(session["shim_pid"]), what="the session's processes to end"
     )
 
 
