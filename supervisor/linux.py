@@ -41,6 +41,16 @@ def _stat_fields(pid: int) -> list[bytes] | None:
     return content[content.rindex(b")") + 2 :].split()
 
 
+def session_groups(sid: int) -> set[int]:
+    """The process groups of every process in session sid: its leader's, and those a
+    shell's job control (or any setpgid) made within it."""
+    groups = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (fields := _stat_fields(int(name))) and int(fields[3]) == sid:
+            groups.add(int(fields[2]))
+    return groups
+
+
 def start_ticks(pid: int) -> int | None:
     """The process's start time in clock ticks since boot, or None if it is gone."""
     fields = _stat_fields(pid)

@@ -14,7 +14,10 @@ would then take another number. So a session's uncommitted rows are shown up to 
 first uncommitted row the daemon wrote itself; the rest once they are committed.
 
 What it holds are the rows of the batches being built and committed, which ingest
-holds anyway (bounded by batch_max_bytes): references to them, nothing copied.
+holds anyway: references to them, nothing copied. That is what ingest's back-pressure
+bounds: a session reads its spool only while its share of batch_max_bytes has room,
+then up to one read (1 MiB) more, and during a commit the batch in flight is held
+beside the next one.
 """
 
 from __future__ import annotations

@@ -26,10 +26,7 @@ class ShimWatch:
     """A pidfd for a session's shim: readable once the shim has exited."""
 
     def __init__(self, shim_pid: int | None) -> None:
-        self.fd: int | None = None
-        if shim_pid is None:
-            return
-        self.fd = linux.pidfd_open(shim_pid)
+        self.fd = linux.pidfd_open(shim_pid) if shim_pid is not None else None
 
     @property
     def ended(self) -> bool:

@@ -157,10 +157,10 @@ class DaemonHandle:
         finally:
             reader.close()
 
-    def stdout_bytes(self, session_id: str) -> bytes:
+    def stdout_bytes(self, session_id: str, streams: tuple[str, ...] = ("stdout",)) -> bytes:
         reader = self.reader()
         try:
-            return b"".join(row.data for row in reader.iter_transcript(session_id, streams=["stdout"]))
+            return b"".join(row.data for row in reader.iter_transcript(session_id, streams=list(streams)))
         finally:
             reader.close()
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import psutil
 import pytest
 
@@ -39,6 +42,36 @@ def test_stop_leaves_no_process_behind_even_one_ignoring_sigterm(make_daemon):
     assert stopped["status"] == "killed"
     assert stopped["slot"] is None
     wait_for(lambda: not any(alive(pid) for pid in [*family, running["shim_pid"]]), what="every process gone")
+
+
+JOB_IN_ITS_OWN_GROUP = """
+import os, subprocess, sys, time
+# What a shell with job control does with a job: a process group of its own, in the
+# session of the command.
+job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], process_group=0)
+print("job", job.pid, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("tty", [False, True], ids=["pipes", "tty"])
+def test_stop_ends_a_job_in_a_process_group_of_its_own(make_daemon, tty):
+    """Stop ends every process of the session's session, a job its command put in a process group of its own included."""
+    daemon = make_daemon(stop_timeout=1.0)
+    session = daemon.request("start", argv=py(JOB_IN_ITS_OWN_GROUP), cwd="/", tty=tty)
+
+    def output() -> bytes:
+        return daemon.stdout_bytes(session["id"], streams=("stdout", "tty"))
+
+    wait_for(lambda: b"job " in output(), what="the job started")
+    job = int(output().split(b"job ")[1].split()[0])
+    try:
+        assert psutil.Process(job).pid == job and os.getpgid(job) == job
+        daemon.request("stop", session=session["id"])
+        wait_for(lambda: not alive(job), what="the job gone")
+    finally:
+        if alive(job):
+            os.kill(job, signal.SIGKILL)
 
 
 def test_kill_sends_the_signal_asked_for(daemon):

@@ -42,7 +42,6 @@ PAGES_IN_FLIGHT = 64
 # How long a client may take over one page before it is let go (as control.py lets go
 # of one that takes nothing for as long).
 PAGE_SEND_DEADLINE = 60.0
-# A page of a `ps` listing: the sessions read, shaped and sent at a time.
 
 
 def is_full(page: list[Row]) -> bool:

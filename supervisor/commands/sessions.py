@@ -117,8 +117,15 @@ class SessionCommands(CommandContext):
                         'ask with "stream": true (as slotctl does) or a limit',
                     )
 
+        # One reply holds at most PS_REPLY_MAX: reading one more than that says it is too
+        # many, without reading (and shaping) a whole long queue first.
+        limit = (
+            request.limit
+            if request.stream or (request.limit is not None and request.limit <= PS_REPLY_MAX)
+            else PS_REPLY_MAX + 1
+        )
         count = await self._list_sessions(
-            statuses, request.labels, request.limit, PS_RECENT_ENDED if recent_only else None, deliver
+            statuses, request.labels, limit, PS_RECENT_ENDED if recent_only else None, deliver
         )
         hidden = (
             max(await self.readers.run(Reader.count_ended, request.labels) - PS_RECENT_ENDED, 0) if recent_only else 0

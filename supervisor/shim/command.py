@@ -116,13 +116,13 @@ class Command:
         return self.pidfd
 
     def command_exited(self) -> None:
-        """Reap the command; what it left in its group is ended too, the way systemd ends
-        a service's leftovers (SIGTERM now, SIGKILL after stop_timeout)."""
+        """Reap the command; what it left in its session is ended too, the way systemd
+        ends a service's leftovers (SIGTERM now, SIGKILL after stop_timeout)."""
         assert self.proc is not None
         self.proc.wait()
         self.exited_at = time.monotonic()
         self.ended_at = time.time()
-        signal_group(self.proc.pid, signal.SIGTERM)
+        signal_session(self.proc.pid, signal.SIGTERM)
 
     def kill_group_when_due(self) -> None:
         assert self.proc is not None
@@ -131,7 +131,7 @@ class Command:
             and not self.killed_group
             and time.monotonic() >= self.exited_at + self.stop_timeout
         ):
-            signal_group(self.proc.pid, signal.SIGKILL)
+            signal_session(self.proc.pid, signal.SIGKILL)
             self.killed_group = True
 
     def group_deadline(self) -> float | None:
@@ -142,9 +142,9 @@ class Command:
         return self.exited_at + self.stop_timeout + (1.0 if self.killed_group else 0.0)
 
     def end(self) -> dict[str, Any]:
-        """Kill what is left of the group; the EXIT record's payload."""
+        """Kill what is left of the session; the EXIT record's payload."""
         assert self.proc is not None
-        signal_group(self.proc.pid, signal.SIGKILL)
+        signal_session(self.proc.pid, signal.SIGKILL)
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         code = self.proc.returncode
         return {
@@ -162,6 +162,14 @@ def signal_group(pgid: int, signum: int) -> None:
         os.killpg(pgid, signum)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def signal_session(sid: int, signum: int) -> None:
+    """Signal every process group of the command's session (it leads one: setsid). A
+    shell with job control, as on a terminal, puts each job in a group of its own: a
+    signal to the command's group alone would leave those running, as root, unseen."""
+    for pgid in linux.session_groups(sid) | {sid}:
+        signal_group(pgid, signum)
 
 
 class MissingWorkingDirectory(OSError):
