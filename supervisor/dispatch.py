@@ -67,10 +67,13 @@ class Dispatcher:
                 refused[session.id] = why
         return refused
 
-    async def submit(self, argv: list[str], cwd: str, env: dict, labels: dict, priority: int, queue: bool) -> Session:
-        """Queue a new session, and start it now if a slot is free; with queue false,
-        start it now or not at all (SlotsFull). StorageFull if the runtime disk has no
-        room for its files (it is recorded as failed then)."""
+    async def submit(
+        self, argv: list[str], cwd: str, env: dict, labels: dict, priority: int, nice: int | None, queue: bool
+    ) -> Session:
+        """Queue a new session (at `nice`, else the configured session_nice), and start it
+        now if a slot is free; with queue false, start it now or not at all (SlotsFull).
+        StorageFull if the runtime disk has no room for its files (it is recorded as
+        failed then)."""
         if not os.path.isabs(cwd):
             raise InvalidArgument(f"start: 'cwd' must be an absolute path, got {cwd!r}")
         if not queue and (self.draining or self.live.free_slot() is None):
@@ -84,6 +87,7 @@ class Dispatcher:
             env=env,
             labels=labels,
             priority=priority,
+            nice=self.config.session_nice if nice is None else nice,
             status="queued",
             queued_at=utc_now(),
         )

@@ -39,6 +39,8 @@ def shim_spec(config: Config, session: Session, slot: int) -> dict[str, Any]:
         # config.py keeps segments at most half of spool_max_bytes: two fit.
         "max_segments": config.spool_max_bytes // config.spool_segment_bytes,
         "stop_timeout": config.stop_timeout,
+        # Sessions recorded before slotd set a nice value have none: the default then.
+        "nice": config.session_nice if session.nice is None else session.nice,
     }
 
 

@@ -56,7 +56,7 @@ def test_every_command_is_a_slotctl_subcommand_but_the_listed_exceptions() -> No
         ),
         (
             {"cmd": "start", "argv": ["true"], "cwd": "/"},
-            protocol.StartRequest(argv=["true"], cwd="/", env={}, labels={}, priority=0, queue=True),
+            protocol.StartRequest(argv=["true"], cwd="/", env={}, labels={}, priority=0, nice=None, queue=True),
         ),
         ({"cmd": "info"}, protocol.InfoRequest()),
     ],

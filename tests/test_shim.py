@@ -275,6 +275,7 @@ def start_shim(tmp_path: Path) -> Iterator[Callable[..., ShimRun]]:
             "segment_bytes": 8 << 20,
             "max_segments": 64,
             "stop_timeout": 2.0,
+            "nice": 10,
             **spec,
         }
         (session_dir / spool.SPEC_FILE).write_text(json.dumps(full_spec))

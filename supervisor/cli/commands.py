@@ -60,6 +60,7 @@ def start_args(args: argparse.Namespace) -> dict[str, Any]:
         "env": parse_kv(args.env, "--env"),
         "labels": labels_from(args),
         "priority": args.priority,
+        "nice": args.nice,
         "queue": not args.no_queue,
     }
 

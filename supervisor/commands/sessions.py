@@ -68,7 +68,7 @@ class SessionCommands(CommandContext):
 
     async def cmd_start(self, request: StartRequest, emit: Emit) -> Any:
         session = await self.slots.queue.submit(
-            request.argv, request.cwd, request.env, request.labels, request.priority, request.queue
+            request.argv, request.cwd, request.env, request.labels, request.priority, request.nice, request.queue
         )
         return session_view(session)
 

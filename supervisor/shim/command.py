@@ -56,6 +56,10 @@ class Command:
                 {"reason": spawn_failure_reason(error), "detail": str(error), "ended_at": time.time()},
             )
             return False
+        # Lower the command's priority below its shim's and the daemon's, so they stay
+        # responsive however much CPU it takes. The shim keeps its own: its work follows
+        # the command's output, and what it has not read the command cannot outrun.
+        linux.lower_priority(self.proc.pid, int(self.spec["nice"]))
         # Start ticks identify both processes for good: the daemon compares them with
         # what it finds after a restart, so a reused PID is never taken for ours.
         writer.append_event(

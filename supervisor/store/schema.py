@@ -104,6 +104,10 @@ MIGRATIONS: list[str] = [
     CREATE INDEX sessions_by_end ON sessions(ended_at, arrival)
         WHERE status IN ('completed', 'failed', 'killed', 'lost', 'cancelled');
     """,
+    # 6: the nice value a session's command runs at (sessions from before have none)
+    """
+    ALTER TABLE sessions ADD COLUMN nice INTEGER;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
