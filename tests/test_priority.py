@@ -3,19 +3,25 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
+import apsw
 import pytest
 
 from supervisor import linux
 from supervisor.client import RemoteError
 from supervisor.errors import CliExit
+from supervisor.model import utc_now
+from supervisor.store.schema import MIGRATIONS
 from tests.harness import DaemonHandle, wait_for
 
 SLEEP = ["sleep", "600"]
 HAS_AUTOGROUPS = Path("/proc/self/autogroup").exists()
+# The migration that added sessions' nice column (its index in MIGRATIONS).
+NICE_MIGRATION = 5
 
 
 def running_pid(daemon: DaemonHandle, session_id: str) -> int:
@@ -98,3 +104,23 @@ def test_slotctl_refuses_a_bad_nice_with_the_daemons_reason(shared_daemon: Daemo
     assert result.returncode == CliExit.REFUSED
     assert "'nice'" in result.stderr.decode() and "from 0 to 19" in result.stderr.decode()
     assert shared_daemon.request("ps", all=True) == before
+
+
+def test_a_session_queued_before_sessions_had_a_nice_runs_at_the_configured_one(
+    make_daemon: Callable[..., DaemonHandle],
+) -> None:
+    """A session queued in a database from before the nice column runs at session_nice once the new daemon starts it."""
+    daemon = make_daemon(start=False, session_nice=6)
+    daemon.database.parent.mkdir(mode=0o700)
+    connection = apsw.Connection(str(daemon.database))
+    for number, migration in enumerate(MIGRATIONS[:NICE_MIGRATION]):
+        connection.execute(migration)
+        connection.pragma("user_version", number + 1)
+    connection.execute(
+        "INSERT INTO sessions (id, arrival, status, argv, cwd, queued_at) VALUES (?, 1, 'queued', ?, ?, ?)",
+        ("0ld5e55i-0000-4000-8000-000000000000", json.dumps(SLEEP), str(daemon.root), utc_now()),
+    )
+    connection.close()
+    daemon.start()
+    assert command_nice(running_pid(daemon, "0ld5e55i")) == expected(6)
+    assert daemon.session("0ld5e55i")["nice"] is None
