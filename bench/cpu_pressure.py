@@ -16,6 +16,10 @@ A real daemon (``slots`` = the number of hogs) is measured twice, in one run:
 
 In each, on one persistent connection, ``ps`` and ``info`` round trips alternate, one
 every 10 ms (``--rounds`` of each), and their p50, p99 and max are printed side by side.
+Beside them, from the kernel's schedstat (``/proc/PID/task/*/schedstat``, every thread
+of the daemon): the CPU time the daemon ran and the time its threads waited for a core
+while runnable, over the phase. The wait is what a lower priority for sessions cuts, and
+it moves less with the rest of the machine than a p99 does.
 The hogs' nice values as the kernel reports them (``/proc/PID/stat``, and the autogroup's
 from ``/proc/PID/autogroup``) are printed too, so the table says what was measured.
 
@@ -70,6 +74,32 @@ def round_trips(daemon: DaemonHandle, rounds: int) -> dict[str, list[float]]:
     return latencies
 
 
+def schedstat(pid: int) -> tuple[float, float]:
+    """Seconds the process's threads (those alive now) ran, and waited runnable for a core."""
+    ran = waited = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "schedstat").read_text().split()
+        except OSError:
+            continue  # a thread that ended meanwhile
+        ran += int(fields[0])
+        waited += int(fields[1])
+    return ran / 1e9, waited / 1e9
+
+
+def measured(daemon: DaemonHandle, rounds: int) -> dict:
+    """A phase's round trips, and the daemon's CPU and wait for a core over it."""
+    pid = daemon.process.pid
+    ran, waited = schedstat(pid)
+    started = time.perf_counter()
+    figures: dict = {name: summary(values) for name, values in round_trips(daemon, rounds).items()}
+    ran_after, waited_after = schedstat(pid)
+    figures["seconds"] = time.perf_counter() - started
+    figures["daemon_ran"] = ran_after - ran
+    figures["daemon_waited"] = waited_after - waited
+    return figures
+
+
 def kernel_nice(pid: int) -> tuple[int, str]:
     """A process's nice value (/proc/PID/stat's 19th field) and its autogroup line."""
     nice = psutil.Process(pid).nice()
@@ -88,7 +118,7 @@ def measure(workdir: Path, program: str, hogs: int, rounds: int, session_nice: i
     daemon.write_config()
     try:
         daemon.start()
-        results: dict = {"idle": {name: summary(v) for name, v in round_trips(daemon, rounds).items()}}
+        results: dict = {"idle": measured(daemon, rounds)}
         with daemon.client() as client:
             ids = [
                 client.request("start", argv=[sys.executable, "-c", program], cwd=str(workdir))["id"]
@@ -96,7 +126,7 @@ def measure(workdir: Path, program: str, hogs: int, rounds: int, session_nice: i
             ]
             sessions = wait_until_started(client, ids)
         time.sleep(WARMUP)
-        results["pressure"] = {name: summary(v) for name, v in round_trips(daemon, rounds).items()}
+        results["pressure"] = measured(daemon, rounds)
         results["hogs"] = [kernel_nice(session["pid"]) for session in sessions.values()]
         results["daemon"] = kernel_nice(daemon.process.pid)
         results["load_average"] = os.getloadavg()[0]
@@ -123,11 +153,18 @@ def report(results: dict, hogs: int, writers: bool, session_nice: int | None) ->
         print(f"  hog sessions: nice {nice}, {group}")
     print(f"{'round trip':<24}{'p50':>12}{'p99':>12}{'max':>12}{'n':>6}")
     for phase in ("idle", "pressure"):
-        for command, figures in results[phase].items():
+        for command in ("ps", "info"):
+            figures = results[phase][command]
             print(
                 f"{command + ' (' + phase + ')':<24}{ms(figures['p50'])}{ms(figures['p99'])}{ms(figures['max'])}"
                 f"{figures['n']:>6}"
             )
+    for phase in ("idle", "pressure"):
+        figures = results[phase]
+        print(
+            f"  daemon, {phase}: ran {figures['daemon_ran']:.2f} s, waited for a core {figures['daemon_waited']:.2f} s "
+            f"over {figures['seconds']:.1f} s"
+        )
     print(f"  load average at the end: {results['load_average']:.2f}")
 
 
