@@ -863,7 +863,6 @@ def start_shim(tmp_path: Path) -> Iterator[Callable[..., LiveShim]]:
             "segment_bytes": 64 << 20,  # one segment, kept: the test re-reads the whole spool
             "max_segments": 4,
             "stop_timeout": 2.0,
-            "nice": 10,
         }
         (spool_dir / spool.SPEC_FILE).write_text(json.dumps(spec))
         os.mkfifo(spool_dir / spool.STDIN_FIFO, 0o600)

@@ -295,7 +295,6 @@ def write_spec(directory: Path, argv: list[str]) -> None:
         "segment_bytes": 1 << 20,
         "max_segments": 4,
         "stop_timeout": 2.0,
-        "nice": 10,
     }
     (directory / spool.SPEC_FILE).write_text(json.dumps(spec))
 

@@ -59,7 +59,10 @@ class Command:
         # Lower the command's priority below its shim's and the daemon's, so they stay
         # responsive however much CPU it takes. The shim keeps its own: its work follows
         # the command's output, and what it has not read the command cannot outrun.
-        linux.lower_priority(self.proc.pid, int(self.spec["nice"]))
+        # (A spec written by an older daemon, still running while a newer slotd is
+        # installed, has no nice: the command keeps its shim's priority, as it did.)
+        if self.spec.get("nice") is not None:
+            linux.lower_priority(self.proc.pid, int(self.spec["nice"]))
         # Start ticks identify both processes for good: the daemon compares them with
         # what it finds after a restart, so a reused PID is never taken for ours.
         writer.append_event(
