@@ -112,12 +112,13 @@ def current_boot_id() -> str | None:
 # -- CPU priority -----------------------------------------------------------------------
 
 # Without CAP_SYS_ADMIN the kernel takes one autogroup change per 100 ms, machine-wide
-# (EAGAIN meanwhile): this is how long a session's shim keeps asking.
+# (EAGAIN meanwhile): this is how long a session's command keeps asking before its exec.
 AUTOGROUP_RETRY_SECONDS = 0.3
 
 
-def lower_priority(pid: int, nice: int) -> None:
-    """Run a session's command (a process that leads a session of its own) at `nice`.
+def lower_own_priority(nice: int) -> None:
+    """Run this process, which has just become a session's leader (setsid) and is about
+    to exec its command, at `nice`; what it starts later inherits it.
 
     Two settings, because which one the scheduler weighs depends on the machine: with
     autogroups (CONFIG_SCHED_AUTOGROUP, kernel.sched_autogroup_enabled) and the process
@@ -125,18 +126,18 @@ def lower_priority(pid: int, nice: int) -> None:
     weighed against the daemon's by the autogroup's nice (/proc/PID/autogroup), and a
     process's own nice only counts within its group. Without autogroups, or inside a
     cgroup of its own (a systemd unit), the process's own nice is what counts. Both are
-    set, so the command runs at `nice` either way; processes it starts later inherit both.
-    What the kernel refuses (a nice below the current one without the privilege, no
-    autogroups at all) is left as it was: the command then keeps the daemon's priority.
+    set, so the command runs at `nice` either way. What the kernel refuses (a nice below
+    the current one without the privilege, no autogroups at all) is left as it was: the
+    command then keeps the daemon's priority.
     """
     try:
-        os.setpriority(os.PRIO_PROCESS, pid, nice)
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
     except OSError:
         pass
     deadline = time.monotonic() + AUTOGROUP_RETRY_SECONDS
     while True:
         try:
-            with open(f"/proc/{pid}/autogroup", "w") as autogroup:
+            with open("/proc/self/autogroup", "w") as autogroup:
                 autogroup.write(str(nice))
             return
         except OSError as error:

@@ -54,8 +54,14 @@ def test_a_session_runs_at_the_configured_nice_and_the_daemon_and_shim_keep_thei
         assert linux.autogroup_nice(shown["shim_pid"]) == own[1]
 
 
-def test_the_default_session_nice_is_10_and_what_the_command_starts_inherits_it(daemon: DaemonHandle) -> None:
+def test_the_default_session_nice_is_10_and_what_the_command_starts_inherits_it(
+    make_daemon: Callable[..., DaemonHandle],
+) -> None:
     """Without configuration a session runs at nice 10, and so does a process its command starts."""
+    daemon = make_daemon(start=False)
+    del daemon.settings["session_nice"]  # the tests' daemons set one: this one keeps the built-in default
+    daemon.write_config()
+    daemon.start()
     session = daemon.start_session(["sh", "-c", "sleep 600 & echo $!; wait"])
     pid = running_pid(daemon, session["id"])
     child = int(wait_for(lambda: daemon.stdout_bytes(session["id"]).strip(), what="the child's pid"))
@@ -64,14 +70,17 @@ def test_the_default_session_nice_is_10_and_what_the_command_starts_inherits_it(
     assert daemon.session(session["id"])["nice"] == 10
 
 
-def test_slotctl_start_nice_overrides_the_configured_value_and_show_says_so(daemon: DaemonHandle) -> None:
-    """`slotctl start --nice 3` runs that session's command at nice 3 (the next one at the default), and `show` prints it."""
+def test_slotctl_start_nice_overrides_the_configured_value_and_show_says_so(
+    make_daemon: Callable[..., DaemonHandle],
+) -> None:
+    """`slotctl start --nice 3` runs that session's command at nice 3 (the next one at session_nice), and `show` prints it."""
+    daemon = make_daemon(session_nice=12)
     started = daemon.cli("start", "-q", "--nice", "3", "--", *SLEEP)
     assert started.returncode == 0, started.stderr
     session_id = started.stdout.decode().strip()
     other = daemon.start_session(SLEEP)
     assert command_nice(running_pid(daemon, session_id)) == expected(3)
-    assert command_nice(running_pid(daemon, other["id"])) == expected(10)
+    assert command_nice(running_pid(daemon, other["id"])) == expected(12)
     shown = daemon.cli("show", session_id)
     assert "nice:        3\n" in shown.stdout.decode()
 

@@ -8,6 +8,7 @@ leftovers.
 
 from __future__ import annotations
 
+import functools
 import os
 import resource
 import signal
@@ -37,6 +38,14 @@ class Command:
         cwd = self.spec["cwd"]
         env = dict(os.environ)
         env.update(self.spec["env"])
+        # Below its shim's and the daemon's priority, so they stay responsive however
+        # much CPU the command takes; set in the child between setsid and exec, so
+        # nothing the command starts can escape it. The shim keeps its own: its work
+        # follows the command's output, and what it has not read the command cannot
+        # outrun. (A spec written by an older daemon, still running while a newer slotd
+        # is installed, has no nice: the command keeps its shim's priority, as it did.)
+        nice = self.spec.get("nice")
+        lower_priority = None if nice is None else functools.partial(linux.lower_own_priority, int(nice))
         try:
             if not os.path.isdir(cwd):
                 raise MissingWorkingDirectory(cwd)
@@ -48,6 +57,7 @@ class Command:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
+                preexec_fn=lower_priority,
                 bufsize=0,
             )
         except OSError as error:
@@ -56,13 +66,6 @@ class Command:
                 {"reason": spawn_failure_reason(error), "detail": str(error), "ended_at": time.time()},
             )
             return False
-        # Lower the command's priority below its shim's and the daemon's, so they stay
-        # responsive however much CPU it takes. The shim keeps its own: its work follows
-        # the command's output, and what it has not read the command cannot outrun.
-        # (A spec written by an older daemon, still running while a newer slotd is
-        # installed, has no nice: the command keeps its shim's priority, as it did.)
-        if self.spec.get("nice") is not None:
-            linux.lower_priority(self.proc.pid, int(self.spec["nice"]))
         # Start ticks identify both processes for good: the daemon compares them with
         # what it finds after a restart, so a reused PID is never taken for ours.
         writer.append_event(
