@@ -36,10 +36,11 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(CHECKOUT))
 sys.path.insert(0, str(CHECKOUT / "bench"))
 
-from latency import DaemonProcess  # noqa: E402
+from latency import new_daemon  # noqa: E402
 
 from supervisor.model import iso_from_unix, utc_now  # noqa: E402
 from supervisor.store import Store  # noqa: E402
+from tests.harness import DaemonHandle, clean_up_on_sigterm  # noqa: E402
 
 INFO_BAR = 0.100  # s, the slowest info during a listing
 RSS_INTERVAL = 0.02
@@ -80,7 +81,7 @@ def build_history(path: Path, sessions: int) -> float:
 class InfoProbe(threading.Thread):
     """`info` round trips back to back on a connection of its own until stopped."""
 
-    def __init__(self, daemon: DaemonProcess) -> None:
+    def __init__(self, daemon: DaemonHandle) -> None:
         super().__init__(daemon=True)
         self.client = daemon.client()
         self.latencies: list[float] = []
@@ -106,7 +107,7 @@ class RssSampler(threading.Thread):
             self.peak = max(self.peak, self.process.memory_info().rss)
 
 
-def measure_listing(daemon: DaemonProcess, args: list[str]) -> dict:
+def measure_listing(daemon: DaemonHandle, args: list[str]) -> dict:
     assert daemon.process is not None
     rss_before = psutil.Process(daemon.process.pid).memory_info().rss
     probe, sampler = InfoProbe(daemon), RssSampler(daemon.process.pid)
@@ -136,15 +137,15 @@ def measure_listing(daemon: DaemonProcess, args: list[str]) -> dict:
 
 
 def main() -> int:
+    clean_up_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=100_000, help="ended sessions stored (default 100,000)")
     options = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="slotd-history-"))
-    daemon = DaemonProcess(workdir)
+    daemon = new_daemon(workdir)
     try:
         built = build_history(workdir / "state" / "slotd.db", options.sessions)
         daemon.start()
-        daemon.wait_until_ready()
         with daemon.client() as client:
             client.request("ps")  # the readers' connections are open and warm
         completed = sum(1 for arrival in range(1, options.sessions + 1) if arrival % 10)
@@ -154,7 +155,7 @@ def main() -> int:
         }
         daemon.shutdown()
     finally:
-        daemon.ensure_gone()
+        daemon.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
     mib = 1 << 20

@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from supervisor.client import Client
 from supervisor.model import utc_now
 from supervisor.store import Reader, Session, Store
-from tests.harness import DaemonHandle
+from tests.harness import DaemonHandle, clean_up_on_sigterm
 
 SESSIONS = 3
 LINE_BYTES = 100
@@ -435,6 +435,7 @@ def report(lines: int, raw: dict, raw_generating: dict, per_line: dict, slotd: d
 
 
 def main() -> int:
+    clean_up_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lines", type=int, default=1_000_000, help="lines per session (default 1,000,000)")
     parser.add_argument("--json", metavar="PATH", help="also write the numbers as JSON to PATH")

@@ -71,7 +71,7 @@ from supervisor.client import Client, DaemonUnavailable  # noqa: E402
 from supervisor.model import unix_from_iso, utc_now  # noqa: E402
 from supervisor.protocol import decode_data  # noqa: E402
 from supervisor.store import Session, Store  # noqa: E402
-from tests.harness import DaemonHandle  # noqa: E402
+from tests.harness import DaemonHandle, clean_up_on_sigterm  # noqa: E402
 
 FULL = {"follow_lines": 500, "ps_rounds": 1000, "rows": 10_000_000, "restarts": 3, "idle_seconds": 30.0}
 QUICK = {"follow_lines": 100, "ps_rounds": 200, "rows": 1_000_000, "restarts": 1, "idle_seconds": 5.0}
@@ -589,6 +589,7 @@ def report(results: dict, errors: dict[str, str]) -> dict[str, bool]:
 
 
 def main() -> int:
+    clean_up_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--quick", action="store_true", help="a short run: " + ", ".join(f"{k}={v:,}" for k, v in QUICK.items())

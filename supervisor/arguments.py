@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from supervisor import jsonlimits
-from supervisor.model import ALL_STATUSES, MAX_TERMINAL_SIDE, STREAMS
+from supervisor.model import ALL_STATUSES, MAX_TERMINAL_SIDE, NICE_MAX, STREAMS
 
 # What a session's labels may take, as JSON.
 MAX_LABELS_BYTES = 64 * 1024
@@ -88,6 +88,11 @@ def is_non_negative_int(value: Any) -> bool:
     return is_int(value) and value >= 0
 
 
+def is_nice(value: Any) -> bool:
+    # Only less urgent than the daemon: a session never competes with it on equal terms.
+    return is_int(value) and 0 <= value <= NICE_MAX
+
+
 def is_statuses(value: Any) -> bool:
     items = [value] if isinstance(value, str) else value
     return is_str_list(items) and all(item in ALL_STATUSES for item in items)
@@ -122,6 +127,7 @@ LABELS = f"a JSON object of at most {MAX_LABELS_BYTES // 1024} KiB as compact JS
 STATUSES = f"a status or list of statuses ({', '.join(ALL_STATUSES)})"
 STREAM = _one_of(STREAMS)
 SINCE_SEQ = "a sequence number >= 0 (rows after it)"
+NICE = f"an integer from 0 to {NICE_MAX} (the nice value its command runs at; higher is less urgent)"
 
 
 def arg(check: Callable[[Any], bool], expected: str, *, required: bool = False, default: Any = None) -> Any:

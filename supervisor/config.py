@@ -21,6 +21,7 @@ from typing import Any
 import re2
 
 from supervisor.errors import ConfigError
+from supervisor.model import NICE_MAX, SESSION_NICE_DEFAULT
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -52,6 +53,8 @@ class Config:
     slots: int = 3
     socket_group: str | None = None
     stop_timeout: float = 10.0
+    # The nice value sessions' commands run at, below the daemon's (start's nice overrides).
+    session_nice: int = SESSION_NICE_DEFAULT
     checkpoint_pattern: str | None = None
     flush_interval: float = 0.05
     batch_max_bytes: int = 4 * MiB
@@ -161,6 +164,7 @@ _TOP_KEYS: dict[str, tuple[Check, str]] = {
     "socket": (lambda v: isinstance(v, str) and v != "", "a socket path (string)"),
     "socket_group": (lambda v: isinstance(v, str), "a group name (string)"),
     "stop_timeout": _number_in(0, 86400, "seconds"),
+    "session_nice": _integer_in(0, NICE_MAX),
     "checkpoint_pattern": (lambda v: isinstance(v, str), "a regular expression (string, RE2 syntax)"),
     "flush_interval": _number_in(0.001, 10, "seconds"),
     "batch_max_bytes": _bytes_in(KiB, GiB),

@@ -74,14 +74,15 @@ class Dispatcher:
         env: dict,
         labels: dict,
         priority: int,
+        nice: int | None,
         queue: bool,
         *,
         terminal: TerminalSize | None = None,
     ) -> Session:
-        """Queue a new session (on a pseudo-terminal of that size, if given), and start
-        it now if a slot is free; with queue false, start it now or not at all
-        (SlotsFull). StorageFull if the runtime disk has no room for its files (it is
-        recorded as failed then)."""
+        """Queue a new session (at `nice`, else the configured session_nice; on a
+        pseudo-terminal of that size, if given), and start it now if a slot is free;
+        with queue false, start it now or not at all (SlotsFull). StorageFull if the
+        runtime disk has no room for its files (it is recorded as failed then)."""
         if not os.path.isabs(cwd):
             raise InvalidArgument(f"start: 'cwd' must be an absolute path, got {cwd!r}")
         if not queue and (self.draining or self.live.free_slot() is None):
@@ -95,6 +96,7 @@ class Dispatcher:
             env=env,
             labels=labels,
             priority=priority,
+            nice=self.config.session_nice if nice is None else nice,
             status="queued",
             queued_at=utc_now(),
             tty=terminal is not None,

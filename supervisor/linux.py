@@ -7,6 +7,8 @@ uses it too).
   boot time), it does not move when the clock is stepped (NTP's first sync, a VM
   resumed), so it is what identity compares.
 - the boot id: a new one each boot, so a recorded PID from before a reboot is no one's.
+- CPU priority: a session's nice value, set both where the kernel's scheduler
+  autogroups weigh it and where plain process nice does.
 - pidfd: a descriptor that becomes readable when a process exits, for any process,
   not only our children.
 - inotify (through ctypes): idle spools cost no polling at all.
@@ -15,10 +17,12 @@ uses it too).
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import socket
 import struct
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -112,6 +116,59 @@ def current_boot_id() -> str | None:
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
+        return None
+
+
+# -- CPU priority -----------------------------------------------------------------------
+
+# Without CAP_SYS_ADMIN the kernel takes one autogroup change per 100 ms, machine-wide
+# (EAGAIN meanwhile): this is how long a session's command keeps asking before its exec.
+AUTOGROUP_RETRY_SECONDS = 0.3
+
+
+def lower_own_priority(nice: int) -> None:
+    """Run this process, which has just become a session's leader (setsid) and is about
+    to exec its command, at `nice`; what it starts later inherits it.
+
+    Two settings, because which one the scheduler weighs depends on the machine: with
+    autogroups (CONFIG_SCHED_AUTOGROUP, kernel.sched_autogroup_enabled) and the process
+    in the root cpu cgroup, every session (setsid) is a scheduling group of its own,
+    weighed against the daemon's by the autogroup's nice (/proc/PID/autogroup), and a
+    process's own nice only counts within its group. Without autogroups, or inside a
+    cgroup of its own (a systemd unit), the process's own nice is what counts. Both are
+    set, so the command runs at `nice` either way. What the kernel refuses (a nice below
+    the current one without the privilege, no autogroups at all) is left as it was: the
+    command then keeps the daemon's priority.
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError:
+        pass
+    deadline = time.monotonic() + AUTOGROUP_RETRY_SECONDS
+    while True:
+        try:
+            with open("/proc/self/autogroup", "w") as autogroup:
+                autogroup.write(str(nice))
+            return
+        except OSError as error:
+            if error.errno != errno.EAGAIN or time.monotonic() > deadline:
+                return
+        time.sleep(0.02)
+
+
+def nice_value(pid: int) -> int | None:
+    """The process's nice value (field 19 of /proc/PID/stat), or None if it is gone."""
+    fields = _stat_fields(pid)
+    return int(fields[16]) if fields else None
+
+
+def autogroup_nice(pid: int) -> int | None:
+    """The nice value of the process's autogroup, or None without autogroups (or process)."""
+    try:
+        with open(f"/proc/{pid}/autogroup", "rb") as autogroup:
+            # "/autogroup-42 nice 10"
+            return int(autogroup.read().split()[-1])
+    except (OSError, ValueError, IndexError):
         return None
 
 

@@ -83,6 +83,17 @@ def unix_from_iso(text: str) -> float:
     return moment.timestamp()
 
 
+# -- CPU priority ------------------------------------------------------------------------
+
+# A session's command runs at a nice value from 0 (the daemon's own, by default) to
+# NICE_MAX, the least urgent: never more urgent than a daemon at its default, whatever
+# a client asks.
+NICE_MAX = 19
+# The default (config's session_nice): the daemon, at 0, then weighs about nine times
+# as much as a busy session when both want a core (CFS weights 1024 and 110).
+SESSION_NICE_DEFAULT = 10
+
+
 # -- the session object on the wire ---------------------------------------------------
 
 # Its fields, in this order: the stored session's fields that clients may use, as
@@ -96,6 +107,7 @@ SESSION_FIELDS = (
     "status",
     "queued_at",
     "priority",
+    "nice",
     "slot",
     "env",
     "labels",

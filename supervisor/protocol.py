@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 from supervisor import jsonlimits
 from supervisor.arguments import (
     LABELS,
+    NICE,
     SESSION,
     SINCE_SEQ,
     STATUSES,
@@ -37,6 +38,7 @@ from supervisor.arguments import (
     is_int,
     is_labels,
     is_mode,
+    is_nice,
     is_non_negative_int,
     is_number,
     is_runnable,
@@ -161,6 +163,7 @@ class StartRequest(Request):
     )
     labels: dict[str, Any] = arg(is_labels, LABELS, default={})
     priority: int = arg(is_int, "an integer (higher starts first)", default=0)
+    nice: int | None = arg(is_nice, f"{NICE}; absent or null: the daemon's session_nice")
     queue: bool = arg(is_bool, "true or false", default=True)
     tty: bool = arg(is_bool, "true to run the command on a pseudo-terminal", default=False)
     tty_cols: int | None = arg(is_terminal_side, f"the terminal's width in columns, 1 to {MAX_TERMINAL_SIDE}")

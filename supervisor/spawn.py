@@ -46,6 +46,8 @@ def shim_spec(config: Config, session: Session, slot: int) -> dict[str, Any]:
         "max_segments": config.spool_max_bytes // config.spool_segment_bytes,
         "stop_timeout": config.stop_timeout,
         "tty": {"cols": session.tty_cols, "rows": session.tty_rows} if session.tty else None,
+        # Sessions recorded before slotd set a nice value have none: the default then.
+        "nice": config.session_nice if session.nice is None else session.nice,
     }
 
 

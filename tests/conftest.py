@@ -12,6 +12,11 @@ import pytest
 
 from tests.harness import DaemonHandle
 
+# The tests' daemons run sessions at their own priority, not below it: the tests'
+# deadlines assume a session's command gets its share of the CPU, which a niced one does
+# not on a machine busy with other work. tests/test_priority.py tests the nice values.
+AT_THE_DAEMONS_PRIORITY = {"session_nice": 0}
+
 
 @pytest.fixture
 def make_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonHandle]]:
@@ -20,7 +25,7 @@ def make_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonHandle]]:
     def make(start: bool = True, **settings: Any) -> DaemonHandle:
         root = tmp_path / f"d{len(handles)}"
         root.mkdir()
-        handle = DaemonHandle(root, settings)
+        handle = DaemonHandle(root, {**AT_THE_DAEMONS_PRIORITY, **settings})
         handles.append(handle)
         if start:
             handle.start()
@@ -40,7 +45,7 @@ def daemon(make_daemon: Callable[..., DaemonHandle]) -> DaemonHandle:
 def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonHandle]:
     """One daemon for a module's tests that leave it as they found it (bad input it
     refuses, say): for parametrized cases a start-up each costs more than the cases."""
-    handle = DaemonHandle(tmp_path_factory.mktemp("shared"), {})
+    handle = DaemonHandle(tmp_path_factory.mktemp("shared"), AT_THE_DAEMONS_PRIORITY)
     try:
         handle.start()
         yield handle

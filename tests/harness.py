@@ -202,3 +202,13 @@ class DaemonHandle:
             # By PID and start ticks: a reused PID is never ours to kill.
             signal_group(ProcessRef.recorded(session.pid, session.pid_start_ticks), signal.SIGKILL)
             kill_process(ProcessRef.recorded(session.shim_pid, session.shim_start_ticks))
+
+
+def clean_up_on_sigterm() -> None:
+    """Make SIGTERM (a `timeout` around a benchmark, say) unwind like Ctrl-C does, so
+    the `finally` blocks stop the daemons and the sessions they started."""
+
+    def unwind(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, unwind)

@@ -62,6 +62,7 @@ def test_every_command_is_a_slotctl_subcommand_but_the_listed_exceptions() -> No
                 env={},
                 labels={},
                 priority=0,
+                nice=None,
                 queue=True,
                 tty=False,
                 tty_cols=None,

@@ -17,7 +17,7 @@ from typing import Any
 import psutil
 import pytest
 
-from supervisor import spool
+from supervisor import linux, spool
 from supervisor.shim.output import LineAssembler
 from supervisor.spool import Position, Record, SpoolReader
 from tests.harness import wait_for
@@ -409,6 +409,24 @@ def test_a_missing_input_fifo_gives_spawn_failed_and_runs_nothing(start_shim, tm
     assert "Traceback" not in said
     assert said.startswith("shim: not starting the command: its input FIFO") and said.count("\n") == 1
     assert not marker.exists()
+
+
+def test_the_command_runs_at_the_spec_nice_in_its_own_autogroup_and_the_shim_keeps_its_own(start_shim) -> None:
+    """With nice 5 in the spec the command and its session's autogroup run at nice 5, the shim at its own."""
+    run = start_shim(py("import time; time.sleep(600)"), nice=5)
+    pid = run.start_payload()["pid"]
+    assert linux.nice_value(pid) == 5
+    assert linux.nice_value(run.process.pid) == linux.nice_value(os.getpid())
+    if os.path.exists("/proc/self/autogroup"):
+        assert linux.autogroup_nice(pid) == 5
+        assert linux.autogroup_nice(run.process.pid) == linux.autogroup_nice(os.getpid())
+
+
+def test_a_spec_without_nice_from_an_older_daemon_runs_the_command_at_the_shims_priority(start_shim) -> None:
+    """A spec with no nice (written by an older daemon during an upgrade) still starts the command, at the shim's nice."""
+    run = start_shim(py("import time; time.sleep(600)"))
+    pid = run.start_payload()["pid"]
+    assert linux.nice_value(pid) == linux.nice_value(run.process.pid)
 
 
 def test_the_command_gets_the_shim_environment_plus_the_spec_env_in_its_cwd(start_shim, tmp_path: Path) -> None:

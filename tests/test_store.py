@@ -15,7 +15,6 @@ import pytest
 
 from supervisor.model import ENDED_STATUSES, iso_from_unix, utc_now
 from supervisor.store import (
-    MIGRATIONS,
     SCHEMA_VERSION,
     AmbiguousPrefix,
     Batch,
@@ -115,10 +114,7 @@ def test_the_tty_migrations_keep_every_row_and_index_and_admit_the_tty_stream(tm
     """A database of schema 5 reaches the current schema with its sessions, rows, row ids and indexes as they were, and stores tty rows."""
     path = tmp_path / "slotd.db"
     db = apsw.Connection(str(path))
-    for number, migration in enumerate(MIGRATIONS[:5]):
-        with db:
-            db.execute(migration)
-            db.pragma("user_version", number + 1)
+    migrate(db, to=5)
     with db:
         db.execute(
             "INSERT INTO sessions (id, arrival, status, argv, cwd, queued_at) VALUES ('s', 1, 'completed', '[]', '/', '')"

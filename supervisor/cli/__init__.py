@@ -31,7 +31,7 @@ from supervisor.cli.connection import connect
 from supervisor.cli.output import print_json
 from supervisor.client import DaemonUnavailable, RemoteError
 from supervisor.errors import CliError, CliExit
-from supervisor.model import MAX_TERMINAL_SIDE, STREAMS, TerminalSize
+from supervisor.model import MAX_TERMINAL_SIDE, NICE_MAX, STREAMS, TerminalSize
 from supervisor.protocol import PS_RECENT_ENDED
 
 # Each protocol command has a subcommand of the same name, but for these
@@ -118,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE", help="attach a label")
         p.add_argument("--labels-json", metavar="JSON", help="labels as a JSON object")
         p.add_argument("-p", "--priority", type=int, default=0, help="higher starts first (default 0)")
+        p.add_argument(
+            "--nice",
+            type=int,
+            metavar="N",
+            help=f"CPU niceness of its command, 0-{NICE_MAX}, higher yields more (default: the daemon's session_nice)",
+        )
         p.add_argument("-C", "--cwd", help="working directory (default: here)")
         p.add_argument("--no-queue", action="store_true", help="refuse instead of queueing when every slot is busy")
         p.add_argument(

@@ -63,6 +63,7 @@ def start_args(args: argparse.Namespace) -> dict[str, Any]:
         "env": parse_kv(args.env, "--env"),
         "labels": labels_from(args),
         "priority": args.priority,
+        "nice": args.nice,
         "queue": not args.no_queue,
     }
     if args.size is not None and not args.tty:

@@ -130,6 +130,7 @@ def print_session(session: dict[str, Any]) -> None:
         "status",
         "slot",
         "priority",
+        "nice",
         "argv",
         "cwd",
         "tty",

@@ -91,6 +91,7 @@ class SessionCommands(CommandContext):
             request.env,
             request.labels,
             request.priority,
+            request.nice,
             request.queue,
             terminal=terminal_of(request),
         )

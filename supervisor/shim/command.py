@@ -8,16 +8,24 @@ leftovers.
 
 from __future__ import annotations
 
+import functools
 import os
 import resource
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import IO, Any
 
 from supervisor import linux, spool
-from supervisor.shim.terminal import Terminal
+from supervisor.shim.terminal import Terminal, take_controlling_terminal
+
+
+def run_each(steps: list[Callable[[], None]]) -> None:
+    """The steps the command's process takes before exec, in order."""
+    for step in steps:
+        step()
 
 
 class Command:
@@ -49,6 +57,18 @@ class Command:
         cwd = self.spec["cwd"]
         env = dict(os.environ)
         env.update(self.spec["env"])
+        # Below its shim's and the daemon's priority, so they stay responsive however
+        # much CPU the command takes; set in the child between setsid and exec, so
+        # nothing the command starts can escape it. The shim keeps its own: its work
+        # follows the command's output, and what it has not read the command cannot
+        # outrun. (A spec written by an older daemon, still running while a newer slotd
+        # is installed, has no nice: the command keeps its shim's priority, as it did.)
+        nice = self.spec.get("nice")
+        in_the_child: list[Callable[[], None]] = []
+        if self.terminal_size is not None:
+            in_the_child.append(take_controlling_terminal)
+        if nice is not None:
+            in_the_child.append(functools.partial(linux.lower_own_priority, int(nice)))
         try:
             if not os.path.isdir(cwd):
                 raise MissingWorkingDirectory(cwd)
@@ -58,6 +78,8 @@ class Command:
                 env=env,
                 **self.stdio_args(),
                 start_new_session=True,
+                # Run by the child after start_new_session's setsid, before exec.
+                preexec_fn=functools.partial(run_each, in_the_child) if in_the_child else None,
                 bufsize=0,
             )
         # SubprocessError: taking the terminal failed in the child (preexec_fn).

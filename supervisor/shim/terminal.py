@@ -33,14 +33,9 @@ class Terminal:
             raise
 
     def popen_args(self) -> dict[str, Any]:
-        """subprocess.Popen's arguments that put the command on this terminal (with
-        start_new_session, whose setsid runs before preexec_fn)."""
-        return {
-            "stdin": self.slave,
-            "stdout": self.slave,
-            "stderr": self.slave,
-            "preexec_fn": take_controlling_terminal,
-        }
+        """subprocess.Popen's stdin, stdout and stderr that put the command on this
+        terminal (take_controlling_terminal must also run in the child)."""
+        return {"stdin": self.slave, "stdout": self.slave, "stderr": self.slave}
 
     def started(self) -> tuple[IO[bytes], IO[bytes]]:
         """Once the command holds the slave: close ours, so that reading the master

@@ -31,6 +31,8 @@ class Session:
     status: str
     queued_at: str
     priority: int = 0
+    # None only for sessions recorded before slotd set a nice value (they ran at the daemon's).
+    nice: int | None = None
     slot: int | None = None
     env: dict[str, str] = field(default_factory=dict)
     labels: dict[str, Any] = field(default_factory=dict)

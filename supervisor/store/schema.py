@@ -142,6 +142,10 @@ MIGRATIONS: list[str | Callable[[apsw.Connection], None]] = [
     """,
     # 7: the `tty` stream, a terminal's output (a step in code: see admit_the_tty_stream)
     admit_the_tty_stream,
+    # 8: the nice value a session's command runs at (sessions from before have none)
+    """
+    ALTER TABLE sessions ADD COLUMN nice INTEGER;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -166,12 +170,13 @@ def connect(path: Path, *, writer: bool) -> apsw.Connection:
     return connection
 
 
-def migrate(connection: apsw.Connection) -> int:
-    """Apply the numbered migrations the database lacks; return the version reached."""
+def migrate(connection: apsw.Connection, *, to: int = SCHEMA_VERSION) -> int:
+    """Apply the numbered migrations the database lacks, up to version `to` (tests build
+    older databases with it); return the version reached."""
     version = connection.pragma("user_version")
     if version > SCHEMA_VERSION:
         raise SchemaTooNew(version, SCHEMA_VERSION)
-    for number in range(version, SCHEMA_VERSION):
+    for number in range(version, to):
         step = MIGRATIONS[number]
         with connection:
             if callable(step):
@@ -179,4 +184,4 @@ def migrate(connection: apsw.Connection) -> int:
             else:
                 connection.execute(step)
             connection.pragma("user_version", number + 1)
-    return SCHEMA_VERSION
+    return max(version, to)
