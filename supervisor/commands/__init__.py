@@ -32,7 +32,9 @@ from supervisor.protocol import (
     PsRequest,
     Request,
     RequestError,
+    ResizeRequest,
     ResumeRequest,
+    ScreenRequest,
     SendRequest,
     ShowRequest,
     ShutdownRequest,
@@ -59,7 +61,7 @@ def request_error(error: SlotdError) -> RequestError:
 
 
 # What a daemon on its way out still answers.
-READ_ONLY_COMMANDS = frozenset({"ps", "show", "logs", "follow", "info"})
+READ_ONLY_COMMANDS = frozenset({"ps", "show", "logs", "follow", "screen", "info"})
 
 
 class Commands(SessionCommands, TranscriptCommands, DaemonCommands):
@@ -87,6 +89,8 @@ HANDLERS: dict[type[Request], Handler] = {
     LogsRequest: Commands.cmd_logs,
     FollowRequest: Commands.cmd_follow,
     SendRequest: Commands.cmd_send,
+    ScreenRequest: Commands.cmd_screen,
+    ResizeRequest: Commands.cmd_resize,
     StopRequest: Commands.cmd_stop,
     KillRequest: Commands.cmd_kill,
     PauseRequest: Commands.cmd_pause,
