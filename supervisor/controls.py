@@ -196,10 +196,17 @@ class Controls:
             await commit_briefly(self.ingestor)
 
     async def resize(self, session: Session, cols: int, rows: int) -> None:
-        """Give a tty session's terminal a new window size (recorded as the session's)."""
-        live = self._live(session, "resize")
+        """Give a tty session's terminal a new window size (recorded as the session's);
+        a queued one starts at that size."""
         if not session.tty:
             raise InvalidState(f"cannot resize session {session.id}: it has no terminal (started without tty)")
+        if session.status == "queued":
+            store = self.writer.store
+            if await self.writer.run(store.transition, session.id, ("queued",), tty_cols=cols, tty_rows=rows):
+                return
+            started: Session | None = await self.writer.run(store.get_session, session.id)  # meanwhile
+            session = started or session
+        live = self._live(session, "resize")
         await self._write_input(
             live, "resize", lambda writer: writer.resize(cols, rows), lambda _writer: "its window size was not set"
         )

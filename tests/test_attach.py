@@ -277,3 +277,21 @@ def test_screen_data_is_base64_when_the_output_is_not_utf8(daemon: DaemonHandle)
     screen = daemon.request("screen", session=session_id)
     assert screen["encoding"] == "base64"
     assert base64.b64decode(screen["data"]) == CLEAR + b"\x1b[2J\xff\xfe latin"
+
+
+@NEEDS_TMUX
+def test_attach_to_a_queued_session_shows_it_from_its_start_at_the_windows_size(
+    make_daemon, terminal: Tmux, tmp_path: Path
+) -> None:
+    """Attached while it waits for a slot, a tty session starts at the window's size and its first output is shown."""
+    daemon = make_daemon(slots=1)
+    blocker = daemon.start_session(["sleep", "600"])["id"]
+    session_id = daemon.start_session(shell(tmp_path, "tty$ "), tty=True, tty_cols=80, tty_rows=24)["id"]
+    assert daemon.session(session_id)["status"] == "queued"
+    terminal.start(attach_argv(daemon, session_id))
+    wait_for(lambda: daemon.session(session_id)["tty_cols"] == 100, what="the queued session to take the window's size")
+    daemon.request("stop", session=blocker)
+    terminal.wait_for("tty$")
+    terminal.type("stty size")
+    terminal.keys("Enter")
+    terminal.wait_for("30 100")

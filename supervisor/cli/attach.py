@@ -32,7 +32,7 @@ from supervisor.cli.connection import Reconnecting
 from supervisor.cli.output import short_id
 from supervisor.client import Client, RemoteError, result_of
 from supervisor.errors import CliError, CliExit
-from supervisor.model import Stream
+from supervisor.model import Status, Stream
 from supervisor.protocol import decode_data
 
 DEFAULT_DETACH_KEYS = "ctrl-p,ctrl-q"
@@ -236,6 +236,11 @@ class Attachment:
         ):
             if "row" not in message:
                 return result_of(message)
+            if self.session["status"] == Status.QUEUED:
+                # It has started: at this window's size, unless it was being started
+                # just as the size was sent.
+                self.session["status"] = Status.RUNNING
+                self.input.resize()
             self.screen.write(decode_data(message["row"]))
             self.last_seq = message["row"]["seq"]
         raise ConnectionError("no reply")
