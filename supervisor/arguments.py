@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from supervisor import jsonlimits
-from supervisor.model import ALL_STATUSES, MAX_TERMINAL_SIDE, NICE_MAX, STREAMS
+from supervisor.model import (
+    ALL_STATUSES,
+    MAX_MEMORY_LIMIT,
+    MAX_TERMINAL_SIDE,
+    MAX_TIMEOUT,
+    MIN_MEMORY_LIMIT,
+    NICE_MAX,
+    STREAMS,
+)
 
 # What a session's labels may take, as JSON.
 MAX_LABELS_BYTES = 64 * 1024
@@ -93,6 +101,14 @@ def is_nice(value: Any) -> bool:
     return is_int(value) and 0 <= value <= NICE_MAX
 
 
+def is_timeout(value: Any) -> bool:
+    return is_number(value) and 0 < value <= MAX_TIMEOUT
+
+
+def is_memory_limit(value: Any) -> bool:
+    return is_int(value) and MIN_MEMORY_LIMIT <= value <= MAX_MEMORY_LIMIT
+
+
 def is_statuses(value: Any) -> bool:
     items = [value] if isinstance(value, str) else value
     return is_str_list(items) and all(item in ALL_STATUSES for item in items)
@@ -127,6 +143,10 @@ LABELS = f"a JSON object of at most {MAX_LABELS_BYTES // 1024} KiB as compact JS
 STATUSES = f"a status or list of statuses ({', '.join(ALL_STATUSES)})"
 STREAM = _one_of(STREAMS)
 SINCE_SEQ = "a sequence number >= 0 (rows after it)"
+TIMEOUT = f"seconds it may run before it is stopped, more than 0 and at most {MAX_TIMEOUT}"
+MEMORY_LIMIT = (
+    f"bytes of address space each of its processes may take (RLIMIT_AS), {MIN_MEMORY_LIMIT} to {MAX_MEMORY_LIMIT}"
+)
 NICE = f"an integer from 0 to {NICE_MAX} (the nice value its command runs at; higher is less urgent)"
 
 

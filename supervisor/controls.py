@@ -8,6 +8,7 @@ not keep an operator from pausing or stopping anything. The reply waits a little
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -18,8 +19,8 @@ from supervisor.config import Config
 from supervisor.database import DatabaseWriter
 from supervisor.errors import InputClosed, InvalidState, SessionNotLive
 from supervisor.ingest import Ingestor
-from supervisor.live import LiveSession, LiveSessions, ended_or_gone, wait_ended_or_gone
-from supervisor.model import LIVE_STATUSES, utc_now
+from supervisor.live import STOPPED_ON_REQUEST, LiveSession, LiveSessions, ended_or_gone, wait_ended_or_gone
+from supervisor.model import LIVE_STATUSES, duration_text, utc_now
 from supervisor.processes import signal_group
 from supervisor.runner import SessionRunner, commit_briefly
 from supervisor.stdin import InputWriter
@@ -114,14 +115,34 @@ class Controls:
                 await wait_ended_or_gone(live)
         self.runner.note_blocked_spools()  # the reply says why its end is not recorded yet
 
-    def _request_stop(self, live: LiveSession, note: str) -> None:
+    def _request_stop(self, live: LiveSession, note: str, reason: str = STOPPED_ON_REQUEST) -> None:
         # Recorded with the next flush, not waited for: the signal must go out even
         # when the disk is full.
         if live.final:
             return  # it has ended already: its end is being recorded
         live.stop_requested = True
+        live.stop_reason = reason
         self.ingestor.append(live.id, "system", f"{note}\n".encode())
-        self.ingestor.update(live.id, stop_requested=True)
+        self.ingestor.update(live.id, stop_requested=True, stop_reason=reason)
+
+    def watch_timeout(self, live: LiveSession) -> None:
+        """Stop the session at its deadline, if it has one, as `stop` would."""
+        if live.deadline is not None and live.timeout is not None:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._stop_at_deadline, live, live.deadline, live.timeout)
+
+    async def _stop_at_deadline(self, live: LiveSession, deadline: float, run_time: float) -> None:
+        # Wall-clock time: the deadline outlives the daemon (started_at + timeout).
+        with trio.move_on_after(max(0.0, deadline - time.time())):
+            await live.ended.wait()
+        if live.ended.is_set() or live.final or live.stop_requested:
+            return  # ended, or being stopped already
+        timed_out = f"timed out after {duration_text(run_time)}"
+        grace = self.config.stop_timeout
+        self._request_stop(live, f"{timed_out}: SIGTERM, then SIGKILL after {grace:g}s", reason=timed_out)
+        await self._terminate(live, signal.SIGTERM)
+        await commit_briefly(self.ingestor)
+        await self._escalate(live, grace)
 
     async def kill(self, session: Session, signum: int) -> None:
         """Send the session's group a signal (SIGSTOP and SIGCONT pause and resume it)."""

@@ -78,9 +78,12 @@ class Dispatcher:
         queue: bool,
         *,
         terminal: TerminalSize | None = None,
+        run_time: float | None = None,
+        memory_limit: int | None = None,
     ) -> Session:
         """Queue a new session (at `nice`, else the configured session_nice; on a
-        pseudo-terminal of that size, if given), and start it now if a slot is free;
+        pseudo-terminal of that size, if given; stopped after `run_time` seconds, each of
+        its processes limited to `memory_limit` bytes), and start it now if a slot is free;
         with queue false, start it now or not at all (SlotsFull). StorageFull if the
         runtime disk has no room for its files (it is recorded as failed then)."""
         if not os.path.isabs(cwd):
@@ -102,6 +105,8 @@ class Dispatcher:
             tty=terminal is not None,
             tty_cols=terminal.cols if terminal else None,
             tty_rows=terminal.rows if terminal else None,
+            timeout=run_time,
+            memory_limit=memory_limit,
         )
         store = self.writer.store
         session = await self.writer.run(store.create_session, session)

@@ -17,6 +17,8 @@ from supervisor import linux, spool
 from supervisor.processes import ProcessRef, alive
 from supervisor.protocol import EXITED_WHILE_BLOCKED
 
+# Why a stop was asked for, unless its timeout asked (see LiveSession.stop_reason).
+STOPPED_ON_REQUEST = "stopped on request"
 # How often a stop looks whether a blocked session's command is gone (/proc).
 GONE_POLL_INTERVAL = 0.05
 
@@ -32,6 +34,9 @@ class LiveSession:
     shim: ProcessRef | None = None
     command: ProcessRef | None = None  # the command, leader of the session's group
     stop_requested: bool = False
+    stop_reason: str | None = None  # why: on request, or its timeout
+    timeout: float | None = None  # seconds it may run
+    deadline: float | None = None  # UNIX time its timeout stops it at
     # Set once the exit (or a failed start) is read: no status may change after it.
     final: bool = False
     # Set once the command has started, or once it is known that it never will.

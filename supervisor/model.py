@@ -83,6 +83,19 @@ def unix_from_iso(text: str) -> float:
     return moment.timestamp()
 
 
+def duration_text(seconds: float) -> str:
+    """A duration as people write it: 45s, 10m, 1h30m, 2d4h (0.5s below a second)."""
+    if seconds < 60:
+        return f"{seconds:g}s"
+    parts = []
+    rest = round(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if rest >= size:
+            parts.append(f"{rest // size}{unit}")
+            rest %= size
+    return "".join(parts)
+
+
 # -- CPU priority ------------------------------------------------------------------------
 
 # A session's command runs at a nice value from 0 (the daemon's own, by default) to
@@ -92,6 +105,16 @@ NICE_MAX = 19
 # The default (config's session_nice): the daemon, at 0, then weighs about nine times
 # as much as a busy session when both want a core (CFS weights 1024 and 110).
 SESSION_NICE_DEFAULT = 10
+
+
+# -- limits -------------------------------------------------------------------------------
+
+# The longest run time a session may be given (ten years: "no limit" is no timeout).
+MAX_TIMEOUT = 10 * 365 * 86400
+# The least memory limit: below it not even a shell starts, and the failure would say
+# nothing of why.
+MIN_MEMORY_LIMIT = 16 << 20
+MAX_MEMORY_LIMIT = 1 << 60
 
 
 # -- the session object on the wire ---------------------------------------------------
@@ -130,6 +153,9 @@ SESSION_FIELDS = (
     "tty",
     "tty_cols",
     "tty_rows",
+    "timeout",
+    "memory_limit",
+    "stop_reason",
 )
 
 

@@ -25,11 +25,13 @@ from typing import Any, ClassVar
 from supervisor import jsonlimits
 from supervisor.arguments import (
     LABELS,
+    MEMORY_LIMIT,
     NICE,
     SESSION,
     SINCE_SEQ,
     STATUSES,
     STREAM,
+    TIMEOUT,
     Arg,
     arg,
     is_argv,
@@ -37,6 +39,7 @@ from supervisor.arguments import (
     is_env,
     is_int,
     is_labels,
+    is_memory_limit,
     is_mode,
     is_nice,
     is_non_negative_int,
@@ -47,6 +50,7 @@ from supervisor.arguments import (
     is_str,
     is_stream,
     is_terminal_side,
+    is_timeout,
 )
 from supervisor.errors import SlotdError
 from supervisor.model import MAX_TERMINAL_SIDE
@@ -168,6 +172,8 @@ class StartRequest(Request):
     tty: bool = arg(is_bool, "true to run the command on a pseudo-terminal", default=False)
     tty_cols: int | None = arg(is_terminal_side, f"the terminal's width in columns, 1 to {MAX_TERMINAL_SIDE}")
     tty_rows: int | None = arg(is_terminal_side, f"the terminal's height in rows, 1 to {MAX_TERMINAL_SIDE}")
+    timeout: float | None = arg(is_timeout, TIMEOUT)
+    memory_limit: int | None = arg(is_memory_limit, MEMORY_LIMIT)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,6 +11,8 @@ import os
 import shutil
 import signal
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -22,7 +24,7 @@ from supervisor.database import DatabaseWriter
 from supervisor.ingest import Ingestor
 from supervisor.linux import current_boot_id
 from supervisor.live import LiveSession, LiveSessions, shim_blocked
-from supervisor.model import utc_now
+from supervisor.model import unix_from_iso, utc_now
 from supervisor.processes import ProcessRef, kill_process, signal_group
 from supervisor.spawn import SHIM_LOG, last_words, remove_session_dir, shim_spec, spawn_shim
 from supervisor.spoolevents import apply_event, apply_output, shim_columns
@@ -99,6 +101,9 @@ class SessionRunner:
         self.checkpoint_regex = config.checkpoint_regex
         self.boot_id = current_boot_id()
         self.shims = ShimReaper()
+        # Called with each session once it is live (started, or re-attached after a
+        # restart): the controls stop it at its deadline.
+        self.on_live: Callable[[LiveSession], None] = lambda live: None
         self._sessions_fd: int | None = None
         self._nursery: trio.Nursery | None = None
 
@@ -125,6 +130,8 @@ class SessionRunner:
             return None  # already being started (by the dispatcher, or a start with queue=false)
         spool_dir = self.config.sessions_dir / session.id
         live = LiveSession(session.id, slot, "running", spool_dir)
+        if session.timeout is not None:
+            live.timeout, live.deadline = session.timeout, time.time() + session.timeout
         self.live.add(live)  # reserves the slot before the first await
         try:
             started = await self.writer.run(
@@ -171,6 +178,7 @@ class SessionRunner:
         log.info("session_started", session_id=session.id, slot=slot, argv=session.argv, shim_pid=shim.pid)
         assert self._nursery is not None
         self._nursery.start_soon(self._supervise, live, spool.Position(0, 0))
+        self.on_live(live)
         return None
 
     async def _fail_start(self, live: LiveSession, error: OSError | fsguard.PathError) -> str | None:
@@ -223,6 +231,9 @@ class SessionRunner:
         live = LiveSession(session.id, session.slot, session.status, Path(session.spool_dir))
         live.shim, live.command = shim, command
         live.stop_requested = session.stop_requested
+        live.stop_reason = session.stop_reason
+        if session.timeout is not None and session.started_at is not None:
+            live.timeout, live.deadline = session.timeout, unix_from_iso(session.started_at) + session.timeout
         if session.pid is not None:
             live.started.set()
         self.live.add(live)
@@ -235,6 +246,7 @@ class SessionRunner:
         # for room in its spool must get it.
         spool.delete_segments_before(live.spool_dir, position.segment)
         self._nursery.start_soon(self._supervise, live, position)
+        self.on_live(live)
         return live
 
     async def _supervise(self, live: LiveSession, position: spool.Position) -> None:

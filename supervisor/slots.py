@@ -28,6 +28,7 @@ class SlotManager:
         self.runner = SessionRunner(config, writer, ingestor, self.live, session_umask)
         self.controls = Controls(config, writer, ingestor, self.live, self.runner)
         self.queue = Dispatcher(config, writer, ingestor, self.live, self.runner)
+        self.runner.on_live = self.controls.watch_timeout
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Run the sessions, the stops under way and the dispatcher (idle until woken)."""

@@ -45,6 +45,7 @@ def shim_spec(config: Config, session: Session, slot: int) -> dict[str, Any]:
         "cwd": session.cwd,
         "env": env,
         "env_unset": [name for name in WINDOW_SIZE_VARIABLES if name not in env] if session.tty else [],
+        "memory_limit": session.memory_limit,
         "flush_interval": config.flush_interval,
         "max_chunk_bytes": config.max_chunk_bytes,
         "segment_bytes": config.spool_segment_bytes,

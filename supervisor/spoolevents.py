@@ -14,7 +14,7 @@ import structlog
 
 from supervisor import spool
 from supervisor.ingest import Ingestor
-from supervisor.live import LiveSession
+from supervisor.live import STOPPED_ON_REQUEST, LiveSession
 from supervisor.model import iso_from_unix
 from supervisor.processes import ProcessRef
 
@@ -71,7 +71,7 @@ def apply_event(ingestor: Ingestor, live: LiveSession, record: spool.Record, end
         exit_code, signum = payload["exit_code"], payload["signal"]
         how = describe_exit(exit_code, signum)
         if live.stop_requested:
-            status, reason = "killed", f"stopped on request, {how}"
+            status, reason = "killed", f"{live.stop_reason or STOPPED_ON_REQUEST}, {how}"
         elif exit_code == 0:
             status, reason = "completed", None
         else:

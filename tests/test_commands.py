@@ -67,6 +67,8 @@ def test_every_command_is_a_slotctl_subcommand_but_the_listed_exceptions() -> No
                 tty=False,
                 tty_cols=None,
                 tty_rows=None,
+                timeout=None,
+                memory_limit=None,
             ),
         ),
         ({"cmd": "info"}, protocol.InfoRequest()),

@@ -78,6 +78,18 @@ def duration_arg(text: str) -> float:
     return seconds
 
 
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def size_arg(text: str) -> int:
+    """A size in bytes, with an optional binary unit (512M, 2G; K, M, G, T, with or
+    without iB), as docker's --memory and systemd's MemoryMax= take it."""
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:i?B)?", text.strip(), re.ASCII | re.IGNORECASE)
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected a size such as 512M or 2G, got {text!r}")
+    return int(float(match[1]) * SIZE_UNITS[match[2].upper()])
+
+
 def since_arg(text: str) -> tuple[int | None, str | None]:
     """(since_seq, since_time): a sequence number, or an ISO 8601 time."""
     if text.isascii() and text.isdigit():
@@ -135,6 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
             type=int,
             metavar="N",
             help=f"CPU niceness of its command, 0-{NICE_MAX}, higher yields more (default: the daemon's session_nice)",
+        )
+        p.add_argument(
+            "--timeout",
+            type=duration_arg,
+            metavar="DURATION",
+            help="stop it (as `stop` does) once it has run this long: 90s, 10m, 2h, 1d (status killed)",
+        )
+        p.add_argument(
+            "--memory",
+            type=size_arg,
+            metavar="SIZE",
+            help="memory each of its processes may map (RLIMIT_AS): 512M, 2G, or bytes; at least 16M",
         )
         p.add_argument("-C", "--cwd", help="working directory (default: here)")
         p.add_argument("--no-queue", action="store_true", help="refuse instead of queueing when every slot is busy")

@@ -65,6 +65,8 @@ def start_args(args: argparse.Namespace) -> dict[str, Any]:
         "priority": args.priority,
         "nice": args.nice,
         "queue": not args.no_queue,
+        "timeout": args.timeout,
+        "memory_limit": args.memory,
     }
     if args.size is not None and not args.tty:
         raise CliError("--size is a terminal's size: give it with --tty", CliExit.USAGE)

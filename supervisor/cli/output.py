@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from supervisor.model import Stream, unix_from_iso
+from supervisor.model import Stream, duration_text, unix_from_iso
 from supervisor.protocol import EXITED_WHILE_BLOCKED, decode_data
 
 
@@ -40,10 +40,7 @@ def human_value(key: str, value: Any) -> str:
     if value is None:
         return "-"
     if key.endswith("_bytes") and isinstance(value, int):
-        for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-            if value >= size:
-                return f"{value / size:.1f} {unit}"
-        return f"{value} B"
+        return byte_size_text(value)
     if key == "uptime":
         return age_text(value)
     if key == "live" and isinstance(value, list):
@@ -53,6 +50,13 @@ def human_value(key: str, value: Any) -> str:
     if isinstance(value, (dict, list)):
         return json.dumps(value)
     return str(value)
+
+
+def byte_size_text(value: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if value >= size:
+            return f"{value / size:.1f} {unit}"
+    return f"{value} B"
 
 
 def age_text(seconds: float) -> str:
@@ -134,6 +138,8 @@ def print_session(session: dict[str, Any]) -> None:
         "argv",
         "cwd",
         "tty",
+        "timeout",
+        "memory_limit",
         "env",
         "labels",
         "pid",
@@ -150,6 +156,10 @@ def print_session(session: dict[str, Any]) -> None:
         value = session.get(name)
         if name == "tty":
             value = f"{session['tty_cols']}x{session['tty_rows']}" if value else None
+        elif name == "timeout" and value is not None:
+            value = f"{duration_text(value)} (then stopped as by `stop`)"
+        elif name == "memory_limit" and value is not None:
+            value = f"{byte_size_text(value)} per process (RLIMIT_AS: address space)"
         if isinstance(value, (list, dict)):
             value = json.dumps(value)
         print(f"{name + ':':12} {'-' if value is None else value}")

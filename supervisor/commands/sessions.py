@@ -95,6 +95,8 @@ class SessionCommands(CommandContext):
             request.nice,
             request.queue,
             terminal=terminal_of(request),
+            run_time=request.timeout,
+            memory_limit=request.memory_limit,
         )
         return session_view(session)
 

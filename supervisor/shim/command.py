@@ -71,6 +71,10 @@ class Command:
             in_the_child.append(take_controlling_terminal)
         if nice is not None:
             in_the_child.append(functools.partial(linux.lower_own_priority, int(nice)))
+        if memory_limit := self.spec.get("memory_limit"):
+            # Inherited by all it starts, each process on its own (not their sum).
+            limit = int(memory_limit)
+            in_the_child.append(functools.partial(resource.setrlimit, resource.RLIMIT_AS, (limit, limit)))
         try:
             if not os.path.isdir(cwd):
                 raise MissingWorkingDirectory(cwd)

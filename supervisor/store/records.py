@@ -58,6 +58,9 @@ class Session:
     tty: bool = False  # runs on a pseudo-terminal, of tty_cols x tty_rows
     tty_cols: int | None = None
     tty_rows: int | None = None
+    timeout: float | None = None  # seconds it may run before it is stopped
+    memory_limit: int | None = None  # bytes of address space per process (RLIMIT_AS)
+    stop_reason: str | None = None  # why it was stopped: on request, or its timeout
 
     @property
     def is_ended(self) -> bool:
@@ -81,6 +84,7 @@ _TEXT_FIELDS = {
     "started_at",
     "ended_at",
     "spool_dir",
+    "stop_reason",
 }
 # Text is read as bytes and decoded in _session_from_row: bytes that are not UTF-8 then
 # damage their own row only, not every query that meets them (apsw would raise there).

@@ -146,6 +146,12 @@ MIGRATIONS: list[str | Callable[[apsw.Connection], None]] = [
     """
     ALTER TABLE sessions ADD COLUMN nice INTEGER;
     """,
+    # 9: limits: run time (seconds) and memory (bytes), and why a stop was asked for
+    """
+    ALTER TABLE sessions ADD COLUMN timeout REAL;
+    ALTER TABLE sessions ADD COLUMN memory_limit INTEGER;
+    ALTER TABLE sessions ADD COLUMN stop_reason TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
