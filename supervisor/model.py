@@ -156,6 +156,7 @@ SESSION_FIELDS = (
     "timeout",
     "memory_limit",
     "stop_reason",
+    "inherit_env",
 )
 
 

@@ -172,6 +172,9 @@ class StartRequest(Request):
     tty: bool = arg(is_bool, "true to run the command on a pseudo-terminal", default=False)
     tty_cols: int | None = arg(is_terminal_side, f"the terminal's width in columns, 1 to {MAX_TERMINAL_SIDE}")
     tty_rows: int | None = arg(is_terminal_side, f"the terminal's height in rows, 1 to {MAX_TERMINAL_SIDE}")
+    inherit_env: bool = arg(
+        is_bool, "true: the daemon's environment with env on top; false: env alone (slotctl's own)", default=True
+    )
     timeout: float | None = arg(is_timeout, TIMEOUT)
     memory_limit: int | None = arg(is_memory_limit, MEMORY_LIMIT)
 

@@ -29,6 +29,9 @@ TTY_TERM = "xterm-256color"
 # whoever started it says nothing of a tty session's terminal, so its command has none
 # (unless the session's env gives one).
 WINDOW_SIZE_VARIABLES = ("COLUMNS", "LINES")
+# What systemd tells the daemon alone, which a command must not take for its own: with
+# NOTIFY_SOCKET it could speak for the service (sd_notify(3) says to unset them).
+SERVICE_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 
 
 def shim_spec(config: Config, session: Session, slot: int) -> dict[str, Any]:
@@ -44,7 +47,12 @@ def shim_spec(config: Config, session: Session, slot: int) -> dict[str, Any]:
         "argv": session.argv,
         "cwd": session.cwd,
         "env": env,
-        "env_unset": [name for name in WINDOW_SIZE_VARIABLES if name not in env] if session.tty else [],
+        # A session's env from slotctl is the whole environment (slotctl's own); from
+        # another client, it goes on top of the daemon's.
+        "inherit_env": session.inherit_env,
+        "env_unset": [
+            name for name in (*SERVICE_VARIABLES, *(WINDOW_SIZE_VARIABLES if session.tty else ())) if name not in env
+        ],
         "memory_limit": session.memory_limit,
         "flush_interval": config.flush_interval,
         "max_chunk_bytes": config.max_chunk_bytes,

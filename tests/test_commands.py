@@ -69,6 +69,7 @@ def test_every_command_is_a_slotctl_subcommand_but_the_listed_exceptions() -> No
                 tty_rows=None,
                 timeout=None,
                 memory_limit=None,
+                inherit_env=True,
             ),
         ),
         ({"cmd": "info"}, protocol.InfoRequest()),

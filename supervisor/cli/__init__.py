@@ -138,7 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
         ("run", cmd_run, "start a session, print its output, exit with its exit code"),
     ):
         p = add(name, func, help_text)
-        p.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE", help="add to its environment")
+        p.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE", help="set in its environment")
+        p.add_argument("-u", "--unset", action="append", default=[], metavar="KEY", help="leave out of its environment")
+        p.add_argument(
+            "--env-clear",
+            action="store_true",
+            help="start from an empty environment, not slotctl's own (then -e adds to it)",
+        )
         p.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE", help="attach a label")
         p.add_argument("--labels-json", metavar="JSON", help="labels as a JSON object")
         p.add_argument("-p", "--priority", type=int, default=0, help="higher starts first (default 0)")
@@ -187,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("show", cmd_show, "show one session")
     p.add_argument("id")
+    p.add_argument(
+        "--env", dest="env_values", action="store_true", help="its environment's values too, not only their names"
+    )
 
     p = add("logs", cmd_logs, "print a session's transcript")
     p.add_argument("id")

@@ -60,7 +60,8 @@ def start_args(args: argparse.Namespace) -> dict[str, Any]:
     request = {
         "argv": argv,
         "cwd": os.path.abspath(args.cwd) if args.cwd else os.getcwd(),
-        "env": parse_kv(args.env, "--env"),
+        "env": session_env(args),
+        "inherit_env": False,
         "labels": labels_from(args),
         "priority": args.priority,
         "nice": args.nice,
@@ -74,6 +75,21 @@ def start_args(args: argparse.Namespace) -> dict[str, Any]:
         size = args.size or own_terminal_size()
         request |= {"tty": True, "tty_cols": size and size.cols, "tty_rows": size and size.rows}
     return request
+
+
+# What describes slotctl's own terminal, which a tty session's is not: the daemon sets
+# TERM for it, and its size comes with the request.
+OWN_TERMINAL_VARIABLES = ("TERM", "COLUMNS", "LINES")
+
+
+def session_env(args: argparse.Namespace) -> dict[str, str]:
+    """The session's whole environment, as a shell would pass it: slotctl's own (empty
+    with --env-clear), without the -u names, with the -e pairs."""
+    env = {} if args.env_clear else dict(os.environ)
+    for name in (*args.unset, *(OWN_TERMINAL_VARIABLES if args.tty else ())):
+        env.pop(name, None)
+    env.update(parse_kv(args.env, "--env"))
+    return env
 
 
 def own_terminal_size() -> TerminalSize | None:
@@ -154,7 +170,7 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_show(client: Client, args: argparse.Namespace) -> int:
     session = client.request("show", session=args.id)
-    print_json(session) if args.json else print_session(session)
+    print_json(session) if args.json else print_session(session, env_values=args.env_values)
     return CliExit.OK
 
 

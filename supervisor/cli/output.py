@@ -128,7 +128,9 @@ def status_text(session: dict[str, Any]) -> str:
     return session["status"] + (" (exited, disk full)" if note.endswith(EXITED_WHILE_BLOCKED) else " (disk full)")
 
 
-def print_session(session: dict[str, Any]) -> None:
+def print_session(session: dict[str, Any], env_values: bool = False) -> None:
+    """A session for people; its environment's names only, unless env_values (it may
+    hold secrets: a token in the environment of the shell that started it)."""
     fields = [
         "id",
         "status",
@@ -158,6 +160,8 @@ def print_session(session: dict[str, Any]) -> None:
             value = f"{session['tty_cols']}x{session['tty_rows']}" if value else None
         elif name == "timeout" and value is not None:
             value = f"{duration_text(value)} (then stopped as by `stop`)"
+        elif name == "env" and not env_values:
+            value = " ".join(sorted(value)) + "   (names; --env shows values)" if value else None
         elif name == "memory_limit" and value is not None:
             value = f"{byte_size_text(value)} per process (RLIMIT_AS: address space)"
         if isinstance(value, (list, dict)):

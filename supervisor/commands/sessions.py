@@ -96,6 +96,7 @@ class SessionCommands(CommandContext):
             request.queue,
             terminal=terminal_of(request),
             run_time=request.timeout,
+            inherit_env=request.inherit_env,
             memory_limit=request.memory_limit,
         )
         return session_view(session)

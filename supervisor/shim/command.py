@@ -55,8 +55,9 @@ class Command:
     def spawn(self, writer: spool.SpoolWriter) -> bool:
         """Start the command and record START; or record SPAWN_FAILED and return False."""
         cwd = self.spec["cwd"]
-        env = dict(os.environ)
-        for name in self.spec.get("env_unset", ()):  # a spec from an older daemon has none
+        # A spec from an older daemon has neither inherit_env nor env_unset.
+        env = dict(os.environ) if self.spec.get("inherit_env", True) else {}
+        for name in self.spec.get("env_unset", ()):
             env.pop(name, None)
         env.update(self.spec["env"])
         # Below its shim's and the daemon's priority, so they stay responsive however

@@ -61,6 +61,7 @@ class Session:
     timeout: float | None = None  # seconds it may run before it is stopped
     memory_limit: int | None = None  # bytes of address space per process (RLIMIT_AS)
     stop_reason: str | None = None  # why it was stopped: on request, or its timeout
+    inherit_env: bool = True  # its environment is the daemon's with env on top, else env alone
 
     @property
     def is_ended(self) -> bool:
@@ -69,7 +70,7 @@ class Session:
 
 _SESSION_FIELDS = [f.name for f in dataclasses.fields(Session)]
 _JSON_FIELDS = {"argv", "env", "labels"}
-_BOOL_FIELDS = {"stop_requested", "tty"}  # stored as 0 or 1
+_BOOL_FIELDS = {"stop_requested", "tty", "inherit_env"}  # stored as 0 or 1
 _SESSION_COLUMNS = ", ".join(_SESSION_FIELDS)
 _TEXT_FIELDS = {
     "id",

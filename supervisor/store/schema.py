@@ -146,11 +146,14 @@ MIGRATIONS: list[str | Callable[[apsw.Connection], None]] = [
     """
     ALTER TABLE sessions ADD COLUMN nice INTEGER;
     """,
-    # 9: limits: run time (seconds) and memory (bytes), and why a stop was asked for
+    # 9: limits: run time (seconds) and memory (bytes), and why a stop was asked for;
+    # whether the command's environment starts from the daemon's (sessions from before
+    # did) or is the session's env alone (what slotctl sends: its own environment)
     """
     ALTER TABLE sessions ADD COLUMN timeout REAL;
     ALTER TABLE sessions ADD COLUMN memory_limit INTEGER;
     ALTER TABLE sessions ADD COLUMN stop_reason TEXT;
+    ALTER TABLE sessions ADD COLUMN inherit_env INTEGER NOT NULL DEFAULT 1 CHECK (inherit_env IN (0, 1));
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
