@@ -21,7 +21,6 @@ from supervisor.cli.commands import (
     cmd_logs,
     cmd_prune,
     cmd_ps,
-    cmd_run,
     cmd_send,
     cmd_show,
     cmd_start,
@@ -30,6 +29,7 @@ from supervisor.cli.commands import (
 )
 from supervisor.cli.connection import connect
 from supervisor.cli.output import print_json
+from supervisor.cli.run import cmd_run
 from supervisor.client import DaemonUnavailable, RemoteError
 from supervisor.errors import CliError, CliExit
 from supervisor.model import MAX_TERMINAL_SIDE, NICE_MAX, STREAMS, TerminalSize
@@ -179,6 +179,21 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if name == "start":
             p.add_argument("-q", "--quiet", action="store_true", help="print only the id")
+        else:
+            p.add_argument(
+                "-q", "--quiet", action="store_true", help="do not say which session it is (on stderr) when it starts"
+            )
+            p.add_argument(
+                "-i",
+                "--interactive",
+                action="store_true",
+                help="pass stdin on even from a terminal (without it: only a pipe or a file, as in `echo y | slotctl run`)",
+            )
+            p.add_argument(
+                "--detach-on-interrupt",
+                action="store_true",
+                help="Ctrl-C stops following and leaves the session running, instead of passing SIGINT on to it",
+            )
         p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
 
     p = add("ps", cmd_ps, "list sessions, the ones waiting for a person first")

@@ -18,7 +18,6 @@ from supervisor.cli.output import (
     print_json_array,
     print_session,
     print_sessions,
-    short_id,
 )
 from supervisor.client import Client, result_of
 from supervisor.errors import CliError, CliExit
@@ -123,21 +122,6 @@ def exit_status_of(session: dict[str, Any]) -> int:
     if session["status"] == Status.COMPLETED:
         return CliExit.OK
     return CliExit.NOT_STARTED if session.get("started_at") is None or session["pid"] is None else CliExit.REFUSED
-
-
-def cmd_run(client: Client, args: argparse.Namespace) -> int:
-    session = client.request("start", **start_args(args))
-    printer = RowPrinter("json" if args.json else "split", None if args.json else OUTPUT_STREAMS)
-    daemon = Reconnecting(args, client)
-    try:
-        final = follow_rows(daemon, session["id"], 0, printer, None)
-    finally:
-        daemon.close()
-    if final["status"] == Status.FAILED and final["pid"] is None:
-        print(f"slotctl: session {short_id(final['id'])} could not start: {final['reason']}", file=sys.stderr)
-    elif final["status"] in (Status.LOST, Status.CANCELLED):
-        print(f"slotctl: session {short_id(final['id'])} {final['status']}: {final['reason']}", file=sys.stderr)
-    return exit_status_of(final)
 
 
 def cmd_ps(client: Client, args: argparse.Namespace) -> int:
