@@ -21,7 +21,7 @@ from typing import Any
 import re2
 
 from supervisor.errors import ConfigError
-from supervisor.model import NICE_MAX, SESSION_NICE_DEFAULT
+from supervisor.model import MAX_SLOTS, NICE_MAX, SESSION_NICE_DEFAULT
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -158,7 +158,7 @@ def _size(count: int) -> str:
 
 # key: (check, what was expected). The ranges are documented in config.toml.
 _TOP_KEYS: dict[str, tuple[Check, str]] = {
-    "slots": _integer_in(1, 256),
+    "slots": _integer_in(1, MAX_SLOTS),
     "state_dir": (lambda v: isinstance(v, str) and v != "", "a directory path (string)"),
     "runtime_dir": (lambda v: isinstance(v, str) and v != "", "a directory path (string)"),
     "socket": (lambda v: isinstance(v, str) and v != "", "a socket path (string)"),

@@ -312,7 +312,11 @@ class Daemon:
                         slots.queue.wake()
                         systemd.notify("READY=1", f"STATUS={await maintenance.status_text(config, slots, readers)}")
                         log.info(
-                            "ready", pid=os.getpid(), socket=str(config.socket), slots=config.slots, version=__version__
+                            "ready",
+                            pid=os.getpid(),
+                            socket=str(config.socket),
+                            slots=slots.live.slots,
+                            version=__version__,
                         )
                         release_library_log()
                     await self.shutdown_requested.wait()

@@ -16,7 +16,7 @@ from supervisor.database import DatabaseWriter
 from supervisor.errors import InvalidArgument, SlotsFull, StorageFull
 from supervisor.ingest import Ingestor
 from supervisor.live import LiveSessions
-from supervisor.model import TerminalSize, utc_now
+from supervisor.model import MAX_SLOTS, TerminalSize, utc_now
 from supervisor.runner import SessionRunner
 from supervisor.store import Session
 
@@ -43,7 +43,13 @@ class Dispatcher:
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Start queued sessions as slots free up."""
-        self._draining = await self.writer.run(self.writer.store.get_setting, "draining", "0") == "1"
+        store = self.writer.store
+        self._draining = await self.writer.run(store.get_setting, "draining", "0") == "1"
+        chosen = await self.writer.run(store.get_setting, "slots")
+        if chosen is not None and chosen.isdigit() and 1 <= int(chosen) <= MAX_SLOTS:
+            # `slotctl slots N` outlives restarts, as drain does; the config's is the first.
+            self.live.slots = int(chosen)
+            log.info("slots_as_set", slots=self.live.slots, configured=self.config.slots)
         task_status.started()
         while True:
             await self.live.wait_dispatch_wanted()
@@ -91,7 +97,7 @@ class Dispatcher:
         if not os.path.isabs(cwd):
             raise InvalidArgument(f"start: 'cwd' must be an absolute path, got {cwd!r}")
         if not queue and (self.draining or self.live.free_slot() is None):
-            busy = "the daemon is draining" if self.draining else f"all {self.config.slots} slots are busy"
+            busy = "the daemon is draining" if self.draining else f"all {self.live.slots} slots are busy"
             raise SlotsFull(f"not started: {busy} (and queueing was refused)")
         session = Session(
             id=str(uuid.uuid4()),
@@ -137,6 +143,14 @@ class Dispatcher:
         # Only another client's delete, between a failed start and this read, takes it.
         assert started is not None, f"session {session.id} was deleted while it started"
         return started
+
+    async def set_slots(self, count: int) -> None:
+        """Run at most count sessions at once from now on (and after a restart): more
+        start at once if more are queued; fewer stops nothing, only starts fewer."""
+        self.live.slots = count
+        await self.writer.run(self.writer.store.set_setting, "slots", str(count))
+        log.info("slots_set", slots=count, configured=self.config.slots)
+        self.wake()
 
     async def set_draining(self, draining: bool) -> None:
         self._draining = draining

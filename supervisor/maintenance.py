@@ -49,7 +49,7 @@ async def status_text(config: Config, slots: SlotManager, readers: ReaderPool) -
     draining = ", draining" if slots.queue.draining else ""
     blocked = sum(live.output_blocked is not None for live in slots.live)
     disk_full = f", {blocked} blocked: runtime disk full" if blocked else ""
-    return f"{len(slots.live)}/{config.slots} slots busy, {queued} queued{draining}{disk_full}"
+    return f"{len(slots.live)}/{slots.live.slots} slots busy, {queued} queued{draining}{disk_full}"
 
 
 async def checkpoint_loop(

@@ -107,6 +107,10 @@ NICE_MAX = 19
 SESSION_NICE_DEFAULT = 10
 
 
+# The most slots a daemon runs sessions in (the config's `slots`, `slotctl slots N`).
+MAX_SLOTS = 256
+
+
 # -- limits -------------------------------------------------------------------------------
 
 # The longest run time a session may be given (ten years: "no limit" is no timeout).

@@ -48,12 +48,13 @@ from supervisor.arguments import (
     is_signal,
     is_statuses,
     is_str,
+    is_str_list,
     is_stream,
     is_terminal_side,
     is_timeout,
 )
 from supervisor.errors import SlotdError
-from supervisor.model import MAX_TERMINAL_SIDE
+from supervisor.model import MAX_SLOTS, MAX_TERMINAL_SIDE
 
 MAX_MESSAGE_BYTES = 1 << 20
 # A request id, as compact JSON: it is copied into every reply and streamed row.
@@ -270,6 +271,23 @@ class CancelRequest(SessionRequest):
 
 
 @dataclass(frozen=True, kw_only=True)
+class EditRequest(SessionRequest):
+    command = "edit"
+    argv: list[str] | None = arg(is_argv, "a new command: a non-empty list of strings without NUL characters")
+    cwd: str | None = arg(is_runnable, "a new working directory: an absolute path")
+    env: dict[str, str] | None = arg(is_env, "a new environment (replaces the old one whole), as start's env")
+    labels: dict[str, Any] | None = arg(is_labels, f"new labels (replace the old ones whole): {LABELS}")
+    priority: int | None = arg(is_int, "a new priority (higher starts first)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabelRequest(SessionRequest):
+    command = "label"
+    set: dict[str, Any] = arg(is_labels, f"labels to set: {LABELS}", default={})
+    delete: list[str] = arg(is_str_list, "names of labels to remove", default=[])
+
+
+@dataclass(frozen=True, kw_only=True)
 class DeleteRequest(SessionRequest):
     command = "delete"
 
@@ -302,6 +320,16 @@ class ShutdownRequest(Request):
     mode: str | None = arg(is_mode, '"keep" or "stop"')
 
 
+@dataclass(frozen=True, kw_only=True)
+class SlotsRequest(Request):
+    command = "slots"
+    count: int = arg(
+        lambda v: is_int(v) and 1 <= v <= MAX_SLOTS,
+        f"an integer from 1 to {MAX_SLOTS} (sessions at once)",
+        required=True,
+    )
+
+
 # Every command, in the order the unknown-command message lists them.
 REQUESTS: dict[str, type[Request]] = {
     request.command: request
@@ -319,10 +347,13 @@ REQUESTS: dict[str, type[Request]] = {
         PauseRequest,
         ResumeRequest,
         CancelRequest,
+        EditRequest,
+        LabelRequest,
         DeleteRequest,
         PruneRequest,
         DrainRequest,
         UndrainRequest,
+        SlotsRequest,
         InfoRequest,
         ShutdownRequest,
     )

@@ -16,8 +16,8 @@ import sys
 
 from supervisor import __version__
 from supervisor.cli.attach import DEFAULT_DETACH_KEYS, cmd_attach
+from supervisor.cli.bulk import add_selection, deleted_line, on_sessions, signalled_line, status_line, stopped_line
 from supervisor.cli.commands import (
-    cmd_delete,
     cmd_logs,
     cmd_prune,
     cmd_ps,
@@ -25,9 +25,9 @@ from supervisor.cli.commands import (
     cmd_show,
     cmd_start,
     daemon_command,
-    simple,
 )
 from supervisor.cli.connection import connect
+from supervisor.cli.editing import cmd_edit, cmd_label
 from supervisor.cli.output import print_json
 from supervisor.cli.run import cmd_run
 from supervisor.client import DaemonUnavailable, RemoteError
@@ -244,22 +244,40 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the keys that detach, leaving the session running (default {DEFAULT_DETACH_KEYS}; a character or ctrl-X each)",
     )
 
-    p = add("stop", simple("stop", timeout="timeout"), "SIGTERM the session's process group, SIGKILL after a timeout")
-    p.add_argument("id")
+    p = add(
+        "stop",
+        on_sessions("stop", stopped_line, timeout="timeout"),
+        "SIGTERM sessions' process groups, SIGKILL after a timeout (a queued one is cancelled)",
+    )
+    add_selection(p, "stop", ("-s", "--status"))
     p.add_argument("-t", "--timeout", type=seconds_arg, help="seconds before SIGKILL (default: stop_timeout)")
 
-    p = add("kill", simple("kill", signal="signal"), "send a signal to the session's process group")
-    p.add_argument("id")
+    p = add("kill", on_sessions("kill", signalled_line, signal="signal"), "send a signal to sessions' process groups")
+    add_selection(p, "kill", ("--status",))
     p.add_argument("-s", "--signal", type=signal_arg, default="KILL", help="signal name or number (default KILL)")
 
-    for name, help_text in (
-        ("pause", "SIGSTOP the session (it keeps its slot)"),
-        ("resume", "SIGCONT a paused session"),
-        ("cancel", "cancel a queued session"),
+    for name, describe, help_text in (
+        ("pause", status_line, "SIGSTOP sessions (they keep their slots)"),
+        ("resume", status_line, "SIGCONT paused sessions"),
+        ("cancel", status_line, "take queued sessions off the queue"),
+        ("delete", deleted_line, "delete ended sessions and their transcripts"),
     ):
-        add(name, simple(name), help_text).add_argument("id")
+        add_selection(add(name, on_sessions(name, describe), help_text), name, ("-s", "--status"))
 
-    add("delete", cmd_delete, "delete an ended session and its transcript").add_argument("id")
+    p = add("edit", cmd_edit, "change a queued session: priority, command, directory, environment, labels")
+    p.add_argument("id")
+    p.add_argument("-p", "--priority", type=int, help="a new priority (higher starts first)")
+    p.add_argument("-C", "--cwd", type=os.path.abspath, help="a new working directory")
+    p.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE", help="set in its environment")
+    p.add_argument("-u", "--unset", action="append", default=[], metavar="KEY", help="remove from its environment")
+    p.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE", help="add or change a label")
+    p.add_argument("--labels-json", metavar="JSON", help="labels to add or change, as a JSON object")
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]", help="a new command")
+
+    p = add("label", cmd_label, "set or remove labels of any session, live or ended")
+    p.add_argument("id")
+    p.add_argument("pairs", nargs="*", metavar="KEY=VALUE", help="labels to set")
+    p.add_argument("-d", "--delete", action="append", default=[], metavar="KEY", help="a label to remove")
 
     p = add("prune", cmd_prune, "delete ended sessions: those a filter selects, or --all")
     p.add_argument(
@@ -279,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("drain", daemon_command("drain"), "stop starting queued sessions")
     add("undrain", daemon_command("undrain"), "start queued sessions again")
     add("info", daemon_command("info"), "the daemon's state")
+    p = add(
+        "slots",
+        daemon_command("slots"),
+        "run at most N sessions at once, from now on and after restarts (fewer stops nothing, only starts fewer)",
+    )
+    p.add_argument("count", type=int, metavar="N")
     p = add("shutdown", daemon_command("shutdown"), "stop the daemon")
     p.add_argument("--mode", choices=["keep", "stop"], help="keep sessions running (default from config) or stop them")
     return parser

@@ -208,27 +208,6 @@ def cmd_send(client: Client, args: argparse.Namespace) -> int:
     return CliExit.OK
 
 
-def simple(command: str, **extra_args: str):
-    """A command that takes a session id and prints the session it returns."""
-
-    def run(client: Client, args: argparse.Namespace) -> int:
-        extras = {name: getattr(args, attr) for name, attr in extra_args.items()}
-        session = client.request(command, session=args.id, **extras)
-        if args.json:
-            print_json(session)
-        else:
-            print(f"{session['id']} {session['status']}" + (f" ({session['reason']})" if session.get("reason") else ""))
-        return CliExit.OK
-
-    return run
-
-
-def cmd_delete(client: Client, args: argparse.Namespace) -> int:
-    result = client.request("delete", session=args.id)
-    print_json(result) if args.json else print(f"deleted {result['deleted']}")
-    return CliExit.OK
-
-
 def confirmed(question: str) -> bool:
     """Ask on the terminal; only y or yes is a yes."""
     print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
@@ -258,15 +237,29 @@ def cmd_prune(client: Client, args: argparse.Namespace) -> int:
 
 def daemon_command(command: str):
     def run(client: Client, args: argparse.Namespace) -> int:
-        extras = {"mode": args.mode} if command == "shutdown" else {}
+        extras = {"mode": args.mode} if command == "shutdown" else {"count": args.count} if command == "slots" else {}
         result = client.request(command, **extras)
         if args.json:
             print_json(result)
-        elif command == "info" or command in ("drain", "undrain"):
+        elif command == "info":
             for key, value in result.items():
                 print(f"{key + ':':16} {human_value(key, value)}")
         else:
-            print(f"shutting down ({result['mode']})")
+            print(daemon_change_text(command, result))
         return CliExit.OK
 
     return run
+
+
+def daemon_change_text(command: str, result: dict[str, Any]) -> str:
+    """One line saying what a change to the daemon did."""
+    if command == "shutdown":
+        return f"shutting down ({result['mode']})"
+    busy = f"{result['busy']} of {result['slots']} slots busy, {result['queued']} queued"
+    if command == "drain":
+        return f"draining: queued sessions wait ({busy}); `slotctl undrain` starts them again"
+    if command == "undrain":
+        return f"not draining: queued sessions start as slots free ({busy})"
+    configured = result["configured_slots"]
+    note = "" if configured == result["slots"] else f"; the config says {configured}, this stays across restarts"
+    return f"slots: {result['slots']} ({busy}{note})"

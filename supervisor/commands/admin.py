@@ -16,6 +16,7 @@ from supervisor.protocol import (
     DrainRequest,
     InfoRequest,
     ShutdownRequest,
+    SlotsRequest,
     UndrainRequest,
 )
 from supervisor.store import Reader
@@ -32,6 +33,10 @@ class DaemonCommands(CommandContext):
         await self.slots.queue.set_draining(False)
         return await self.cmd_info(InfoRequest(), emit)
 
+    async def cmd_slots(self, request: SlotsRequest, emit: Emit) -> Any:
+        await self.slots.queue.set_slots(request.count)
+        return await self.cmd_info(InfoRequest(), emit)
+
     async def cmd_info(self, request: InfoRequest, emit: Emit) -> Any:
         queued = await self.readers.run(Reader.count_with_status, [Status.QUEUED])
         db_bytes = 0
@@ -45,7 +50,8 @@ class DaemonCommands(CommandContext):
             "pid": os.getpid(),
             "started_at": self.started_at,
             "uptime": round(time.monotonic() - self.started_monotonic, 3),
-            "slots": self.config.slots,
+            "slots": self.slots.live.slots,
+            "configured_slots": self.config.slots,
             "busy": len(self.slots.live),
             "live": [
                 {"slot": live.slot, "session": live.id, "status": live.status, "output_blocked": live.output_note()}

@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
+from supervisor.arguments import MAX_LABELS_BYTES, is_labels
 from supervisor.commands.context import PAGE_SEND_DEADLINE, CommandContext, Emit
 from supervisor.model import (
     ALL_STATUSES,
@@ -26,8 +28,10 @@ from supervisor.protocol import (
     CancelRequest,
     ClientStalled,
     DeleteRequest,
+    EditRequest,
     ErrorCode,
     KillRequest,
+    LabelRequest,
     PauseRequest,
     PruneRequest,
     PsRequest,
@@ -256,6 +260,50 @@ class SessionCommands(CommandContext):
                 raise RequestError(ErrorCode.INVALID_ARGUMENT, "send: 'data_b64' is not valid base64") from None
         await self.slots.controls.send(session, data, request.eof)
         return {"sent": len(data), "eof": request.eof}
+
+    async def cmd_edit(self, request: EditRequest, emit: Emit) -> Any:
+        session = await self._session(request.session)
+        changes = {
+            name: value
+            for name in ("argv", "cwd", "env", "labels", "priority")
+            if (value := getattr(request, name)) is not None
+        }
+        if not changes:
+            raise RequestError(
+                ErrorCode.INVALID_ARGUMENT, "edit: give at least one of argv, cwd, env, labels, priority"
+            )
+        if "cwd" in changes and not os.path.isabs(changes["cwd"]):
+            raise RequestError(ErrorCode.INVALID_ARGUMENT, f"edit: 'cwd' must be an absolute path, got {request.cwd!r}")
+        store = self.writer.store
+        edited = await self.writer.run(store.transition, session.id, ("queued",), **changes)
+        if edited is None:
+            current = await self.writer.run(store.get_session, session.id)
+            status = current.status if current else "deleted"
+            raise RequestError(
+                ErrorCode.INVALID_STATE,
+                f"cannot edit session {session.id}: it is {status} (only a queued session can be edited; "
+                "`label` changes the labels of any)",
+            )
+        self.slots.queue.wake()  # a new priority may put it first
+        return session_view(edited)
+
+    async def cmd_label(self, request: LabelRequest, emit: Emit) -> Any:
+        session = await self._session(request.session)
+
+        def relabel(labels: dict[str, Any]) -> dict[str, Any]:
+            labels = {name: value for name, value in labels.items() if name not in request.delete}
+            labels.update(request.set)
+            if not is_labels(labels):
+                raise RequestError(
+                    ErrorCode.INVALID_ARGUMENT,
+                    f"label: the labels would exceed {MAX_LABELS_BYTES // 1024} KiB as compact JSON",
+                )
+            return labels
+
+        relabelled = await self.writer.run(self.writer.store.change_labels, session.id, relabel)
+        if relabelled is None:
+            raise RequestError(ErrorCode.NOT_FOUND, f"session {session.id} was deleted")
+        return session_view(relabelled)
 
     async def cmd_resize(self, request: ResizeRequest, emit: Emit) -> Any:
         session = await self._session(request.session)

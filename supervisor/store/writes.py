@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +139,17 @@ class Store(Reader):
             if current is None or current.status not in from_statuses:
                 return None
             self._update(session_id, columns)
+            return self.get_session(session_id)
+
+    def change_labels(self, session_id: str, change: Callable[[dict[str, Any]], dict[str, Any]]) -> Session | None:
+        """Replace a session's labels with change(its labels), read and written in one
+        transaction (an exception from change leaves them as they were); None if there
+        is no such session."""
+        with self.write():
+            current = self.get_session(session_id)
+            if current is None:
+                return None
+            self._update(session_id, {"labels": change(current.labels)})
             return self.get_session(session_id)
 
     def update_session(self, session_id: str, **columns: Any) -> None:
