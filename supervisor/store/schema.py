@@ -155,6 +155,24 @@ MIGRATIONS: list[str | Callable[[apsw.Connection], None]] = [
     ALTER TABLE sessions ADD COLUMN stop_reason TEXT;
     ALTER TABLE sessions ADD COLUMN inherit_env INTEGER NOT NULL DEFAULT 1 CHECK (inherit_env IN (0, 1));
     """,
+    # 10: views for people with a sqlite3 shell (docs/schema.md): the transcript as text
+    # with local times, sessions with their times local and their durations
+    """
+    CREATE VIEW transcript_text AS
+        SELECT session_id, seq, strftime('%Y-%m-%d %H:%M:%f', ts, 'unixepoch', 'localtime') AS local_time,
+               stream, CAST(data AS TEXT) AS text
+        FROM transcript;
+    CREATE VIEW session_times AS
+        SELECT id, status, slot, argv, labels, exit_code, signal, reason,
+               datetime(queued_at, 'localtime') AS queued_local,
+               datetime(started_at, 'localtime') AS started_local,
+               datetime(ended_at, 'localtime') AS ended_local,
+               round((julianday(coalesce(started_at, ended_at, 'now')) - julianday(queued_at)) * 86400, 3)
+                   AS waited_seconds,
+               round((julianday(coalesce(ended_at, 'now')) - julianday(started_at)) * 86400, 3) AS ran_seconds,
+               transcript_bytes
+        FROM sessions;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
