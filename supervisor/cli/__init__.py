@@ -29,10 +29,11 @@ from supervisor.cli.commands import (
 )
 from supervisor.cli.connection import connect
 from supervisor.cli.output import print_json
+from supervisor.cli.wait import cmd_wait
 from supervisor.client import DaemonUnavailable, RemoteError
 from supervisor.errors import CliError, CliExit
 from supervisor.model import MAX_TERMINAL_SIDE, NICE_MAX, STREAMS, TerminalSize
-from supervisor.protocol import PS_RECENT_ENDED
+from supervisor.protocol import PS_RECENT_ENDED, WAIT_UNTIL
 
 # Each protocol command has a subcommand of the same name, but for these
 # (tests/test_commands.py checks both lists; docs/protocol.md says where `follow` is used):
@@ -64,6 +65,16 @@ def duration_arg(text: str) -> float:
     if not math.isfinite(seconds):
         raise argparse.ArgumentTypeError(f"expected an age with a unit (30s, 12h, 7d, 2w), got {text!r}")
     return seconds
+
+
+def timeout_arg(text: str) -> float:
+    """A time to wait, in seconds: a number (90, 1.5) or one with a unit (30s, 10m, 2h)."""
+    for parse in (seconds_arg, duration_arg):
+        try:
+            return parse(text)
+        except argparse.ArgumentTypeError:
+            pass
+    raise argparse.ArgumentTypeError(f"expected seconds or a duration with a unit (90, 30s, 10m, 2h), got {text!r}")
 
 
 def since_arg(text: str) -> tuple[int | None, str | None]:
@@ -161,6 +172,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", choices=[stream.value for stream in STREAMS], help="one stream only")
     p.add_argument("--raw", action="store_true", help="the exact bytes the command wrote, nothing added")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the session ends")
+
+    p = add("wait", cmd_wait, "wait until sessions end; exit with the exit status of the last to end")
+    p.add_argument("ids", nargs="+", metavar="ID", help="session ids or unique prefixes")
+    p.add_argument("--any", action="store_true", help="return when the first of them ends, with its exit status")
+    p.add_argument(
+        "--until",
+        choices=WAIT_UNTIL,
+        default="end",
+        help=f"end: until they end (default); checkpoint: until they wait at a checkpoint (exit 0), "
+        f"or exit {CliExit.NO_CHECKPOINT} if one ends first",
+    )
+    p.add_argument(
+        "--timeout",
+        type=timeout_arg,
+        metavar="DURATION",
+        help=f"give up after this long (90, 30s, 10m, 2h): exit {CliExit.TIMED_OUT}, naming those still running",
+    )
 
     p = add("send", cmd_send, "write to a session's stdin")
     p.add_argument("id")
