@@ -78,9 +78,11 @@ class Dispatcher:
         queue: bool,
         *,
         terminal: TerminalSize | None = None,
+        restart_of: str | None = None,
     ) -> Session:
         """Queue a new session (at `nice`, else the configured session_nice; on a
-        pseudo-terminal of that size, if given), and start it now if a slot is free;
+        pseudo-terminal of that size, if given; recorded as a repeat of the session
+        restart_of, if given), and start it now if a slot is free;
         with queue false, start it now or not at all (SlotsFull). StorageFull if the
         runtime disk has no room for its files (it is recorded as failed then)."""
         if not os.path.isabs(cwd):
@@ -102,6 +104,7 @@ class Dispatcher:
             tty=terminal is not None,
             tty_cols=terminal.cols if terminal else None,
             tty_rows=terminal.rows if terminal else None,
+            restart_of=restart_of,
         )
         store = self.writer.store
         session = await self.writer.run(store.create_session, session)

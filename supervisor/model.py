@@ -130,6 +130,7 @@ SESSION_FIELDS = (
     "tty",
     "tty_cols",
     "tty_rows",
+    "restart_of",
 )
 
 

@@ -176,6 +176,11 @@ class StartRequest(Request):
 
 
 @dataclass(frozen=True, kw_only=True)
+class RestartRequest(SessionRequest):
+    command = "restart"
+
+
+@dataclass(frozen=True, kw_only=True)
 class PsRequest(Request):
     command = "ps"
     status: str | list[str] | None = arg(is_statuses, STATUSES)
@@ -319,6 +324,7 @@ REQUESTS: dict[str, type[Request]] = {
         PauseRequest,
         ResumeRequest,
         CancelRequest,
+        RestartRequest,
         DeleteRequest,
         PruneRequest,
         DrainRequest,

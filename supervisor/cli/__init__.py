@@ -20,6 +20,7 @@ from supervisor.cli.commands import (
     cmd_logs,
     cmd_prune,
     cmd_ps,
+    cmd_restart,
     cmd_run,
     cmd_send,
     cmd_show,
@@ -39,7 +40,8 @@ from supervisor.protocol import PS_RECENT_ENDED, WAIT_UNTIL
 # (tests/test_commands.py checks both lists; docs/protocol.md says where `follow` is used):
 COMMANDS_WITHOUT_SUBCOMMAND = frozenset({"follow"})  # what `logs -f` and `run` do after their first request
 # and these subcommands are slotctl's own, not protocol commands:
-SUBCOMMANDS_OF_ITS_OWN = frozenset({"run"})  # a `start`, then a `follow` to the session's end
+SUBCOMMAND_ALIASES = {"rerun": "restart"}  # pueue's and people's other name for it
+SUBCOMMANDS_OF_ITS_OWN = frozenset({"run", *SUBCOMMAND_ALIASES})  # run: a `start`, then a `follow` to its end
 
 # Argument types: a bad value is a usage error (exit 2) naming the option, never a
 # traceback or a request the daemon must refuse.
@@ -115,8 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"slotctl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+    def add(name: str, func, help_text: str, description: str | None = None) -> argparse.ArgumentParser:
+        aliases = [alias for alias, command in SUBCOMMAND_ALIASES.items() if command == name]
+        p = sub.add_parser(
+            name, aliases=aliases, parents=[common], help=help_text, description=description or help_text
+        )
         p.set_defaults(func=func)
         return p
 
@@ -149,6 +154,17 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "start":
             p.add_argument("-q", "--quiet", action="store_true", help="print only the id")
         p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
+
+    p = add(
+        "restart",
+        cmd_restart,
+        "start a new session like an old one (alias: rerun)",
+        "Start a new session with the argv, cwd, env, labels, priority, nice and terminal of an "
+        "ended or live one, recorded as its restart (show: restart_of). The old session is left "
+        "as it is: a live one is not stopped (stop it first to replace it).",
+    )
+    p.add_argument("id")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the new id")
 
     p = add("ps", cmd_ps, "list sessions, the ones waiting for a person first")
     p.add_argument("-s", "--status", action="append", default=[], help="only this status (repeatable)")

@@ -88,12 +88,20 @@ def own_terminal_size() -> TerminalSize | None:
     return None
 
 
-def cmd_start(client: Client, args: argparse.Namespace) -> int:
-    session = client.request("start", **start_args(args))
+def print_new_session(session: dict[str, Any], args: argparse.Namespace) -> None:
     if args.json:
         print_json(session)
     else:
         print(session["id"] if args.quiet else f"{session['id']} {session['status']}")
+
+
+def cmd_start(client: Client, args: argparse.Namespace) -> int:
+    print_new_session(client.request("start", **start_args(args)), args)
+    return CliExit.OK
+
+
+def cmd_restart(client: Client, args: argparse.Namespace) -> int:
+    print_new_session(client.request("restart", session=args.id), args)
     return CliExit.OK
 
 

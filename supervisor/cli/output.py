@@ -145,6 +145,7 @@ def print_session(session: dict[str, Any]) -> None:
         "queued_at",
         "started_at",
         "ended_at",
+        "restart_of",
     ]
     for name in fields:
         value = session.get(name)

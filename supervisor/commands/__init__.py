@@ -33,6 +33,7 @@ from supervisor.protocol import (
     PsRequest,
     Request,
     RequestError,
+    RestartRequest,
     ResumeRequest,
     SendRequest,
     ShowRequest,
@@ -84,6 +85,7 @@ Handler = Callable[[Commands, Any, Emit], Awaitable[Any]]
 # that class (tests/test_commands.py checks both ways).
 HANDLERS: dict[type[Request], Handler] = {
     StartRequest: Commands.cmd_start,
+    RestartRequest: Commands.cmd_restart,
     PsRequest: Commands.cmd_ps,
     ShowRequest: Commands.cmd_show,
     LogsRequest: Commands.cmd_logs,

@@ -32,6 +32,7 @@ from supervisor.protocol import (
     PruneRequest,
     PsRequest,
     RequestError,
+    RestartRequest,
     ResumeRequest,
     SendRequest,
     ShowRequest,
@@ -81,6 +82,13 @@ def terminal_of(request: StartRequest) -> TerminalSize | None:
     )
 
 
+def terminal_of_session(session: Session) -> TerminalSize | None:
+    """The window size a stored session runs at (None without a terminal)."""
+    if not session.tty:
+        return None
+    return TerminalSize(session.tty_cols or DEFAULT_TERMINAL_SIZE.cols, session.tty_rows or DEFAULT_TERMINAL_SIZE.rows)
+
+
 class SessionCommands(CommandContext):
     """Handlers of the commands about sessions: start, ps, show, the controls, delete, send, prune."""
 
@@ -94,6 +102,22 @@ class SessionCommands(CommandContext):
             request.nice,
             request.queue,
             terminal=terminal_of(request),
+        )
+        return session_view(session)
+
+    async def cmd_restart(self, request: RestartRequest, emit: Emit) -> Any:
+        # As pueue restarts a task: a new session like the old one, which is left as it is.
+        session = await self._session(request.session)
+        session = await self.slots.queue.submit(
+            session.argv,
+            session.cwd,
+            session.env,
+            session.labels,
+            session.priority,
+            session.nice,
+            True,
+            terminal=terminal_of_session(session),
+            restart_of=session.id,
         )
         return session_view(session)
 

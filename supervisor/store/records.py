@@ -58,6 +58,8 @@ class Session:
     tty: bool = False  # runs on a pseudo-terminal, of tty_cols x tty_rows
     tty_cols: int | None = None
     tty_rows: int | None = None
+    # The id of the session this one repeats (`restart`), which may since be deleted.
+    restart_of: str | None = None
 
     @property
     def is_ended(self) -> bool:
@@ -81,6 +83,7 @@ _TEXT_FIELDS = {
     "started_at",
     "ended_at",
     "spool_dir",
+    "restart_of",
 }
 # Text is read as bytes and decoded in _session_from_row: bytes that are not UTF-8 then
 # damage their own row only, not every query that meets them (apsw would raise there).

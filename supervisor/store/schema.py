@@ -146,6 +146,10 @@ MIGRATIONS: list[str | Callable[[apsw.Connection], None]] = [
     """
     ALTER TABLE sessions ADD COLUMN nice INTEGER;
     """,
+    # 9: which session a session repeats (`restart`); none for the others
+    """
+    ALTER TABLE sessions ADD COLUMN restart_of TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
