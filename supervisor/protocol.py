@@ -208,6 +208,8 @@ class LogsRequest(SessionRequest):
     tail: int | None = arg(is_non_negative_int, "a number of lines >= 0")
     since_seq: int | None = arg(is_non_negative_int, SINCE_SEQ)
     since_time: str | None = arg(is_str, "an ISO 8601 time")
+    until_seq: int | None = arg(is_non_negative_int, "a sequence number >= 0 (rows up to it)")
+    until_time: str | None = arg(is_str, "an ISO 8601 time (rows stamped before it)")
     stream: str | None = arg(is_stream, STREAM)
 
 

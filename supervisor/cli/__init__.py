@@ -8,7 +8,6 @@ CliExit (``slotctl run`` exits with the session's own status instead).
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
 import os
 import re
@@ -30,6 +29,7 @@ from supervisor.cli.commands import (
 )
 from supervisor.cli.connection import connect
 from supervisor.cli.output import print_json
+from supervisor.cli.times import Bound, parse_bound
 from supervisor.cli.wait import cmd_wait
 from supervisor.client import DaemonUnavailable, RemoteError
 from supervisor.errors import CliError, CliExit
@@ -79,15 +79,13 @@ def timeout_arg(text: str) -> float:
     raise argparse.ArgumentTypeError(f"expected seconds or a duration with a unit (90, 30s, 10m, 2h), got {text!r}")
 
 
-def since_arg(text: str) -> tuple[int | None, str | None]:
-    """(since_seq, since_time): a sequence number, or an ISO 8601 time."""
-    if text.isascii() and text.isdigit():
-        return int(text), None
+def bound_arg(text: str) -> Bound:
+    """Where --since or --until puts a bound: a sequence number, or a time as journalctl
+    takes one (relative, local, or ISO with a zone)."""
     try:
-        datetime.datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a sequence number or an ISO 8601 time, got {text!r}") from None
-    return None, text
+        return parse_bound(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def terminal_size_arg(text: str) -> TerminalSize:
@@ -183,11 +181,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.add_argument("-n", type=int, metavar="N", help="only the last N lines")
     p.add_argument(
-        "--since", type=since_arg, metavar="SEQ|TIME", help="rows after this sequence number, or since this ISO time"
+        "--since",
+        type=bound_arg,
+        metavar="SEQ|TIME",
+        help="rows after this sequence number, or from this time: 30s, 10m, 2h, 1d, '10 min ago' (relative), "
+        "18:24 (today), '2026-11-29 18:24' (local time unless a zone is given), or ISO 8601",
+    )
+    p.add_argument(
+        "--until", type=bound_arg, metavar="SEQ|TIME", help="rows up to this sequence number, or before this time"
     )
     p.add_argument("--stream", choices=[stream.value for stream in STREAMS], help="one stream only")
     p.add_argument("--raw", action="store_true", help="the exact bytes the command wrote, nothing added")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the session ends")
+    p.add_argument(
+        "-t", "--timestamps", action="store_true", help="begin each line with the local time its output was read"
+    )
+    p.add_argument(
+        "--merge", action="store_true", help="the command's stderr on slotctl's stdout too (default: on its stderr)"
+    )
+    p.add_argument("--no-markers", action="store_true", help="leave out slotd's own [slotd] lines")
 
     p = add("wait", cmd_wait, "wait until sessions end; exit with the exit status of the last to end")
     p.add_argument("ids", nargs="+", metavar="ID", help="session ids or unique prefixes")
