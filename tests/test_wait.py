@@ -137,3 +137,14 @@ def test_wait_for_an_unknown_session_is_refused(daemon):
     result = daemon.cli("wait", "nosuchid")
     assert result.returncode == CliExit.REFUSED
     assert "'nosuchid'" in result.stderr.decode() and "[not_found]" in result.stderr.decode()
+
+
+def test_wait_with_a_timeout_does_not_outwait_it_for_a_lost_daemon(daemon):
+    """A wait whose daemon goes away for good exits 3 once its timeout has passed, not after the 120 s reconnect window."""
+    session = gated(daemon, "never", 0)
+    waiting = slotctl(daemon, "wait", "--timeout", "2s", session["id"])
+    wait_for(lambda: is_connected(waiting), what="slotctl wait connected")
+    daemon.kill9()
+    status, _, err = finish(waiting)
+    assert status == CliExit.UNAVAILABLE
+    assert "did not come back within 2s" in err

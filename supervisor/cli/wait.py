@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from supervisor.cli.commands import exit_status_of
-from supervisor.cli.connection import Reconnecting
+from supervisor.cli.connection import RECONNECT_SECONDS, Reconnecting
 from supervisor.cli.output import outcome, print_json, short_id
 from supervisor.client import Client, result_of
 from supervisor.errors import CliExit
@@ -43,7 +43,9 @@ def the_one_waited_for(sessions: list[dict[str, Any]], first: bool) -> dict[str,
 
 
 def cmd_wait(client: Client, args: argparse.Namespace) -> int:
-    daemon = Reconnecting(args, client)
+    # A lost daemon is waited for no longer than the timeout asks.
+    patience = RECONNECT_SECONDS if args.timeout is None else min(RECONNECT_SECONDS, args.timeout)
+    daemon = Reconnecting(args, client, patience)
     try:
         result = wait_result(daemon, args)
     finally:
