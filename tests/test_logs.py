@@ -130,7 +130,8 @@ def test_logs_until_bounds_rows_tails_and_last_seq(daemon):
     with daemon.client() as client:
         sent = list(client.messages("logs", session=session_id, until_seq=3))
         assert [m["row"]["seq"] for m in sent[:-1]] == [1, 2, 3] and sent[-1]["result"]["last_seq"] == 3
-        before = datetime.datetime.fromtimestamp(rows[3].ts, datetime.UTC).isoformat()
+        # Between rows 3 and 4 (0.1 s apart): at a row's own time, microseconds round.
+        before = datetime.datetime.fromtimestamp((rows[2].ts + rows[3].ts) / 2, datetime.UTC).isoformat()
         messages = client.messages("logs", session=session_id, tail=2, until_time=before)
         tail = [m["row"]["seq"] for m in messages if "row" in m]
         assert tail == [2, 3]

@@ -187,8 +187,8 @@ class RowPrinter:
         self.timestamps = timestamps
         self.merge = merge
         self.markers = markers
-        # The outputs whose last line has no newline yet (a prompt), and where each
-        # next write starts: a marker must begin a line of its own.
+        # The outputs whose last line so far has no newline (a prompt): a marker must
+        # begin a line of its own, and -t must not stamp the rest of that line.
         self.open_lines: set[BinaryIO] = set()
 
     def write(self, row: dict[str, Any]) -> None:
@@ -206,11 +206,12 @@ class RowPrinter:
         elif self.mode == "split":  # slotctl run: the command's stderr to our stderr
             (self.err if stream == Stream.STDERR else self.out).write(data)
         else:
-            self.write_for_people(stream, data, local_stamp(unix_from_iso(row["ts"])))
+            self.write_for_people(stream, data, row["ts"])
         self.out.flush()
         self.err.flush()
 
-    def write_for_people(self, stream: str, data: bytes, stamp: str) -> None:
+    def write_for_people(self, stream: str, data: bytes, ts: str) -> None:
+        """A row in the human format: markers, stderr apart unless merged, -t stamps."""
         if stream in (Stream.SYSTEM, Stream.STDIN):
             if stream == Stream.SYSTEM and not self.markers:
                 return
@@ -222,7 +223,7 @@ class RowPrinter:
             data = marker + data + (b"" if data.endswith(b"\n") else b"\n")
         output = self.err if stream == Stream.STDERR and not self.merge else self.out
         if self.timestamps:
-            prefix = stamp.encode() + b" "
+            prefix = local_stamp(unix_from_iso(ts)).encode() + b" "
             lines = LINES.findall(data)  # split at newlines only: a \r redraws a line
             data = b"".join(
                 line if i == 0 and output in self.open_lines else prefix + line for i, line in enumerate(lines)
