@@ -8,6 +8,7 @@ not keep an operator from pausing or stopping anything. The reply waits a little
 from __future__ import annotations
 
 import signal
+from collections.abc import Awaitable, Callable
 
 import structlog
 import trio
@@ -181,22 +182,54 @@ class Controls:
         """Write data to the session's input (then close it, with eof); a session
         waiting at a checkpoint is running again once it has its answer."""
         live = self._live(session, "send input to")
-        writer = InputWriter(live.spool_dir / spool.STDIN_FIFO)
-        async with live.send_lock:
-            try:
-                with trio.move_on_after(SEND_TIMEOUT) as scope:
-                    await writer.write(data, eof)
-            except InputClosed as error:
-                raise InvalidState(f"cannot send input to session {session.id}: {error}") from None
-            if scope.cancelled_caught:
-                raise InvalidState(
-                    f"session {session.id} is not reading its input: {writer.sent} of {len(data)} bytes sent "
-                    f"before its stdin stayed full for {SEND_TIMEOUT:g}s",
-                )
+        await self._write_input(
+            live,
+            "send input to",
+            lambda writer: writer.write(data, eof),
+            lambda writer: (
+                f"{writer.sent} of {len(data)} bytes sent before its stdin stayed full for {SEND_TIMEOUT:g}s"
+            ),
+        )
         if live.status == "waiting_checkpoint" and not live.final:
             live.status = "running"
             self.ingestor.update(live.id, status="running")
             await commit_briefly(self.ingestor)
+
+    async def resize(self, session: Session, cols: int, rows: int) -> None:
+        """Give a tty session's terminal a new window size (recorded as the session's);
+        a queued one starts at that size."""
+        if not session.tty:
+            raise InvalidState(f"cannot resize session {session.id}: it has no terminal (started without tty)")
+        if session.status == "queued":
+            store = self.writer.store
+            if await self.writer.run(store.transition, session.id, ("queued",), tty_cols=cols, tty_rows=rows):
+                return
+            started: Session | None = await self.writer.run(store.get_session, session.id)  # meanwhile
+            session = started or session
+        live = self._live(session, "resize")
+        await self._write_input(
+            live, "resize", lambda writer: writer.resize(cols, rows), lambda _writer: "its window size was not set"
+        )
+        self.ingestor.update(live.id, tty_cols=cols, tty_rows=rows)
+
+    async def _write_input(
+        self,
+        live: LiveSession,
+        action: str,
+        write: Callable[[InputWriter], Awaitable[None]],
+        not_taken: Callable[[InputWriter], str],
+    ) -> None:
+        """write(writer) to the session's input FIFO, after the writes before it, within
+        SEND_TIMEOUT; not_taken(writer) says what did not go if the shim stopped reading."""
+        writer = InputWriter(live.spool_dir / spool.STDIN_FIFO)
+        async with live.send_lock:
+            try:
+                with trio.move_on_after(SEND_TIMEOUT) as scope:
+                    await write(writer)
+            except InputClosed as error:
+                raise InvalidState(f"cannot {action} session {live.id}: {error}") from None
+            if scope.cancelled_caught:
+                raise InvalidState(f"session {live.id} is not reading its input: {not_taken(writer)}")
 
     async def stop_all(self) -> None:
         """Start nothing more, and stop every live session, including one whose start

@@ -248,6 +248,18 @@ class SendRequest(SessionRequest):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ResizeRequest(SessionRequest):
+    command = "resize"
+    cols: int = arg(is_terminal_side, f"the terminal's new width in columns, 1 to {MAX_TERMINAL_SIDE}", required=True)
+    rows: int = arg(is_terminal_side, f"the terminal's new height in rows, 1 to {MAX_TERMINAL_SIDE}", required=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScreenRequest(SessionRequest):
+    command = "screen"
+
+
+@dataclass(frozen=True, kw_only=True)
 class StopRequest(SessionRequest):
     command = "stop"
     timeout: float | None = arg(
@@ -321,6 +333,8 @@ REQUESTS: dict[str, type[Request]] = {
         FollowRequest,
         WaitRequest,
         SendRequest,
+        ScreenRequest,
+        ResizeRequest,
         StopRequest,
         KillRequest,
         PauseRequest,

@@ -24,6 +24,11 @@ SHIM_LOG = "shim.log"
 FIRST_RECORD_ROOM = 4096
 # A tty session's TERM unless its env names one: what terminals and tmux emulate today.
 TTY_TERM = "xterm-256color"
+# A window size in the environment, which programs (ncurses among them) believe before
+# the terminal's and never update when the window changes: one the daemon inherited from
+# whoever started it says nothing of a tty session's terminal, so its command has none
+# (unless the session's env gives one).
+WINDOW_SIZE_VARIABLES = ("COLUMNS", "LINES")
 
 
 def shim_spec(config: Config, session: Session, slot: int) -> dict[str, Any]:
@@ -39,6 +44,7 @@ def shim_spec(config: Config, session: Session, slot: int) -> dict[str, Any]:
         "argv": session.argv,
         "cwd": session.cwd,
         "env": env,
+        "env_unset": [name for name in WINDOW_SIZE_VARIABLES if name not in env] if session.tty else [],
         "flush_interval": config.flush_interval,
         "max_chunk_bytes": config.max_chunk_bytes,
         "segment_bytes": config.spool_segment_bytes,

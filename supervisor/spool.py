@@ -64,6 +64,8 @@ STDIN_FIFO = "stdin"
 FIFO_FRAME = struct.Struct("<BI")
 FIFO_DATA = 0
 FIFO_EOF = 1
+FIFO_WINSIZE = 2  # a tty session's new window size: WINSIZE_FRAME
+WINSIZE_FRAME = struct.Struct("<HH")  # columns, rows
 
 # A write that fails with one of these waits for room instead of failing: a full disk
 # (or quota) is the operator's to fix, and the shim must outlive it with every byte.

@@ -1,4 +1,5 @@
-"""Operator input to a session: framed writes to its shim's stdin FIFO.
+"""Operator input to a session: framed writes to its shim's stdin FIFO (data, the end
+of input, and a tty session's window size).
 
 Every frame (header and payload) is at most PIPE_BUF bytes and goes out in one
 non-blocking write, which a pipe performs whole or not at all. So a write cut short by
@@ -64,5 +65,18 @@ class InputWriter:
             if eof:
                 await _write_frame(fd, spool.FIFO_FRAME.pack(spool.FIFO_EOF, 0))
         finally:
-            trio.lowlevel.notify_closing(fd)
-            os.close(fd)
+            _close(fd)
+
+    async def resize(self, cols: int, rows: int) -> None:
+        """Give a tty session's terminal a new window size."""
+        fd = await _open(self.path)
+        try:
+            size = spool.WINSIZE_FRAME.pack(cols, rows)
+            await _write_frame(fd, spool.FIFO_FRAME.pack(spool.FIFO_WINSIZE, len(size)) + size)
+        finally:
+            _close(fd)
+
+
+def _close(fd: int) -> None:
+    trio.lowlevel.notify_closing(fd)
+    os.close(fd)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.harness import DaemonHandle
+from tests.helpers import Tmux
 
 # The tests' daemons run sessions at their own priority, not below it: the tests'
 # deadlines assume a session's command gets its share of the CPU, which a niced one does
@@ -51,3 +52,13 @@ def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonHa
         yield handle
     finally:
         handle.stop()
+
+
+@pytest.fixture
+def terminal(tmp_path: Path) -> Iterator[Tmux]:
+    """A person's terminal, 100x30: a tmux window of its own, closed after the test."""
+    tmux = Tmux(tmp_path)
+    try:
+        yield tmux
+    finally:
+        tmux.close()

@@ -137,9 +137,13 @@ class DaemonHandle:
     def wait_ended(self, session_id: str, timeout: float = DEADLINE) -> dict[str, Any]:
         return self.wait_status(session_id, *ENDED, timeout=timeout)
 
+    def cli_argv(self, *args: str) -> list[str]:
+        """The command line of slotctl with these arguments, talking to this daemon."""
+        return [sys.executable, "-m", "supervisor", "--socket", str(self.socket), *args]
+
     def cli(self, *args: str, input: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "supervisor", "--socket", str(self.socket), *args],
+            self.cli_argv(*args),
             input=input,
             capture_output=True,
             timeout=timeout,

@@ -1,6 +1,7 @@
 """Helpers the test files share: session commands, raw connections, other users, full
-disks, refused starts, a stand-in for systemd's notify socket and transcript checks. Fixtures live in conftest.py; the daemon
-harness (DaemonHandle, wait_for) in harness.py, which bench/ uses as well."""
+disks, refused starts, a stand-in for systemd's notify socket, transcript checks and a
+person's terminal (tmux). Fixtures live in conftest.py; the daemon harness (DaemonHandle,
+wait_for) in harness.py, which bench/ uses as well."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import contextlib
 import errno
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +27,7 @@ import pytest
 from supervisor import spool
 from supervisor.processes import ProcessRef, signal_group
 from supervisor.store import Reader
-from tests.harness import DaemonHandle
+from tests.harness import DEADLINE, DaemonHandle, wait_for
 
 SMALL_DISK = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("mount") is None, reason="needs root to mount a small tmpfs"
@@ -232,3 +236,81 @@ def system_text(database: Path, session_id: str) -> str:
         return b"".join(row.data for row in reader.iter_transcript(session_id, streams=["system"])).decode()
     finally:
         reader.close()
+
+
+NEEDS_TMUX = pytest.mark.skipif(
+    shutil.which("tmux") is None, reason="drives a terminal through tmux: install it (apt-get install tmux)"
+)
+
+
+class Tmux:
+    """A person at a terminal: a tmux server of its own with one window, driven with
+    send-keys and read with capture-pane."""
+
+    def __init__(self, directory: Path, cols: int = 100, rows: int = 30) -> None:
+        # A Unix socket's path has room for 107 bytes: a deep tmp_path may not fit.
+        if len(str(directory / "tmux.sock")) > 100:
+            directory = Path(tempfile.mkdtemp(prefix="slotd-tmux-"))
+        self.socket = directory / "tmux.sock"
+        self.cols, self.rows = cols, rows
+        self.started = False
+        self.runs = 0
+
+    def tmux(self, *args: str) -> str:
+        result = subprocess.run(
+            ["tmux", "-S", str(self.socket), "-f", "/dev/null", *args], capture_output=True, text=True, timeout=30
+        )
+        assert result.returncode == 0, f"tmux {' '.join(args)}: {result.stderr}"
+        return result.stdout
+
+    def start(self, argv: list[str]) -> None:
+        """Run argv in the window (again, if it ran something before). A shell runs it and
+        then prints its exit status, which exit_status reads."""
+        self.runs += 1
+        command = f'{shlex.join(argv)}; echo "[exit $? of run {self.runs}]"'
+        if not self.started:
+            self.tmux("new-session", "-d", "-x", str(self.cols), "-y", str(self.rows), command)
+            self.tmux("set-option", "-g", "remain-on-exit", "on")
+            self.started = True
+        else:
+            self.tmux("respawn-pane", "-k", command)
+
+    def type(self, text: str) -> None:
+        """Type text as it is (no key names)."""
+        self.tmux("send-keys", "-l", text)
+
+    def keys(self, *names: str) -> None:
+        """Press keys by tmux's names: Enter, C-p, Up."""
+        self.tmux("send-keys", *names)
+
+    def screen(self, history: bool = False) -> str:
+        """What the window shows (with history: everything scrolled off it too), trailing
+        blank lines left out."""
+        return self.tmux("capture-pane", "-p", *(["-S", "-"] if history else [])).rstrip("\n")
+
+    def wait_for(self, text: str, timeout: float = DEADLINE) -> str:
+        """The screen once it shows text."""
+        try:
+            return wait_for(
+                lambda: text in (screen := self.screen()) and screen,
+                timeout,
+                interval=0.05,
+                what=f"{text!r} on the screen",
+            )
+        except AssertionError as error:
+            raise AssertionError(f"{error}; the screen shows:\n{self.screen()}") from None
+
+    def resize(self, cols: int, rows: int) -> None:
+        self.tmux("resize-window", "-x", str(cols), "-y", str(rows))
+
+    def exit_status(self, timeout: float = DEADLINE) -> int:
+        """The exit status of what the window runs, once it has exited."""
+        screen = self.wait_for(f" of run {self.runs}]", timeout)
+        found = re.search(rf"\[exit ([0-9]+) of run {self.runs}\]", screen)
+        assert found, screen
+        return int(found[1])
+
+    def close(self) -> None:
+        if self.started:
+            subprocess.run(["tmux", "-S", str(self.socket), "kill-server"], capture_output=True, timeout=30)
+            self.started = False

@@ -161,3 +161,13 @@ def test_a_terminal_size_without_tty_is_refused_by_the_daemon_and_by_slotctl(sha
     malformed = shared_daemon.cli("start", "--tty", "--size", "100x0", "--", "true")
     assert malformed.returncode == 2
     assert b"expected COLSxROWS, each from 1 to 1000, got '100x0'" in malformed.stderr
+
+
+def test_a_tty_sessions_command_gets_no_window_size_variables_from_the_daemon(make_daemon) -> None:
+    """COLUMNS and LINES the daemon inherited do not reach a tty session's command (curses would believe them over its terminal), unless the session's env sets them; a plain session keeps them."""
+    daemon = make_daemon(start=False)
+    daemon.start(env={**os.environ, "COLUMNS": "80", "LINES": "24"})
+    show = py("import os; print(os.environ.get('COLUMNS'), os.environ.get('LINES'))")
+    assert daemon.cli("run", "--tty", "--", *show).stdout == b"None None\r\n"
+    assert daemon.cli("run", "--tty", "-e", "COLUMNS=132", "--", *show).stdout == b"132 None\r\n"
+    assert daemon.cli("run", "--", *show).stdout == b"80 24\n"

@@ -14,6 +14,7 @@ import re
 import sys
 
 from supervisor import __version__
+from supervisor.cli.attach import DEFAULT_DETACH_KEYS, cmd_attach
 from supervisor.cli.commands import (
     cmd_delete,
     cmd_logs,
@@ -38,10 +39,22 @@ from supervisor.protocol import PS_RECENT_ENDED, WAIT_UNTIL
 
 # Each protocol command has a subcommand of the same name, but for these
 # (tests/test_commands.py checks both lists; docs/protocol.md says where `follow` is used):
-COMMANDS_WITHOUT_SUBCOMMAND = frozenset({"follow"})  # what `logs -f` and `run` do after their first request
+COMMANDS_WITHOUT_SUBCOMMAND = frozenset(
+    {
+        "follow",  # what `logs -f`, `run` and `attach` do after their first request
+        "screen",  # what `attach` draws first
+        "resize",  # what `attach` sends when its window changes
+    }
+)
 # and these subcommands are slotctl's own, not protocol commands:
 SUBCOMMAND_ALIASES = {"rerun": "restart"}  # pueue's and people's other name for it
-SUBCOMMANDS_OF_ITS_OWN = frozenset({"run", *SUBCOMMAND_ALIASES})  # run: a `start`, then a `follow` to its end
+SUBCOMMANDS_OF_ITS_OWN = frozenset(
+    {
+        "run",  # a `start`, then a `follow` to the session's end
+        "attach",  # `screen`, then `follow` of the tty stream, with `send` and `resize`
+        *SUBCOMMAND_ALIASES,
+    }
+)
 
 # Argument types: a bad value is a usage error (exit 2) naming the option, never a
 # traceback or a request the daemon must refuse.
@@ -225,6 +238,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stdin", action="store_true", help="send what slotctl reads from its own stdin")
     p.add_argument(
         "--eof", action="store_true", help="close the session's stdin afterwards (a tty session's: type Ctrl-D)"
+    )
+
+    p = add(
+        "attach",
+        cmd_attach,
+        "use a tty session's terminal here: its screen, its output, your keys (detach: Ctrl-P Ctrl-Q)",
+    )
+    p.add_argument("id")
+    p.add_argument(
+        "--detach-keys",
+        default=DEFAULT_DETACH_KEYS,
+        metavar="KEYS",
+        help=f"the keys that detach, leaving the session running (default {DEFAULT_DETACH_KEYS}; a character or ctrl-X each)",
     )
 
     p = add("stop", simple("stop", timeout="timeout"), "SIGTERM the session's process group, SIGKILL after a timeout")

@@ -33,8 +33,10 @@ from supervisor.protocol import (
     PsRequest,
     Request,
     RequestError,
+    ResizeRequest,
     RestartRequest,
     ResumeRequest,
+    ScreenRequest,
     SendRequest,
     ShowRequest,
     ShutdownRequest,
@@ -62,7 +64,7 @@ def request_error(error: SlotdError) -> RequestError:
 
 
 # What a daemon on its way out still answers.
-READ_ONLY_COMMANDS = frozenset({"ps", "show", "logs", "follow", "wait", "info"})
+READ_ONLY_COMMANDS = frozenset({"ps", "show", "logs", "follow", "screen", "wait", "info"})
 
 
 class Commands(SessionCommands, TranscriptCommands, WaitCommands, DaemonCommands):
@@ -92,6 +94,8 @@ HANDLERS: dict[type[Request], Handler] = {
     FollowRequest: Commands.cmd_follow,
     WaitRequest: Commands.cmd_wait,
     SendRequest: Commands.cmd_send,
+    ScreenRequest: Commands.cmd_screen,
+    ResizeRequest: Commands.cmd_resize,
     StopRequest: Commands.cmd_stop,
     KillRequest: Commands.cmd_kill,
     PauseRequest: Commands.cmd_pause,

@@ -32,6 +32,7 @@ from supervisor.protocol import (
     PruneRequest,
     PsRequest,
     RequestError,
+    ResizeRequest,
     RestartRequest,
     ResumeRequest,
     SendRequest,
@@ -276,6 +277,11 @@ class SessionCommands(CommandContext):
                 raise RequestError(ErrorCode.INVALID_ARGUMENT, "send: 'data_b64' is not valid base64") from None
         await self.slots.controls.send(session, data, request.eof)
         return {"sent": len(data), "eof": request.eof}
+
+    async def cmd_resize(self, request: ResizeRequest, emit: Emit) -> Any:
+        session = await self._session(request.session)
+        await self.slots.controls.resize(session, request.cols, request.rows)
+        return {"tty_cols": request.cols, "tty_rows": request.rows}
 
     async def cmd_prune(self, request: PruneRequest, emit: Emit) -> Any:
         statuses = request.status or list(ENDED_STATUSES)

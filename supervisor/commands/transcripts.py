@@ -15,8 +15,10 @@ from supervisor.protocol import (
     FollowRequest,
     LogsRequest,
     RequestError,
+    ScreenRequest,
     encode_data,
 )
+from supervisor.replay import screen_replay
 from supervisor.store import Reader, Row, Session
 
 
@@ -174,6 +176,21 @@ class TranscriptCommands(CommandContext):
                 if not page.full:
                     break
         return {"rows": sent, "last_seq": last_seq, "status": session.status}
+
+    async def cmd_screen(self, request: ScreenRequest, emit: Emit) -> Any:
+        session = await self._session(request.session)
+        if not session.tty:
+            raise RequestError(
+                ErrorCode.INVALID_STATE, f"session {session.id} has no terminal (started without tty): it has no screen"
+            )
+        replay = await self.readers.run(screen_replay, session.id)
+        return {
+            "through": replay.through,
+            "tty_cols": session.tty_cols,
+            "tty_rows": session.tty_rows,
+            "status": session.status,
+            **encode_data(replay.data),
+        }
 
     async def cmd_follow(self, request: FollowRequest, emit: Emit) -> Any:
         session = await self._session(request.session)

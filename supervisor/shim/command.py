@@ -56,6 +56,8 @@ class Command:
         """Start the command and record START; or record SPAWN_FAILED and return False."""
         cwd = self.spec["cwd"]
         env = dict(os.environ)
+        for name in self.spec.get("env_unset", ()):  # a spec from an older daemon has none
+            env.pop(name, None)
         env.update(self.spec["env"])
         # Below its shim's and the daemon's priority, so they stay responsive however
         # much CPU the command takes; set in the child between setsid and exec, so

@@ -5,7 +5,8 @@ shim records each frame's data in the spool as STDIN and passes it on to the com
 without ever blocking on it: what the command has not read yet waits here, and past
 STDIN_BUFFER_LIMIT the shim stops reading the FIFO, so the daemon's writes wait instead.
 A tty session's input goes to its terminal's master side, as if typed: the terminal
-echoes it and edits lines as for a person.
+echoes it and edits lines as for a person. Its window size comes the same way, in a
+frame of its own, so that it reaches the terminal in order with the keys typed around it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import IO
 
 from supervisor import spool
 from supervisor.shim.output import READ_SIZE
+from supervisor.shim.terminal import set_window_size
 
 # Stop reading operator input while this much is waiting for the command to read it.
 STDIN_BUFFER_LIMIT = 1 << 20
@@ -84,11 +86,26 @@ class StdinPump:
                     self.stdin_buffer += payload
             elif kind == spool.FIFO_EOF:
                 self.stdin_eof_requested = True
+            elif kind == spool.FIFO_WINSIZE:
+                self.resize_terminal(payload)
             else:
                 # Not the daemon's framing: the rest cannot be trusted to line up.
                 print(f"shim: unknown input frame kind {kind}; dropping {len(self.fifo_buffer)} bytes", file=sys.stderr)
                 self.fifo_buffer.clear()
         self.write_stdin()
+
+    def resize_terminal(self, payload: bytes) -> None:
+        """A tty session's new window size, set on the master (stdin is a descriptor of
+        its own on it, open for as long as the terminal is)."""
+        if self.eof is None or self.stdin is None or len(payload) != spool.WINSIZE_FRAME.size:
+            print(f"shim: window size frame of {len(payload)} bytes, no terminal to size; dropped", file=sys.stderr)
+            return
+        cols, rows = spool.WINSIZE_FRAME.unpack(payload)
+        if cols and rows:  # a window of no size is no window to draw in
+            try:
+                set_window_size(self.stdin.fileno(), cols, rows)
+            except OSError as error:
+                print(f"shim: could not set the window size to {cols}x{rows}: {error}", file=sys.stderr)
 
     def write_stdin(self) -> None:
         stdin = self.stdin

@@ -27,7 +27,7 @@ class Terminal:
     def __init__(self, cols: int, rows: int) -> None:
         self.master, self.slave = os.openpty()
         try:
-            fcntl.ioctl(self.master, termios.TIOCSWINSZ, WINSIZE.pack(rows, cols, 0, 0))
+            set_window_size(self.master, cols, rows)
         except OSError:
             self.close()
             raise
@@ -53,6 +53,12 @@ class Terminal:
                 os.close(fd)
             except OSError:
                 pass
+
+
+def set_window_size(master: int, cols: int, rows: int) -> None:
+    """Set a terminal's window size; the kernel sends SIGWINCH to its foreground process
+    group if the size changed, and a full-screen program redraws for it."""
+    fcntl.ioctl(master, termios.TIOCSWINSZ, WINSIZE.pack(rows, cols, 0, 0))
 
 
 def take_controlling_terminal() -> None:
