@@ -172,6 +172,7 @@ BAD_NUMBERS = (
         (["logs", "--since", value, "ffffffff"], "--since")
         for value in ("nan", "inf", "1e400", "²", "last tuesday", "9" * 400 + "d", "99999999999d", "10 parsecs ago")
     ]
+    + [(["wait", "--timeout", value, "ffffffff"], "--timeout") for value in ("nan", "-1", "1e400", "10x", "1e400d")]
 )
 
 
