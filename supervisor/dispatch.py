@@ -87,11 +87,13 @@ class Dispatcher:
         run_time: float | None = None,
         memory_limit: int | None = None,
         inherit_env: bool = True,
+        restart_of: str | None = None,
     ) -> Session:
         """Queue a new session (at `nice`, else the configured session_nice; on a
         pseudo-terminal of that size, if given; stopped after `run_time` seconds, each of
-        its processes limited to `memory_limit` bytes; in the daemon's environment with env on
-        top, or in env alone), and start it now if a slot is free;
+        its processes limited to `memory_limit` bytes; in the daemon's environment with env
+        on top, or in env alone; recorded as a repeat of the session restart_of, if given),
+        and start it now if a slot is free;
         with queue false, start it now or not at all (SlotsFull). StorageFull if the
         runtime disk has no room for its files (it is recorded as failed then)."""
         if not os.path.isabs(cwd):
@@ -116,6 +118,7 @@ class Dispatcher:
             timeout=run_time,
             memory_limit=memory_limit,
             inherit_env=inherit_env,
+            restart_of=restart_of,
         )
         store = self.writer.store
         session = await self.writer.run(store.create_session, session)

@@ -27,6 +27,8 @@ class CliExit(IntEnum):
     REFUSED = 1  # the daemon refused the request; the message names the error code
     USAGE = 2  # bad usage (argparse's own status)
     UNAVAILABLE = 3  # the daemon is not running or cannot be reached
+    NO_CHECKPOINT = 4  # `wait --until checkpoint`: a session ended without reaching one
+    TIMED_OUT = 124  # `wait --timeout`: the time ran out first (as timeout(1) exits)
     NOT_STARTED = 127  # `run`: the command could not be started, as a shell says
 
 

@@ -161,6 +161,7 @@ SESSION_FIELDS = (
     "memory_limit",
     "stop_reason",
     "inherit_env",
+    "restart_of",
 )
 
 

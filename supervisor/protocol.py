@@ -66,6 +66,10 @@ PS_RECENT_ENDED = 20
 # `ps` without "stream" answers with at most this many sessions in its one reply (about
 # 600 KiB of JSON for plain sessions); a longer listing is streamed a session a message.
 PS_REPLY_MAX = 1000
+# How many sessions one `wait` may name (each costs the daemon a task while it waits).
+MAX_WAIT_SESSIONS = 1000
+# What a `wait` waits for: the sessions' ends, or their reaching a checkpoint.
+WAIT_UNTIL = ("end", "checkpoint")
 # How output_blocked ends for a session whose command exited while its output waited
 # for room (slotctl shows such a session as exited).
 EXITED_WHILE_BLOCKED = "its command has exited; its exit status is recorded once its output is stored"
@@ -181,6 +185,11 @@ class StartRequest(Request):
 
 
 @dataclass(frozen=True, kw_only=True)
+class RestartRequest(SessionRequest):
+    command = "restart"
+
+
+@dataclass(frozen=True, kw_only=True)
 class PsRequest(Request):
     command = "ps"
     status: str | list[str] | None = arg(is_statuses, STATUSES)
@@ -208,6 +217,8 @@ class LogsRequest(SessionRequest):
     tail: int | None = arg(is_non_negative_int, "a number of lines >= 0")
     since_seq: int | None = arg(is_non_negative_int, SINCE_SEQ)
     since_time: str | None = arg(is_str, "an ISO 8601 time")
+    until_seq: int | None = arg(is_non_negative_int, "a sequence number >= 0 (rows up to it)")
+    until_time: str | None = arg(is_str, "an ISO 8601 time (rows stamped before it)")
     stream: str | None = arg(is_stream, STREAM)
 
 
@@ -216,6 +227,23 @@ class FollowRequest(SessionRequest):
     command = "follow"
     since_seq: int = arg(is_non_negative_int, SINCE_SEQ, default=0)
     stream: str | None = arg(is_stream, STREAM)
+
+
+@dataclass(frozen=True, kw_only=True)
+class WaitRequest(Request):
+    command = "wait"
+    sessions: list[str] = arg(
+        lambda v: is_str_list(v) and 0 < len(v) <= MAX_WAIT_SESSIONS,
+        f"a list of 1 to {MAX_WAIT_SESSIONS} session ids or unique prefixes (strings)",
+        required=True,
+    )
+    any: bool = arg(is_bool, "true to return when the first of them is done, not all", default=False)
+    until: str = arg(
+        lambda v: v in WAIT_UNTIL, '"end" (a session has ended) or "checkpoint" (it waits for a person)', default="end"
+    )
+    timeout: float | None = arg(
+        lambda v: is_number(v) and v >= 0, "seconds >= 0 to wait at most; absent or null: as long as it takes"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -339,6 +367,7 @@ REQUESTS: dict[str, type[Request]] = {
         ShowRequest,
         LogsRequest,
         FollowRequest,
+        WaitRequest,
         SendRequest,
         ScreenRequest,
         ResizeRequest,
@@ -349,6 +378,7 @@ REQUESTS: dict[str, type[Request]] = {
         CancelRequest,
         EditRequest,
         LabelRequest,
+        RestartRequest,
         DeleteRequest,
         PruneRequest,
         DrainRequest,
@@ -363,7 +393,7 @@ COMMANDS: dict[str, dict[str, Arg]] = {
     name: {f.name: f.metadata["arg"] for f in fields(request)} for name, request in REQUESTS.items()
 }
 
-STREAMING_COMMANDS = frozenset({"logs", "follow"})
+STREAMING_COMMANDS = frozenset({"logs", "follow", "wait"})
 ENVELOPE_KEYS = frozenset({"id", "cmd"})
 
 

@@ -168,7 +168,11 @@ BAD_NUMBERS = (
         (["prune", "--older-than", value], "--older-than")
         for value in ("nan", "infd", "1e400d", "9" * 400 + "d", "²", "²d", "10")
     ]
-    + [(["logs", "--since", value, "ffffffff"], "--since") for value in ("nan", "inf", "1e400", "²", "yesterday")]
+    + [
+        (["logs", "--since", value, "ffffffff"], "--since")
+        for value in ("nan", "inf", "1e400", "²", "last tuesday", "9" * 400 + "d", "99999999999d", "10 parsecs ago")
+    ]
+    + [(["wait", "--timeout", value, "ffffffff"], "--timeout") for value in ("nan", "-1", "1e400", "10x", "1e400d")]
 )
 
 

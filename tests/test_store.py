@@ -110,15 +110,22 @@ def test_migrations_set_user_version_and_reopening_is_idempotent(tmp_path: Path)
         again.close()
 
 
-def test_the_tty_migrations_keep_every_row_and_index_and_admit_the_tty_stream(tmp_path: Path) -> None:
-    """A database of schema 5 reaches the current schema with its sessions, rows, row ids and indexes as they were, and stores tty rows."""
-    path = tmp_path / "slotd.db"
+def database_of_schema(path: Path, version: int) -> apsw.Connection:
+    """A database as slotd left it at schema `version`, holding one ended session, 's'."""
     db = apsw.Connection(str(path))
-    migrate(db, to=5)
+    migrate(db, to=version)
     with db:
         db.execute(
             "INSERT INTO sessions (id, arrival, status, argv, cwd, queued_at) VALUES ('s', 1, 'completed', '[]', '/', '')"
         )
+    return db
+
+
+def test_the_tty_migrations_keep_every_row_and_index_and_admit_the_tty_stream(tmp_path: Path) -> None:
+    """A database of schema 5 reaches the current schema with its sessions, rows, row ids and indexes as they were, and stores tty rows."""
+    path = tmp_path / "slotd.db"
+    db = database_of_schema(path, 5)
+    with db:
         for seq, stream in enumerate(["stdout", "stderr", "stdin", "system"], start=1):
             db.execute(
                 "INSERT INTO transcript (id, session_id, seq, ts, stream, data) VALUES (?, 's', ?, 0, ?, ?)",
@@ -145,6 +152,20 @@ def test_the_tty_migrations_keep_every_row_and_index_and_admit_the_tty_stream(tm
         store.commit_batch(Batch(rows=[Row("s", 5, 0.0, "tty", b"\x1b[1mbold\x1b[0m\r\n")]))
         assert store.db.execute("PRAGMA foreign_key_check").fetchall() == []
         assert store.db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    finally:
+        store.close()
+
+
+def test_sessions_of_schema_8_read_back_as_no_restart(tmp_path: Path) -> None:
+    """A database of schema 8 gains restart_of, null for the sessions it held, and stores it for new ones."""
+    path = tmp_path / "slotd.db"
+    database_of_schema(path, 8).close()
+
+    store = Store(path)
+    try:
+        assert store.get_session("s").restart_of is None
+        repeat = store.create_session(new_session(restart_of="s"))
+        assert store.get_session(repeat.id).restart_of == "s"
     finally:
         store.close()
 

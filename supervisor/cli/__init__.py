@@ -8,7 +8,6 @@ CliExit (``slotctl run`` exits with the session's own status instead).
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
 import os
 import re
@@ -21,6 +20,7 @@ from supervisor.cli.commands import (
     cmd_logs,
     cmd_prune,
     cmd_ps,
+    cmd_restart,
     cmd_send,
     cmd_show,
     cmd_start,
@@ -30,10 +30,12 @@ from supervisor.cli.connection import connect
 from supervisor.cli.editing import cmd_edit, cmd_label
 from supervisor.cli.output import print_json
 from supervisor.cli.run import cmd_run
+from supervisor.cli.times import Bound, parse_bound
+from supervisor.cli.wait import cmd_wait
 from supervisor.client import DaemonUnavailable, RemoteError
 from supervisor.errors import CliError, CliExit
 from supervisor.model import MAX_TERMINAL_SIDE, NICE_MAX, STREAMS, TerminalSize
-from supervisor.protocol import PS_RECENT_ENDED
+from supervisor.protocol import PS_RECENT_ENDED, WAIT_UNTIL
 
 # Each protocol command has a subcommand of the same name, but for these
 # (tests/test_commands.py checks both lists; docs/protocol.md says where `follow` is used):
@@ -45,10 +47,12 @@ COMMANDS_WITHOUT_SUBCOMMAND = frozenset(
     }
 )
 # and these subcommands are slotctl's own, not protocol commands:
+SUBCOMMAND_ALIASES = {"rerun": "restart"}  # pueue's and people's other name for it
 SUBCOMMANDS_OF_ITS_OWN = frozenset(
     {
         "run",  # a `start`, then a `follow` to the session's end
         "attach",  # `screen`, then `follow` of the tty stream, with `send` and `resize`
+        *SUBCOMMAND_ALIASES,
     }
 )
 
@@ -90,15 +94,23 @@ def size_arg(text: str) -> int:
     return int(float(match[1]) * SIZE_UNITS[match[2].upper()])
 
 
-def since_arg(text: str) -> tuple[int | None, str | None]:
-    """(since_seq, since_time): a sequence number, or an ISO 8601 time."""
-    if text.isascii() and text.isdigit():
-        return int(text), None
+def timeout_arg(text: str) -> float:
+    """A time to wait, in seconds: a number (90, 1.5) or one with a unit (30s, 10m, 2h)."""
+    for parse in (seconds_arg, duration_arg):
+        try:
+            return parse(text)
+        except argparse.ArgumentTypeError:
+            pass
+    raise argparse.ArgumentTypeError(f"expected seconds or a duration with a unit (90, 30s, 10m, 2h), got {text!r}")
+
+
+def bound_arg(text: str) -> Bound:
+    """Where --since or --until puts a bound: a sequence number, or a time as journalctl
+    takes one (relative, local, or ISO with a zone)."""
     try:
-        datetime.datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a sequence number or an ISO 8601 time, got {text!r}") from None
-    return None, text
+        return parse_bound(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def terminal_size_arg(text: str) -> TerminalSize:
@@ -128,8 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"slotctl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+    def add(name: str, func, help_text: str, description: str | None = None) -> argparse.ArgumentParser:
+        aliases = [alias for alias, command in SUBCOMMAND_ALIASES.items() if command == name]
+        p = sub.add_parser(
+            name, aliases=aliases, parents=[common], help=help_text, description=description or help_text
+        )
         p.set_defaults(func=func)
         return p
 
@@ -196,6 +211,17 @@ def build_parser() -> argparse.ArgumentParser:
             )
         p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
 
+    p = add(
+        "restart",
+        cmd_restart,
+        "start a new session like an old one (alias: rerun)",
+        "Start a new session with the argv, cwd, env, labels, priority, nice and terminal of an "
+        "ended or live one, recorded as its restart (show: restart_of). The old session is left "
+        "as it is: a live one is not stopped (stop it first to replace it).",
+    )
+    p.add_argument("id")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the new id")
+
     p = add("ps", cmd_ps, "list sessions, the ones waiting for a person first")
     p.add_argument("-s", "--status", action="append", default=[], help="only this status (repeatable)")
     p.add_argument(
@@ -216,11 +242,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.add_argument("-n", type=int, metavar="N", help="only the last N lines")
     p.add_argument(
-        "--since", type=since_arg, metavar="SEQ|TIME", help="rows after this sequence number, or since this ISO time"
+        "--since",
+        type=bound_arg,
+        metavar="SEQ|TIME",
+        help="rows after this sequence number, or from this time: 30s, 10m, 2h, 1d, '10 min ago' (relative), "
+        "18:24 (today), '2026-11-29 18:24' (local time unless a zone is given), or ISO 8601",
+    )
+    p.add_argument(
+        "--until", type=bound_arg, metavar="SEQ|TIME", help="rows up to this sequence number, or before this time"
     )
     p.add_argument("--stream", choices=[stream.value for stream in STREAMS], help="one stream only")
     p.add_argument("--raw", action="store_true", help="the exact bytes the command wrote, nothing added")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the session ends")
+    p.add_argument(
+        "-t", "--timestamps", action="store_true", help="begin each line with the local time its output was read"
+    )
+    p.add_argument(
+        "--merge", action="store_true", help="the command's stderr on slotctl's stdout too (default: on its stderr)"
+    )
+    p.add_argument("--no-markers", action="store_true", help="leave out slotd's own [slotd] lines")
+
+    p = add("wait", cmd_wait, "wait until sessions end; exit with the exit status of the last to end")
+    p.add_argument("ids", nargs="+", metavar="ID", help="session ids or unique prefixes")
+    p.add_argument("--any", action="store_true", help="return when the first of them ends, with its exit status")
+    p.add_argument(
+        "--until",
+        choices=WAIT_UNTIL,
+        default="end",
+        help=f"end: until they end (default); checkpoint: until they wait at a checkpoint (exit 0), "
+        f"or exit {CliExit.NO_CHECKPOINT} if one ends first",
+    )
+    p.add_argument(
+        "--timeout",
+        type=timeout_arg,
+        metavar="DURATION",
+        help=f"give up after this long (90, 30s, 10m, 2h): exit {CliExit.TIMED_OUT}, naming those still running",
+    )
 
     p = add("send", cmd_send, "write to a session's stdin")
     p.add_argument("id")

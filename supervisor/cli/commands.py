@@ -19,6 +19,7 @@ from supervisor.cli.output import (
     print_session,
     print_sessions,
 )
+from supervisor.cli.times import Bound
 from supervisor.client import Client, result_of
 from supervisor.errors import CliError, CliExit
 from supervisor.model import MAX_TERMINAL_SIDE, Status, Stream, TerminalSize
@@ -105,12 +106,20 @@ def own_terminal_size() -> TerminalSize | None:
     return None
 
 
-def cmd_start(client: Client, args: argparse.Namespace) -> int:
-    session = client.request("start", **start_args(args))
+def print_new_session(session: dict[str, Any], args: argparse.Namespace) -> None:
     if args.json:
         print_json(session)
     else:
         print(session["id"] if args.quiet else f"{session['id']} {session['status']}")
+
+
+def cmd_start(client: Client, args: argparse.Namespace) -> int:
+    print_new_session(client.request("start", **start_args(args)), args)
+    return CliExit.OK
+
+
+def cmd_restart(client: Client, args: argparse.Namespace) -> int:
+    print_new_session(client.request("restart", session=args.id), args)
     return CliExit.OK
 
 
@@ -166,13 +175,20 @@ def cmd_logs(client: Client, args: argparse.Namespace) -> int:
         streams = OUTPUT_STREAMS  # raw means the bytes the command wrote
     else:
         streams = None
-    printer = RowPrinter(mode, streams)
-    since_seq, since_time = args.since if args.since is not None else (None, None)
+    if args.timestamps and args.raw:
+        raise CliError("--raw prints the bytes as written: -t/--timestamps cannot be added to them", CliExit.USAGE)
+    if args.until is not None and args.follow:
+        raise CliError("--until ends the output where -f/--follow would wait for more: give one of them", CliExit.USAGE)
+    printer = RowPrinter(mode, streams, timestamps=args.timestamps, merge=args.merge, markers=not args.no_markers)
+    since = args.since or Bound(None, None)
+    until = args.until or Bound(None, None)
     request = {
         "session": args.id,
         "tail": args.n,
-        "since_seq": since_seq,
-        "since_time": since_time,
+        "since_seq": since.seq,
+        "since_time": since.time,
+        "until_seq": until.seq,
+        "until_time": until.time,
         "stream": args.stream,
     }
     if not args.follow:

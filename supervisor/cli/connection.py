@@ -28,11 +28,13 @@ def connect(args: argparse.Namespace) -> Client:
 
 class Reconnecting:
     """One connection to the daemon at a time, opened again after a loss (the daemon
-    restarted, or let a slow reader go) for up to RECONNECT_SECONDS."""
+    restarted, or let a slow reader go) for up to RECONNECT_SECONDS, or a patience of
+    the caller's."""
 
-    def __init__(self, args: argparse.Namespace, client: Client | None) -> None:
+    def __init__(self, args: argparse.Namespace, client: Client | None, patience: float = RECONNECT_SECONDS) -> None:
         self.args = args
         self.client = client
+        self.patience = patience
 
     def run(self, attempt: Callable[[Client], T]) -> T:
         """attempt(client) until it returns; after a loss it is called again on a new
@@ -48,10 +50,10 @@ class Reconnecting:
                 raise  # our stdout's reader went away, not the daemon
             except (ConnectionError, DaemonUnavailable, OSError):
                 self.close()
-                deadline = deadline or time.monotonic() + RECONNECT_SECONDS
+                deadline = deadline or time.monotonic() + self.patience
                 if time.monotonic() > deadline:
                     raise CliError(
-                        f"lost the daemon and it did not come back within {RECONNECT_SECONDS:g}s", CliExit.UNAVAILABLE
+                        f"lost the daemon and it did not come back within {self.patience:g}s", CliExit.UNAVAILABLE
                     ) from None
                 time.sleep(0.2)
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 import textwrap
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, BinaryIO
 
+from supervisor.cli.times import local_stamp
 from supervisor.model import Stream, duration_text, unix_from_iso
 from supervisor.protocol import EXITED_WHILE_BLOCKED, decode_data
 
@@ -153,6 +155,7 @@ def print_session(session: dict[str, Any], env_values: bool = False) -> None:
         "queued_at",
         "started_at",
         "ended_at",
+        "restart_of",
     ]
     for name in fields:
         value = session.get(name)
@@ -172,15 +175,35 @@ def print_session(session: dict[str, Any], env_values: bool = False) -> None:
         print(f"{'transcript:':12} {t['rows']} rows, {t['bytes']} bytes, last seq {t['last_seq']}")
 
 
+# A line and its newline, or a last line without one.
+LINES = re.compile(rb"[^\n]*\n|[^\n]+")
+
+
 class RowPrinter:
     """Writes transcript rows: raw bytes, JSON lines, or for people (system rows marked)."""
 
-    def __init__(self, mode: str, streams: set[str] | None) -> None:
+    def __init__(
+        self,
+        mode: str,
+        streams: set[str] | None,
+        *,
+        timestamps: bool = False,
+        merge: bool = False,
+        markers: bool = True,
+    ) -> None:
         self.mode = mode
         self.streams = streams
         self.out = sys.stdout.buffer
         self.err = sys.stderr.buffer
         self.last_seq = 0
+        # For people: each line prefixed with its row's local time; the command's stderr
+        # on slotctl's stdout instead of its stderr; the [slotd] rows shown.
+        self.timestamps = timestamps
+        self.merge = merge
+        self.markers = markers
+        # The outputs whose last line so far has no newline (a prompt): a marker must
+        # begin a line of its own, and -t must not stamp the rest of that line.
+        self.open_lines: set[BinaryIO] = set()
 
     def write(self, row: dict[str, Any]) -> None:
         self.last_seq = max(self.last_seq, row["seq"])
@@ -196,11 +219,31 @@ class RowPrinter:
             self.out.write(data)
         elif self.mode == "split":  # slotctl run: the command's stderr to our stderr
             (self.err if stream == Stream.STDERR else self.out).write(data)
-        elif stream == Stream.SYSTEM:
-            self.out.write(b"[slotd] " + data)
-        elif stream == Stream.STDIN:
-            self.out.write(b"[stdin] " + data + (b"" if data.endswith(b"\n") else b"\n"))
         else:
-            self.out.write(data)
+            self.write_for_people(stream, data, row["ts"])
         self.out.flush()
         self.err.flush()
+
+    def write_for_people(self, stream: str, data: bytes, ts: str) -> None:
+        """A row in the human format: markers, stderr apart unless merged, -t stamps."""
+        if stream in (Stream.SYSTEM, Stream.STDIN):
+            if stream == Stream.SYSTEM and not self.markers:
+                return
+            # On a line of its own, even after a last line without a newline.
+            for output in self.open_lines:
+                output.write(b"\n")
+            self.open_lines.clear()
+            marker = b"[slotd] " if stream == Stream.SYSTEM else b"[stdin] "
+            data = marker + data + (b"" if data.endswith(b"\n") else b"\n")
+        output = self.err if stream == Stream.STDERR and not self.merge else self.out
+        if self.timestamps:
+            prefix = local_stamp(unix_from_iso(ts)).encode() + b" "
+            lines = LINES.findall(data)  # split at newlines only: a \r redraws a line
+            data = b"".join(
+                line if i == 0 and output in self.open_lines else prefix + line for i, line in enumerate(lines)
+            )
+        output.write(data)
+        if data.endswith(b"\n"):
+            self.open_lines.discard(output)
+        elif data:
+            self.open_lines.add(output)

@@ -1,8 +1,8 @@
 """One handler per protocol command: check the arguments' meaning, act, shape the reply.
 
-By concern: sessions (start, ps, show, stop, ...), transcripts (logs, follow), admin
-(drain, info, shutdown); context has what they share. Commands joins them, and
-HANDLERS maps each request class to its handler.
+By concern: sessions (start, ps, show, stop, ...), transcripts (logs, follow), waiting
+(wait), admin (drain, info, shutdown); context has what they share. Commands joins them,
+and HANDLERS maps each request class to its handler.
 
 Handlers know neither sockets (control.py) nor SQL (store.py): they call the slot
 manager for anything that touches a session's processes and the reader pool for queries.
@@ -17,6 +17,7 @@ from supervisor.commands.admin import DaemonCommands
 from supervisor.commands.context import Emit
 from supervisor.commands.sessions import SessionCommands
 from supervisor.commands.transcripts import TranscriptCommands
+from supervisor.commands.waiting import WaitCommands
 from supervisor.errors import InvalidArgument, InvalidState, SlotdError, SlotsFull, StorageFull
 from supervisor.protocol import (
     CancelRequest,
@@ -35,6 +36,7 @@ from supervisor.protocol import (
     Request,
     RequestError,
     ResizeRequest,
+    RestartRequest,
     ResumeRequest,
     ScreenRequest,
     SendRequest,
@@ -44,6 +46,7 @@ from supervisor.protocol import (
     StartRequest,
     StopRequest,
     UndrainRequest,
+    WaitRequest,
 )
 
 __all__ = ["HANDLERS", "Commands", "Emit"]
@@ -64,10 +67,10 @@ def request_error(error: SlotdError) -> RequestError:
 
 
 # What a daemon on its way out still answers.
-READ_ONLY_COMMANDS = frozenset({"ps", "show", "logs", "follow", "screen", "info"})
+READ_ONLY_COMMANDS = frozenset({"ps", "show", "logs", "follow", "screen", "wait", "info"})
 
 
-class Commands(SessionCommands, TranscriptCommands, DaemonCommands):
+class Commands(SessionCommands, TranscriptCommands, WaitCommands, DaemonCommands):
     """Every handler, and the one entry point control.py calls."""
 
     async def handle(self, request: Request, emit: Emit) -> Any:
@@ -87,10 +90,12 @@ Handler = Callable[[Commands, Any, Emit], Awaitable[Any]]
 # that class (tests/test_commands.py checks both ways).
 HANDLERS: dict[type[Request], Handler] = {
     StartRequest: Commands.cmd_start,
+    RestartRequest: Commands.cmd_restart,
     PsRequest: Commands.cmd_ps,
     ShowRequest: Commands.cmd_show,
     LogsRequest: Commands.cmd_logs,
     FollowRequest: Commands.cmd_follow,
+    WaitRequest: Commands.cmd_wait,
     SendRequest: Commands.cmd_send,
     ScreenRequest: Commands.cmd_screen,
     ResizeRequest: Commands.cmd_resize,

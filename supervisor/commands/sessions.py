@@ -37,6 +37,7 @@ from supervisor.protocol import (
     PsRequest,
     RequestError,
     ResizeRequest,
+    RestartRequest,
     ResumeRequest,
     SendRequest,
     ShowRequest,
@@ -86,6 +87,13 @@ def terminal_of(request: StartRequest) -> TerminalSize | None:
     )
 
 
+def terminal_of_session(session: Session) -> TerminalSize | None:
+    """The window size a stored session runs at (None without a terminal)."""
+    if not session.tty:
+        return None
+    return TerminalSize(session.tty_cols or DEFAULT_TERMINAL_SIZE.cols, session.tty_rows or DEFAULT_TERMINAL_SIZE.rows)
+
+
 class SessionCommands(CommandContext):
     """Handlers of the commands about sessions: start, ps, show, the controls, delete, send, prune."""
 
@@ -102,6 +110,25 @@ class SessionCommands(CommandContext):
             run_time=request.timeout,
             inherit_env=request.inherit_env,
             memory_limit=request.memory_limit,
+        )
+        return session_view(session)
+
+    async def cmd_restart(self, request: RestartRequest, emit: Emit) -> Any:
+        # As pueue restarts a task: a new session like the old one, which is left as it is.
+        session = await self._session(request.session)
+        session = await self.slots.queue.submit(
+            session.argv,
+            session.cwd,
+            session.env,
+            session.labels,
+            session.priority,
+            session.nice,
+            True,
+            terminal=terminal_of_session(session),
+            run_time=session.timeout,
+            memory_limit=session.memory_limit,
+            inherit_env=session.inherit_env,
+            restart_of=session.id,
         )
         return session_view(session)
 

@@ -40,14 +40,19 @@ def count_lines(data: bytes) -> int:
     return data.count(b"\n")
 
 
-def tail_start(reader: Reader, session_id: str, lines: int, streams: list[str] | None) -> tuple[int, int, int]:
-    """Where the last `lines` lines begin: (the first row's seq, how many newlines to cut
-    from the front of that row, the last seq looked at). Read backwards a page at a
-    time, keeping nothing but counts: a tail of many lines costs a page, not the lines.
+def tail_start(
+    reader: Reader, session_id: str, lines: int, streams: list[str] | None, upto: int | None = None
+) -> tuple[int, int, int]:
+    """Where the last `lines` lines up to seq `upto` (if given) begin: (the first row's
+    seq, how many newlines to cut from the front of that row, the last seq looked at).
+    Read backwards a page at a time, keeping nothing but counts: a tail of many lines
+    costs a page, not the lines.
 
     A final line without a newline (a prompt) counts as a line.
     """
     last_seq = reader.last_seq(session_id)
+    if upto is not None:
+        last_seq = min(last_seq, upto)
     first = last_seq + 1
     if lines == 0:
         return first, 0, last_seq
@@ -79,6 +84,25 @@ def cut_lines(data: bytes, newlines: int) -> bytes:
     return data[cut + 1 :]
 
 
+def time_argument(request: LogsRequest, name: str) -> float | None:
+    """The request's time argument `name` in seconds since the epoch (None if absent)."""
+    text = getattr(request, name)
+    if text is None:
+        return None
+    try:
+        return unix_from_iso(text)
+    except ValueError:
+        raise RequestError(ErrorCode.INVALID_ARGUMENT, f"logs: {name!r} is not an ISO 8601 time: {text!r}") from None
+
+
+def last_seq_asked(reader: Reader, session_id: str, until_seq: int | None, until_ts: float | None) -> int | None:
+    """The last seq a logs request with these bounds sends (None: no bound)."""
+    bounds = [until_seq] if until_seq is not None else []
+    if until_ts is not None:
+        bounds.append(reader.seq_before_time(session_id, until_ts))
+    return min(bounds, default=None)
+
+
 def read_follow_page(
     reader: Reader, session_id: str, after: int, streams: list[str] | None
 ) -> tuple[Session | None, list[Row]]:
@@ -96,12 +120,15 @@ class TranscriptCommands(CommandContext):
             raise RequestError(
                 ErrorCode.INVALID_ARGUMENT, "logs: 'tail' cannot be combined with 'since_seq' or 'since_time'"
             )
+        since_ts = time_argument(request, "since_time")
+        until_ts = time_argument(request, "until_time")
         session = await self._session(request.session)
         streams = [request.stream] if request.stream else None
+        upto = await self.readers.run(last_seq_asked, session.id, request.until_seq, until_ts)
         sent = 0
         last_seq = 0
         if request.tail is not None:
-            first, cut, last_seq = await self.readers.run(tail_start, session.id, request.tail, streams)
+            first, cut, last_seq = await self.readers.run(tail_start, session.id, request.tail, streams, upto)
             after = first - 1
 
             def tail_row(row: Row) -> dict[str, Any] | None:
@@ -127,24 +154,19 @@ class TranscriptCommands(CommandContext):
                     break
                 after = page.last_seq
         else:
-            since_ts = None
-            if request.since_time is not None:
-                try:
-                    since_ts = unix_from_iso(request.since_time)
-                except ValueError:
-                    raise RequestError(
-                        ErrorCode.INVALID_ARGUMENT,
-                        f"logs: 'since_time' is not an ISO 8601 time: {request.since_time!r}",
-                    ) from None
             after = request.since_seq or 0
             if since_ts is not None:
                 after = max(after, await self.readers.run(Reader.seq_before_time, session.id, since_ts))
             # A follow carries on from here: at least what existed when we looked.
-            last_seq = max(after, await self.readers.run(Reader.last_seq, session.id))
+            last_seq = await self.readers.run(Reader.last_seq, session.id)
+            if upto is not None:
+                last_seq = min(last_seq, upto)
+            last_seq = max(after, last_seq)
             while True:
 
                 async def next_page(after: int = after) -> list[Row]:
-                    return await self.readers.run(read_page, session.id, after, streams, since_ts)
+                    page = await self.readers.run(read_page, session.id, after, streams, since_ts)
+                    return page if upto is None else [row for row in page if row.seq <= upto]
 
                 page = await self._send_page(emit, next_page, plain_row)
                 if page.last_seq is not None:

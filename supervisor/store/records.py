@@ -62,6 +62,8 @@ class Session:
     memory_limit: int | None = None  # bytes of address space per process (RLIMIT_AS)
     stop_reason: str | None = None  # why it was stopped: on request, or its timeout
     inherit_env: bool = True  # its environment is the daemon's with env on top, else env alone
+    # The id of the session this one repeats (`restart`), which may since be deleted.
+    restart_of: str | None = None
 
     @property
     def is_ended(self) -> bool:
@@ -86,6 +88,7 @@ _TEXT_FIELDS = {
     "ended_at",
     "spool_dir",
     "stop_reason",
+    "restart_of",
 }
 # Text is read as bytes and decoded in _session_from_row: bytes that are not UTF-8 then
 # damage their own row only, not every query that meets them (apsw would raise there).

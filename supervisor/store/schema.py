@@ -173,6 +173,10 @@ MIGRATIONS: list[str | Callable[[apsw.Connection], None]] = [
                transcript_bytes
         FROM sessions;
     """,
+    # 11: which session a session repeats (`restart`); none for the others
+    """
+    ALTER TABLE sessions ADD COLUMN restart_of TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
