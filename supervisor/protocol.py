@@ -177,6 +177,9 @@ class StartRequest(Request):
     tty: bool = arg(is_bool, "true to run the command on a pseudo-terminal", default=False)
     tty_cols: int | None = arg(is_terminal_side, f"the terminal's width in columns, 1 to {MAX_TERMINAL_SIDE}")
     tty_rows: int | None = arg(is_terminal_side, f"the terminal's height in rows, 1 to {MAX_TERMINAL_SIDE}")
+    wait_started: bool = arg(
+        is_bool, "true: if it starts now, answer once its command runs or could not start", default=False
+    )
     inherit_env: bool = arg(
         is_bool, "true: the daemon's environment with env on top; false: env alone (slotctl's own)", default=True
     )

@@ -248,17 +248,22 @@ class Tmux:
     send-keys and read with capture-pane."""
 
     def __init__(self, directory: Path, cols: int = 100, rows: int = 30) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
         # A Unix socket's path has room for 107 bytes: a deep tmp_path may not fit.
         if len(str(directory / "tmux.sock")) > 100:
             directory = Path(tempfile.mkdtemp(prefix="slotd-tmux-"))
         self.socket = directory / "tmux.sock"
+        # Nothing of the machine's tmux set-up; a pane stays when its command exits (set
+        # before any command runs: a quick one could end before a set-option).
+        self.config = directory / "tmux.conf"
+        self.config.write_text("set-option -g remain-on-exit on\n")
         self.cols, self.rows = cols, rows
         self.started = False
         self.runs = 0
 
     def tmux(self, *args: str) -> str:
         result = subprocess.run(
-            ["tmux", "-S", str(self.socket), "-f", "/dev/null", *args], capture_output=True, text=True, timeout=30
+            ["tmux", "-S", str(self.socket), "-f", str(self.config), *args], capture_output=True, text=True, timeout=30
         )
         assert result.returncode == 0, f"tmux {' '.join(args)}: {result.stderr}"
         return result.stdout
@@ -270,7 +275,6 @@ class Tmux:
         command = f'{shlex.join(argv)}; echo "[exit $? of run {self.runs}]"'
         if not self.started:
             self.tmux("new-session", "-d", "-x", str(self.cols), "-y", str(self.rows), command)
-            self.tmux("set-option", "-g", "remain-on-exit", "on")
             self.started = True
         else:
             self.tmux("respawn-pane", "-k", command)

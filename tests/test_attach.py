@@ -156,7 +156,6 @@ def test_two_clients_attached_at_once_see_the_same_output_and_both_can_type(
     """Two terminals attached to one session both show what either one types."""
     session_id = start_tty(daemon, shell(tmp_path, "tty$ "), b"tty$")
     other = Tmux(tmp_path / "other")
-    (tmp_path / "other").mkdir()
     try:
         terminal.start(attach_argv(daemon, session_id))
         other.start(attach_argv(daemon, session_id))

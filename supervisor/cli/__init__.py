@@ -30,6 +30,7 @@ from supervisor.cli.connection import connect
 from supervisor.cli.editing import cmd_edit, cmd_label
 from supervisor.cli.output import print_json
 from supervisor.cli.run import cmd_run
+from supervisor.cli.style import wants_colour
 from supervisor.cli.times import Bound, parse_bound
 from supervisor.cli.wait import cmd_wait
 from supervisor.client import DaemonUnavailable, RemoteError
@@ -133,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--socket", default=argparse.SUPPRESS, help="the daemon's socket (default: $SLOTD_SOCKET, else from the config)"
     )
     common.add_argument("--config", default=argparse.SUPPRESS, help="the daemon's config file, to find its socket")
+    common.add_argument(
+        "--color",
+        choices=["auto", "always", "never"],
+        default=argparse.SUPPRESS,
+        help="colour statuses: on a terminal unless NO_COLOR is set (auto, the default), always, never",
+    )
 
     parser = argparse.ArgumentParser(
         prog="slotctl", description="Control slotd, the session supervisor.", parents=[common]
@@ -369,6 +376,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.json = getattr(args, "json", False)
+    args.colour = wants_colour(getattr(args, "color", "auto"))
     try:
         with connect(args) as client:
             status = args.func(client, args)

@@ -18,7 +18,9 @@ from supervisor.cli.output import (
     print_json_array,
     print_session,
     print_sessions,
+    short_id,
 )
+from supervisor.cli.style import printable
 from supervisor.cli.times import Bound
 from supervisor.client import Client, result_of
 from supervisor.errors import CliError, CliExit
@@ -114,7 +116,17 @@ def print_new_session(session: dict[str, Any], args: argparse.Namespace) -> None
 
 
 def cmd_start(client: Client, args: argparse.Namespace) -> int:
-    print_new_session(client.request("start", **start_args(args)), args)
+    # Given a slot, it answers once the command runs or could not start: a command
+    # that does not exist is an error here, not a "running" that was never true.
+    session = client.request("start", **start_args(args), wait_started=True)
+    print_new_session(session, args)
+    if session["status"] == Status.FAILED:
+        what = session["cwd"] if "working directory" in (session["reason"] or "") else session["argv"][0]
+        print(
+            f"slotctl: session {short_id(session['id'])} could not start: {session['reason']}: {printable(what)}",
+            file=sys.stderr,
+        )
+        return CliExit.NOT_STARTED
     return CliExit.OK
 
 
@@ -155,7 +167,7 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         print_json_array(sessions())
     else:
-        print_sessions(sessions())
+        print_sessions(sessions(), args.colour)
     if final["hidden"]:
         print(f"{final['hidden']} older ended sessions not shown (ps -a)", file=sys.stderr)
     return CliExit.OK
@@ -163,7 +175,7 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_show(client: Client, args: argparse.Namespace) -> int:
     session = client.request("show", session=args.id)
-    print_json(session) if args.json else print_session(session, env_values=args.env_values)
+    print_json(session) if args.json else print_session(session, env_values=args.env_values, colour=args.colour)
     return CliExit.OK
 
 

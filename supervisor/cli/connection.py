@@ -4,12 +4,14 @@ following a transcript (the daemon restarted, or let a slow reader go)."""
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from supervisor.cli.output import RowPrinter
 from supervisor.client import Client, DaemonUnavailable, find_socket, result_of
+from supervisor.config import find_config_file
 from supervisor.errors import CliError, CliExit, ConfigError
 
 T = TypeVar("T")
@@ -19,11 +21,32 @@ RECONNECT_SECONDS = 120.0
 
 
 def connect(args: argparse.Namespace) -> Client:
+    socket_option, config_option = getattr(args, "socket", None), getattr(args, "config", None)
     try:
-        path = find_socket(getattr(args, "socket", None), getattr(args, "config", None))
+        path = find_socket(socket_option, config_option)
     except ConfigError as error:
         raise CliError(f"configuration error: {error}", CliExit.USAGE) from None
-    return Client(path)
+    try:
+        return Client(path)
+    except DaemonUnavailable as error:
+        raise DaemonUnavailable(
+            f"{error}\n  slotctl looked there because {socket_origin(socket_option, config_option)}.\n"
+            "  Point it at the daemon's socket with --socket PATH or $SLOTD_SOCKET, or at the daemon's "
+            "config file with --config FILE or $SLOTD_CONFIG."
+        ) from None
+
+
+def socket_origin(socket_option: str | None, config_option: str | None) -> str:
+    """Why slotctl tried the socket it tried (find_socket's order)."""
+    if socket_option:
+        return "--socket named it"
+    if os.environ.get("SLOTD_SOCKET"):
+        return "$SLOTD_SOCKET names it"
+    config = find_config_file(config_option, os.environ)
+    if config is None:
+        return "it is the built-in default (no config file: not given, no $SLOTD_CONFIG, none in the usual places)"
+    how = "--config" if config_option else "$SLOTD_CONFIG" if os.environ.get("SLOTD_CONFIG") else "found there"
+    return f"the config file {config} ({how}) names it"
 
 
 class Reconnecting:

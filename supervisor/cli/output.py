@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import signal
@@ -11,6 +12,15 @@ import time
 from collections.abc import Iterable
 from typing import Any, BinaryIO
 
+from supervisor.cli.style import (
+    STATUS_COLOURS,
+    coloured,
+    display_width,
+    fit,
+    pad,
+    printable,
+    terminal_columns,
+)
 from supervisor.cli.times import local_stamp
 from supervisor.model import Stream, duration_text, unix_from_iso
 from supervisor.protocol import EXITED_WHILE_BLOCKED, decode_data
@@ -31,9 +41,9 @@ def age(iso: str | None) -> str:
 
 
 def command_text(argv: list[str], width: int = 40) -> str:
-    # Control characters (a newline in a `python -c` program) would break the table.
-    text = " ".join(argv).encode("unicode_escape").decode("ascii")
-    return text if len(text) <= width else text[: width - 1] + "…"
+    # Shown as itself (héllo, 日本), but a control character (a newline in a `python -c`
+    # program, an escape sequence) would break the table or drive the terminal.
+    return fit(printable(" ".join(argv)), width)
 
 
 def human_value(key: str, value: Any) -> str:
@@ -70,26 +80,43 @@ def age_text(seconds: float) -> str:
 
 def outcome(session: dict[str, Any]) -> str:
     if session["signal"] is not None:
-        try:
-            return signal.Signals(session["signal"]).name
-        except ValueError:
-            return f"sig{session['signal']}"
+        return signal_name(session["signal"])
     if session["exit_code"] is not None:
         return str(session["exit_code"])
     return "-"
 
 
-def print_table(headers: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+# Columns a table may narrow to fit a terminal, the last first, and how far.
+SHRINKABLE = {"LABELS": 10, "COMMAND": 10}
+
+
+def print_table(headers: list[str], rows: list[list[str]], colour: bool = False, columns: int | None = None) -> None:
+    """A table with a header line; on a terminal of `columns`, its shrinkable columns
+    narrowed (their cells cut with an ellipsis) until it fits; STATUS cells coloured."""
+    widths = [
+        max(display_width(h), *(display_width(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+    if columns is not None:
+        excess = sum(widths) + 2 * (len(widths) - 1) - columns
+        for name in ("LABELS", "COMMAND"):
+            if excess > 0 and name in headers:
+                index = headers.index(name)
+                narrower = min(widths[index], max(SHRINKABLE[name], widths[index] - excess, len(name)))
+                excess -= widths[index] - narrower
+                widths[index] = narrower
+    status = headers.index("STATUS") if "STATUS" in headers else None
+    print("  ".join(pad(h, w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        cells = [pad(fit(cell, width), width) for cell, width in zip(row, widths, strict=True)]
+        if status is not None:
+            cells[status] = coloured(cells[status], STATUS_COLOURS.get(row[status].split(" ")[0], ""), colour)
+        print("  ".join(cells).rstrip())
 
 
 def session_row(s: dict[str, Any]) -> list[str]:
     """A session's line of the `ps` table, cell by cell."""
     when = s["ended_at"] or s["started_at"] or s["queued_at"]
-    labels = ",".join(f"{k}={v}" for k, v in s["labels"].items())
+    labels = printable(",".join(f"{k}={v}" for k, v in s["labels"].items()))
     return [
         short_id(s["id"]),
         str(s["slot"] or "-"),
@@ -106,9 +133,9 @@ def session_row(s: dict[str, Any]) -> list[str]:
 SESSION_HEADERS = ["ID", "SLOT", "STATUS", "PRI", "PID", "EXIT", "AGE", "COMMAND", "LABELS"]
 
 
-def print_sessions(sessions: Iterable[dict[str, Any]]) -> None:
+def print_sessions(sessions: Iterable[dict[str, Any]], colour: bool = False) -> None:
     # The cells only are kept (the table's widths need every row): a tenth of the sessions' size.
-    print_table(SESSION_HEADERS, [session_row(s) for s in sessions])
+    print_table(SESSION_HEADERS, [session_row(s) for s in sessions], colour, terminal_columns())
 
 
 def print_json_array(values: Iterable[Any]) -> None:
@@ -130,49 +157,85 @@ def status_text(session: dict[str, Any]) -> str:
     return session["status"] + (" (exited, disk full)" if note.endswith(EXITED_WHILE_BLOCKED) else " (disk full)")
 
 
-def print_session(session: dict[str, Any], env_values: bool = False) -> None:
-    """A session for people; its environment's names only, unless env_values (it may
-    hold secrets: a token in the environment of the shell that started it)."""
-    fields = [
-        "id",
-        "status",
-        "slot",
-        "priority",
-        "nice",
-        "argv",
-        "cwd",
-        "tty",
-        "timeout",
-        "memory_limit",
-        "env",
-        "labels",
-        "pid",
-        "shim_pid",
-        "exit_code",
-        "signal",
-        "reason",
-        "output_blocked",
-        "queued_at",
-        "started_at",
-        "ended_at",
-        "restart_of",
-    ]
-    for name in fields:
-        value = session.get(name)
-        if name == "tty":
-            value = f"{session['tty_cols']}x{session['tty_rows']}" if value else None
-        elif name == "timeout" and value is not None:
-            value = f"{duration_text(value)} (then stopped as by `stop`)"
-        elif name == "env" and not env_values:
-            value = " ".join(sorted(value)) + "   (names; --env shows values)" if value else None
-        elif name == "memory_limit" and value is not None:
-            value = f"{byte_size_text(value)} per process (RLIMIT_AS: address space)"
-        if isinstance(value, (list, dict)):
-            value = json.dumps(value)
-        print(f"{name + ':':12} {'-' if value is None else value}")
+# What `show` prints, in this order (the rest is for --json).
+SHOWN_FIELDS = (
+    "id",
+    "status",
+    "slot",
+    "priority",
+    "nice",
+    "argv",
+    "cwd",
+    "tty",
+    "timeout",
+    "memory_limit",
+    "env",
+    "labels",
+    "pid",
+    "shim_pid",
+    "exit_code",
+    "signal",
+    "reason",
+    "output_blocked",
+    "queued_at",
+    "started_at",
+    "ended_at",
+    "restart_of",
+)
+TIMES = ("queued_at", "started_at", "ended_at")
+
+
+def print_session(session: dict[str, Any], env_values: bool = False, colour: bool = False) -> None:
+    """A session for people: local times, signal names, how long it ran; its
+    environment's names only, unless env_values (it may hold secrets: a token in the
+    environment of the shell that started it)."""
+    for name in SHOWN_FIELDS:
+        value = shown_value(session, name, env_values)
+        if name == "status":
+            value = coloured(value, STATUS_COLOURS.get(session["status"], ""), colour)
+        print(f"{name + ':':12} {value}")
+        if name == "ended_at" and session["started_at"]:
+            print(f"{'ran:':12} {run_time_text(session)}")
     if "transcript" in session:
         t = session["transcript"]
         print(f"{'transcript:':12} {t['rows']} rows, {t['bytes']} bytes, last seq {t['last_seq']}")
+
+
+def shown_value(session: dict[str, Any], name: str, env_values: bool) -> str:
+    """One field of a session as `show` prints it ('-' for none), what the session chose
+    with its control characters escaped."""
+    value = session.get(name)
+    if value is None or (value == {} and name in ("env", "labels")):
+        return "-"
+    if name == "tty":
+        return f"{session['tty_cols']}x{session['tty_rows']}" if value else "-"
+    if name == "timeout":
+        return f"{duration_text(value)} (then stopped as by `stop`)"
+    if name == "memory_limit":
+        return f"{byte_size_text(value)} per process (RLIMIT_AS: address space)"
+    if name == "signal":
+        return f"{value} ({signal_name(value)})"
+    if name in TIMES:
+        return f"{datetime.datetime.fromtimestamp(unix_from_iso(value)):%Y-%m-%d %H:%M:%S} ({age(value)} ago)"
+    if name == "env" and not env_values:
+        return printable(" ".join(sorted(value))) + "   (names; --env shows values)"
+    if isinstance(value, (list, dict)):
+        return printable(json.dumps(value, ensure_ascii=False))
+    return printable(str(value))
+
+
+def run_time_text(session: dict[str, Any]) -> str:
+    """How long it ran, or has been running."""
+    end = unix_from_iso(session["ended_at"]) if session["ended_at"] else time.time()
+    ran = duration_text(max(0.0, end - unix_from_iso(session["started_at"])))
+    return ran if session["ended_at"] else f"{ran} so far"
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 # A line and its newline, or a last line without one.

@@ -45,6 +45,7 @@ from supervisor.protocol import (
     StopRequest,
     signal_number,
 )
+from supervisor.runner import commit_briefly
 from supervisor.store import DamagedRow, EndedCursor, Reader, Session
 
 # A page of a `ps` listing: the sessions read, shaped and sent at a time.
@@ -94,6 +95,10 @@ def terminal_of_session(session: Session) -> TerminalSize | None:
     return TerminalSize(session.tty_cols or DEFAULT_TERMINAL_SIZE.cols, session.tty_rows or DEFAULT_TERMINAL_SIZE.rows)
 
 
+# How long `start` with wait_started waits for a started session's command to start.
+START_VERDICT_WAIT = 10.0
+
+
 class SessionCommands(CommandContext):
     """Handlers of the commands about sessions: start, ps, show, the controls, delete, send, prune."""
 
@@ -111,6 +116,14 @@ class SessionCommands(CommandContext):
             inherit_env=request.inherit_env,
             memory_limit=request.memory_limit,
         )
+        live = self.slots.live.get(session.id)
+        if request.wait_started and live is not None:
+            # The verdict: the command runs (its pid is known), or it could not start.
+            with trio.move_on_after(START_VERDICT_WAIT):
+                await live.started.wait()
+            await commit_briefly(self.ingestor)
+            verdict: Session | None = await self.writer.run(self.writer.store.get_session, session.id)
+            session = verdict or session
         return session_view(session)
 
     async def cmd_restart(self, request: RestartRequest, emit: Emit) -> Any:
