@@ -168,6 +168,13 @@ def test_a_tty_sessions_command_gets_no_window_size_variables_from_the_daemon(ma
     daemon = make_daemon(start=False)
     daemon.start(env={**os.environ, "COLUMNS": "80", "LINES": "24"})
     show = py("import os; print(os.environ.get('COLUMNS'), os.environ.get('LINES'))")
-    assert daemon.cli("run", "--tty", "--", *show).stdout == b"None None\r\n"
-    assert daemon.cli("run", "--tty", "-e", "COLUMNS=132", "--", *show).stdout == b"132 None\r\n"
-    assert daemon.cli("run", "--", *show).stdout == b"80 24\n"
+
+    def output(**args) -> bytes:
+        # Through the protocol without an environment: the daemon's is the base.
+        session_id = daemon.start_session(show, **args)["id"]
+        daemon.wait_ended(session_id)
+        return daemon.stdout_bytes(session_id, ("stdout", "tty"))
+
+    assert output(tty=True) == b"None None\r\n"
+    assert output(tty=True, env={"COLUMNS": "132"}) == b"132 None\r\n"
+    assert output() == b"80 24\n"
