@@ -70,6 +70,7 @@ def test_every_command_is_a_slotctl_subcommand_but_the_listed_exceptions() -> No
                 timeout=None,
                 memory_limit=None,
                 inherit_env=True,
+                wait_started=False,
             ),
         ),
         ({"cmd": "info"}, protocol.InfoRequest()),

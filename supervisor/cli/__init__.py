@@ -26,6 +26,7 @@ from supervisor.cli.commands import (
     cmd_start,
     daemon_command,
 )
+from supervisor.cli.completion import SHELLS, cmd_completion, complete
 from supervisor.cli.connection import connect
 from supervisor.cli.editing import cmd_edit, cmd_label
 from supervisor.cli.output import print_json
@@ -53,6 +54,7 @@ SUBCOMMANDS_OF_ITS_OWN = frozenset(
     {
         "run",  # a `start`, then a `follow` to the session's end
         "attach",  # `screen`, then `follow` of the tty stream, with `send` and `resize`
+        "completion",  # the shell's side of completion: needs no daemon
         *SUBCOMMAND_ALIASES,
     }
 )
@@ -308,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the keys that detach, leaving the session running (default {DEFAULT_DETACH_KEYS}; a character or ctrl-X each)",
     )
 
+    p = add("completion", cmd_completion, "print the shell code that completes slotctl's commands and session ids")
+    p.add_argument("shell", choices=SHELLS, help='source it: eval "$(slotctl completion bash)" in ~/.bashrc')
+
     p = add(
         "stop",
         on_sessions("stop", stopped_line, timeout="timeout"),
@@ -374,9 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
+    complete(parser)  # a shell asking for completions is answered here
     args = parser.parse_args(argv)
     args.json = getattr(args, "json", False)
     args.colour = wants_colour(getattr(args, "color", "auto"))
+    if args.func is cmd_completion:
+        sys.exit(cmd_completion(args))
     try:
         with connect(args) as client:
             status = args.func(client, args)
