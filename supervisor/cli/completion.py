@@ -6,9 +6,8 @@ shell's side of it."""
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
-
-import argcomplete
 
 from supervisor.cli.connection import connect
 from supervisor.errors import CliExit, SlotdError
@@ -44,10 +43,16 @@ def complete_session_ids(parser: argparse.ArgumentParser) -> None:
 
 def complete(parser: argparse.ArgumentParser) -> None:
     """When a shell asks for completions (argcomplete's environment), answer and exit."""
+    if "_ARGCOMPLETE" not in os.environ:
+        return  # the usual case: argcomplete is not even imported (slotctl starts faster)
+    import argcomplete
+
     complete_session_ids(parser)
     argcomplete.autocomplete(parser)
 
 
 def cmd_completion(args: argparse.Namespace) -> int:
+    import argcomplete
+
     print(argcomplete.shellcode(["slotctl"], shell=args.shell))
     return CliExit.OK
