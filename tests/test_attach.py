@@ -294,3 +294,16 @@ def test_attach_to_a_queued_session_shows_it_from_its_start_at_the_windows_size(
     terminal.type("stty size")
     terminal.keys("Enter")
     terminal.wait_for("30 100")
+
+
+@NEEDS_TMUX
+def test_detaching_while_the_daemon_is_down_leaves_at_once(
+    daemon: DaemonHandle, terminal: Tmux, tmp_path: Path
+) -> None:
+    """With the daemon gone (attach waiting for it to come back), Ctrl-P Ctrl-Q still detaches at once, exit 0."""
+    session_id = start_tty(daemon, shell(tmp_path, "tty$ "), b"tty$")
+    terminal.start(attach_argv(daemon, session_id))
+    terminal.wait_for("tty$")
+    daemon.kill9()
+    terminal.keys("C-p", "C-q")
+    assert terminal.exit_status(timeout=5) == 0

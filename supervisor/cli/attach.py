@@ -19,7 +19,6 @@ import base64
 import os
 import queue
 import signal
-import socket
 import sys
 import termios
 import threading
@@ -28,7 +27,7 @@ from types import FrameType
 from typing import Any
 
 from supervisor.cli.commands import exit_status_of, own_terminal_size
-from supervisor.cli.connection import Reconnecting
+from supervisor.cli.connection import Reconnecting, Stopped
 from supervisor.cli.output import short_id
 from supervisor.client import Client, RemoteError, result_of
 from supervisor.errors import CliError, CliExit
@@ -139,10 +138,6 @@ class Screen:
         self.write(RESET_MODES + (b"\x1b[?1049l" if self.alternate else b"") + b"\r\n")
 
 
-class Detached(Exception):
-    """The person typed the detach keys."""
-
-
 class InputSender:
     """Sends what is typed, and window sizes, on a connection of its own (a thread):
     the keys typed during one send go together in the next."""
@@ -197,7 +192,6 @@ class Attachment:
         self.detach_keys = DetachKeys(keys)
         self.screen = Screen()
         self.last_seq: int | None = None  # the last row shown, once the screen is drawn
-        self.detached = False
 
     def run(self) -> int:
         previous = {signum: signal.getsignal(signum) for signum in (signal.SIGWINCH, signal.SIGTERM, signal.SIGHUP)}
@@ -213,7 +207,7 @@ class Attachment:
                     final = self.output.run(self._show)
                 finally:
                     self.screen.release()
-        except Detached:
+        except Stopped:  # the detach keys
             print(f"slotctl: detached from session {short_id(self.session['id'])}; it runs on", file=sys.stderr)
             return CliExit.OK
         finally:
@@ -225,8 +219,6 @@ class Attachment:
 
     def _show(self, client: Client) -> dict[str, Any]:
         """Draw the screen (once), then the output after it, to the session's end."""
-        if self.detached:
-            raise Detached
         if self.last_seq is None:
             screen = client.request("screen", session=self.session["id"])
             self.screen.write(decode_data(screen))
@@ -257,18 +249,8 @@ class Attachment:
             if typed:
                 self.input.type(typed)
             if detach:
-                self.detached = True
-                self._interrupt_output()
+                self.output.stop()  # the main thread leaves its wait for output
                 return
-
-    def _interrupt_output(self) -> None:
-        """Wake the main thread from its wait for output: its connection is shut."""
-        client = self.output.client
-        if client is not None:
-            try:
-                client.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def _window_changed(self, _signum: int, _frame: FrameType | None) -> None:
         self.input.resize()

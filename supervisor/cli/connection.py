@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -49,6 +50,10 @@ def socket_origin(socket_option: str | None, config_option: str | None) -> str:
     return f"the config file {config} ({how}) names it"
 
 
+class Stopped(Exception):
+    """Reconnecting.stop() was called: whoever waited on the daemon is leaving."""
+
+
 class Reconnecting:
     """One connection to the daemon at a time, opened again after a loss (the daemon
     restarted, or let a slow reader go) for up to RECONNECT_SECONDS, or a patience of
@@ -58,12 +63,16 @@ class Reconnecting:
         self.args = args
         self.client = client
         self.patience = patience
+        self.stopped = False
 
     def run(self, attempt: Callable[[Client], T]) -> T:
         """attempt(client) until it returns; after a loss it is called again on a new
-        connection, so it must ask for what it still lacks (rows after the last printed)."""
+        connection, so it must ask for what it still lacks (rows after the last printed).
+        Stopped once stop() is called, even while the daemon is away."""
         deadline = None
         while True:
+            if self.stopped:
+                raise Stopped
             try:
                 if self.client is None:
                     self.client = connect(self.args)
@@ -79,6 +88,16 @@ class Reconnecting:
                         f"lost the daemon and it did not come back within {self.patience:g}s", CliExit.UNAVAILABLE
                     ) from None
                 time.sleep(0.2)
+
+    def stop(self) -> None:
+        """From another thread: end run() at once, whatever it waits for."""
+        self.stopped = True
+        client = self.client
+        if client is not None:
+            try:
+                client.sock.shutdown(socket.SHUT_RDWR)  # wakes a read in progress
+            except OSError:
+                pass
 
     def close(self) -> None:
         if self.client is not None:
