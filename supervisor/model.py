@@ -84,9 +84,9 @@ def unix_from_iso(text: str) -> float:
 
 
 def duration_text(seconds: float) -> str:
-    """A duration as people write it: 45s, 10m, 1h30m, 2d4h (0.5s below a second)."""
+    """A duration as people write it: 1.5s, 45s, 10m, 1h30m, 2d4h."""
     if seconds < 60:
-        return f"{seconds:g}s"
+        return f"{round(seconds, 1):g}s"
     parts = []
     rest = round(seconds)
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):

@@ -27,7 +27,9 @@ def test_statuses_are_coloured_when_asked_and_never_when_not(daemon: DaemonHandl
     assert "\x1b[32mrunning" in daemon.cli("ps", "--color=always").stdout.decode()
     assert "\x1b[" not in daemon.cli("ps", "--color=never").stdout.decode()
     assert "\x1b[" not in daemon.cli("ps").stdout.decode()
-    assert "status:      \x1b[32mrunning\x1b[0m" in daemon.cli("show", "--color=always", session_id).stdout.decode()
+    assert re.search(
+        r"^status: +\x1b\[32mrunning\x1b\[0m$", daemon.cli("show", "--color=always", session_id).stdout.decode(), re.M
+    )
 
 
 @NEEDS_TMUX
@@ -52,9 +54,9 @@ def test_show_gives_local_times_signal_names_and_the_run_time(daemon: DaemonHand
     wait_for(lambda: daemon.session(session_id)["pid"], what="the command to run")
     daemon.request("stop", session=session_id)
     shown = daemon.cli("show", session_id).stdout.decode()
-    assert re.search(r"^signal:      15 \(SIGTERM\)$", shown, re.MULTILINE)
-    assert re.search(r"^started_at:  \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(\d+s ago\)$", shown, re.MULTILINE)
-    assert re.search(r"^ran:         \d+(\.\d+)?s$", shown, re.MULTILINE)
+    assert re.search(r"^signal: +15 \(SIGTERM\)$", shown, re.MULTILINE)
+    assert re.search(r"^started_at: +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(\d+s ago\)$", shown, re.MULTILINE)
+    assert re.search(r"^ran: +\d+(\.\d+)?s$", shown, re.MULTILINE)
 
 
 def test_start_of_a_command_that_cannot_start_says_so_and_fails(daemon: DaemonHandle) -> None:

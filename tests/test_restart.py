@@ -4,6 +4,7 @@ against a real daemon."""
 from __future__ import annotations
 
 import json
+import re
 
 from supervisor.errors import CliExit
 from tests.harness import DaemonHandle
@@ -44,7 +45,7 @@ def test_restart_starts_a_new_session_with_the_old_ones_settings(daemon):
     assert new["exit_code"] == 0
     output = daemon.stdout_bytes(new_id, ("tty",))
     assert b"hi " + str(workdir).encode() in output and b"columns=100, lines=30" in output
-    assert f"restart_of:  {old['id']}" in daemon.cli("show", new_id).stdout.decode()
+    assert re.search(rf"^restart_of: +{old['id']}$", daemon.cli("show", new_id).stdout.decode(), re.MULTILINE)
 
 
 def test_rerun_of_a_live_session_leaves_it_running(daemon):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -52,7 +53,7 @@ def test_a_tty_session_has_a_terminal_on_stdin_stdout_and_stderr_of_the_size_giv
     assert transcript(daemon, session["id"]) == [("tty", result.stdout)]
     assert result.stdout.endswith(b"}\r\n")
     assert daemon.cli("logs", "--raw", session["id"]).stdout == result.stdout
-    assert b"tty:         100x30\n" in daemon.cli("show", session["id"]).stdout
+    assert re.search(rb"^tty: +100x30$", daemon.cli("show", session["id"]).stdout, re.MULTILINE)
 
 
 def test_a_tty_session_without_a_size_or_a_client_terminal_is_80_by_24(daemon) -> None:

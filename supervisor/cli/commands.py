@@ -271,7 +271,7 @@ def daemon_command(command: str):
             print_json(result)
         elif command == "info":
             for key, value in result.items():
-                print(f"{key + ':':16} {human_value(key, value)}")
+                print(f"{key + ':':18} {human_value(key, value)}")
         else:
             print(daemon_change_text(command, result))
         return CliExit.OK

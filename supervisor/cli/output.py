@@ -183,6 +183,7 @@ SHOWN_FIELDS = (
     "restart_of",
 )
 TIMES = ("queued_at", "started_at", "ended_at")
+SHOWN_WIDTH = max(len(name) for name in SHOWN_FIELDS) + 2  # a name, its colon, a space at least
 
 
 def print_session(session: dict[str, Any], env_values: bool = False, colour: bool = False) -> None:
@@ -193,12 +194,12 @@ def print_session(session: dict[str, Any], env_values: bool = False, colour: boo
         value = shown_value(session, name, env_values)
         if name == "status":
             value = coloured(value, STATUS_COLOURS.get(session["status"], ""), colour)
-        print(f"{name + ':':12} {value}")
+        print(f"{name + ':':{SHOWN_WIDTH}} {value}")
         if name == "ended_at" and session["started_at"]:
-            print(f"{'ran:':12} {run_time_text(session)}")
+            print(f"{'ran:':{SHOWN_WIDTH}} {run_time_text(session)}")
     if "transcript" in session:
         t = session["transcript"]
-        print(f"{'transcript:':12} {t['rows']} rows, {t['bytes']} bytes, last seq {t['last_seq']}")
+        print(f"{'transcript:':{SHOWN_WIDTH}} {t['rows']} rows, {t['bytes']} bytes, last seq {t['last_seq']}")
 
 
 def shown_value(session: dict[str, Any], name: str, env_values: bool) -> str:
