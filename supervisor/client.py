@@ -12,7 +12,7 @@ from typing import Any
 
 from supervisor.config import load_config
 from supervisor.errors import SlotdError
-from supervisor.protocol import encode_message
+from supervisor.wire import encode_message
 
 
 class DaemonUnavailable(SlotdError):

@@ -37,7 +37,7 @@ from supervisor.cli.wait import cmd_wait
 from supervisor.client import DaemonUnavailable, RemoteError
 from supervisor.errors import CliError, CliExit
 from supervisor.model import MAX_TERMINAL_SIDE, NICE_MAX, STREAMS, TerminalSize
-from supervisor.protocol import PS_RECENT_ENDED, WAIT_UNTIL
+from supervisor.wire import PS_RECENT_ENDED, WAIT_UNTIL
 
 # Each protocol command has a subcommand of the same name, but for these
 # (tests/test_commands.py checks both lists; docs/protocol.md says where `follow` is used):

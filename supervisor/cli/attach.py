@@ -32,7 +32,7 @@ from supervisor.cli.output import short_id
 from supervisor.client import Client, RemoteError, result_of
 from supervisor.errors import CliError, CliExit
 from supervisor.model import Status, Stream
-from supervisor.protocol import decode_data
+from supervisor.wire import decode_data
 
 DEFAULT_DETACH_KEYS = "ctrl-p,ctrl-q"
 # The control characters docker's --detach-keys names besides ctrl-a to ctrl-z.

@@ -23,7 +23,7 @@ from supervisor.cli.style import (
 )
 from supervisor.cli.times import local_stamp
 from supervisor.model import Stream, duration_text, unix_from_iso
-from supervisor.protocol import EXITED_WHILE_BLOCKED, decode_data
+from supervisor.wire import EXITED_WHILE_BLOCKED, decode_data
 
 
 def print_json(value: Any) -> None:
