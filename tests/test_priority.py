@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -82,7 +83,7 @@ def test_slotctl_start_nice_overrides_the_configured_value_and_show_says_so(
     assert command_nice(running_pid(daemon, session_id)) == expected(3)
     assert command_nice(running_pid(daemon, other["id"])) == expected(12)
     shown = daemon.cli("show", session_id)
-    assert "nice:        3\n" in shown.stdout.decode()
+    assert re.search(r"^nice: +3$", shown.stdout.decode(), re.MULTILINE)
 
 
 def test_a_queued_session_keeps_its_nice_until_it_starts(make_daemon: Callable[..., DaemonHandle]) -> None:
