@@ -316,17 +316,26 @@ class EchoProbe(threading.Thread):
                 # From the terminal's last row on: nothing it printed before is an echo.
                 since = keys.request("show", session=self.session_id)["transcript"]["last_seq"]
                 screen.send("follow", session=self.session_id, stream="tty", since_seq=since)
-                threading.Thread(target=self.watch, args=(screen,), daemon=True).start()
-                due = time.perf_counter()
-                for number in range(self.keystrokes):
-                    key = KEYS[number % len(KEYS) : number % len(KEYS) + 1]
-                    sent = time.perf_counter()
-                    keys.request("send", session=self.session_id, data=key.decode())
-                    self.latencies.append(self.wait_for_echo(key, sent + 10) - sent)
-                    due += KEYSTROKE_INTERVAL
-                    time.sleep(max(0.0, due - time.perf_counter()))
+                watcher = threading.Thread(target=self.watch, args=(screen,), daemon=True)
+                watcher.start()
+                try:
+                    self.type_keys(keys)
+                finally:
+                    # Ends the watcher's read (closing alone would wait for it).
+                    screen.sock.shutdown(socket.SHUT_RDWR)
+                    watcher.join()
         except BaseException as error:  # reported by the main thread
             self.error = error
+
+    def type_keys(self, keys: Client) -> None:
+        due = time.perf_counter()
+        for number in range(self.keystrokes):
+            key = KEYS[number % len(KEYS) : number % len(KEYS) + 1]
+            sent = time.perf_counter()
+            keys.request("send", session=self.session_id, data=key.decode())
+            self.latencies.append(self.wait_for_echo(key, sent + 10) - sent)
+            due += KEYSTROKE_INTERVAL
+            time.sleep(max(0.0, due - time.perf_counter()))
 
     def watch(self, screen: Client) -> None:
         """Note the time each piece of the terminal's output arrives (in its own thread,
@@ -371,14 +380,17 @@ def run_probes(daemon: DaemonHandle, ticker: str, echo: str, settings: dict) -> 
         "control": ControlProbe(daemon, settings["ps_rounds"]),
         "echo": EchoProbe(daemon, echo, settings["keystrokes"]),
     }
+    started = time.perf_counter()
     for probe in probes.values():
         probe.start()
-    for probe in probes.values():
+    seconds = {}
+    for name, probe in probes.items():
         probe.join()
+        seconds[name] = time.perf_counter() - started
     for probe in probes.values():
         if probe.error is not None:
             raise probe.error
-    return {name: probe.summary() for name, probe in probes.items()} | {
+    return {name: probe.summary() | {"seconds": seconds[name]} for name, probe in probes.items()} | {
         "loadavg_before": load_before,
         "loadavg_after": os.getloadavg()[0],
     }
