@@ -53,7 +53,11 @@ async def status_text(config: Config, slots: SlotManager, readers: ReaderPool) -
 
 
 async def checkpoint_loop(
-    ingestor: Ingestor, writer: DatabaseWriter, checkpointer: Checkpointer, task_status=trio.TASK_STATUS_IGNORED
+    ingestor: Ingestor,
+    writer: DatabaseWriter,
+    checkpointer: Checkpointer,
+    checkpoints: BackgroundThread,
+    task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Keep the WAL short without stalling capture.
 
@@ -63,27 +67,15 @@ async def checkpoint_loop(
     commits it never quite catches up, so a second, short checkpoint on the writer
     thread, between two commits, copies the few frames left. When ingest is idle, a
     TRUNCATE checkpoint empties the file.
+
+    The checkpoints run on their own background thread, `checkpoints`: copying the WAL
+    is bulk work, as committing is.
     """
-    # Copying the WAL is bulk work, as committing is: a thread of its own, at its priority.
-    checkpoints = BackgroundThread("slotd-checkpt")
-    task_status.started()
-    try:
-        await _checkpoint_rounds(ingestor, writer, checkpointer, checkpoints)
-    finally:
-        # Joined: the daemon closes the checkpointer's connection once this loop is over.
-        checkpoints.close()
-
-
-async def _checkpoint_rounds(
-    ingestor: Ingestor,
-    writer: DatabaseWriter,
-    checkpointer: Checkpointer,
-    checkpoints: BackgroundThread,
-) -> None:
     store = writer.store
     restart_frames = WAL_RESTART_BYTES // store.page_size
     blocked = False
     failing: str | None = None
+    task_status.started()
     while True:
         # On the timer, or at once when a commit leaves the WAL long.
         with trio.move_on_after(CHECKPOINT_INTERVAL):
