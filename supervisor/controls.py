@@ -180,17 +180,20 @@ class Controls:
     async def send(self, session: Session, data: bytes, eof: bool) -> None:
         """Write data to the session's input (then close it, with eof); a session
         waiting at a checkpoint is running again once it has its answer."""
-        live = self._live(session, "send input to")
+        await self.send_to_live(self._live(session, "send input to"), data, eof)
+
+    async def send_to_live(self, live: LiveSession, data: bytes, eof: bool) -> None:
+        """send() to a session known to be live."""
         writer = InputWriter(live.spool_dir / spool.STDIN_FIFO)
         async with live.send_lock:
             try:
                 with trio.move_on_after(SEND_TIMEOUT) as scope:
                     await writer.write(data, eof)
             except InputClosed as error:
-                raise InvalidState(f"cannot send input to session {session.id}: {error}") from None
+                raise InvalidState(f"cannot send input to session {live.id}: {error}") from None
             if scope.cancelled_caught:
                 raise InvalidState(
-                    f"session {session.id} is not reading its input: {writer.sent} of {len(data)} bytes sent "
+                    f"session {live.id} is not reading its input: {writer.sent} of {len(data)} bytes sent "
                     f"before its stdin stayed full for {SEND_TIMEOUT:g}s",
                 )
         if live.status == "waiting_checkpoint" and not live.final:

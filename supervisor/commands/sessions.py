@@ -284,14 +284,21 @@ class SessionCommands(CommandContext):
         return {"deleted": session.id}
 
     async def cmd_send(self, request: SendRequest, emit: Emit) -> Any:
-        session = await self._session(request.session)
+        # A live session named by its whole id (as `attach` names it, a key at a time)
+        # is found in memory: a database read per keystroke waits for a reader thread.
+        live = self.slots.live.get(request.session)
+        session = None if live is not None else await self._session(request.session)
         data = request.data.encode()
         if request.data_b64 is not None:
             try:
                 data += base64.b64decode(request.data_b64, validate=True)
             except binascii.Error:
                 raise RequestError(ErrorCode.INVALID_ARGUMENT, "send: 'data_b64' is not valid base64") from None
-        await self.slots.controls.send(session, data, request.eof)
+        if live is not None:
+            await self.slots.controls.send_to_live(live, data, request.eof)
+        else:
+            assert session is not None
+            await self.slots.controls.send(session, data, request.eof)
         return {"sent": len(data), "eof": request.eof}
 
     async def cmd_prune(self, request: PruneRequest, emit: Emit) -> Any:
