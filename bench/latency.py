@@ -23,8 +23,9 @@ Each phase runs a real daemon (``python -m supervisor daemon``) in a directory o
      the session's ``tty`` stream on another: the two paths ``slotctl attach`` takes for
      a key and for what the screen shows. Bar: p99 < 30 ms.
    The bars are for the figures under load; the idle ones beside them show what the
-   load costs. The load average (1 min) is printed before and after: on a shared
-   machine it says how much else ran.
+   load costs. The load average (1 min) is printed before and after, and how long the
+   daemon's event loop thread waited for a core (schedstat): on a shared machine they
+   say how much else ran, and how much of the latency is waiting for the CPU.
 2. restart: a database with 10,000,000 transcript rows (10 bytes each, spread over
    ended sessions, inserted straight into slotd's schema with APSW while no daemon runs)
    and 3 live sessions (sleep-print loops). The daemon is SIGKILLed and started again,
@@ -372,9 +373,20 @@ def wal_size(daemon: DaemonHandle) -> int:
         return 0
 
 
+def loop_schedstat(daemon: DaemonHandle) -> tuple[float, float]:
+    """Seconds the daemon's event loop thread (its main thread) has run, and has waited
+    runnable for a core: the kernel's schedstat."""
+    assert daemon.process is not None
+    pid = daemon.process.pid
+    ran, waited, _slices = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()
+    return int(ran) / 1e9, int(waited) / 1e9
+
+
 def run_probes(daemon: DaemonHandle, ticker: str, echo: str, settings: dict) -> dict:
-    """Follow, ps and keystroke probes at once; their summaries and the load average."""
+    """Follow, ps and keystroke probes at once; their summaries, the load average, and
+    how long the daemon's event loop waited for a core meanwhile."""
     load_before = os.getloadavg()[0]
+    ran, waited = loop_schedstat(daemon)
     probes = {
         "follow": FollowProbe(daemon, ticker, settings["follow_lines"]),
         "control": ControlProbe(daemon, settings["ps_rounds"]),
@@ -390,9 +402,13 @@ def run_probes(daemon: DaemonHandle, ticker: str, echo: str, settings: dict) -> 
     for probe in probes.values():
         if probe.error is not None:
             raise probe.error
+    ran_after, waited_after = loop_schedstat(daemon)
     return {name: probe.summary() | {"seconds": seconds[name]} for name, probe in probes.items()} | {
         "loadavg_before": load_before,
         "loadavg_after": os.getloadavg()[0],
+        "seconds": max(seconds.values()),
+        "loop_ran": ran_after - ran,
+        "loop_waited": waited_after - waited,
     }
 
 
@@ -676,6 +692,13 @@ def report(results: dict, errors: dict[str, str]) -> dict[str, bool]:
         print(
             f"  load average (1 min): idle {idle['loadavg_before']:.2f} -> {idle['loadavg_after']:.2f}, "
             f"load {load['loadavg_before']:.2f} -> {load['loadavg_after']:.2f}"
+        )
+        print(
+            "  the daemon's event loop ran / waited for a core: "
+            + ", ".join(
+                f"{phase} {figures['loop_ran']:.2f} s / {figures['loop_waited']:.2f} s over {figures['seconds']:.1f} s"
+                for phase, figures in (("idle", idle), ("load", load))
+            )
         )
         print(
             f"  load: 2 writers ingested {latency['load_lines_per_s']:,.0f} lines/s ({latency['load_mb_per_s']:.1f} MB/s) "
