@@ -147,9 +147,12 @@ def ticker_program(interval: float) -> str:
 
 # The terminal session: raw mode without echo (as an editor or a shell's line editor
 # sets it), each byte read written back, so what comes back is the program's echo.
+# READY once it is in raw mode: a key typed before would be echoed by the terminal
+# itself, then dropped by setraw's flush.
 ECHO_PROGRAM = textwrap.dedent("""
     import os, tty
     tty.setraw(0)
+    os.write(1, b"READY")
     while data := os.read(0, 1024):
         os.write(1, data)
     """)
@@ -382,6 +385,17 @@ def loop_schedstat(daemon: DaemonHandle) -> tuple[float, float]:
     return int(ran) / 1e9, int(waited) / 1e9
 
 
+def wait_until_printed(client: Client, session_id: str, text: bytes, timeout: float = 30) -> None:
+    """Poll until the session's stored output holds text."""
+    deadline = time.monotonic() + timeout
+    while text not in b"".join(
+        decode_data(message["row"]) for message in client.messages("logs", session=session_id) if "row" in message
+    ):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"session {session_id} did not print {text!r} within {timeout}s")
+        time.sleep(POLL_INTERVAL)
+
+
 def run_probes(daemon: DaemonHandle, ticker: str, echo: str, settings: dict) -> dict:
     """Follow, ps and keystroke probes at once; their summaries, the load average, and
     how long the daemon's event loop waited for a core meanwhile."""
@@ -423,6 +437,7 @@ def measure_latency(workdir: Path, settings: dict) -> dict:
             (ticker,) = start_sessions(client, [ticker_program(TICK_INTERVAL)], daemon.root)
             (echo,) = start_sessions(client, [ECHO_PROGRAM], daemon.root, tty=True)
             wait_until_started(client, [ticker, echo])
+            wait_until_printed(client, echo, b"READY")
             idle = run_probes(daemon, ticker, echo, settings)
             writers = start_sessions(client, [session_program(ENDLESS)] * 2, daemon.root)
             wait_until_started(client, writers)
