@@ -548,6 +548,9 @@ async def test_a_follower_reads_the_database_again_only_when_its_session_changes
         for number in range(20):
             ingestor.append_read(other, "stdout", b"%d\n" % number, 2.0)
             ingestor.append_read(followed, "stdout", b"%d\n" % number, 2.0)
+            # Sent before it is committed (a row committed before its follower got to it
+            # is read from the database, as it must be).
+            await poll_until(lambda number=number: sent[-1] == b"%d\n" % number, "the row sent")
             await ingestor.commit_now()
             await trio.testing.wait_all_tasks_blocked()
         assert sent == [b"first\n", *(b"%d\n" % number for number in range(20))]
