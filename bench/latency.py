@@ -8,14 +8,24 @@ under load, restart to READY with 10,000,000 stored rows, and idle CPU.
 
 Each phase runs a real daemon (``python -m supervisor daemon``) in a directory of its own:
 
-1. load: two sessions write 100-byte lines as fast as they can (bench/ingest.py's
-   generator) while a third prints one line every 20 ms carrying its own ``time.time()``.
-   Meanwhile, on two connections at once:
-   - follow latency: a ``follow`` client on the third session takes, for each line,
+1. load: the same three latencies measured twice on one daemon, first idle (no writers),
+   then while two sessions write 100-byte lines as fast as they can (bench/ingest.py's
+   generator). Throughout, a third session prints one line every 20 ms carrying its own
+   ``time.time()``, and a fourth, on a terminal (``tty: true``), puts it in raw mode
+   without echo and writes back each byte it reads. On three connections at once:
+   - follow latency: a ``follow`` client on the ticking session takes, for each line,
      the time it arrived minus the time written in it (lines written before the follow
-     request are left out: they come from the stored backlog). Bar: p99 < 100 ms.
+     request are left out: they come from the stored backlog). Bar: p99 < 20 ms.
    - control latency: ``ps`` round trips on one persistent connection, one every 10 ms.
-     Bar: p99 < 20 ms.
+     Bar: p99 < 10 ms.
+   - keystroke to echo: one byte sent to the terminal session with ``send`` on one
+     persistent connection, every 20 ms, timed until it comes back on a ``follow`` of
+     the session's ``tty`` stream on another: the two paths ``slotctl attach`` takes for
+     a key and for what the screen shows. Bar: p99 < 30 ms.
+   The bars are for the figures under load; the idle ones beside them show what the
+   load costs. The load average (1 min) is printed before and after, and how long the
+   daemon's event loop thread waited for a core (schedstat): on a shared machine they
+   say how much else ran, and how much of the latency is waiting for the CPU.
 2. restart: a database with 10,000,000 transcript rows (10 bytes each, spread over
    ended sessions, inserted straight into slotd's schema with APSW while no daemon runs)
    and 3 live sessions (sleep-print loops). The daemon is SIGKILLed and started again,
@@ -28,8 +38,7 @@ Each phase runs a real daemon (``python -m supervisor daemon``) in a directory o
    psutil) over 30 s, in percent of one core. Bar: < 0.5 %.
 
 On a 2-core machine the load phase is CPU-bound by design: the writers take all the CPU
-they are given, so its figures move with whatever else runs (±50 % between runs is
-usual); psutil counts CPU time in 10 ms ticks, so the idle figure is ±0.03 % over 30 s.
+they are given, so its figures move with whatever else runs; psutil counts CPU time in 10 ms ticks, so the idle figure is ±0.03 % over 30 s.
 
 It prints a table with each bar and PASS or FAIL. A missed bar is reported, not an error;
 the exit status is non-zero only if a phase could not be measured (or re-attaching
@@ -45,6 +54,7 @@ import argparse
 import json
 import math
 import os
+import queue
 import shutil
 import socket
 import subprocess
@@ -55,6 +65,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import apsw
 import psutil
@@ -73,17 +84,35 @@ from supervisor.protocol import decode_data  # noqa: E402
 from supervisor.store import Session, Store  # noqa: E402
 from tests.harness import DaemonHandle, clean_up_on_sigterm  # noqa: E402
 
-FULL = {"follow_lines": 500, "ps_rounds": 1000, "rows": 10_000_000, "restarts": 3, "idle_seconds": 30.0}
-QUICK = {"follow_lines": 100, "ps_rounds": 200, "rows": 1_000_000, "restarts": 1, "idle_seconds": 5.0}
+FULL = {
+    "follow_lines": 500,
+    "ps_rounds": 1000,
+    "keystrokes": 500,
+    "rows": 10_000_000,
+    "restarts": 3,
+    "idle_seconds": 30.0,
+}
+QUICK = {
+    "follow_lines": 100,
+    "ps_rounds": 200,
+    "keystrokes": 100,
+    "rows": 1_000_000,
+    "restarts": 1,
+    "idle_seconds": 5.0,
+}
 PHASES = ("load", "restart", "idle")
 
-FOLLOW_BAR = 0.100  # s, p99
-CONTROL_BAR = 0.020  # s, p99
+FOLLOW_BAR = 0.020  # s, p99 under load
+CONTROL_BAR = 0.010  # s, p99 under load
+ECHO_BAR = 0.030  # s, p99 under load
 READY_BAR = 1.0  # s, every start
 IDLE_BAR = 0.5  # % of one core
 
 TICK_INTERVAL = 0.020  # the followed session's line interval
 PS_INTERVAL = 0.010
+KEYSTROKE_INTERVAL = 0.020
+# The bytes typed, one per keystroke, in turn: each echo is told from the one before.
+KEYS = b"abcdefghijklmnopqrstuvwxyz"
 WARMUP = 1.0  # s of full-speed ingest before the clocks start
 # bench/ingest.py's writer, told to write more lines than any run lasts: it writes until stopped.
 ENDLESS = 10**12
@@ -116,6 +145,19 @@ def ticker_program(interval: float) -> str:
         """)
 
 
+# The terminal session: raw mode without echo (as an editor or a shell's line editor
+# sets it), each byte read written back, so what comes back is the program's echo.
+# READY once it is in raw mode: a key typed before would be echoed by the terminal
+# itself, then dropped by setraw's flush.
+ECHO_PROGRAM = textwrap.dedent("""
+    import os, tty
+    tty.setraw(0)
+    os.write(1, b"READY")
+    while data := os.read(0, 1024):
+        os.write(1, data)
+    """)
+
+
 def percentile(values: list[float], p: float) -> float:
     """Nearest-rank percentile: the smallest value with at least p % of values at or below it."""
     ordered = sorted(values)
@@ -142,11 +184,15 @@ def cpu_seconds(process: psutil.Process) -> float:
 def new_daemon(root: Path) -> DaemonHandle:
     """A slotd (not yet started) in a directory of its own: config, state, runtime, log."""
     root.mkdir(parents=True, exist_ok=True)
-    return DaemonHandle(root, {"on_shutdown": "stop"})
+    # Slots for the load phase's four sessions: the ticker, the terminal, two writers.
+    return DaemonHandle(root, {"on_shutdown": "stop", "slots": 4})
 
 
-def start_sessions(client: Client, programs: list[str], cwd: Path) -> list[str]:
-    return [client.request("start", argv=[sys.executable, "-c", program], cwd=str(cwd))["id"] for program in programs]
+def start_sessions(client: Client, programs: list[str], cwd: Path, **args: Any) -> list[str]:
+    return [
+        client.request("start", argv=[sys.executable, "-c", program], cwd=str(cwd), **args)["id"]
+        for program in programs
+    ]
 
 
 def wait_until_started(client: Client, ids: list[str], timeout: float = 30) -> dict[str, dict]:
@@ -163,7 +209,7 @@ def wait_until_started(client: Client, ids: list[str], timeout: float = 30) -> d
         time.sleep(POLL_INTERVAL)
 
 
-# -- 1. follow and control latency under load --------------------------------------------
+# -- 1. follow, control and keystroke latency, idle and under load -----------------------
 
 
 class FollowProbe(threading.Thread):
@@ -219,6 +265,14 @@ class FollowProbe(threading.Thread):
             return 0
         return (self.numbers[-1] - self.numbers[0] + 1) - len(set(self.numbers))
 
+    def summary(self) -> dict:
+        return summary(self.latencies) | {
+            "write_to_shim": summary(self.to_shim),
+            "shim_to_client": summary(self.to_client),
+            "skipped_backlog_lines": self.skipped,
+            "missing_lines": self.missing(),
+        }
+
 
 class ControlProbe(threading.Thread):
     """`ps` round trips on one persistent connection, one every PS_INTERVAL."""
@@ -243,6 +297,72 @@ class ControlProbe(threading.Thread):
         except BaseException as error:  # reported by the main thread
             self.error = error
 
+    def summary(self) -> dict:
+        return summary(self.latencies)
+
+
+class EchoProbe(threading.Thread):
+    """Keystroke to echo: one byte sent with `send` every KEYSTROKE_INTERVAL on one
+    connection, timed until it comes back on a `follow` of the terminal on another."""
+
+    def __init__(self, daemon: DaemonHandle, session_id: str, keystrokes: int) -> None:
+        super().__init__(daemon=True)
+        self.daemon_process = daemon
+        self.session_id = session_id
+        self.keystrokes = keystrokes
+        self.latencies: list[float] = []
+        self.echoes: queue.SimpleQueue[tuple[float, bytes]] = queue.SimpleQueue()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with self.daemon_process.client() as keys, self.daemon_process.client() as screen:
+                # From the terminal's last row on: nothing it printed before is an echo.
+                since = keys.request("show", session=self.session_id)["transcript"]["last_seq"]
+                screen.send("follow", session=self.session_id, stream="tty", since_seq=since)
+                watcher = threading.Thread(target=self.watch, args=(screen,), daemon=True)
+                watcher.start()
+                try:
+                    self.type_keys(keys)
+                finally:
+                    # Ends the watcher's read (closing alone would wait for it).
+                    screen.sock.shutdown(socket.SHUT_RDWR)
+                    watcher.join()
+        except BaseException as error:  # reported by the main thread
+            self.error = error
+
+    def type_keys(self, keys: Client) -> None:
+        due = time.perf_counter()
+        for number in range(self.keystrokes):
+            key = KEYS[number % len(KEYS) : number % len(KEYS) + 1]
+            sent = time.perf_counter()
+            keys.request("send", session=self.session_id, data=key.decode())
+            self.latencies.append(self.wait_for_echo(key, sent + 10) - sent)
+            due += KEYSTROKE_INTERVAL
+            time.sleep(max(0.0, due - time.perf_counter()))
+
+    def watch(self, screen: Client) -> None:
+        """Note the time each piece of the terminal's output arrives (in its own thread,
+        so the arrival is timed however long the `send` reply takes)."""
+        try:
+            while True:
+                message = screen.receive()
+                if "ok" in message:
+                    return
+                self.echoes.put((time.perf_counter(), decode_data(message["row"])))
+        except (OSError, ValueError):
+            return  # the probe is over and closed the connection
+
+    def wait_for_echo(self, key: bytes, deadline: float) -> float:
+        """When the echo of key arrived; anything else the terminal printed is an error."""
+        arrived, data = self.echoes.get(timeout=max(0.0, deadline - time.perf_counter()))
+        if data != key:
+            raise RuntimeError(f"typed {key!r}, the terminal showed {data!r}")
+        return arrived
+
+    def summary(self) -> dict:
+        return summary(self.latencies)
+
 
 def stored_bytes(client: Client, ids: list[str]) -> int:
     """Transcript bytes ever stored for these sessions, counting what retention cut."""
@@ -256,32 +376,79 @@ def wal_size(daemon: DaemonHandle) -> int:
         return 0
 
 
-def measure_under_load(workdir: Path, follow_lines: int, ps_rounds: int) -> dict:
+def loop_schedstat(daemon: DaemonHandle) -> tuple[float, float]:
+    """Seconds the daemon's event loop thread (its main thread) has run, and has waited
+    runnable for a core: the kernel's schedstat."""
+    assert daemon.process is not None
+    pid = daemon.process.pid
+    ran, waited, _slices = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()
+    return int(ran) / 1e9, int(waited) / 1e9
+
+
+def wait_until_printed(client: Client, session_id: str, text: bytes, timeout: float = 30) -> None:
+    """Poll until the session's stored output holds text."""
+    deadline = time.monotonic() + timeout
+    while text not in b"".join(
+        decode_data(message["row"]) for message in client.messages("logs", session=session_id) if "row" in message
+    ):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"session {session_id} did not print {text!r} within {timeout}s")
+        time.sleep(POLL_INTERVAL)
+
+
+def run_probes(daemon: DaemonHandle, ticker: str, echo: str, settings: dict) -> dict:
+    """Follow, ps and keystroke probes at once; their summaries, the load average, and
+    how long the daemon's event loop waited for a core meanwhile."""
+    load_before = os.getloadavg()[0]
+    ran, waited = loop_schedstat(daemon)
+    probes = {
+        "follow": FollowProbe(daemon, ticker, settings["follow_lines"]),
+        "control": ControlProbe(daemon, settings["ps_rounds"]),
+        "echo": EchoProbe(daemon, echo, settings["keystrokes"]),
+    }
+    started = time.perf_counter()
+    for probe in probes.values():
+        probe.start()
+    seconds = {}
+    for name, probe in probes.items():
+        probe.join()
+        seconds[name] = time.perf_counter() - started
+    for probe in probes.values():
+        if probe.error is not None:
+            raise probe.error
+    ran_after, waited_after = loop_schedstat(daemon)
+    return {name: probe.summary() | {"seconds": seconds[name]} for name, probe in probes.items()} | {
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg()[0],
+        "seconds": max(seconds.values()),
+        "loop_ran": ran_after - ran,
+        "loop_waited": waited_after - waited,
+    }
+
+
+def measure_latency(workdir: Path, settings: dict) -> dict:
+    """The three latencies on an idle daemon, then under two full-speed writers."""
     daemon = new_daemon(workdir / "load")
     try:
         daemon.start(wait=False)
         daemon.wait_ready(timeout=30)
         settle()
         with daemon.client() as client:
-            writers = start_sessions(client, [session_program(ENDLESS)] * 2, daemon.root)
             (ticker,) = start_sessions(client, [ticker_program(TICK_INTERVAL)], daemon.root)
-            wait_until_started(client, [*writers, ticker])
+            (echo,) = start_sessions(client, [ECHO_PROGRAM], daemon.root, tty=True)
+            wait_until_started(client, [ticker, echo])
+            wait_until_printed(client, echo, b"READY")
+            idle = run_probes(daemon, ticker, echo, settings)
+            writers = start_sessions(client, [session_program(ENDLESS)] * 2, daemon.root)
+            wait_until_started(client, writers)
             time.sleep(WARMUP)
             process = psutil.Process(daemon.process.pid)
             bytes_before, cpu_before, started = stored_bytes(client, writers), cpu_seconds(process), time.perf_counter()
-            follow = FollowProbe(daemon, ticker, follow_lines)
-            control = ControlProbe(daemon, ps_rounds)
-            follow.start()
-            control.start()
-            follow.join()
-            control.join()
+            loaded = run_probes(daemon, ticker, echo, settings)
             elapsed = time.perf_counter() - started
             bytes_after, cpu_after = stored_bytes(client, writers), cpu_seconds(process)
             info = client.request("info")
             wal_bytes = wal_size(daemon)
-        for probe in (follow, control):
-            if probe.error is not None:
-                raise probe.error
         daemon.shutdown(timeout=300)
     except BaseException:
         print("slotd (load) log, last lines:", *daemon.log_tail(), sep="\n  ", file=sys.stderr)
@@ -290,15 +457,9 @@ def measure_under_load(workdir: Path, follow_lines: int, ps_rounds: int) -> dict
         daemon.stop()  # only if it failed: it, then what its sessions left
     ingested = (bytes_after - bytes_before) / elapsed
     return {
+        "idle": idle,
+        "load": loaded,
         "seconds": elapsed,
-        "follow": summary(follow.latencies)
-        | {
-            "write_to_shim": summary(follow.to_shim),
-            "shim_to_client": summary(follow.to_client),
-            "skipped_backlog_lines": follow.skipped,
-            "missing_lines": follow.missing(),
-        },
-        "control": summary(control.latencies),
         "load_mb_per_s": ingested / 1e6,
         "load_lines_per_s": ingested / LINE_BYTES,
         "daemon_cpu_share": (cpu_after - cpu_before) / elapsed,
@@ -517,35 +678,54 @@ def report(results: dict, errors: dict[str, str]) -> dict[str, bool]:
     print(
         f"latency benchmark (SPEC §8)  machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end"
     )
-    print(f"{'measure':<44}{'p50':>10}{'p99':>11}{'max':>11}{'n':>6}   bar")
     if "load" in results:
-        load = results["load"]
-        follow, control = load["follow"], load["control"]
-        passes["follow_p99"] = follow["p99"] < FOLLOW_BAR
-        passes["control_p99"] = control["p99"] < CONTROL_BAR
+        latency = results["load"]
+        idle, load = latency["idle"], latency["load"]
         print(
-            f"{'follow: line written -> follow client':<44}{ms(follow['p50'])}{ms(follow['p99']):>11}{ms(follow['max']):>11}"
-            f"{follow['n']:>6}   p99 < {FOLLOW_BAR * 1000:.0f} ms  {verdict(passes['follow_p99'])}"
+            f"{'latency':<36}{'idle p50':>10}{'idle p99':>10}{'load p50':>10}{'load p99':>10}{'load max':>10}{'n':>6}"
+            "   bar (load p99)"
         )
-        for name, part in (
-            ("write -> shim record", follow["write_to_shim"]),
-            ("shim record -> follow client", follow["shim_to_client"]),
+        for key, name, bar in (
+            ("follow", "follow: line written -> client", FOLLOW_BAR),
+            ("control", "ps round trip", CONTROL_BAR),
+            ("echo", "keystroke -> echo (send, follow)", ECHO_BAR),
         ):
-            print(f"{'  of which ' + name:<44}{ms(part['p50'])}{ms(part['p99']):>11}{ms(part['max']):>11}")
+            passes[f"{key}_p99"] = load[key]["p99"] < bar
+            print(
+                f"{name:<36}{ms(idle[key]['p50'])}{ms(idle[key]['p99'])}{ms(load[key]['p50'])}{ms(load[key]['p99'])}"
+                f"{ms(load[key]['max'])}{load[key]['n']:>6}   < {bar * 1000:.0f} ms  {verdict(passes[f'{key}_p99'])}"
+            )
+            if key == "follow":
+                for part, label in (
+                    ("write_to_shim", "write -> shim record"),
+                    ("shim_to_client", "shim record -> client"),
+                ):
+                    print(
+                        f"{'  of which ' + label:<36}{ms(idle[key][part]['p50'])}{ms(idle[key][part]['p99'])}"
+                        f"{ms(load[key][part]['p50'])}{ms(load[key][part]['p99'])}{ms(load[key][part]['max'])}"
+                    )
         print(
-            f"{'control: ps round trip':<44}{ms(control['p50'])}{ms(control['p99']):>11}{ms(control['max']):>11}"
-            f"{control['n']:>6}   p99 < {CONTROL_BAR * 1000:.0f} ms   {verdict(passes['control_p99'])}"
+            f"  load average (1 min): idle {idle['loadavg_before']:.2f} -> {idle['loadavg_after']:.2f}, "
+            f"load {load['loadavg_before']:.2f} -> {load['loadavg_after']:.2f}"
         )
         print(
-            f"  load: 2 writers ingested {load['load_lines_per_s']:,.0f} lines/s ({load['load_mb_per_s']:.1f} MB/s) "
-            f"over {load['seconds']:.1f} s; daemon CPU {load['daemon_cpu_share']:.2f} cores"
+            "  the daemon's event loop ran / waited for a core: "
+            + ", ".join(
+                f"{phase} {figures['loop_ran']:.2f} s / {figures['loop_waited']:.2f} s over {figures['seconds']:.1f} s"
+                for phase, figures in (("idle", idle), ("load", load))
+            )
         )
         print(
-            f"  at the end: ingest lag {load['ingest_lag_at_end']:.3f} s, WAL file {load['wal_bytes_at_end'] / 1e6:,.0f} MB"
+            f"  load: 2 writers ingested {latency['load_lines_per_s']:,.0f} lines/s ({latency['load_mb_per_s']:.1f} MB/s) "
+            f"over {latency['seconds']:.1f} s; daemon CPU {latency['daemon_cpu_share']:.2f} cores"
         )
         print(
-            f"  follow: {follow['skipped_backlog_lines']} backlog lines left out, "
-            f"{follow['missing_lines']} lines missing between the first and last measured"
+            f"  at the end: ingest lag {latency['ingest_lag_at_end']:.3f} s, WAL file {latency['wal_bytes_at_end'] / 1e6:,.0f} MB"
+        )
+        print(
+            f"  follow: {idle['follow']['skipped_backlog_lines'] + load['follow']['skipped_backlog_lines']} backlog "
+            f"lines left out, {idle['follow']['missing_lines'] + load['follow']['missing_lines']} lines missing "
+            "between the first and last measured"
         )
     if "restart" in results:
         restart = results["restart"]
@@ -597,6 +777,7 @@ def main() -> int:
     parser.add_argument("--only", help=f"comma-separated phases to run ({', '.join(PHASES)}; default all)")
     parser.add_argument("--follow-lines", type=int, help=f"lines the follow measures (default {FULL['follow_lines']})")
     parser.add_argument("--ps-rounds", type=int, help=f"ps round trips (default {FULL['ps_rounds']})")
+    parser.add_argument("--keystrokes", type=int, help=f"keystrokes echoed (default {FULL['keystrokes']})")
     parser.add_argument("--rows", type=int, help=f"stored transcript rows for the restart (default {FULL['rows']:,})")
     parser.add_argument("--restarts", type=int, help=f"timed restarts (default {FULL['restarts']})")
     parser.add_argument("--idle-seconds", type=float, help=f"idle measurement (default {FULL['idle_seconds']:.0f} s)")
@@ -621,7 +802,7 @@ def main() -> int:
                 continue
             try:
                 if phase == "load":
-                    results[phase] = measure_under_load(workdir, settings["follow_lines"], settings["ps_rounds"])
+                    results[phase] = measure_latency(workdir, settings)
                 elif phase == "restart":
                     results[phase] = measure_restart(workdir, settings["rows"], settings["restarts"])
                 else:

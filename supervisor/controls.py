@@ -202,7 +202,10 @@ class Controls:
     async def send(self, session: Session, data: bytes, eof: bool) -> None:
         """Write data to the session's input (then close it, with eof); a session
         waiting at a checkpoint is running again once it has its answer."""
-        live = self._live(session, "send input to")
+        await self.send_to_live(self._live(session, "send input to"), data, eof)
+
+    async def send_to_live(self, live: LiveSession, data: bytes, eof: bool) -> None:
+        """send() to a session known to be live."""
         await self._write_input(
             live,
             "send input to",

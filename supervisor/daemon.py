@@ -35,7 +35,7 @@ import trio
 from supervisor import __version__, control, fsguard, maintenance, recovery, socketfile, systemd
 from supervisor.commands import Commands
 from supervisor.config import Config, ConfigError, load_config, replace
-from supervisor.database import DatabaseWriter, ReaderPool
+from supervisor.database import BackgroundThread, DatabaseWriter, ReaderPool
 from supervisor.errors import DaemonExit, SocketInUse, SocketPathError, StartupError
 from supervisor.ingest import Ingestor
 from supervisor.logconfig import configure_logging, library_log_held, release_library_log
@@ -283,6 +283,7 @@ class Daemon:
         if self.lock_fd is not None:
             record_database(self.lock_fd, config.database)
         checkpointer = Checkpointer(config.database)
+        checkpoints = BackgroundThread("slotd-checkpt")
         writer = DatabaseWriter(store)
         readers = ReaderPool(config.database)
         ingestor = Ingestor(writer, config.flush_interval, config.batch_max_bytes)
@@ -304,7 +305,7 @@ class Daemon:
                         accepting = await inner.start(
                             control.serve, sock, commands, control.PeerPolicy(config.socket_group)
                         )
-                        await inner.start(maintenance.checkpoint_loop, ingestor, writer, checkpointer)
+                        await inner.start(maintenance.checkpoint_loop, ingestor, writer, checkpointer, checkpoints)
                         await inner.start(maintenance.retention_loop, config, writer, readers)
                         await inner.start(maintenance.status_loop, config, slots, readers)
                         if (interval := systemd.watchdog_interval()) is not None:
@@ -339,6 +340,7 @@ class Daemon:
                 socket_file.remove()
             readers.close()
             writer.close()
+            checkpoints.close()
             if self.failure is not None:
                 leave_journal_on_close(checkpointer.db, store.db)
             else:

@@ -1,4 +1,5 @@
-"""Store calls off the event loop: one writer thread, a small pool of readers.
+"""Store calls off the event loop: one writer thread, a small pool of readers, and the
+dedicated background threads the writer's is one of.
 
 An APSW commit or checkpoint can stall for milliseconds (or seconds on a slow disk);
 run on the trio thread it would stall the control socket too.
@@ -17,31 +18,43 @@ from typing import TypeVar
 import outcome
 import trio
 
+from supervisor import linux
 from supervisor.store import Reader, Store
 
 T = TypeVar("T")
 
 
-class DatabaseWriter:
-    """Runs Store calls one at a time on a dedicated thread, and tracks that they progress.
+# How much more readily than the event loop the threads doing bulk work (commits,
+# checkpoints) yield the CPU: when two sessions write at full speed they keep a core
+# busy, and at the loop's own priority every request and every row a follower waits for
+# would queue behind them for a core. Not more: they must still win over the sessions
+# (session_nice, 10 by default) where the scheduler weighs the daemon's threads and the
+# sessions together (no autogroups, or a systemd unit's cgroup).
+BACKGROUND_NICE = 5
+
+
+class BackgroundThread:
+    """Runs calls one at a time on a dedicated thread at BACKGROUND_NICE, and tracks
+    that they progress.
 
     A dedicated thread fed by a queue, rather than trio.to_thread: handing over a job
     then takes no trip through the scheduler, so a commit starts the moment it is asked
-    for instead of after every busy task has had its turn.
+    for instead of after every busy task has had its turn; and its priority is its own,
+    where the threads trio lends out also serve requests.
     """
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, name: str) -> None:
+        self.name = name  # the thread's, as top -H shows it: 15 characters at most
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._busy_since: float | None = None
 
     async def run(self, fn: Callable[..., T], *args, **kwargs) -> T:
-        """Call fn(*args, **kwargs) (a bound Store method) on the writer thread."""
+        """Call fn(*args, **kwargs) on the thread."""
         if self._thread is None:
             self._token = trio.lowlevel.current_trio_token()
-            self._thread = threading.Thread(target=self._work, name="slotd-writer", daemon=True)
+            self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
             self._thread.start()
         done = trio.Event()
         box: list[outcome.Outcome] = []
@@ -51,12 +64,13 @@ class DatabaseWriter:
             done.set()
 
         self._jobs.put((functools.partial(fn, *args, **kwargs), deliver))
-        # A write in flight always completes or fails; its caller waits for which.
+        # A call in flight always completes or fails; its caller waits for which.
         with trio.CancelScope(shield=True):
             await done.wait()
         return box[0].unwrap()
 
     def _work(self) -> None:
+        linux.become_background_thread(self.name, BACKGROUND_NICE)
         while (job := self._jobs.get()) is not None:
             call, deliver = job
             self._busy_since = time.monotonic()
@@ -81,6 +95,14 @@ class DatabaseWriter:
         if busy_since is None:
             return 0.0
         return time.monotonic() - busy_since
+
+
+class DatabaseWriter(BackgroundThread):
+    """Runs Store calls (bound Store methods) one at a time on the writer thread."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__("slotd-writer")
+        self.store = store
 
 
 class ReaderPool:

@@ -8,7 +8,7 @@ uses it too).
   resumed), so it is what identity compares.
 - the boot id: a new one each boot, so a recorded PID from before a reboot is no one's.
 - CPU priority: a session's nice value, set both where the kernel's scheduler
-  autogroups weigh it and where plain process nice does.
+  autogroups weigh it and where plain process nice does; a background thread's own.
 - pidfd: a descriptor that becomes readable when a process exits, for any process,
   not only our children.
 - inotify (through ctypes): idle spools cost no polling at all.
@@ -22,6 +22,7 @@ import functools
 import os
 import socket
 import struct
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -170,6 +171,24 @@ def autogroup_nice(pid: int) -> int | None:
             return int(autogroup.read().split()[-1])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def become_background_thread(name: str, by: int) -> None:
+    """Name the calling thread (what top -H and /proc/PID/task/TID/comm show), and make
+    it yield the CPU more readily than the process's other threads: its nice `by` above
+    theirs. On Linux a nice value is a thread's own, and the scheduler weighs it against
+    the other threads of the process (of its autogroup or cgroup). Raising one's own
+    nice needs no privilege; what the kernel refuses is left as it was."""
+    tid = threading.get_native_id()
+    try:
+        with open(f"/proc/self/task/{tid}/comm", "w") as comm:
+            comm.write(name[:15])
+    except OSError:
+        pass
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + by))
+    except OSError:
+        pass
 
 
 # -- pidfd ------------------------------------------------------------------------------

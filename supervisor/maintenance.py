@@ -15,7 +15,7 @@ import trio
 
 from supervisor import retention, systemd
 from supervisor.config import Config
-from supervisor.database import DatabaseWriter, ReaderPool
+from supervisor.database import BackgroundThread, DatabaseWriter, ReaderPool
 from supervisor.ingest import Ingestor
 from supervisor.slots import SlotManager
 from supervisor.store import Checkpointer, Reader, Store
@@ -53,7 +53,11 @@ async def status_text(config: Config, slots: SlotManager, readers: ReaderPool) -
 
 
 async def checkpoint_loop(
-    ingestor: Ingestor, writer: DatabaseWriter, checkpointer: Checkpointer, task_status=trio.TASK_STATUS_IGNORED
+    ingestor: Ingestor,
+    writer: DatabaseWriter,
+    checkpointer: Checkpointer,
+    checkpoints: BackgroundThread,
+    task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Keep the WAL short without stalling capture.
 
@@ -63,6 +67,9 @@ async def checkpoint_loop(
     commits it never quite catches up, so a second, short checkpoint on the writer
     thread, between two commits, copies the few frames left. When ingest is idle, a
     TRUNCATE checkpoint empties the file.
+
+    The checkpoints run on their own background thread, `checkpoints`: copying the WAL
+    is bulk work, as committing is.
     """
     store = writer.store
     restart_frames = WAL_RESTART_BYTES // store.page_size
@@ -84,8 +91,8 @@ async def checkpoint_loop(
         try:
             if idle:
                 if wal_file_bytes(store) > 0:
-                    await trio.to_thread.run_sync(checkpointer.truncate)
-            elif (held_back := not await restart_wal(writer, checkpointer)) != blocked:
+                    await checkpoints.run(checkpointer.truncate)
+            elif (held_back := not await restart_wal(writer, checkpointer, checkpoints)) != blocked:
                 # Said once when it starts and once when it ends, not at every round.
                 blocked = held_back
                 wal_bytes = wal_file_bytes(store)
@@ -111,14 +118,14 @@ def wal_file_bytes(store: Store) -> int:
         return 0
 
 
-async def restart_wal(writer: DatabaseWriter, checkpointer: Checkpointer) -> bool:
+async def restart_wal(writer: DatabaseWriter, checkpointer: Checkpointer, checkpoints: BackgroundThread) -> bool:
     """Checkpoint the WAL beside the commits, and restart it from the writer thread
     once it is long; False if it is past WAL_HARD_BYTES and readers kept it from
     restarting."""
     page_size = writer.store.page_size
     # Beside the commits, as long as each pass leaves a sizeable remainder behind.
     for _ in range(BACKGROUND_PASSES):
-        log_frames, done = await trio.to_thread.run_sync(checkpointer.checkpoint)
+        log_frames, done = await checkpoints.run(checkpointer.checkpoint)
         if log_frames - done <= WRITER_PASS_BYTES // page_size:
             break
     if log_frames < WAL_RESTART_BYTES // page_size:

@@ -264,7 +264,9 @@ class SpoolReader:
         self.session_dir = session_dir
         self.position = position
         self._fd: int | None = None
-        self._buffer = b""
+        # The size of the record at position, once a read has seen its header but not
+        # its end: the next read takes at least that much.
+        self._record_size = 0
 
     def _ensure_open(self) -> bool:
         if self._fd is None:
@@ -275,7 +277,14 @@ class SpoolReader:
         return True
 
     def read(self, max_bytes: int) -> list[tuple[Record, Position]]:
-        """Return complete records, each with the position just after it."""
+        """Return complete records, each with the position just after it.
+
+        Each read starts at the position: the start of an incomplete record at the end
+        of the last one is read again rather than kept and joined to what follows, so
+        no byte is copied twice (a record at most, against a copy of all that follows
+        it); a record longer than max_bytes is read whole once its header says how
+        long it is, not a piece at a time.
+        """
         out: list[tuple[Record, Position]] = []
         budget = max_bytes
         # Past the budget only while nothing is complete yet: a record longer than
@@ -283,12 +292,9 @@ class SpoolReader:
         # may never come.
         while (budget > 0 or not out) and self._ensure_open():
             assert self._fd is not None
-            read_at = self.position.offset + len(self._buffer)
-            chunk = os.pread(self._fd, min(budget, 1 << 20) if budget > 0 else 1 << 20, read_at)
-            if chunk:
-                self._buffer = self._buffer + chunk if self._buffer else chunk
-                budget -= len(chunk)
-            records, consumed = decode(self._buffer)
+            wanted = max(budget, self._record_size, HEADER.size)
+            chunk = os.pread(self._fd, wanted, self.position.offset)
+            records, consumed = decode(chunk)
             offset = self.position.offset
             rotated = False
             for record in records:
@@ -298,16 +304,17 @@ class SpoolReader:
                     out.append((record, Position(self.position.segment + 1, 0)))
                     break
                 out.append((record, Position(self.position.segment, offset)))
+            budget -= consumed
             if rotated:
                 os.close(self._fd)
                 self._fd = None
-                self._buffer = b""
+                self._record_size = 0
                 self.position = Position(self.position.segment + 1, 0)
                 continue
-            self._buffer = self._buffer[consumed:]
             self.position = Position(self.position.segment, self.position.offset + consumed)
-            if not chunk:
-                break
+            self._record_size = record_size(chunk, consumed)
+            if len(chunk) < wanted:
+                break  # the end of what the shim has written
         return out
 
     def close(self) -> None:
@@ -320,6 +327,17 @@ class SpoolReader:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def record_size(buffer: bytes, start: int) -> int:
+    """The size (header and payload) of the record at start, as far as buffer tells: 0
+    if no byte of it is there, the header's size if the header is not all there."""
+    if start >= len(buffer):
+        return 0
+    if len(buffer) - start < HEADER.size:
+        return HEADER.size
+    _kind, _timestamp, length, _check = HEADER.unpack_from(buffer, start)
+    return HEADER.size + min(length, MAX_PAYLOAD)
 
 
 def end_position(session_dir: Path) -> Position:

@@ -22,9 +22,13 @@ import trio.lowlevel
 import trio.testing
 
 from supervisor import spool
-from supervisor.database import DatabaseWriter
+from supervisor.commands import Commands
+from supervisor.config import Config
+from supervisor.database import DatabaseWriter, ReaderPool
 from supervisor.ingest import Ingestor
 from supervisor.model import utc_now
+from supervisor.protocol import decode_data, parse_request
+from supervisor.slots import SlotManager
 from supervisor.spool import Position, Record, SpoolReader, SpoolWriter
 from supervisor.store import ROW_OVERHEAD, Batch, Reader, Row, Session, Store
 from supervisor.tailing import tail_spool
@@ -496,6 +500,69 @@ async def test_rows_read_from_a_spool_are_followed_before_their_commit_but_none_
     assert read_ahead(ingestor, session_id, 2) is None  # committed: the database has them
     ingestor.append_read(session_id, "stdout", b"d\n", 4.0)
     assert read_ahead(ingestor, session_id, 4) == ([5], 5)
+
+
+class CountingReaders(ReaderPool):
+    """The daemon's reader pool, counting the database reads run on it."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.reads = 0
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        self.reads += 1
+        return await super().run(fn, *args)
+
+
+async def test_a_follower_reads_the_database_again_only_when_its_session_changes(
+    store: RecordingStore, db_path: Path, tmp_path: Path, open_ingestor
+) -> None:
+    """A follower that has every committed row reads the database again when its session's record changes, not at commits of other sessions or of its own rows."""
+    ingestor, followed = await ingestor_of_a_new_session(store, open_ingestor, flush_interval=60.0)
+    other = new_session(store, slot=2)
+    ingestor.register(other, 0)
+    config = Config(source=None, state_dir=tmp_path, runtime_dir=tmp_path, socket=tmp_path / "slotd.sock")
+    readers = CountingReaders(db_path)
+    commands = Commands(
+        config, SlotManager(config, ingestor.writer, ingestor), readers, ingestor.writer, ingestor, lambda mode: None
+    )
+    sent: list[bytes] = []
+
+    async def emit(*messages: dict[str, Any]) -> None:
+        sent.extend(decode_data(message["row"]) for message in messages)
+
+    _id, request = parse_request({"cmd": "follow", "session": followed})
+    async with trio.open_nursery() as nursery:
+        result: list[Any] = []
+
+        async def follow() -> None:
+            result.append(await commands.handle(request, emit))
+
+        nursery.start_soon(follow)
+        ingestor.append_read(followed, "stdout", b"first\n", 1.0)
+        await poll_until(lambda: sent == [b"first\n"], "the first row sent")
+        await ingestor.commit_now()
+        await poll_until(lambda: readers.reads, "the follower's first read")
+        await trio.testing.wait_all_tasks_blocked()
+        reads = readers.reads
+        for number in range(20):
+            ingestor.append_read(other, "stdout", b"%d\n" % number, 2.0)
+            ingestor.append_read(followed, "stdout", b"%d\n" % number, 2.0)
+            # Sent before it is committed (a row committed before its follower got to it
+            # is read from the database, as it must be).
+            await poll_until(lambda number=number: sent[-1] == b"%d\n" % number, "the row sent")
+            await ingestor.commit_now()
+            await trio.testing.wait_all_tasks_blocked()
+        assert sent == [b"first\n", *(b"%d\n" % number for number in range(20))]
+        assert readers.reads == reads
+        ingestor.update(followed, status="completed", slot=None, ended_at=utc_now(), exit_code=0)
+        await ingestor.commit_now()
+        with trio.fail_after(DEADLINE):
+            while not result:
+                await trio.sleep(POLL)
+    assert result[0]["status"] == "completed"
+    assert result[0]["last_seq"] == 21
+    readers.close()
 
 
 async def test_rows_the_daemon_writes_during_a_replay_are_numbered_after_it(

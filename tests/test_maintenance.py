@@ -31,7 +31,7 @@ import trio.lowlevel
 
 from supervisor import maintenance
 from supervisor.config import Config, Retention
-from supervisor.database import DatabaseWriter, ReaderPool
+from supervisor.database import BackgroundThread, DatabaseWriter, ReaderPool
 from supervisor.ingest import Ingestor
 from supervisor.model import iso_from_unix, utc_now
 from supervisor.store import Checkpointer, Reader, Session, Store
@@ -41,22 +41,27 @@ POLL = 0.01  # virtual seconds between two looks at the outcome
 SLACK = 2 * POLL  # virtual seconds a "by" bound allows: the polls' own granularity
 
 
-class CountingWriter(DatabaseWriter):
-    """The real writer thread, counting the calls in flight (the clock waits for them)."""
+class Counting(BackgroundThread):
+    """A real background thread, counting the calls in flight on every one of them (the
+    clock waits for them)."""
 
     in_flight = 0
 
     async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        CountingWriter.in_flight += 1
+        Counting.in_flight += 1
         try:
             return await super().run(fn, *args, **kwargs)
         finally:
-            CountingWriter.in_flight -= 1
+            Counting.in_flight -= 1
+
+
+class CountingWriter(Counting, DatabaseWriter):
+    """The real writer thread, counted."""
 
 
 class ThreadClock(trio.abc.Clock):
     """Virtual time: jumps to the next deadline whenever every task waits, except while
-    a worker thread (trio.to_thread's or the database writer's) works for one."""
+    a worker thread (trio.to_thread's, the database writer's or the checkpoints') works for one."""
 
     def __init__(self) -> None:
         self.now = 0.0
@@ -71,7 +76,7 @@ class ThreadClock(trio.abc.Clock):
         # The run loop asks this only when no task can run: every task waits.
         if deadline <= self.now:
             return 0.0
-        threads = trio.to_thread.current_default_thread_limiter().borrowed_tokens + CountingWriter.in_flight
+        threads = trio.to_thread.current_default_thread_limiter().borrowed_tokens + Counting.in_flight
         if threads or deadline == float("inf"):
             return 0.001  # real seconds: let the thread finish (its result wakes the loop sooner)
         self.now = deadline
@@ -90,9 +95,10 @@ class RecordingCheckpointer(Checkpointer):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self.calls: list[tuple[str, float]] = []
+        self.token = trio.lowlevel.current_trio_token()  # the checkpoints' thread is not trio's
 
     def _note(self, kind: str) -> None:
-        self.calls.append((kind, trio.from_thread.run_sync(trio.current_time)))
+        self.calls.append((kind, trio.from_thread.run_sync(trio.current_time, trio_token=self.token)))
 
     def checkpoint(self) -> tuple[int, int]:
         self._note("checkpoint")
@@ -114,6 +120,7 @@ class Parts:
     writer: DatabaseWriter
     ingestor: Ingestor
     checkpointer: RecordingCheckpointer
+    checkpoints: BackgroundThread
     session_id: str
 
     def wal_bytes(self) -> int:
@@ -153,8 +160,10 @@ async def parts(tmp_path: Path, virtual_monotonic: None) -> AsyncIterator[Parts]
     ingestor = Ingestor(writer, flush_interval=60.0, batch_max_bytes=1 << 20)
     ingestor.register(session.id, 0)
     checkpointer = RecordingCheckpointer(store.path)
-    yield Parts(store, writer, ingestor, checkpointer, session.id)
+    checkpoints = Counting("slotd-checkpt")
+    yield Parts(store, writer, ingestor, checkpointer, checkpoints, session.id)
     writer.close()
+    checkpoints.close()
     checkpointer.close()
     store.close()
 
@@ -165,7 +174,9 @@ async def run_loop(parts: Parts) -> AsyncIterator[Callable[[], object]]:
     async with trio.open_nursery() as nursery:
 
         async def start() -> None:
-            await nursery.start(maintenance.checkpoint_loop, parts.ingestor, parts.writer, parts.checkpointer)
+            await nursery.start(
+                maintenance.checkpoint_loop, parts.ingestor, parts.writer, parts.checkpointer, parts.checkpoints
+            )
 
         yield start
         nursery.cancel_scope.cancel()

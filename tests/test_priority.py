@@ -14,10 +14,12 @@ import pytest
 
 from supervisor import linux
 from supervisor.client import RemoteError
+from supervisor.database import BACKGROUND_NICE
 from supervisor.errors import CliExit
 from supervisor.model import utc_now
 from supervisor.store.schema import migrate
 from tests.harness import DaemonHandle, wait_for
+from tests.helpers import py
 
 SLEEP = ["sleep", "600"]
 HAS_AUTOGROUPS = Path("/proc/self/autogroup").exists()
@@ -143,3 +145,30 @@ def test_a_tty_session_runs_at_its_nice_on_its_controlling_terminal(make_daemon:
     # /proc/PID/stat after the command's name: state, ppid, pgrp, session, tty_nr.
     tty_nr = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[4])
     assert tty_nr != 0, "the command has no controlling terminal"
+
+
+def thread_nices(pid: int) -> dict[str, int]:
+    """The process's threads by name (comm), each with its nice value."""
+    nices = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except FileNotFoundError:
+            continue  # ended meanwhile
+        nices[name] = int(stat.rpartition(")")[2].split()[16])
+    return nices
+
+
+def test_the_daemons_commits_and_checkpoints_yield_the_cpu_to_its_event_loop(daemon: DaemonHandle) -> None:
+    """The daemon's writer and checkpoint threads run at BACKGROUND_NICE above its event loop, which keeps the daemon's own nice."""
+    session = daemon.start_session(py("print('x' * 1000)"))
+    daemon.wait_ended(session["id"])
+    nices = wait_for(
+        lambda: (found := thread_nices(daemon.process.pid)).keys() >= {"slotd-writer", "slotd-checkpt"} and found,
+        what="the daemon's writer and checkpoint threads",
+    )
+    own = linux.nice_value(os.getpid())
+    assert own is not None
+    assert linux.nice_value(daemon.process.pid) == own
+    assert nices["slotd-writer"] == nices["slotd-checkpt"] == min(19, own + BACKGROUND_NICE)

@@ -525,6 +525,28 @@ def test_a_prompt_without_newline_is_spooled_once_it_has_waited_flush_interval(s
     assert [r.data for r in records if r.kind == spool.STDOUT] == [b"Continue? [y/N] ", b"answer y\n"]
 
 
+def test_a_terminal_echo_without_newline_is_spooled_as_soon_as_it_is_read(start_shim) -> None:
+    """On a terminal nothing waits for a newline: a keystroke echoed back is spooled at once, not after flush_interval."""
+    flush_interval = 10.0
+    # Raw mode without echo, then "ready": a key typed before it would be echoed by the
+    # terminal itself, then dropped by setraw's flush.
+    code = (
+        "import os, tty\ntty.setraw(0)\nos.write(1, b'ready')\n"
+        "while (data := os.read(0, 1024)) != b'q':\n    os.write(1, data)\n"
+    )
+    run = start_shim(py(code), flush_interval=flush_interval, tty={"cols": 80, "rows": 24})
+    run.wait_output(spool.TTY, b"ready", timeout=flush_interval / 2)
+    run.send(spool.FIFO_DATA, b"x")
+    run.wait_output(spool.TTY, b"readyx", timeout=flush_interval / 2)
+    records = run.poll()
+    typed = next(r for r in records if r.kind == spool.STDIN)
+    echo = [r for r in records if r.kind == spool.TTY][-1]
+    assert echo.data == b"x"
+    assert echo.timestamp - typed.timestamp < flush_interval / 2
+    run.send(spool.FIFO_DATA, b"q")
+    run.wait_final()
+
+
 @pytest.mark.parametrize("child_stdout", ["inherited", "devnull"])
 def test_a_child_left_running_in_the_group_is_ended_when_the_command_exits(start_shim, child_stdout: str) -> None:
     """When the command exits leaving a child in its group (holding its pipes or not), the shim ends the child promptly and writes EXIT."""

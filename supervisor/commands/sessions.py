@@ -8,7 +8,7 @@ import math
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 
@@ -56,12 +56,43 @@ def sessions_json(sessions: list[Session]) -> list[dict[str, Any]]:
     return [session_view(session) for session in sessions]
 
 
-def read_unended(
-    reader: Reader, statuses: list[str], labels: dict[str, Any] | None, limit: int | None
-) -> list[dict[str, Any]]:
-    """Every session not ended of these statuses, as JSON (in the reader's thread: a
-    page of sessions costs milliseconds to convert, which the event loop must not pay)."""
-    return sessions_json(reader.list_sessions(statuses, labels, limit))
+class FirstPages(NamedTuple):
+    """What `ps` lists first: the sessions not ended, the first page of the ended ones."""
+
+    unended: list[dict[str, Any]]
+    ended: list[dict[str, Any]]
+    cursor: EndedCursor | None  # to carry on from after that page (None: no more)
+    ended_count: int | None  # every ended session with the labels, when asked for
+
+
+def read_first_pages(
+    reader: Reader,
+    unended: list[str],
+    ended: list[str] | None,
+    labels: dict[str, Any] | None,
+    limit: int | None,
+    ended_limit: int,
+    count_ended: bool,
+) -> FirstPages:
+    """`ps`'s first read, as JSON, in one trip to a reader thread: each trip waits for
+    that thread to wake and for the event loop to take the answer back, which under a
+    busy CPU costs milliseconds apiece, and most listings need no second one. Converted
+    in the reader's thread: a page of sessions costs milliseconds to convert, which the
+    event loop must not pay.
+
+    The sessions not ended of these statuses (up to limit) come first; then, if
+    ended_limit is not 0, up to ended_limit ended ones (of the statuses `ended`, None
+    for all), less any listed already (a session that ended meanwhile); then, with
+    count_ended, how many ended sessions have the labels.
+    """
+    first = sessions_json(reader.list_sessions(unended, labels, limit)) if unended else []
+    page: list[dict[str, Any]] = []
+    cursor: EndedCursor | None = None
+    if ended_limit:
+        sessions, cursor = reader.ended_page(ended, labels, None, ended_limit)
+        seen = {session["id"] for session in first}
+        page = [session for session in sessions_json(sessions) if session["id"] not in seen]
+    return FirstPages(first, page, cursor, reader.count_ended(labels) if count_ended else None)
 
 
 def read_ended_page(
@@ -173,12 +204,10 @@ class SessionCommands(CommandContext):
             if request.stream or (request.limit is not None and request.limit <= PS_REPLY_MAX)
             else PS_REPLY_MAX + 1
         )
-        count = await self._list_sessions(
-            statuses, request.labels, limit, PS_RECENT_ENDED if recent_only else None, deliver
+        count, ended_count = await self._list_sessions(
+            statuses, request.labels, limit, PS_RECENT_ENDED if recent_only else None, deliver, count_ended=recent_only
         )
-        hidden = (
-            max(await self.readers.run(Reader.count_ended, request.labels) - PS_RECENT_ENDED, 0) if recent_only else 0
-        )
+        hidden = max((ended_count or 0) - PS_RECENT_ENDED, 0)
         if request.stream:
             return {"listed": count, "hidden": hidden}
         return {"sessions": listed, "hidden": hidden} if request.count_hidden else listed
@@ -190,45 +219,57 @@ class SessionCommands(CommandContext):
         limit: int | None,
         ended_cap: int | None,
         deliver: Callable[[list[dict[str, Any]]], Awaitable[None]],
-    ) -> int:
+        count_ended: bool = False,
+    ) -> tuple[int, int | None]:
         """Hand deliver the sessions `ps` lists, in its order, a page at a time, each page
-        read and delivered under one of the daemon's page slots; how many were listed.
+        read and delivered under one of the daemon's page slots; return how many were
+        listed, and how many ended sessions have the labels (with count_ended, else None).
 
         The sessions not ended (as many as slots and the queue hold) come in one page
-        read at once; the ended ones follow, PS_PAGE at a time (at most ended_cap of
-        them), the latest first. A session listed as live or queued that ends meanwhile
-        is not listed again among the ended ones: each is listed once.
+        read at once, with the first page of the ended ones (read_first_pages); the
+        ended ones follow, PS_PAGE at a time (at most ended_cap of them), the latest
+        first. A session listed as live or queued that ends meanwhile is not listed
+        again among the ended ones: each is listed once.
         """
         remaining = limit if limit is not None else math.inf
         unended = [
             status for status in ALL_STATUSES if status not in ENDED_STATUSES and (not statuses or status in statuses)
         ]
         ended = [status for status in ENDED_STATUSES if not statuses or status in statuses]
-        listed = 0
-        seen: set[str] = set()
-        if unended and remaining:
-            async with self.page_slots:
-                page = await self.readers.run(read_unended, unended, labels, limit)
-                seen = {session["id"] for session in page}
-                await deliver(self._with_output_blocked(page))
-                listed += len(page)
-                remaining -= len(page)
-        cursor: EndedCursor | None = None
+        ended_statuses = ended if statuses else None
         ended_left = ended_cap if ended_cap is not None else math.inf
-        while ended and remaining and ended_left:
+        async with self.page_slots:
+            # The ended page is read before it is known how many sessions the first one
+            # lists: it may hold more than the limit leaves, and is cut below.
+            first = await self.readers.run(
+                read_first_pages,
+                unended,
+                ended_statuses if ended else None,
+                labels,
+                limit,
+                int(min(PS_PAGE, remaining, ended_left)) if ended else 0,
+                count_ended,
+            )
+            await deliver(self._with_output_blocked(first.unended))
+            listed = len(first.unended)
+            remaining -= listed
+            page = first.ended[: int(min(len(first.ended), remaining))]
+            ended_left -= len(page)
+            await deliver(self._with_output_blocked(page))
+            listed += len(page)
+            remaining -= len(page)
+        cursor = first.cursor
+        seen = {session["id"] for session in first.unended}
+        while cursor is not None and remaining and ended_left:
             async with self.page_slots:
                 size = int(min(PS_PAGE, remaining, ended_left))
-                page, cursor = await self.readers.run(
-                    read_ended_page, ended if statuses else None, labels, cursor, size
-                )
+                page, cursor = await self.readers.run(read_ended_page, ended_statuses, labels, cursor, size)
                 page = [session for session in page if session["id"] not in seen]
                 ended_left -= len(page)
                 await deliver(self._with_output_blocked(page))
                 listed += len(page)
                 remaining -= len(page)
-            if cursor is None:
-                break
-        return listed
+        return listed, first.ended_count
 
     def _with_output_blocked(self, sessions: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Session objects given what only the daemon's memory knows of a live one."""
@@ -291,14 +332,21 @@ class SessionCommands(CommandContext):
         return {"deleted": session.id}
 
     async def cmd_send(self, request: SendRequest, emit: Emit) -> Any:
-        session = await self._session(request.session)
+        # A live session named by its whole id (as `attach` names it, a key at a time)
+        # is found in memory: a database read per keystroke waits for a reader thread.
+        live = self.slots.live.get(request.session)
+        session = None if live is not None else await self._session(request.session)
         data = request.data.encode()
         if request.data_b64 is not None:
             try:
                 data += base64.b64decode(request.data_b64, validate=True)
             except binascii.Error:
                 raise RequestError(ErrorCode.INVALID_ARGUMENT, "send: 'data_b64' is not valid base64") from None
-        await self.slots.controls.send(session, data, request.eof)
+        if live is not None:
+            await self.slots.controls.send_to_live(live, data, request.eof)
+        else:
+            assert session is not None
+            await self.slots.controls.send(session, data, request.eof)
         return {"sent": len(data), "eof": request.eof}
 
     async def cmd_edit(self, request: EditRequest, emit: Emit) -> Any:

@@ -198,7 +198,7 @@ class TranscriptCommands(CommandContext):
         after = request.since_seq
         current: Session | None = None
         feed = self.ingestor.live_feed
-        looked_at: int | None = None  # self.ingestor.changes when the database was last read
+        looked_at: int | None = None  # the session's record_changes when the database was last read
         while True:
             # Take the event before looking: a row read or committed after this point wakes us.
             changed = self.ingestor.session_event(session.id)
@@ -215,12 +215,12 @@ class TranscriptCommands(CommandContext):
                 after = ahead.through
                 continue
             committed_seq = feed.committed_seq(session.id)
-            if ahead is not None and looked_at == self.ingestor.changes:
-                # Nothing committed since the database was read, and every row up to
-                # committed_seq sent: only a read or a commit brings more.
+            if ahead is not None and looked_at == self.ingestor.record_changes(session.id):
+                # Every row up to committed_seq sent, and the session's record as it was
+                # when the database was read: only a read or a commit brings more.
                 await changed.wait()
                 continue
-            looked_at = self.ingestor.changes
+            looked_at = self.ingestor.record_changes(session.id)
 
             async def follow_page(after: int = after) -> list[Row]:
                 nonlocal current

@@ -2,7 +2,9 @@
 records of whole lines.
 
 Records go to the spool in the order the shim read them, across both streams; a
-partial line waits for its newline at most flush_interval seconds.
+partial line waits for its newline at most flush_interval seconds. A terminal's output
+is stored as it is read, partial lines and all: an echoed keystroke, a prompt or a
+screen update is what the program means to show now, and must not wait.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ READ_SIZE = 65536
 
 
 class LineAssembler:
-    """Cuts one stream into records of whole lines, at most max_chunk bytes each."""
+    """Cuts one stream into records of whole lines, at most max_chunk bytes each; with
+    hold_partial False, into records of what was read (cut after a newline where a
+    record must be cut), holding nothing back."""
 
-    def __init__(self, kind: int, max_chunk: int) -> None:
+    def __init__(self, kind: int, max_chunk: int, hold_partial: bool = True) -> None:
         self.kind = kind
         self.max_chunk = max_chunk
+        self.hold_partial = hold_partial
         self.pending = bytearray()
         self.pending_since: float | None = None
 
@@ -31,6 +36,8 @@ class LineAssembler:
         Chunks are views of the data read, not copies: at full speed every copy of a
         64 KiB read shows in the shim's CPU time.
         """
+        if not self.hold_partial:
+            return self._split_lines(data, memoryview(data), len(data))
         pending_since = self.pending_since
         if self.pending:
             self.pending += data
@@ -56,7 +63,7 @@ class LineAssembler:
         return chunks
 
     def _split_lines(self, data: bytes, view: memoryview, end: int) -> list[memoryview]:
-        """Split data[:end] (whole lines) into chunks, cutting after a newline when one fits."""
+        """Split data[:end] into chunks of at most max_chunk, cutting after a newline when one fits."""
         chunks = []
         start = 0
         while end - start > self.max_chunk:
@@ -87,7 +94,7 @@ class Output:
     def __init__(self, writer: spool.SpoolWriter, max_chunk: int, flush_interval: float, kinds: Sequence[int]) -> None:
         self.writer = writer
         self.flush_interval = flush_interval
-        self.assemblers = {kind: LineAssembler(kind, max_chunk) for kind in kinds}
+        self.assemblers = {kind: LineAssembler(kind, max_chunk, hold_partial=kind != spool.TTY) for kind in kinds}
 
     def read(self, kind: int, fd: int, now: float) -> bool:
         """Read what the stream's pipe holds and store its whole lines; at end of file
