@@ -159,6 +159,31 @@ async def test_large_output_is_cut_at_max_bytes_and_next_seq_reads_the_rest(daem
         assert tail["next_seq"] == rest["next_seq"]  # the transcript's last row: read on after it
 
 
+async def test_a_cut_never_splits_a_character(daemon):
+    """Output without newlines, in two-byte characters, read 1001 bytes at a time, comes whole characters each time and joins to the whole."""
+    async with mcp_client(daemon) as client:
+        session = (await call(client, "start_session", argv=py("print('é' * 3000, end='')")))["id"]
+        await call(client, "wait_session", session=session, timeout_s=30)
+        pages, since_seq, skip_bytes = [], 0, 0
+        while True:
+            page = await call(
+                client,
+                "read_output",
+                session=session,
+                stream="stdout",
+                since_seq=since_seq,
+                skip_bytes=skip_bytes,
+                max_bytes=1001,
+            )
+            text = page["text"].split("\n[slotd: cut at")[0]
+            assert "\ufffd" not in text and len(text.encode()) <= 1001
+            pages.append(text)
+            if not page["left_out_bytes"]:
+                break
+            since_seq, skip_bytes = page["next_seq"], page["next_skip_bytes"]
+    assert "".join(pages) == "é" * 3000 and len(pages) == 6
+
+
 async def test_a_bad_session_id_is_a_tool_error_with_not_found(daemon):
     """A tool naming no session returns a tool error carrying not_found and the daemon's message, and the server serves on."""
     async with mcp_client(daemon) as client:

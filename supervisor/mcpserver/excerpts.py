@@ -120,13 +120,13 @@ async def read_from(
     if status is None:
         status = (await daemon.request("show", session=session))["status"]
     text = decode(kept)
+    at_least = left_out >= COUNT_LIMIT
     if cut:
-        at_least = left_out >= COUNT_LIMIT
         text += (
             f"\n[slotd: cut at {max_bytes} bytes; {'at least ' if at_least else ''}{left_out} more bytes left out; "
             f"read_output with since_seq={next_seq} and skip_bytes={next_skip} reads on]\n"
         )
-    return Excerpt(text, status, next_seq, next_skip, left_out, cut and left_out >= COUNT_LIMIT)
+    return Excerpt(text, status, next_seq, next_skip, left_out, at_least)
 
 
 async def read_tail(daemon: Daemon, session: str, tail_lines: int, stream: str | None, max_bytes: int) -> Excerpt:
