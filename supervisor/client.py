@@ -47,12 +47,9 @@ class Client:
         self.sock.settimeout(timeout)
         try:
             self.sock.connect(os.fspath(path))
-        except (FileNotFoundError, ConnectionRefusedError) as error:
+        except (FileNotFoundError, ConnectionRefusedError, PermissionError) as error:
             self.sock.close()
-            raise DaemonUnavailable(f"slotd is not running (nothing listens on {path}: {error.strerror})") from None
-        except PermissionError:
-            self.sock.close()
-            raise DaemonUnavailable(f"permission denied on {path}: this user may not use that daemon") from None
+            raise unreachable(path, error) from None
         self.reader = self.sock.makefile("rb")
 
     def close(self) -> None:
@@ -68,9 +65,8 @@ class Client:
     def send(self, cmd: str, **args: Any) -> int:
         request_id = self._next_id
         self._next_id += 1
-        message = {"id": request_id, "cmd": cmd, **{k: v for k, v in args.items() if v is not None}}
         try:
-            self.sock.sendall(encode_message(message))
+            self.sock.sendall(request_line(request_id, cmd, args))
         except BrokenPipeError:
             # Not BrokenPipeError: to slotctl that means its own stdout's reader left.
             raise ConnectionResetError(errno.EPIPE, "the daemon closed the connection") from None
@@ -98,6 +94,18 @@ class Client:
             if "ok" in message:
                 return result_of(message)
         raise ConnectionError("no reply")
+
+
+def unreachable(path: Path, error: OSError) -> DaemonUnavailable:
+    """Why connecting to the socket at path failed, as slotctl says it."""
+    if isinstance(error, PermissionError):
+        return DaemonUnavailable(f"permission denied on {path}: this user may not use that daemon")
+    return DaemonUnavailable(f"slotd is not running (nothing listens on {path}: {error.strerror})")
+
+
+def request_line(request_id: int, cmd: str, args: dict[str, Any]) -> bytes:
+    """One request on the wire; arguments set to None are left out (they take their defaults)."""
+    return encode_message({"id": request_id, "cmd": cmd, **{k: v for k, v in args.items() if v is not None}})
 
 
 def result_of(message: dict[str, Any]) -> Any:

@@ -29,6 +29,7 @@ from supervisor.cli.commands import (
 from supervisor.cli.completion import SHELLS, cmd_completion, complete
 from supervisor.cli.connection import connect
 from supervisor.cli.editing import cmd_edit, cmd_label
+from supervisor.cli.mcp import cmd_mcp
 from supervisor.cli.output import print_json
 from supervisor.cli.run import cmd_run
 from supervisor.cli.style import wants_colour
@@ -55,6 +56,7 @@ SUBCOMMANDS_OF_ITS_OWN = frozenset(
         "run",  # a `start`, then a `follow` to the session's end
         "attach",  # `screen`, then `follow` of the tty stream, with `send` and `resize`
         "completion",  # the shell's side of completion: needs no daemon
+        "mcp",  # an MCP server on stdio: each of its tool calls makes requests
         *SUBCOMMAND_ALIASES,
     }
 )
@@ -313,6 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("completion", cmd_completion, "print the shell code that completes slotctl's commands and session ids")
     p.add_argument("shell", choices=SHELLS, help='source it: eval "$(slotctl completion bash)" in ~/.bashrc')
 
+    add(
+        "mcp",
+        cmd_mcp,
+        "serve MCP on stdin and stdout, for AI agents' clients (needs pip install 'slotd[mcp]')",
+        "An MCP server on stdio: an MCP client (Claude Code, Claude Desktop, Cursor) starts it and calls its tools "
+        "to start sessions, wait for them, read their output and answer their prompts, as this user.",
+    )
+
     p = add(
         "stop",
         on_sessions("stop", stopped_line, timeout="timeout"),
@@ -386,8 +396,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.func is cmd_completion:
         sys.exit(cmd_completion(args))
     try:
-        with connect(args) as client:
-            status = args.func(client, args)
+        if args.func is cmd_mcp:
+            status = cmd_mcp(args)  # starts with no daemon: each tool call connects
+        else:
+            with connect(args) as client:
+                status = args.func(client, args)
     except DaemonUnavailable as error:
         print(f"slotctl: {error}", file=sys.stderr)
         status = CliExit.UNAVAILABLE

@@ -8,6 +8,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from supervisor.cli.output import RowPrinter
@@ -22,19 +23,29 @@ RECONNECT_SECONDS = 120.0
 
 
 def connect(args: argparse.Namespace) -> Client:
-    socket_option, config_option = getattr(args, "socket", None), getattr(args, "config", None)
-    try:
-        path = find_socket(socket_option, config_option)
-    except ConfigError as error:
-        raise CliError(f"configuration error: {error}", CliExit.USAGE) from None
+    path = daemon_socket(args)
     try:
         return Client(path)
     except DaemonUnavailable as error:
-        raise DaemonUnavailable(
-            f"{error}\n  slotctl looked there because {socket_origin(socket_option, config_option)}.\n"
-            "  Point it at the daemon's socket with --socket PATH or $SLOTD_SOCKET, or at the daemon's "
-            "config file with --config FILE or $SLOTD_CONFIG."
-        ) from None
+        raise DaemonUnavailable(f"{error}\n  {where_slotctl_looked(args)}") from None
+
+
+def daemon_socket(args: argparse.Namespace) -> Path:
+    """The socket slotctl talks to: --socket, $SLOTD_SOCKET, else the config's."""
+    try:
+        return find_socket(getattr(args, "socket", None), getattr(args, "config", None))
+    except ConfigError as error:
+        raise CliError(f"configuration error: {error}", CliExit.USAGE) from None
+
+
+def where_slotctl_looked(args: argparse.Namespace) -> str:
+    """Why slotctl tried the socket it tried, and how to point it elsewhere."""
+    origin = socket_origin(getattr(args, "socket", None), getattr(args, "config", None))
+    return (
+        f"slotctl looked there because {origin}.\n"
+        "  Point it at the daemon's socket with --socket PATH or $SLOTD_SOCKET, or at the daemon's "
+        "config file with --config FILE or $SLOTD_CONFIG."
+    )
 
 
 def socket_origin(socket_option: str | None, config_option: str | None) -> str:
