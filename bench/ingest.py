@@ -3,6 +3,8 @@
     .venv/bin/python bench/ingest.py                 # 3 sessions x 1,000,000 lines of 100 bytes
     .venv/bin/python bench/ingest.py --lines 100000  # a quick run
     .venv/bin/python bench/ingest.py --json out.json # the numbers as JSON too
+    .venv/bin/python bench/ingest.py --only lines    # only the line-by-line writes (issue 14)
+    .venv/bin/python bench/ingest.py --session-nice 0  # sessions as urgent as the daemon
 
 It measures, on the same data (numbered lines of exactly 100 bytes):
 
@@ -16,6 +18,11 @@ It measures, on the same data (numbered lines of exactly 100 bytes):
    start request until all three are completed, with the peak RSS of the daemon and of
    each shim sampled every 50 ms; afterwards every session's stdout in the database is
    checked to be exactly the bytes written, with sequence numbers 1..N without a gap.
+
+4. line by line (issue 14): the same lines written one write() each, as a line-buffered
+   program writes them: the child alone to /dev/null, the child through a pipe read into
+   a plain file (what supervisord does), and slotd with 1 and with 3 such sessions; the
+   bar: slotd's 1 session at most 1.6 times the child alone.
 
 It prints a table of ratios against the bars. A missed bar is reported, not an error;
 the exit status is non-zero only if the stored transcripts are wrong. Everything it
@@ -87,6 +94,36 @@ def session_program(lines: int) -> str:
             out.write(block)
         out.flush()
         """)
+
+
+def line_program(lines: int) -> str:
+    """The same lines, one write() each, as a line-buffered program (or any program on a
+    terminal) writes them."""
+    return textwrap.dedent(inspect.getsource(line_blocks)) + textwrap.dedent(f"""
+        import os
+        for block in line_blocks({lines}):
+            view = memoryview(block)
+            for start in range(0, len(block), {LINE_BYTES}):
+                os.write(1, view[start : start + {LINE_BYTES}])
+        """)
+
+
+def measure_child(lines: int, to_file: Path | None) -> dict:
+    """The line-by-line child alone, from its start to its last line written: to
+    /dev/null, or through a pipe read into a plain file (what supervisord does)."""
+    argv = [sys.executable, "-c", line_program(lines)]
+    settle()
+    started = time.perf_counter()
+    if to_file is None:
+        subprocess.run(argv, stdout=subprocess.DEVNULL, check=True)
+    else:
+        with open(to_file, "wb") as out, subprocess.Popen(argv, stdout=subprocess.PIPE) as child:
+            assert child.stdout is not None
+            while data := os.read(child.stdout.fileno(), 65536):
+                out.write(data)
+        if child.returncode != 0 or to_file.stat().st_size != lines * LINE_BYTES:
+            raise RuntimeError(f"the child wrote {to_file.stat().st_size} bytes, exit status {child.returncode}")
+    return _rates(lines, time.perf_counter() - started)
 
 
 def session_rows(lines: int) -> list[bytes]:
@@ -269,27 +306,32 @@ class RssSampler(threading.Thread):
         self.join()
 
 
-def measure_slotd(workdir: Path, lines: int) -> dict:
-    """A real daemon, 3 sessions at once: time to all completed, peak RSS, then verification."""
-    root = workdir / "slotd"
+def measure_slotd(
+    workdir: Path, lines: int, sessions: int = SESSIONS, line_by_line: bool = False, session_nice: int | None = None
+) -> dict:
+    """A real daemon, `sessions` sessions at once (writing 64 KiB blocks, or a line per
+    write): time to all completed, peak RSS, then verification."""
+    root = workdir / f"slotd-{sessions}-{'lines' if line_by_line else 'blocks'}"
     root.mkdir()
-    handle = DaemonHandle(root, {"on_shutdown": "stop"})
+    handle = DaemonHandle(
+        root, {"on_shutdown": "stop", **({} if session_nice is None else {"session_nice": session_nice})}
+    )
     daemon = handle.start(wait=False)
     sampler = None
     try:
         handle.wait_ready(timeout=30)
-        sampler = RssSampler(daemon.pid, SESSIONS, Path(f"{handle.database}-wal"))
+        sampler = RssSampler(daemon.pid, sessions, Path(f"{handle.database}-wal"))
         sampler.start()
-        program = session_program(lines)
+        program = line_program(lines) if line_by_line else session_program(lines)
         settle()
         # Generous: even 10,000 lines/s would make it.
-        timeout = 60 + SESSIONS * lines / 10_000
+        timeout = 60 + sessions * lines / 10_000
         with handle.client() as client:
             daemon_cpu_before = sum(psutil.Process(daemon.pid).cpu_times()[:2])
             started = time.perf_counter()
             ids = [
                 client.request("start", argv=[sys.executable, "-c", program], cwd=str(root))["id"]
-                for _ in range(SESSIONS)
+                for _ in range(sessions)
             ]
             statuses = wait_until_ended(client, ids, started + timeout)
             elapsed = time.perf_counter() - started
@@ -313,7 +355,7 @@ def measure_slotd(workdir: Path, lines: int) -> dict:
             sampler.stop()
         # Only if the daemon failed: it, then what its sessions left behind.
         handle.stop()
-    return _rates(SESSIONS * lines, elapsed) | {
+    return _rates(sessions * lines, elapsed) | {
         "statuses": statuses,
         "daemon_cpu_s": daemon_cpu,
         "shims_cpu_s": sum(sampler.cpu.get(pid, 0.0) for pid in sampler.shims),
@@ -439,19 +481,69 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lines", type=int, default=1_000_000, help="lines per session (default 1,000,000)")
     parser.add_argument("--json", metavar="PATH", help="also write the numbers as JSON to PATH")
+    parser.add_argument(
+        "--only", choices=["blocks", "lines"], help="only the 64 KiB block writes, or only the line-by-line writes"
+    )
+    parser.add_argument("--session-nice", type=int, help="the daemon's session_nice (default: its own default, 10)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="slotd-bench-"))
+    results: dict = {}
     try:
-        raw = measure_raw_batched(workdir, args.lines)
-        raw_generating = measure_raw_generating(workdir, args.lines)
-        per_line = measure_per_line(workdir, args.lines)
-        slotd = measure_slotd(workdir, args.lines)
+        if args.only != "lines":
+            raw = measure_raw_batched(workdir, args.lines)
+            raw_generating = measure_raw_generating(workdir, args.lines)
+            per_line = measure_per_line(workdir, args.lines)
+            slotd = measure_slotd(workdir, args.lines, session_nice=args.session_nice)
+            results["blocks"] = report(args.lines, raw, raw_generating, per_line, slotd)
+        if args.only != "blocks":
+            line_results = {
+                "child_to_devnull": measure_child(args.lines, None),
+                "child_to_file": measure_child(args.lines, workdir / "lines.out"),
+                "slotd_1": measure_slotd(workdir, args.lines, 1, True, args.session_nice),
+                "slotd_3": measure_slotd(workdir, args.lines, SESSIONS, True, args.session_nice),
+            }
+            results["lines"] = report_line_by_line(args.lines, line_results)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    results = report(args.lines, raw, raw_generating, per_line, slotd)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-    return 0 if results["pass"]["stored_exactly_once"] else 1
+    stored = [part["pass"]["stored_exactly_once"] for part in results.values()]
+    return 0 if all(stored) else 1
+
+
+# The line-by-line bar (issue 14): one session's wall at most this many times the
+# child's alone writing to /dev/null.
+LINE_BY_LINE_BAR = 1.6
+
+
+def report_line_by_line(lines: int, results: dict) -> dict:
+    """Print the line-by-line table (each approach's wall against the child's alone)."""
+    alone = results["child_to_devnull"]["seconds"]
+    print(f"\nline by line: one write() per {LINE_BYTES}-byte line, {lines:,} lines per session")
+    print(f"{'approach':<46}{'wall':>9}{'lines/s':>12}{'vs child alone':>16}")
+    for key, name, count in (
+        ("child_to_devnull", "child -> /dev/null", 1),
+        ("child_to_file", "child -> pipe -> reader -> plain file", 1),
+        ("slotd_1", "slotd, 1 session", 1),
+        ("slotd_3", f"slotd, {SESSIONS} sessions at once", SESSIONS),
+    ):
+        result = results[key]
+        print(
+            f"{name:<46}{result['seconds']:>8.2f}s{result['lines_per_s']:>12,.0f}{result['seconds'] / alone:>15.2f}x"
+            + ("" if count == 1 else f"  ({count} x the lines)")
+        )
+    ratio = results["slotd_1"]["seconds"] / alone
+    problems = results["slotd_1"]["problems"] + results["slotd_3"]["problems"]
+    print(
+        f"slotd 1 session / child alone = {ratio:.2f}  (bar: <= {LINE_BY_LINE_BAR})  {'PASS' if ratio <= LINE_BY_LINE_BAR else 'FAIL'}"
+    )
+    print(f"every line stored exactly once: {'yes' if not problems else 'no'}")
+    for problem in problems:
+        print(f"  {problem}")
+    return results | {
+        "slotd_1_vs_child": ratio,
+        "pass": {"line_by_line": ratio <= LINE_BY_LINE_BAR, "stored_exactly_once": not problems},
+    }
 
 
 if __name__ == "__main__":
