@@ -1,0 +1,153 @@
+// slotd dashboard: the daemon's state and one session's transcript, pushed as
+// Server-Sent Events; actions are POSTs carrying the page's CSRF token.
+"use strict";
+
+const csrf = document.querySelector('meta[name="csrf-token"]').content;
+const LIVE = ["waiting_checkpoint", "running", "paused"];
+let current = null; // { id, source, decoders, ansi }
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (key === "class") node.className = value;
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) node.append(child);
+  return node;
+}
+
+function age(iso) {
+  if (!iso) return "";
+  const seconds = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
+  if (seconds < 60) return Math.round(seconds) + "s";
+  if (seconds < 3600) return Math.round(seconds / 60) + "m";
+  if (seconds < 86400) return Math.round(seconds / 3600) + "h";
+  return Math.round(seconds / 86400) + "d";
+}
+
+function labels(session) {
+  return Object.entries(session.labels || {}).map(([k, v]) => k + "=" + (typeof v === "string" ? v : JSON.stringify(v))).join(" ");
+}
+
+function row(session, third, when) {
+  const tr = el("tr", { "data-session": session.id },
+    el("td", {}, session.id.slice(0, 8)),
+    el("td", { class: "status status-" + session.status }, session.status),
+    el("td", {}, third === null || third === undefined ? "" : String(third)),
+    el("td", { class: "command", title: session.argv.join(" ") }, session.argv.join(" ")),
+    el("td", {}, labels(session)),
+    el("td", {}, age(when)));
+  if (current && current.id === session.id) tr.classList.add("selected");
+  tr.addEventListener("click", () => openSession(session.id));
+  return tr;
+}
+
+function fill(id, rows) {
+  document.querySelector("#" + id + " tbody").replaceChildren(...rows);
+}
+
+function showState(state) {
+  const daemon = document.getElementById("daemon");
+  if (state.daemon !== "up") {
+    daemon.textContent = "daemon unreachable: " + state.error;
+    daemon.className = "daemon daemon-down";
+    return;
+  }
+  daemon.textContent = "daemon up";
+  daemon.className = "daemon";
+  const sessions = state.ps.sessions;
+  fill("live", sessions.filter((s) => LIVE.includes(s.status)).map((s) => row(s, s.slot, s.started_at)));
+  fill("queued", sessions.filter((s) => s.status === "queued").map((s) => row(s, s.priority, s.queued_at)));
+  fill("ended", sessions.filter((s) => !LIVE.includes(s.status) && s.status !== "queued")
+    .map((s) => row(s, s.exit_code, s.ended_at)));
+  const info = state.info;
+  document.getElementById("info").textContent = Object.entries(info)
+    .filter(([, v]) => typeof v !== "object").map(([k, v]) => k + ": " + v).join(" · ");
+  if (current) {
+    const mine = sessions.find((s) => s.id === current.id);
+    if (mine) {
+      const status = document.getElementById("view-status");
+      status.textContent = mine.status;
+      status.className = "status status-" + mine.status;
+    }
+  }
+}
+
+// ANSI SGR colours as spans; other escape sequences are dropped.
+function appendAnsi(output, text, stream, ansi) {
+  const parts = text.split(/\x1b\[([0-9;]*)([A-Za-z])/);
+  for (let i = 0; i < parts.length; i += 3) {
+    if (parts[i]) {
+      const classes = ["stream-" + stream, ...ansi.classes];
+      output.append(el("span", { class: classes.join(" ") }, parts[i].replace(/\x1b[^[]?/g, "")));
+    }
+    if (i + 2 < parts.length && parts[i + 2] === "m") {
+      for (const code of (parts[i + 1] || "0").split(";").map(Number)) {
+        if (code === 0) ansi.classes = [];
+        else if (code === 1) ansi.classes.push("ansi-bold");
+        else if ((code >= 30 && code <= 37) || (code >= 90 && code <= 97)) {
+          ansi.classes = ansi.classes.filter((c) => c === "ansi-bold").concat("ansi-" + code);
+        } else if (code === 39) ansi.classes = ansi.classes.filter((c) => c === "ansi-bold");
+      }
+    }
+  }
+}
+
+function rowBytes(row) {
+  if (row.encoding === "base64") return Uint8Array.from(atob(row.data), (c) => c.charCodeAt(0));
+  return new TextEncoder().encode(row.data);
+}
+
+function openSession(id) {
+  if (current) current.source.close();
+  const output = document.getElementById("output");
+  output.replaceChildren();
+  document.getElementById("view").hidden = false;
+  document.getElementById("view-title").textContent = id.slice(0, 8);
+  document.getElementById("action-result").textContent = "";
+  for (const tr of document.querySelectorAll("tr.selected")) tr.classList.remove("selected");
+  for (const tr of document.querySelectorAll('tr[data-session="' + id + '"]')) tr.classList.add("selected");
+  // EventSource reconnects by itself, sending the last row's seq as Last-Event-ID.
+  const source = new EventSource("/api/sessions/" + encodeURIComponent(id) + "/follow");
+  current = { id, source, decoders: {}, ansi: { classes: [] } };
+  const mine = current;
+  source.addEventListener("row", (message) => {
+    const row = JSON.parse(message.data);
+    const decoder = (mine.decoders[row.stream] ||= new TextDecoder("utf-8"));
+    let text = decoder.decode(rowBytes(row), { stream: true });
+    if (row.stream === "system") text = "[" + text + "]\n";
+    const atBottom = output.scrollTop + output.clientHeight >= output.scrollHeight - 4;
+    appendAnsi(output, text, row.stream, mine.ansi);
+    if (atBottom) output.scrollTop = output.scrollHeight;
+  });
+  source.addEventListener("end", () => source.close());
+  source.addEventListener("refused", (message) => {
+    output.append(el("span", { class: "stream-system" }, "[" + JSON.parse(message.data).message + "]\n"));
+    source.close();
+  });
+}
+
+async function post(action, body) {
+  const result = document.getElementById("action-result");
+  const response = await fetch("/api/sessions/" + encodeURIComponent(current.id) + "/" + action, {
+    method: "POST",
+    headers: { "content-type": "application/json", "x-csrf-token": csrf },
+    body: JSON.stringify(body || {}),
+  });
+  const reply = await response.json();
+  result.textContent = response.ok ? action + ": done" : action + ": " + reply.error.message;
+  return response.ok;
+}
+
+for (const button of document.querySelectorAll("#actions button")) {
+  button.addEventListener("click", () => post(button.dataset.action));
+}
+
+document.getElementById("input-form").addEventListener("submit", async (submitted) => {
+  submitted.preventDefault();
+  const input = document.getElementById("input");
+  if (await post("send", { text: input.value })) input.value = "";
+});
+
+const state = new EventSource("/api/state");
+state.addEventListener("state", (message) => showState(JSON.parse(message.data)));
