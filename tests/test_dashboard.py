@@ -3,51 +3,15 @@ actions, through a real HTTP client against a real dashboard process and a real 
 
 from __future__ import annotations
 
-import json
-import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from supervisor.errors import CliExit
-from tests.harness import DEADLINE, DaemonHandle
-from tests.helpers import py
-
-
-class Dashboard:
-    """A `slotctl dashboard` process on a free loopback port, and the URL it printed."""
-
-    def __init__(self, daemon: DaemonHandle) -> None:
-        with (daemon.root / "dashboard.log").open("w") as log:
-            self.process = subprocess.Popen(
-                daemon.cli_argv("dashboard", "--listen", "127.0.0.1:0"), stdout=subprocess.PIPE, stderr=log, text=True
-            )
-        line = self.process.stdout.readline() if self.process.stdout else ""
-        assert "http://" in line, f"the dashboard printed no URL: {line!r}"
-        self.url = line.split("open ", 1)[1].strip()
-        parts = urlsplit(self.url)
-        self.base = f"{parts.scheme}://{parts.netloc}"
-        self.token = parts.query.removeprefix("token=")
-
-    @contextmanager
-    def client(self) -> Iterator[httpx.Client]:
-        """A client that has opened the token URL, so it holds the cookie."""
-        with httpx.Client(base_url=self.base, timeout=DEADLINE) as client:
-            client.get(self.url, follow_redirects=True).raise_for_status()
-            yield client
-
-    def csrf(self, client: httpx.Client) -> str:
-        page = client.get("/").text
-        return page.split('name="csrf-token" content="', 1)[1].split('"', 1)[0]
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=DEADLINE)
-        if self.process.stdout:
-            self.process.stdout.close()
+from tests.harness import DaemonHandle, wait_for
+from tests.helpers import Dashboard, events, py
 
 
 @pytest.fixture
@@ -55,22 +19,6 @@ def dashboard(daemon: DaemonHandle) -> Iterator[Dashboard]:
     board = Dashboard(daemon)
     yield board
     board.stop()
-
-
-def events(response: httpx.Response) -> Iterator[tuple[str, str, dict]]:
-    """The Server-Sent Events of a streamed response: (event, id, data) each."""
-    name, event_id, data = "message", "", ""
-    for line in response.iter_lines():
-        if not line:
-            if data:
-                yield name, event_id, json.loads(data)
-            name, event_id, data = "message", "", ""
-        elif line.startswith("event: "):
-            name = line[7:]
-        elif line.startswith("id: "):
-            event_id = line[4:]
-        elif line.startswith("data: "):
-            data = line[6:]
 
 
 def test_the_token_url_gives_a_strict_httponly_cookie_that_opens_the_page(dashboard):
@@ -185,3 +133,46 @@ def test_listen_must_be_an_ip_address_and_port(daemon):
     result = daemon.cli("dashboard", "--listen", "somewhere:http")
     assert result.returncode == CliExit.USAGE
     assert "somewhere:http" in result.stderr.decode()
+
+
+def test_follow_goes_on_after_the_daemon_restarts_with_no_row_twice_or_missing(daemon, dashboard):
+    """A follow stream open while the daemon is SIGKILLed and restarted says so, then sends the rest, each row once."""
+    gate = daemon.root / "gate"
+    session = daemon.start_session(
+        py(
+            f"import os, time\nprint('before', flush=True)\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.02)\nprint('after')"
+        )
+    )
+    with dashboard.client() as client, client.stream("GET", f"/api/sessions/{session['id']}/follow") as response:
+        stream = events(response)
+        seen: list[dict] = []
+        names: list[str] = []
+        for name, _, data in stream:
+            names.append(name)
+            if name == "row":
+                seen.append(data)
+                if data["stream"] == "stdout":
+                    break
+        daemon.kill9()
+        daemon.start()
+        gate.touch()
+        for name, _, data in stream:
+            names.append(name)
+            if name == "row":
+                seen.append(data)
+            if name == "end":
+                break
+    assert "daemon" in names  # the loss was told to the page
+    seqs = [row["seq"] for row in seen]
+    assert seqs == sorted(set(seqs))
+    assert "".join(row["data"] for row in seen if row["stream"] == "stdout") == "before\nafter\n"
+
+
+def test_a_non_loopback_listen_address_is_warned_about(daemon):
+    """--listen on an address that is not loopback starts with a warning saying so."""
+    board = Dashboard(daemon, listen="0.0.0.0:0")
+    try:
+        log = daemon.root / "dashboard.log"
+        assert wait_for(lambda: "not loopback" in log.read_text(), what="the warning")
+    finally:
+        board.stop()
