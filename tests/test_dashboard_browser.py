@@ -105,3 +105,21 @@ def test_input_typed_into_the_box_reaches_a_waiting_session(daemon, page):
     assert daemon.wait_ended(session["id"])["status"] == "completed"
     assert daemon.stdout_bytes(session["id"]) == b"got hello there\n"
     wait_for(lambda: "got hello there" in output_text(page), what="the answer on the page")
+
+
+def test_a_tty_sessions_output_is_drawn_by_the_terminal_widget_which_sends_keys(daemon, page):
+    """A tty session's view is an xterm.js terminal showing its output, and keys typed into it reach the session."""
+    session = daemon.start_session(
+        py("print('\\x1b[32mgreen on a tty\\x1b[0m', flush=True); print('read', input())"), tty=True
+    )
+    wait_for(lambda: session_row(page, "live", session["id"]), what="the session's row").click()
+    wait_for(lambda: "green on a tty" in terminal_text(page), what="the output in the terminal")
+    assert not page.find_element(By.ID, "output").is_displayed()
+    page.find_element(By.CSS_SELECTOR, "#terminal .xterm-helper-textarea").send_keys("typed\n")
+    assert daemon.wait_ended(session["id"])["status"] == "completed"
+    wait_for(lambda: "read typed" in terminal_text(page), what="the answer in the terminal")
+
+
+def terminal_text(browser: WebDriver) -> str:
+    rows = browser.find_elements(By.CSS_SELECTOR, "#terminal .xterm-rows")
+    return rows[0].text if rows else ""

@@ -113,9 +113,12 @@ def build_app(daemon: Daemon) -> Starlette:
         if action == "send":
             body = await request.json()
             text = body.get("text") if isinstance(body, dict) else None
-            if not isinstance(text, str):
-                return JSONResponse({"error": {"code": "bad_request", "message": "send needs a text string"}}, 400)
-            cmd, args = "send", {"data": text + "\n"}
+            newline = body.get("newline", True) if isinstance(body, dict) else True
+            if not isinstance(text, str) or not isinstance(newline, bool):
+                message = "send needs a text string (and newline, true or false)"
+                return JSONResponse({"error": {"code": "bad_request", "message": message}}, 400)
+            # The input box sends a line; a terminal widget sends its keys as typed.
+            cmd, args = "send", {"data": text + "\n" if newline else text}
         elif action in ACTIONS:
             cmd, args = action, ACTIONS[action]
         else:

@@ -4,7 +4,8 @@
 
 const csrf = document.querySelector('meta[name="csrf-token"]').content;
 const LIVE = ["waiting_checkpoint", "running", "paused"];
-let current = null; // { id, source, decoders, ansi }
+let current = null; // { id, source, decoders, ansi, terminal }
+let known = new Map(); // the sessions of the last state, by id
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -56,6 +57,7 @@ function showState(state) {
   daemon.textContent = "daemon up";
   daemon.className = "daemon";
   const sessions = state.ps.sessions;
+  known = new Map(sessions.map((s) => [s.id, s]));
   fill("live", sessions.filter((s) => LIVE.includes(s.status)).map((s) => row(s, s.slot, s.started_at)));
   fill("queued", sessions.filter((s) => s.status === "queued").map((s) => row(s, s.priority, s.queued_at)));
   fill("ended", sessions.filter((s) => !LIVE.includes(s.status) && s.status !== "queued")
@@ -98,10 +100,27 @@ function rowBytes(row) {
   return new TextEncoder().encode(row.data);
 }
 
+// A tty session's output is drawn by a terminal (xterm.js), whose keys are sent as typed.
+function openTerminal() {
+  const box = document.getElementById("terminal");
+  box.replaceChildren();
+  box.hidden = false;
+  const terminal = new Terminal({ convertEol: false, scrollback: 5000 });
+  terminal.open(box);
+  terminal.onData((keys) => post("send", { text: keys, newline: false }));
+  return terminal;
+}
+
 function openSession(id) {
-  if (current) current.source.close();
+  if (current) {
+    current.source.close();
+    if (current.terminal) current.terminal.dispose();
+  }
   const output = document.getElementById("output");
   output.replaceChildren();
+  const tty = Boolean(known.get(id)?.tty);
+  output.hidden = tty;
+  document.getElementById("terminal").hidden = !tty;
   document.getElementById("view").hidden = false;
   document.getElementById("view-title").textContent = id.slice(0, 8);
   document.getElementById("action-result").textContent = "";
@@ -109,10 +128,14 @@ function openSession(id) {
   for (const tr of document.querySelectorAll('tr[data-session="' + id + '"]')) tr.classList.add("selected");
   // EventSource reconnects by itself, sending the last row's seq as Last-Event-ID.
   const source = new EventSource("/api/sessions/" + encodeURIComponent(id) + "/follow");
-  current = { id, source, decoders: {}, ansi: { classes: [] } };
+  current = { id, source, decoders: {}, ansi: { classes: [] }, terminal: tty ? openTerminal() : null };
   const mine = current;
   source.addEventListener("row", (message) => {
     const row = JSON.parse(message.data);
+    if (mine.terminal) {
+      if (row.stream === "tty") mine.terminal.write(rowBytes(row));
+      return;
+    }
     const decoder = (mine.decoders[row.stream] ||= new TextDecoder("utf-8"));
     let text = decoder.decode(rowBytes(row), { stream: true });
     if (row.stream === "system") text = "[" + text + "]\n";
