@@ -177,3 +177,18 @@ def test_a_non_loopback_listen_address_is_warned_about(daemon):
         assert wait_for(lambda: "not loopback" in log.read_text(), what="the warning")
     finally:
         board.stop()
+
+
+def test_the_state_stream_filters_ended_sessions_by_status_and_label(daemon, dashboard):
+    """With status and label filters, the state's ended list holds only the ended sessions matching both."""
+    failed = daemon.start_session(py("raise SystemExit(3)"), labels={"team": "a"})
+    other_team = daemon.start_session(py("raise SystemExit(3)"), labels={"team": "b"})
+    completed = daemon.start_session(py("pass"), labels={"team": "a"})
+    for session in (failed, other_team, completed):
+        daemon.wait_ended(session["id"])
+    with dashboard.client() as client:
+        with client.stream("GET", "/api/state", params={"status": "failed", "label": "team=a"}) as response:
+            _, _, state = next(events(response))
+        assert [session["id"] for session in state["ended"]] == [failed["id"]]
+        refused = client.get("/api/state", params={"status": "running"})
+        assert refused.status_code == 400 and "'running'" in refused.json()["error"]["message"]

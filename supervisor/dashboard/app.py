@@ -17,10 +17,13 @@ from starlette.staticfiles import StaticFiles
 
 from supervisor.asyncclient import Daemon
 from supervisor.client import DaemonUnavailable, RemoteError
+from supervisor.model import ENDED_STATUSES
 
 STATIC = Path(__file__).parent / "static"
 # How often the state stream asks the daemon for `ps` and `info` (sent only when changed).
 STATE_INTERVAL = 0.25
+# The most ended sessions a filter lists (the newest first).
+FILTERED_LIMIT = 200
 # How often a lost daemon is tried again by a stream.
 RECONNECT_INTERVAL = 0.5
 # Actions on one session: the button's name is the control command's.
@@ -43,6 +46,10 @@ def event(data: Any, name: str | None = None, event_id: int | None = None) -> by
     return ("\n".join(lines) + "\n\n").encode()
 
 
+def bad_request(message: str, status: int = 400) -> JSONResponse:
+    return JSONResponse({"error": {"code": "bad_request", "message": message}}, status)
+
+
 def sse(events: AsyncIterator[bytes]) -> StreamingResponse:
     return StreamingResponse(events, media_type="text/event-stream", headers={"x-accel-buffering": "no"})
 
@@ -53,7 +60,9 @@ def build_app(daemon: Daemon) -> Starlette:
     async def index(request: Request) -> Response:
         return HTMLResponse(page.replace("{{csrf}}", request.scope["state"]["csrf"]))
 
-    async def state_events() -> AsyncIterator[bytes]:
+    async def state_events(ended_filter: dict[str, Any] | None) -> AsyncIterator[bytes]:
+        """The daemon's state (`ps`, `info`, and the ended sessions the filter picks),
+        each time it changes."""
         last: Any = None
         while True:
             try:
@@ -62,6 +71,8 @@ def build_app(daemon: Daemon) -> Starlette:
                     "info": await daemon.request("info"),
                     "daemon": "up",
                 }
+                if ended_filter is not None:
+                    state["ended"] = await daemon.request("ps", limit=FILTERED_LIMIT, **ended_filter)
             except (DaemonUnavailable, ConnectionError) as error:
                 state = {"daemon": "down", "error": str(error)}
             if state != last:
@@ -70,7 +81,20 @@ def build_app(daemon: Daemon) -> Starlette:
             await anyio.sleep(STATE_INTERVAL)
 
     async def state(request: Request) -> Response:
-        return sse(state_events())
+        status = request.query_params.get("status", "")
+        label = request.query_params.get("label", "")
+        if not status and not label:
+            return sse(state_events(None))
+        ended = [str(name) for name in ENDED_STATUSES]
+        if status and status not in ended:
+            return bad_request(f"status {status!r} is not an ended status ({', '.join(ended)})")
+        key, sep, value = label.partition("=")
+        if label and not (sep and key):
+            return bad_request(f"label {label!r} is not KEY=VALUE")
+        ended_filter: dict[str, Any] = {"status": [status] if status else ended}
+        if label:
+            ended_filter["labels"] = {key: value}
+        return sse(state_events(ended_filter))
 
     async def follow_events(session: str, since_seq: int) -> AsyncIterator[bytes]:
         """The session's rows after since_seq to its end; after a lost daemon, asked
@@ -115,14 +139,13 @@ def build_app(daemon: Daemon) -> Starlette:
             text = body.get("text") if isinstance(body, dict) else None
             newline = body.get("newline", True) if isinstance(body, dict) else True
             if not isinstance(text, str) or not isinstance(newline, bool):
-                message = "send needs a text string (and newline, true or false)"
-                return JSONResponse({"error": {"code": "bad_request", "message": message}}, 400)
+                return bad_request("send needs a text string (and newline, true or false)")
             # The input box sends a line; a terminal widget sends its keys as typed.
             cmd, args = "send", {"data": text + "\n" if newline else text}
         elif action in ACTIONS:
             cmd, args = action, ACTIONS[action]
         else:
-            return JSONResponse({"error": {"code": "bad_request", "message": f"no action {action!r}"}}, 404)
+            return bad_request(f"no action {action!r}", 404)
         try:
             result = await daemon.request(cmd, session=session, **args)
         except RemoteError as error:

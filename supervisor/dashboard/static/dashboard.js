@@ -60,8 +60,8 @@ function showState(state) {
   known = new Map(sessions.map((s) => [s.id, s]));
   fill("live", sessions.filter((s) => LIVE.includes(s.status)).map((s) => row(s, s.slot, s.started_at)));
   fill("queued", sessions.filter((s) => s.status === "queued").map((s) => row(s, s.priority, s.queued_at)));
-  fill("ended", sessions.filter((s) => !LIVE.includes(s.status) && s.status !== "queued")
-    .map((s) => row(s, s.exit_code, s.ended_at)));
+  const ended = state.ended || sessions.filter((s) => !LIVE.includes(s.status) && s.status !== "queued");
+  fill("ended", ended.map((s) => row(s, s.exit_code, s.ended_at)));
   const info = state.info;
   document.getElementById("info").textContent = Object.entries(info)
     .filter(([, v]) => typeof v !== "object").map(([k, v]) => k + ": " + v).join(" · ");
@@ -172,5 +172,19 @@ document.getElementById("input-form").addEventListener("submit", async (submitte
   if (await post("send", { text: input.value })) input.value = "";
 });
 
-const state = new EventSource("/api/state");
-state.addEventListener("state", (message) => showState(JSON.parse(message.data)));
+// The state stream; reopened with the ended sessions' filters when they change.
+let stateSource = null;
+function openState() {
+  if (stateSource) stateSource.close();
+  const query = new URLSearchParams();
+  const status = document.getElementById("filter-status").value;
+  const label = document.getElementById("filter-label").value.trim();
+  if (status) query.set("status", status);
+  if (label.includes("=")) query.set("label", label);
+  stateSource = new EventSource("/api/state" + (query.size ? "?" + query : ""));
+  stateSource.addEventListener("state", (message) => showState(JSON.parse(message.data)));
+}
+document.getElementById("filter-status").addEventListener("change", openState);
+document.getElementById("filter-label").addEventListener("change", openState);
+document.getElementById("filters").addEventListener("submit", (submitted) => submitted.preventDefault());
+openState();
