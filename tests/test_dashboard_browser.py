@@ -3,9 +3,11 @@ through Selenium; no browser download): what a person sees and clicks."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -35,6 +37,7 @@ def browser(daemon: DaemonHandle) -> Iterator[WebDriver]:
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
         options.add_argument(argument)
     options.add_argument(f"--user-data-dir={daemon.root / 'chromium'}")
+    options.add_argument("--window-size=1400,860")
     with (daemon.root / "chromedriver.log").open("w") as log:
         driver = webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=log), options=options)
     try:
@@ -123,3 +126,28 @@ def test_a_tty_sessions_output_is_drawn_by_the_terminal_widget_which_sends_keys(
 def terminal_text(browser: WebDriver) -> str:
     rows = browser.find_elements(By.CSS_SELECTOR, "#terminal .xterm-rows")
     return rows[0].text if rows else ""
+
+
+def test_a_screenshot_of_the_page_shows_sessions_and_output(daemon, page, tmp_path):
+    """The page with live, queued and ended sessions and one session's coloured output makes a PNG screenshot
+    (written to $SLOTD_DASHBOARD_SCREENSHOT when set: README's docs/dashboard.png is made so)."""
+    daemon.start_session(py("raise SystemExit(2)"), labels={"agent": "a2"})
+    build = daemon.start_session(
+        py(
+            "import time\nfor i in range(1, 6): print(f'\\x1b[32mok\\x1b[0m step {i} of 5', flush=True)\n"
+            "print('\\x1b[33mwarning:\\x1b[0m 2 tests skipped', flush=True)\ntime.sleep(60)"
+        ),
+        labels={"agent": "a1", "task": "build"},
+    )
+    daemon.start_session(py("import time; time.sleep(60)"), labels={"agent": "a3"})
+    daemon.request("drain")
+    daemon.start_session(py("pass"), labels={"agent": "a4"}, priority=5)
+    wait_for(
+        lambda: session_row(page, "queued", "") is None and page.find_elements(By.CSS_SELECTOR, "#queued tbody tr")
+    )
+    wait_for(lambda: session_row(page, "live", build["id"]), what="the build's row").click()
+    wait_for(lambda: "2 tests skipped" in output_text(page), what="the build's output")
+    wait_for(lambda: page.find_elements(By.CSS_SELECTOR, "#ended tbody tr"), what="the ended session")
+    path = Path(os.environ.get("SLOTD_DASHBOARD_SCREENSHOT") or tmp_path / "dashboard.png")
+    assert page.save_screenshot(str(path))
+    assert path.read_bytes().startswith(b"\x89PNG")

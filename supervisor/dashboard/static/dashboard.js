@@ -63,16 +63,22 @@ function showState(state) {
   const ended = state.ended || sessions.filter((s) => !LIVE.includes(s.status) && s.status !== "queued");
   fill("ended", ended.map((s) => row(s, s.exit_code, s.ended_at)));
   const info = state.info;
-  document.getElementById("info").textContent = Object.entries(info)
-    .filter(([, v]) => typeof v !== "object").map(([k, v]) => k + ": " + v).join(" · ");
-  if (current) {
-    const mine = sessions.find((s) => s.id === current.id);
-    if (mine) {
-      const status = document.getElementById("view-status");
-      status.textContent = mine.status;
-      status.className = "status status-" + mine.status;
-    }
-  }
+  const parts = [
+    info.busy + "/" + info.slots + " slots busy",
+    info.queued + " queued",
+    "ingest lag " + info.ingest_lag,
+    "database " + (info.database_bytes / 1048576).toFixed(1) + " MiB",
+  ];
+  if (info.draining) parts.push("draining");
+  document.getElementById("info").textContent = parts.join(" · ");
+  if (current) showStatus(current.id);
+}
+
+function showStatus(id) {
+  const session = known.get(id);
+  const status = document.getElementById("view-status");
+  status.textContent = session ? session.status : "";
+  status.className = session ? "status status-" + session.status : "status";
 }
 
 // ANSI SGR colours as spans; other escape sequences are dropped.
@@ -123,6 +129,7 @@ function openSession(id) {
   document.getElementById("terminal").hidden = !tty;
   document.getElementById("view").hidden = false;
   document.getElementById("view-title").textContent = id.slice(0, 8);
+  showStatus(id);
   document.getElementById("action-result").textContent = "";
   for (const tr of document.querySelectorAll("tr.selected")) tr.classList.remove("selected");
   for (const tr of document.querySelectorAll('tr[data-session="' + id + '"]')) tr.classList.add("selected");
@@ -138,7 +145,7 @@ function openSession(id) {
     }
     const decoder = (mine.decoders[row.stream] ||= new TextDecoder("utf-8"));
     let text = decoder.decode(rowBytes(row), { stream: true });
-    if (row.stream === "system") text = "[" + text + "]\n";
+    if (row.stream === "system") text = "[" + text.replace(/\n$/, "") + "]\n";
     const atBottom = output.scrollTop + output.clientHeight >= output.scrollHeight - 4;
     appendAnsi(output, text, row.stream, mine.ansi);
     if (atBottom) output.scrollTop = output.scrollHeight;
