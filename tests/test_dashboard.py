@@ -192,3 +192,19 @@ def test_the_state_stream_filters_ended_sessions_by_status_and_label(daemon, das
         assert [session["id"] for session in state["ended"]] == [failed["id"]]
         refused = client.get("/api/state", params={"status": "running"})
         assert refused.status_code == 400 and "'running'" in refused.json()["error"]["message"]
+
+
+def test_the_dashboard_starts_without_a_daemon_and_shows_it_once_it_is_up(make_daemon):
+    """Started before the daemon, the state stream says the daemon is down, then pushes its state once it starts."""
+    daemon = make_daemon(start=False)
+    board = Dashboard(daemon)
+    try:
+        with board.client() as client, client.stream("GET", "/api/state") as response:
+            stream = events(response)
+            _, _, first = next(stream)
+            assert first["daemon"] == "down" and str(daemon.socket) in first["error"]
+            daemon.start()
+            _, _, then = next(stream)
+            assert then["daemon"] == "up" and then["ps"]["sessions"] == []
+    finally:
+        board.stop()
