@@ -151,3 +151,19 @@ def test_a_screenshot_of_the_page_shows_sessions_and_output(daemon, page, tmp_pa
     path = Path(os.environ.get("SLOTD_DASHBOARD_SCREENSHOT") or tmp_path / "dashboard.png")
     assert page.save_screenshot(str(path))
     assert path.read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_restart_button_opens_the_new_session(daemon, page):
+    """Restart from an ended session's view starts a new session with the same command and shows its output."""
+    session = daemon.start_session(py("print('run once', flush=True)"))
+    daemon.wait_ended(session["id"])
+    wait_for(lambda: session_row(page, "ended", session["id"]), what="the session's row").click()
+    wait_for(lambda: "run once" in output_text(page), what="the first run's output")
+    page.find_element(By.CSS_SELECTOR, '#actions button[data-action="restart"]').click()
+    title = wait_for(
+        lambda: (text := page.find_element(By.ID, "view-title").text) != session["id"][:8] and text,
+        what="the new session's view",
+    )
+    wait_for(lambda: "run once" in output_text(page), what="the new run's output")
+    runs = [listed for listed in daemon.request("ps", all=True) if listed["id"].startswith(title)]
+    assert len(runs) == 1 and runs[0]["argv"] == session["argv"]

@@ -166,6 +166,7 @@ async function post(action, body) {
   });
   const reply = await response.json();
   result.textContent = response.ok ? action + ": done" : action + ": " + reply.error.message;
+  if (response.ok && action === "restart") openSession(reply.result.id); // the new session
   return response.ok;
 }
 
