@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import httpx
-import psutil
 import pytest
 
 from supervisor.errors import CliExit
@@ -209,19 +208,3 @@ def test_the_dashboard_starts_without_a_daemon_and_shows_it_once_it_is_up(make_d
             assert then["daemon"] == "up" and then["ps"]["sessions"] == []
     finally:
         board.stop()
-
-
-def test_a_browser_leaving_a_follow_stream_closes_its_daemon_connection(daemon, dashboard):
-    """When the browser drops a session's follow stream, the dashboard closes its connection to the daemon."""
-    session = daemon.start_session(py("import time; print('up', flush=True); time.sleep(60)"))
-    dashboard_process = psutil.Process(dashboard.process.pid)
-
-    def unix_sockets() -> int:  # the daemon's socket is its only Unix one that comes and goes
-        return len(dashboard_process.net_connections(kind="unix"))
-
-    before = unix_sockets()
-    with dashboard.client() as client:
-        with client.stream("GET", f"/api/sessions/{session['id']}/follow") as response:
-            next(events(response))
-            assert unix_sockets() == before + 1
-        wait_for(lambda: unix_sockets() == before, what="the follow's daemon connection to close")
