@@ -113,7 +113,21 @@ function openTerminal() {
   box.hidden = false;
   const terminal = new Terminal({ convertEol: false, scrollback: 5000 });
   terminal.open(box);
-  terminal.onData((keys) => post("send", { text: keys, newline: false }));
+  // One send at a time, keys typed meanwhile gathered into the next: POSTs in flight
+  // together may arrive in any order, and keys must reach the session as typed.
+  let pending = "";
+  let sending = false;
+  terminal.onData(async (keys) => {
+    pending += keys;
+    if (sending) return;
+    sending = true;
+    while (pending) {
+      const text = pending;
+      pending = "";
+      await post("send", { text, newline: false });
+    }
+    sending = false;
+  });
   return terminal;
 }
 
