@@ -1,6 +1,6 @@
 """Helpers the test files share: session commands, raw connections, other users, full
 disks, refused starts, a stand-in for systemd's notify socket, transcript checks and a
-person's terminal (tmux). Fixtures live in conftest.py; the daemon harness (DaemonHandle,
+person's terminal (tmux), a `slotctl dashboard` and its event streams. Fixtures live in conftest.py; the daemon harness (DaemonHandle,
 wait_for) in harness.py, which bench/ uses as well."""
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import httpx
 import psutil
 import pytest
 
@@ -318,3 +320,52 @@ class Tmux:
         if self.started:
             subprocess.run(["tmux", "-S", str(self.socket), "kill-server"], capture_output=True, timeout=30)
             self.started = False
+
+
+class Dashboard:
+    """A `slotctl dashboard` process on a free loopback port, and the URL it printed."""
+
+    def __init__(self, daemon: DaemonHandle, listen: str = "127.0.0.1:0") -> None:
+        with (daemon.root / "dashboard.log").open("w") as log:
+            self.process = subprocess.Popen(
+                daemon.cli_argv("dashboard", "--listen", listen), stdout=subprocess.PIPE, stderr=log, text=True
+            )
+        line = self.process.stdout.readline() if self.process.stdout else ""
+        assert "http://" in line, f"the dashboard printed no URL: {line!r}"
+        self.url = line.split("open ", 1)[1].strip()
+        parts = urlsplit(self.url)
+        self.base = f"{parts.scheme}://{parts.netloc}"
+        self.token = parts.query.removeprefix("token=")
+
+    @contextlib.contextmanager
+    def client(self) -> Iterator[httpx.Client]:
+        """A client that has opened the token URL, so it holds the cookie."""
+        with httpx.Client(base_url=self.base, timeout=DEADLINE) as client:
+            client.get(self.url, follow_redirects=True).raise_for_status()
+            yield client
+
+    def csrf(self, client: httpx.Client) -> str:
+        page = client.get("/").text
+        return page.split('name="csrf-token" content="', 1)[1].split('"', 1)[0]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=DEADLINE)
+        if self.process.stdout:
+            self.process.stdout.close()
+
+
+def events(response: httpx.Response) -> Iterator[tuple[str, str, dict]]:
+    """The Server-Sent Events of a streamed response: (event, id, data) each."""
+    name, event_id, data = "message", "", ""
+    for line in response.iter_lines():
+        if not line:
+            if data:
+                yield name, event_id, json.loads(data)
+            name, event_id, data = "message", "", ""
+        elif line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("id: "):
+            event_id = line[4:]
+        elif line.startswith("data: "):
+            data = line[6:]

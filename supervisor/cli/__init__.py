@@ -28,6 +28,7 @@ from supervisor.cli.commands import (
 )
 from supervisor.cli.completion import SHELLS, cmd_completion, complete
 from supervisor.cli.connection import connect
+from supervisor.cli.dashboard import DEFAULT_LISTEN, cmd_dashboard, listen_arg
 from supervisor.cli.editing import cmd_edit, cmd_label
 from supervisor.cli.mcp import cmd_mcp
 from supervisor.cli.output import print_json
@@ -57,6 +58,7 @@ SUBCOMMANDS_OF_ITS_OWN = frozenset(
         "attach",  # `screen`, then `follow` of the tty stream, with `send` and `resize`
         "completion",  # the shell's side of completion: needs no daemon
         "mcp",  # an MCP server on stdio: each of its tool calls makes requests
+        "dashboard",  # a web page: each of its streams and actions makes requests
         *SUBCOMMAND_ALIASES,
     }
 )
@@ -324,6 +326,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = add(
+        "dashboard",
+        cmd_dashboard,
+        "serve a web page of the sessions, their output live and their buttons (needs pip install 'slotd[dashboard]')",
+        "A local web page: the sessions, the queue, each session's output live, and stop/kill/cancel/pause/"
+        "resume/restart and input. It prints the URL to open, with the token that lets a browser in.",
+    )
+    p.add_argument(
+        "--listen",
+        type=listen_arg,
+        default=listen_arg(DEFAULT_LISTEN),
+        metavar="HOST:PORT",
+        help="the address to serve on (default 127.0.0.1 on a free port); not loopback only with a warning",
+    )
+
+    p = add(
         "stop",
         on_sessions("stop", stopped_line, timeout="timeout"),
         "SIGTERM sessions' process groups, SIGKILL after a timeout (a queued one is cancelled)",
@@ -398,6 +415,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.func is cmd_mcp:
             status = cmd_mcp(args)  # starts with no daemon: each tool call connects
+        elif args.func is cmd_dashboard:
+            status = cmd_dashboard(args)  # likewise: each request of the page connects
         else:
             with connect(args) as client:
                 status = args.func(client, args)

@@ -6,7 +6,7 @@ It is a client of the control socket like slotctl, with the user's own credentia
 it can do what that user's slotctl can and nothing more. Built on the official MCP SDK
 (the optional extra slotd[mcp]), which runs on anyio: here on its trio backend, as the
 rest of slotd. tools has the tools and resources, excerpts how output is cut to a
-budget, views what the tools return, daemon the socket client.
+budget, views what the tools return; supervisor/asyncclient is the socket client.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import anyio
 
-from supervisor.mcpserver.daemon import Daemon
+from supervisor.asyncclient import Daemon
 from supervisor.mcpserver.tools import build_server
 
 

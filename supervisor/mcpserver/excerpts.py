@@ -14,7 +14,7 @@ import base64
 from dataclasses import dataclass
 from typing import Any
 
-from supervisor.mcpserver.daemon import Daemon
+from supervisor.asyncclient import Daemon
 from supervisor.model import Stream
 
 # After a cut the rest is read only to count it, and no further than this: a page of

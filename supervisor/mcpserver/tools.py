@@ -16,9 +16,9 @@ from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from supervisor import __version__
+from supervisor.asyncclient import Daemon
 from supervisor.cli.commands import OWN_TERMINAL_VARIABLES
 from supervisor.client import DaemonUnavailable, RemoteError
-from supervisor.mcpserver.daemon import Daemon
 from supervisor.mcpserver.excerpts import read_from, read_tail
 from supervisor.mcpserver.views import (
     Output,

@@ -1,6 +1,8 @@
-"""The MCP server's side of the control socket: the protocol client of supervisor/client.py
-on anyio's Unix socket streams, so a tool call waiting for the daemon never holds a
-thread, and cancelling it (the MCP client gave up) closes its connection."""
+"""The control socket from async code: the protocol client of supervisor/client.py on
+anyio's Unix socket streams, so a request waiting for the daemon never holds a thread,
+and cancelling it (an MCP client or a browser gave up) closes its connection. Used by
+the MCP server (supervisor/mcpserver) and the dashboard (supervisor/dashboard); anyio
+comes with either extra."""
 
 from __future__ import annotations
 
@@ -39,20 +41,34 @@ class Connection:
             raise ConnectionError("the daemon closed the connection") from None
         return json.loads(line)
 
-    async def messages(self, cmd: str, on_message: Callable[[dict[str, Any]], None], **args: Any) -> Any:
-        """Send one request and hand each message before its final reply (rows,
-        sessions, `waiting`) to on_message; return the result or raise RemoteError."""
+    async def send(self, cmd: str, args: dict[str, Any]) -> None:
         request_id = self._next_id
         self._next_id += 1
         try:
             await self._stream.send(request_line(request_id, cmd, args))
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             raise ConnectionError("the daemon closed the connection") from None
+
+    async def messages(self, cmd: str, on_message: Callable[[dict[str, Any]], None], **args: Any) -> Any:
+        """Send one request and hand each message before its final reply (rows,
+        sessions, `waiting`) to on_message; return the result or raise RemoteError."""
+        await self.send(cmd, args)
         while True:
             message = await self.receive()
             if "ok" in message:
                 return result_of(message)
             on_message(message)
+
+    async def stream(self, cmd: str, **args: Any) -> AsyncIterator[dict[str, Any]]:
+        """Send one request and yield each message before its final reply (rows,
+        sessions); the final reply ends the iteration, or raises RemoteError."""
+        await self.send(cmd, args)
+        while True:
+            message = await self.receive()
+            if "ok" in message:
+                result_of(message)
+                return
+            yield message
 
     async def request(self, cmd: str, **args: Any) -> Any:
         """Send one request that brings only its final reply; return its result."""

@@ -1,0 +1,66 @@
+"""`slotctl dashboard`: the web dashboard (supervisor/dashboard), which needs the
+optional extra slotd[dashboard]; here its address is checked and its socket bound."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import socket
+import sys
+
+from supervisor.cli.connection import daemon_socket, where_slotctl_looked
+from supervisor.errors import CliError, CliExit
+
+INSTALL_HINT = (
+    "slotctl dashboard needs Starlette and Hypercorn, an optional extra of slotd: pip install 'slotd[dashboard]'"
+)
+DEFAULT_LISTEN = "127.0.0.1:0"
+
+
+def listen_arg(text: str) -> tuple[str, int]:
+    """HOST:PORT (an IP address; [::1]:PORT for IPv6; port 0 picks a free one)."""
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not HOST:PORT with an IP address, such as 127.0.0.1:8765"
+        ) from None
+    if not sep or not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: the port must be 0 to 65535")
+    return host, number
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listening = socket.socket(family, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind((host, port))
+    except OSError as error:
+        listening.close()
+        raise CliError(f"cannot listen on {host}:{port}: {error.strerror}", CliExit.USAGE) from None
+    listening.listen(128)
+    return listening
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    try:
+        from supervisor.dashboard import serve
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] not in ("starlette", "hypercorn", "anyio"):
+            raise
+        print(f"slotctl: {INSTALL_HINT} (no module {error.name!r})", file=sys.stderr)
+        return CliExit.USAGE
+    host, port = args.listen
+    if not ipaddress.ip_address(host).is_loopback:
+        print(
+            f"slotctl dashboard: warning: listening on {host}, not loopback: anyone who can reach it and has "
+            "the token can run commands as this user",
+            file=sys.stderr,
+        )
+    # The daemon need not be running yet: each stream and action connects afresh.
+    serve(bind(host, port), host, daemon_socket(args), where_slotctl_looked(args).replace("\n  ", " "))
+    return CliExit.OK

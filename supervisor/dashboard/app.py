@@ -1,0 +1,165 @@
+"""The dashboard's routes: the page, its assets, two streams of Server-Sent Events (the
+daemon's state; one session's transcript) and the actions, each a control request."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from supervisor.asyncclient import Daemon
+from supervisor.client import DaemonUnavailable, RemoteError
+from supervisor.model import ENDED_STATUSES
+
+STATIC = Path(__file__).parent / "static"
+# How often the state stream asks the daemon for `ps` and `info` (sent only when changed).
+STATE_INTERVAL = 0.25
+# The most ended sessions a filter lists (the newest first).
+FILTERED_LIMIT = 200
+# How often a lost daemon is tried again by a stream.
+RECONNECT_INTERVAL = 0.5
+# Actions on one session: the button's name is the control command's.
+ACTIONS: dict[str, dict[str, Any]] = {
+    "stop": {"wait": False},
+    "kill": {},
+    "cancel": {},
+    "pause": {},
+    "resume": {},
+    "restart": {},
+}
+
+
+def event(data: Any, name: str | None = None, event_id: int | None = None) -> bytes:
+    """One Server-Sent Event; its id is what the browser sends back as Last-Event-ID."""
+    lines = [f"event: {name}"] if name else []
+    if event_id is not None:
+        lines.append(f"id: {event_id}")
+    lines.append(f"data: {json.dumps(data, separators=(',', ':'))}")
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+def bad_request(message: str, status: int = 400) -> JSONResponse:
+    return JSONResponse({"error": {"code": "bad_request", "message": message}}, status)
+
+
+def sse(events: AsyncIterator[bytes]) -> StreamingResponse:
+    return StreamingResponse(events, media_type="text/event-stream", headers={"x-accel-buffering": "no"})
+
+
+def build_app(daemon: Daemon) -> Starlette:
+    page = (STATIC / "index.html").read_text()
+
+    async def index(request: Request) -> Response:
+        return HTMLResponse(page.replace("{{csrf}}", request.scope["state"]["csrf"]))
+
+    async def state_events(ended_filter: dict[str, Any] | None) -> AsyncIterator[bytes]:
+        """The daemon's state (`ps`, `info`, and the ended sessions the filter picks),
+        each time it changes."""
+        last: Any = None
+        while True:
+            try:
+                state = {
+                    "ps": await daemon.request("ps", count_hidden=True),
+                    "info": await daemon.request("info"),
+                    "daemon": "up",
+                }
+                if ended_filter is not None:
+                    state["ended"] = await daemon.request("ps", limit=FILTERED_LIMIT, **ended_filter)
+            except (DaemonUnavailable, ConnectionError) as error:
+                state = {"daemon": "down", "error": str(error)}
+            if state != last:
+                yield event(state, "state")
+                last = state
+            await anyio.sleep(STATE_INTERVAL)
+
+    async def state(request: Request) -> Response:
+        status = request.query_params.get("status", "")
+        label = request.query_params.get("label", "")
+        if not status and not label:
+            return sse(state_events(None))
+        ended = [str(name) for name in ENDED_STATUSES]
+        if status and status not in ended:
+            return bad_request(f"status {status!r} is not an ended status ({', '.join(ended)})")
+        key, sep, value = label.partition("=")
+        if label and not (sep and key):
+            return bad_request(f"label {label!r} is not KEY=VALUE")
+        ended_filter: dict[str, Any] = {"status": [status] if status else ended}
+        if label:
+            ended_filter["labels"] = {key: value}
+        return sse(state_events(ended_filter))
+
+    async def follow_events(session: str, since_seq: int) -> AsyncIterator[bytes]:
+        """The session's rows after since_seq to its end; after a lost daemon, asked
+        again from the last row sent, so none comes twice and none is missed."""
+        lost = False
+        while True:
+            try:
+                async with daemon.connect() as connection:
+                    if lost:
+                        yield event({"daemon": "up"}, "daemon")
+                        lost = False
+                    async for message in connection.stream("follow", session=session, since_seq=since_seq):
+                        row = message.get("row")
+                        if row is not None:
+                            since_seq = row["seq"]
+                            yield event(row, "row", row["seq"])
+                yield event({"ended": True}, "end")
+                return
+            except RemoteError as error:
+                yield event({"code": error.code, "message": error.message}, "refused")
+                return
+            except (DaemonUnavailable, ConnectionError) as error:
+                if not lost:
+                    yield event({"daemon": "down", "error": str(error)}, "daemon")
+                    lost = True
+                await anyio.sleep(RECONNECT_INTERVAL)
+
+    async def follow(request: Request) -> Response:
+        resume = request.headers.get("last-event-id") or request.query_params.get("since_seq") or "0"
+        if not resume.isdigit():
+            return JSONResponse(
+                {"error": {"code": "bad_request", "message": f"since_seq {resume!r} is not a seq"}}, 400
+            )
+        return sse(follow_events(request.path_params["session"], int(resume)))
+
+    async def act(request: Request) -> Response:
+        action = request.path_params["action"]
+        session = request.path_params["session"]
+        args: dict[str, Any]
+        if action == "send":
+            body = await request.json()
+            text = body.get("text") if isinstance(body, dict) else None
+            newline = body.get("newline", True) if isinstance(body, dict) else True
+            if not isinstance(text, str) or not isinstance(newline, bool):
+                return bad_request("send needs a text string (and newline, true or false)")
+            # The input box sends a line; a terminal widget sends its keys as typed.
+            cmd, args = "send", {"data": text + "\n" if newline else text}
+        elif action in ACTIONS:
+            cmd, args = action, ACTIONS[action]
+        else:
+            return bad_request(f"no action {action!r}", 404)
+        try:
+            result = await daemon.request(cmd, session=session, **args)
+        except RemoteError as error:
+            return JSONResponse({"error": {"code": error.code, "message": error.message}}, 409)
+        except (DaemonUnavailable, ConnectionError) as error:
+            return JSONResponse({"error": {"code": "unavailable", "message": str(error)}}, 503)
+        return JSONResponse({"result": result})
+
+    return Starlette(
+        routes=[
+            Route("/", index),
+            Route("/api/state", state),
+            Route("/api/sessions/{session}/follow", follow),
+            Route("/api/sessions/{session}/{action}", act, methods=["POST"]),
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        ]
+    )

@@ -1,0 +1,88 @@
+"""The dashboard's security, around the whole app, because the page can run commands
+as the service's user: a random token (printed in the URL at start, as Jupyter does)
+exchanged for an HttpOnly SameSite=Strict cookie; a Host header that is not the
+listen address or localhost refused (DNS rebinding); a CSRF token, not the cookie
+alone, on every state-changing request; a strict Content-Security-Policy (nothing
+from elsewhere, no inline script) and no Referer on every response."""
+
+from __future__ import annotations
+
+import secrets
+from http.cookies import SimpleCookie
+from urllib.parse import parse_qs
+
+from starlette.datastructures import Headers
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+COOKIE = "slotd_dashboard"
+CSRF_HEADER = "x-csrf-token"
+SAFE_METHODS = frozenset({"GET", "HEAD"})
+CONTENT_SECURITY_POLICY = (
+    # 'unsafe-inline' styles only: xterm.js writes its measured sizes and theme into
+    # <style> elements it creates (no nonce possible); scripts stay the package's own.
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; connect-src 'self'; img-src 'self'; "
+    "font-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = [
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),  # the token is in the first URL
+    (b"x-frame-options", b"DENY"),
+    (b"cache-control", b"no-store"),
+]
+
+
+class Guard:
+    """ASGI middleware: lets through only requests from the browser that was given
+    the token, to this address, and adds the security headers to every response."""
+
+    def __init__(self, app: ASGIApp, host: str, port: int) -> None:
+        self.app = app
+        self.token = secrets.token_urlsafe(32)
+        self.csrf = secrets.token_urlsafe(32)
+        names = {host, "localhost"}
+        self.hosts = {f"[{name}]:{port}" if ":" in name else f"{name}:{port}" for name in names}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def secured(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+            await send(message)
+
+        refusal = self.refusal(scope)
+        if refusal is not None:
+            await refusal(scope, receive, secured)
+        else:
+            scope.setdefault("state", {})["csrf"] = self.csrf
+            await self.app(scope, receive, secured)
+
+    def refusal(self, scope: Scope) -> Response | None:
+        """The response that refuses this request, or None to let it through."""
+        headers = Headers(scope=scope)
+        host = headers.get("host", "")
+        if host not in self.hosts:
+            return PlainTextResponse(
+                f"refused: Host {host!r} is not this dashboard's address ({', '.join(sorted(self.hosts))})", 403
+            )
+        given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0]
+        if scope["path"] == "/" and given and secrets.compare_digest(given, self.token):
+            # The token's URL is exchanged for the cookie, and leaves the address bar.
+            redirect = RedirectResponse("/", 303)
+            redirect.set_cookie(COOKIE, self.token, httponly=True, samesite="strict", path="/")
+            return redirect
+        cookie = SimpleCookie(headers.get("cookie", ""))
+        held = cookie[COOKIE].value if COOKIE in cookie else ""
+        if not (held and secrets.compare_digest(held, self.token)):
+            return PlainTextResponse(
+                "refused: no valid token; open the URL `slotctl dashboard` printed when it started", 401
+            )
+        if scope["method"] not in SAFE_METHODS:
+            csrf = headers.get(CSRF_HEADER, "")
+            if not (csrf and secrets.compare_digest(csrf, self.csrf)):
+                return PlainTextResponse(f"refused: a {scope['method']} needs the page's CSRF token", 403)
+        return None

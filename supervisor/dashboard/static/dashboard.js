@@ -1,0 +1,212 @@
+// slotd dashboard: the daemon's state and one session's transcript, pushed as
+// Server-Sent Events; actions are POSTs carrying the page's CSRF token.
+"use strict";
+
+const csrf = document.querySelector('meta[name="csrf-token"]').content;
+const LIVE = ["waiting_checkpoint", "running", "paused"];
+let current = null; // { id, source, decoders, ansi, terminal }
+let known = new Map(); // the sessions of the last state, by id
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (key === "class") node.className = value;
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) node.append(child);
+  return node;
+}
+
+function age(iso) {
+  if (!iso) return "";
+  const seconds = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
+  if (seconds < 60) return Math.round(seconds) + "s";
+  if (seconds < 3600) return Math.round(seconds / 60) + "m";
+  if (seconds < 86400) return Math.round(seconds / 3600) + "h";
+  return Math.round(seconds / 86400) + "d";
+}
+
+function labels(session) {
+  return Object.entries(session.labels || {}).map(([k, v]) => k + "=" + (typeof v === "string" ? v : JSON.stringify(v))).join(" ");
+}
+
+function row(session, third, when) {
+  const tr = el("tr", { "data-session": session.id },
+    el("td", {}, session.id.slice(0, 8)),
+    el("td", { class: "status status-" + session.status }, session.status),
+    el("td", {}, third === null || third === undefined ? "" : String(third)),
+    el("td", { class: "command", title: session.argv.join(" ") }, session.argv.join(" ")),
+    el("td", {}, labels(session)),
+    el("td", {}, age(when)));
+  if (current && current.id === session.id) tr.classList.add("selected");
+  tr.addEventListener("click", () => openSession(session.id));
+  return tr;
+}
+
+function fill(id, rows) {
+  document.querySelector("#" + id + " tbody").replaceChildren(...rows);
+}
+
+function showState(state) {
+  const daemon = document.getElementById("daemon");
+  if (state.daemon !== "up") {
+    daemon.textContent = "daemon unreachable: " + state.error;
+    daemon.className = "daemon daemon-down";
+    return;
+  }
+  daemon.textContent = "daemon up";
+  daemon.className = "daemon";
+  const sessions = state.ps.sessions;
+  known = new Map(sessions.map((s) => [s.id, s]));
+  fill("live", sessions.filter((s) => LIVE.includes(s.status)).map((s) => row(s, s.slot, s.started_at)));
+  fill("queued", sessions.filter((s) => s.status === "queued").map((s) => row(s, s.priority, s.queued_at)));
+  const ended = state.ended || sessions.filter((s) => !LIVE.includes(s.status) && s.status !== "queued");
+  fill("ended", ended.map((s) => row(s, s.exit_code, s.ended_at)));
+  const info = state.info;
+  const parts = [
+    info.busy + "/" + info.slots + " slots busy",
+    info.queued + " queued",
+    "ingest lag " + info.ingest_lag,
+    "database " + (info.database_bytes / 1048576).toFixed(1) + " MiB",
+  ];
+  if (info.draining) parts.push("draining");
+  document.getElementById("info").textContent = parts.join(" · ");
+  if (current) showStatus(current.id);
+}
+
+function showStatus(id) {
+  const session = known.get(id);
+  const status = document.getElementById("view-status");
+  status.textContent = session ? session.status : "";
+  status.className = session ? "status status-" + session.status : "status";
+}
+
+// ANSI SGR colours as spans; other escape sequences are dropped.
+function appendAnsi(output, text, stream, ansi) {
+  const parts = text.split(/\x1b\[([0-9;]*)([A-Za-z])/);
+  for (let i = 0; i < parts.length; i += 3) {
+    if (parts[i]) {
+      const classes = ["stream-" + stream, ...ansi.classes];
+      output.append(el("span", { class: classes.join(" ") }, parts[i].replace(/\x1b[^[]?/g, "")));
+    }
+    if (i + 2 < parts.length && parts[i + 2] === "m") {
+      for (const code of (parts[i + 1] || "0").split(";").map(Number)) {
+        if (code === 0) ansi.classes = [];
+        else if (code === 1) ansi.classes.push("ansi-bold");
+        else if ((code >= 30 && code <= 37) || (code >= 90 && code <= 97)) {
+          ansi.classes = ansi.classes.filter((c) => c === "ansi-bold").concat("ansi-" + code);
+        } else if (code === 39) ansi.classes = ansi.classes.filter((c) => c === "ansi-bold");
+      }
+    }
+  }
+}
+
+function rowBytes(row) {
+  if (row.encoding === "base64") return Uint8Array.from(atob(row.data), (c) => c.charCodeAt(0));
+  return new TextEncoder().encode(row.data);
+}
+
+// A tty session's output is drawn by a terminal (xterm.js), whose keys are sent as typed.
+function openTerminal() {
+  const box = document.getElementById("terminal");
+  box.replaceChildren();
+  box.hidden = false;
+  const terminal = new Terminal({ convertEol: false, scrollback: 5000 });
+  terminal.open(box);
+  // One send at a time, keys typed meanwhile gathered into the next: POSTs in flight
+  // together may arrive in any order, and keys must reach the session as typed.
+  let pending = "";
+  let sending = false;
+  terminal.onData(async (keys) => {
+    pending += keys;
+    if (sending) return;
+    sending = true;
+    while (pending) {
+      const text = pending;
+      pending = "";
+      await post("send", { text, newline: false });
+    }
+    sending = false;
+  });
+  return terminal;
+}
+
+function openSession(id) {
+  if (current) {
+    current.source.close();
+    if (current.terminal) current.terminal.dispose();
+  }
+  const output = document.getElementById("output");
+  output.replaceChildren();
+  const tty = Boolean(known.get(id)?.tty);
+  output.hidden = tty;
+  document.getElementById("terminal").hidden = !tty;
+  document.getElementById("view").hidden = false;
+  document.getElementById("view-title").textContent = id.slice(0, 8);
+  showStatus(id);
+  document.getElementById("action-result").textContent = "";
+  for (const tr of document.querySelectorAll("tr.selected")) tr.classList.remove("selected");
+  for (const tr of document.querySelectorAll('tr[data-session="' + id + '"]')) tr.classList.add("selected");
+  // EventSource reconnects by itself, sending the last row's seq as Last-Event-ID.
+  const source = new EventSource("/api/sessions/" + encodeURIComponent(id) + "/follow");
+  current = { id, source, decoders: {}, ansi: { classes: [] }, terminal: tty ? openTerminal() : null };
+  const mine = current;
+  source.addEventListener("row", (message) => {
+    const row = JSON.parse(message.data);
+    if (mine.terminal) {
+      if (row.stream === "tty") mine.terminal.write(rowBytes(row));
+      return;
+    }
+    const decoder = (mine.decoders[row.stream] ||= new TextDecoder("utf-8"));
+    let text = decoder.decode(rowBytes(row), { stream: true });
+    if (row.stream === "system") text = "[" + text.replace(/\n$/, "") + "]\n";
+    const atBottom = output.scrollTop + output.clientHeight >= output.scrollHeight - 4;
+    appendAnsi(output, text, row.stream, mine.ansi);
+    if (atBottom) output.scrollTop = output.scrollHeight;
+  });
+  source.addEventListener("end", () => source.close());
+  source.addEventListener("refused", (message) => {
+    output.append(el("span", { class: "stream-system" }, "[" + JSON.parse(message.data).message + "]\n"));
+    source.close();
+  });
+}
+
+async function post(action, body) {
+  const result = document.getElementById("action-result");
+  const response = await fetch("/api/sessions/" + encodeURIComponent(current.id) + "/" + action, {
+    method: "POST",
+    headers: { "content-type": "application/json", "x-csrf-token": csrf },
+    body: JSON.stringify(body || {}),
+  });
+  const reply = await response.json();
+  result.textContent = response.ok ? action + ": done" : action + ": " + reply.error.message;
+  if (response.ok && action === "restart") openSession(reply.result.id); // the new session
+  return response.ok;
+}
+
+for (const button of document.querySelectorAll("#actions button")) {
+  button.addEventListener("click", () => post(button.dataset.action));
+}
+
+document.getElementById("input-form").addEventListener("submit", async (submitted) => {
+  submitted.preventDefault();
+  const input = document.getElementById("input");
+  if (await post("send", { text: input.value })) input.value = "";
+});
+
+// The state stream; reopened with the ended sessions' filters when they change.
+let stateSource = null;
+function openState() {
+  if (stateSource) stateSource.close();
+  const query = new URLSearchParams();
+  const status = document.getElementById("filter-status").value;
+  const label = document.getElementById("filter-label").value.trim();
+  if (status) query.set("status", status);
+  if (label.includes("=")) query.set("label", label);
+  stateSource = new EventSource("/api/state" + (query.size ? "?" + query : ""));
+  stateSource.addEventListener("state", (message) => showState(JSON.parse(message.data)));
+}
+document.getElementById("filter-status").addEventListener("change", openState);
+document.getElementById("filter-label").addEventListener("change", openState);
+document.getElementById("filters").addEventListener("submit", (submitted) => submitted.preventDefault());
+openState();

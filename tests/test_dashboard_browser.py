@@ -1,0 +1,169 @@
+"""slotctl dashboard in a real headless Chromium (Debian's chromium and chromium-driver,
+through Selenium; no browser download): what a person sees and clicks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import DEADLINE, DaemonHandle, wait_for
+from tests.helpers import Dashboard, py
+
+CHROMIUM = shutil.which("chromium")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="the browser tests need Chromium and its driver: apt-get install chromium chromium-driver",
+)
+# The issue's bound: a line the session prints is on the page within this long.
+LINE_SHOWN_WITHIN = 1.0
+
+if CHROMIUM and CHROMEDRIVER:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+
+
+@pytest.fixture
+def browser(daemon: DaemonHandle) -> Iterator[WebDriver]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM or ""
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(argument)
+    options.add_argument(f"--user-data-dir={daemon.root / 'chromium'}")
+    options.add_argument("--window-size=1400,860")
+    with (daemon.root / "chromedriver.log").open("w") as log:
+        driver = webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=log), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def page(daemon: DaemonHandle, browser: WebDriver) -> Iterator[WebDriver]:
+    """The dashboard, opened through the URL it printed."""
+    board = Dashboard(daemon)
+    try:
+        browser.get(board.url)
+        wait_for(lambda: "daemon up" in browser.find_element(By.ID, "daemon").text, what="the state stream")
+        yield browser
+    finally:
+        board.stop()
+
+
+def session_row(browser: WebDriver, table: str, session_id: str):
+    rows = browser.find_elements(By.CSS_SELECTOR, f'#{table} tr[data-session="{session_id}"]')
+    return rows[0] if rows else None
+
+
+def output_text(browser: WebDriver) -> str:
+    return browser.find_element(By.ID, "output").text
+
+
+def test_the_page_lists_a_running_session_and_its_stop_button_stops_it(daemon, page):
+    """A running session appears in the live table without a reload; its view's stop button ends it."""
+    session = daemon.start_session(py("import time; time.sleep(60)"), labels={"agent": "a1"})
+    row = wait_for(lambda: session_row(page, "live", session["id"]), what="the session's row")
+    assert "running" in row.text and "agent=a1" in row.text
+    row.click()
+    page.find_element(By.CSS_SELECTOR, '#actions button[data-action="stop"]').click()
+    assert daemon.wait_ended(session["id"])["status"] == "killed"
+    wait_for(lambda: session_row(page, "ended", session["id"]), what="the session among the ended")
+
+
+def test_a_line_the_session_prints_shows_within_a_second_without_a_reload(daemon, page):
+    """Once the session view is open, a line printed by the session is on the page within 1 s."""
+    gate = daemon.root / "gate"
+    session = daemon.start_session(
+        py(
+            f"import os, time\nprint('ready', flush=True)\n"
+            f"while not os.path.exists({str(gate)!r}): time.sleep(0.01)\nprint('\\x1b[31mthe red line\\x1b[0m', flush=True)\n"
+            "time.sleep(60)"
+        )
+    )
+    wait_for(lambda: session_row(page, "live", session["id"]), what="the session's row").click()
+    wait_for(lambda: "ready" in output_text(page), what="the first line")
+    gate.touch()
+    shown = time.monotonic()
+    wait_for(lambda: "the red line" in output_text(page), timeout=DEADLINE, interval=0.01, what="the printed line")
+    assert time.monotonic() - shown < LINE_SHOWN_WITHIN
+    red = page.find_elements(By.CSS_SELECTOR, "#output span.ansi-31")
+    assert red and red[0].text == "the red line"  # the escape became a colour, not text
+    daemon.request("kill", session=session["id"])
+
+
+def test_input_typed_into_the_box_reaches_a_waiting_session(daemon, page):
+    """A line typed into the input box and sent with Enter is what the session reads."""
+    session = daemon.start_session(py("print('got', input())"))
+    wait_for(lambda: session_row(page, "live", session["id"]), what="the session's row").click()
+    box = page.find_element(By.ID, "input")
+    box.send_keys("hello there\n")
+    assert daemon.wait_ended(session["id"])["status"] == "completed"
+    assert daemon.stdout_bytes(session["id"]) == b"got hello there\n"
+    wait_for(lambda: "got hello there" in output_text(page), what="the answer on the page")
+
+
+def test_a_tty_sessions_output_is_drawn_by_the_terminal_widget_which_sends_keys(daemon, page):
+    """A tty session's view is an xterm.js terminal showing its output, and keys typed into it reach the session."""
+    session = daemon.start_session(
+        py("print('\\x1b[32mgreen on a tty\\x1b[0m', flush=True); print('read', input())"), tty=True
+    )
+    wait_for(lambda: session_row(page, "live", session["id"]), what="the session's row").click()
+    wait_for(lambda: "green on a tty" in terminal_text(page), what="the output in the terminal")
+    assert not page.find_element(By.ID, "output").is_displayed()
+    page.find_element(By.CSS_SELECTOR, "#terminal .xterm-helper-textarea").send_keys("typed\n")
+    assert daemon.wait_ended(session["id"])["status"] == "completed"
+    wait_for(lambda: "read typed" in terminal_text(page), what="the answer in the terminal")
+
+
+def terminal_text(browser: WebDriver) -> str:
+    rows = browser.find_elements(By.CSS_SELECTOR, "#terminal .xterm-rows")
+    return rows[0].text if rows else ""
+
+
+def test_a_screenshot_of_the_page_shows_sessions_and_output(daemon, page, tmp_path):
+    """The page with live, queued and ended sessions and one session's coloured output makes a PNG screenshot
+    (written to $SLOTD_DASHBOARD_SCREENSHOT when set: README's docs/dashboard.png is made so)."""
+    daemon.start_session(py("raise SystemExit(2)"), labels={"agent": "a2"})
+    build = daemon.start_session(
+        py(
+            "import time\nfor i in range(1, 6): print(f'\\x1b[32mok\\x1b[0m step {i} of 5', flush=True)\n"
+            "print('\\x1b[33mwarning:\\x1b[0m 2 tests skipped', flush=True)\ntime.sleep(60)"
+        ),
+        labels={"agent": "a1", "task": "build"},
+    )
+    daemon.start_session(py("import time; time.sleep(60)"), labels={"agent": "a3"})
+    daemon.request("drain")
+    daemon.start_session(py("pass"), labels={"agent": "a4"}, priority=5)
+    wait_for(
+        lambda: session_row(page, "queued", "") is None and page.find_elements(By.CSS_SELECTOR, "#queued tbody tr")
+    )
+    wait_for(lambda: session_row(page, "live", build["id"]), what="the build's row").click()
+    wait_for(lambda: "2 tests skipped" in output_text(page), what="the build's output")
+    wait_for(lambda: page.find_elements(By.CSS_SELECTOR, "#ended tbody tr"), what="the ended session")
+    path = Path(os.environ.get("SLOTD_DASHBOARD_SCREENSHOT") or tmp_path / "dashboard.png")
+    assert page.save_screenshot(str(path))
+    assert path.read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_restart_button_opens_the_new_session(daemon, page):
+    """Restart from an ended session's view starts a new session with the same command and shows its output."""
+    session = daemon.start_session(py("print('run once', flush=True)"))
+    daemon.wait_ended(session["id"])
+    wait_for(lambda: session_row(page, "ended", session["id"]), what="the session's row").click()
+    wait_for(lambda: "run once" in output_text(page), what="the first run's output")
+    page.find_element(By.CSS_SELECTOR, '#actions button[data-action="restart"]').click()
+    title = wait_for(
+        lambda: (text := page.find_element(By.ID, "view-title").text) != session["id"][:8] and text,
+        what="the new session's view",
+    )
+    wait_for(lambda: "run once" in output_text(page), what="the new run's output")
+    runs = [listed for listed in daemon.request("ps", all=True) if listed["id"].startswith(title)]
+    assert len(runs) == 1 and runs[0]["argv"] == session["argv"]
