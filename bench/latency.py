@@ -306,9 +306,9 @@ class ControlProbe(threading.Thread):
         return summary(self.latencies)
 
 
-class EchoProbe(threading.Thread):
-    """Keystroke to echo: one byte sent with `send` every KEYSTROKE_INTERVAL on one
-    connection, timed until it comes back on a `follow` of the terminal on another."""
+class KeystrokeProbe(threading.Thread):
+    """A probe that types into a terminal session and times each key's echo: what
+    comes back from the terminal goes into `arrivals`, with the time it arrived."""
 
     def __init__(self, daemon: DaemonHandle, session_id: str, keystrokes: int) -> None:
         super().__init__(daemon=True)
@@ -316,8 +316,27 @@ class EchoProbe(threading.Thread):
         self.session_id = session_id
         self.keystrokes = keystrokes
         self.latencies: list[float] = []
-        self.echoes: queue.SimpleQueue[tuple[float, bytes]] = queue.SimpleQueue()
+        self.arrivals: queue.SimpleQueue[tuple[float, bytes]] = queue.SimpleQueue()
         self.error: BaseException | None = None
+
+    def wait_for(self, text: bytes, deadline: float, exact: bool = True) -> float:
+        """When text had all come back; exact: and nothing else with it (anything else
+        the terminal showed is an error)."""
+        seen = b""
+        while text not in seen:
+            arrived, data = self.arrivals.get(timeout=max(0.0, deadline - time.perf_counter()))
+            seen += data
+        if exact and seen != text:
+            raise RuntimeError(f"typed {text!r}, the terminal showed {seen!r}")
+        return arrived
+
+    def summary(self) -> dict:
+        return summary(self.latencies)
+
+
+class EchoProbe(KeystrokeProbe):
+    """Keystroke to echo: one byte sent with `send` every KEYSTROKE_INTERVAL on one
+    connection, timed until it comes back on a `follow` of the terminal on another."""
 
     def run(self) -> None:
         try:
@@ -342,7 +361,7 @@ class EchoProbe(threading.Thread):
             key = KEYS[number % len(KEYS) : number % len(KEYS) + 1]
             sent = time.perf_counter()
             keys.request("send", session=self.session_id, data=key.decode())
-            self.latencies.append(self.wait_for_echo(key, sent + 10) - sent)
+            self.latencies.append(self.wait_for(key, sent + 10) - sent)
             due += KEYSTROKE_INTERVAL
             time.sleep(max(0.0, due - time.perf_counter()))
 
@@ -354,35 +373,16 @@ class EchoProbe(threading.Thread):
                 message = screen.receive()
                 if "ok" in message:
                     return
-                self.echoes.put((time.perf_counter(), decode_data(message["row"])))
+                self.arrivals.put((time.perf_counter(), decode_data(message["row"])))
         except (OSError, ValueError):
             return  # the probe is over and closed the connection
 
-    def wait_for_echo(self, key: bytes, deadline: float) -> float:
-        """When the echo of key arrived; anything else the terminal printed is an error."""
-        arrived, data = self.echoes.get(timeout=max(0.0, deadline - time.perf_counter()))
-        if data != key:
-            raise RuntimeError(f"typed {key!r}, the terminal showed {data!r}")
-        return arrived
 
-    def summary(self) -> dict:
-        return summary(self.latencies)
-
-
-class AttachProbe(threading.Thread):
+class AttachProbe(KeystrokeProbe):
     """Keystroke to echo as a person at `slotctl attach` sees it: the real slotctl on a
     pseudo-terminal of its own, a byte written to that terminal every KEYSTROKE_INTERVAL,
     timed until slotctl has written its echo back to it (keystroke thread, `send`,
     session, `follow`, slotctl's output: all of attach's path)."""
-
-    def __init__(self, daemon: DaemonHandle, session_id: str, keystrokes: int) -> None:
-        super().__init__(daemon=True)
-        self.daemon_process = daemon
-        self.session_id = session_id
-        self.keystrokes = keystrokes
-        self.latencies: list[float] = []
-        self.output: queue.SimpleQueue[tuple[float, bytes]] = queue.SimpleQueue()
-        self.error: BaseException | None = None
 
     def run(self) -> None:
         master, slave = os.openpty()
@@ -410,7 +410,7 @@ class AttachProbe(threading.Thread):
             self.wait_for(b"READY", time.perf_counter() + 30, exact=False)
             with contextlib.suppress(queue.Empty):
                 while True:
-                    self.output.get(timeout=0.3)
+                    self.arrivals.get(timeout=0.3)
             due = time.perf_counter()
             for number in range(self.keystrokes):
                 key = KEYS[number % len(KEYS) : number % len(KEYS) + 1]
@@ -432,22 +432,9 @@ class AttachProbe(threading.Thread):
     def read(self, master: int) -> None:
         try:
             while data := os.read(master, 4096):
-                self.output.put((time.perf_counter(), data))
+                self.arrivals.put((time.perf_counter(), data))
         except OSError:
             return  # slotctl has gone (EIO), or the probe closed the terminal
-
-    def wait_for(self, text: bytes, deadline: float, exact: bool = True) -> float:
-        """When text had all come back; exact: and nothing else with it."""
-        seen = b""
-        while text not in seen:
-            arrived, data = self.output.get(timeout=max(0.0, deadline - time.perf_counter()))
-            seen += data
-        if exact and seen != text:
-            raise RuntimeError(f"typed {text!r}, the terminal showed {seen!r}")
-        return arrived
-
-    def summary(self) -> dict:
-        return summary(self.latencies)
 
 
 def stored_bytes(client: Client, ids: list[str]) -> int:

@@ -9,6 +9,7 @@ import socket
 import sys
 
 from supervisor.cli.connection import daemon_socket, where_slotctl_looked
+from supervisor.cli.extras import load_extra
 from supervisor.errors import CliError, CliExit
 
 INSTALL_HINT = (
@@ -47,12 +48,8 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    try:
-        from supervisor.dashboard import serve
-    except ModuleNotFoundError as error:
-        if (error.name or "").split(".")[0] not in ("starlette", "hypercorn", "anyio"):
-            raise
-        print(f"slotctl: {INSTALL_HINT} (no module {error.name!r})", file=sys.stderr)
+    dashboard = load_extra("supervisor.dashboard", ("starlette", "hypercorn", "anyio"), INSTALL_HINT)
+    if dashboard is None:
         return CliExit.USAGE
     host, port = args.listen
     if not ipaddress.ip_address(host).is_loopback:
@@ -62,5 +59,5 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     # The daemon need not be running yet: each stream and action connects afresh.
-    serve(bind(host, port), host, daemon_socket(args), where_slotctl_looked(args).replace("\n  ", " "))
+    dashboard.serve(bind(host, port), host, daemon_socket(args), where_slotctl_looked(args).replace("\n  ", " "))
     return CliExit.OK
