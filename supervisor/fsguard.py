@@ -59,6 +59,17 @@ def check_owned(path: Path | str, st: os.stat_result, what: str = "") -> None:
         )
 
 
+def check_private(path: Path | str, st: os.stat_result, what: str = "") -> None:
+    """Refuse a secret that is not this process's user's, or that group or others may
+    read or write: it must be mode 0600 or tighter."""
+    if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        name = f"{what} {path}" if what else str(path)
+        raise UntrustedPath(
+            f"{name} is not safe to use ({describe(st)}): it must belong to {owner_name(os.geteuid())} "
+            "with mode 0600 (nobody else may read or write it)"
+        )
+
+
 def _trusted_owners() -> str:
     return "root" if os.geteuid() == 0 else f"root or {owner_name(os.geteuid())}"
 

@@ -325,16 +325,20 @@ class Tmux:
 class Dashboard:
     """A `slotctl dashboard` process on a free loopback port, and the URL it printed."""
 
-    def __init__(self, daemon: DaemonHandle, listen: str = "127.0.0.1:0") -> None:
+    def __init__(self, daemon: DaemonHandle, listen: str = "127.0.0.1:0", *options: str) -> None:
         with (daemon.root / "dashboard.log").open("w") as log:
             self.process = subprocess.Popen(
-                daemon.cli_argv("dashboard", "--listen", listen), stdout=subprocess.PIPE, stderr=log, text=True
+                daemon.cli_argv("dashboard", "--listen", listen, *options),
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
             )
         line = self.process.stdout.readline() if self.process.stdout else ""
         assert "http://" in line, f"the dashboard printed no URL: {line!r}"
         self.url = line.split("open ", 1)[1].strip()
         parts = urlsplit(self.url)
         self.base = f"{parts.scheme}://{parts.netloc}"
+        self.listen = parts.netloc  # to start another on the same address
         self.token = parts.query.removeprefix("token=")
 
     @contextlib.contextmanager

@@ -3,6 +3,9 @@ actions, through a real HTTP client against a real dashboard process and a real 
 
 from __future__ import annotations
 
+import os
+import pwd
+import stat
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -10,7 +13,7 @@ import httpx
 import pytest
 
 from supervisor.errors import CliExit
-from tests.harness import DaemonHandle, wait_for
+from tests.harness import DEADLINE, DaemonHandle, wait_for
 from tests.helpers import Dashboard, events, py
 
 
@@ -208,3 +211,52 @@ def test_the_dashboard_starts_without_a_daemon_and_shows_it_once_it_is_up(make_d
             assert then["daemon"] == "up" and then["ps"]["sessions"] == []
     finally:
         board.stop()
+
+
+def test_the_token_outlives_a_restart_so_an_open_pages_cookie_still_works(daemon, dashboard):
+    """A dashboard restarted on the same address takes the token kept in its 0600 file, so the old cookie and CSRF token work."""
+    session = daemon.start_session(py("import time; time.sleep(60)"))
+    daemon.wait_status(session["id"], "running")
+    kept = daemon.socket.parent / "dashboard.token"
+    assert kept.read_text().strip() == dashboard.token
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    with dashboard.client() as client:
+        csrf = dashboard.csrf(client)
+        dashboard.stop()
+        again = Dashboard(daemon, dashboard.listen)
+        try:
+            assert again.token == dashboard.token
+            assert client.get("/").status_code == 200
+            paused = client.post(f"/api/sessions/{session['id']}/pause", headers={"x-csrf-token": csrf})
+            assert paused.status_code == 200, paused.text
+        finally:
+            again.stop()
+    assert daemon.session(session["id"])["status"] == "paused"
+
+
+def test_new_token_replaces_the_kept_one_and_the_old_cookie_stops_working(daemon, dashboard):
+    """`dashboard --new-token` writes a new token to the file, and a cookie of the old one is refused."""
+    with dashboard.client() as client:
+        dashboard.stop()
+        renewed = Dashboard(daemon, dashboard.listen, "--new-token")
+        try:
+            assert renewed.token != dashboard.token
+            assert (daemon.socket.parent / "dashboard.token").read_text().strip() == renewed.token
+            assert client.get("/").status_code == 401
+        finally:
+            renewed.stop()
+
+
+@pytest.mark.parametrize("owner, mode", [("root", 0o644), ("nobody", 0o600)])
+def test_a_token_file_of_the_wrong_mode_or_owner_is_refused_not_used(daemon, owner, mode):
+    """A kept token file that others may read, or that another user owns, stops the dashboard with a message naming it."""
+    kept = daemon.socket.parent / "dashboard.token"
+    kept.write_text("A" * 43 + "\n")
+    os.chown(kept, pwd.getpwnam(owner).pw_uid, -1)
+    kept.chmod(mode)
+    result = daemon.cli("dashboard", timeout=DEADLINE)
+    assert result.returncode == CliExit.USAGE
+    message = result.stderr.decode()
+    assert str(kept) in message and f"owner {owner}, mode {mode:04o}" in message and "--new-token" in message
+    assert b"http://" not in result.stdout
+    assert kept.read_text() == "A" * 43 + "\n"

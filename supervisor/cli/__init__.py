@@ -339,6 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="the address to serve on (default 127.0.0.1 on a free port); not loopback only with a warning",
     )
+    p.add_argument(
+        "--new-token",
+        action="store_true",
+        help="replace the kept token (dashboard.token beside the daemon's socket): pages opened with the old stop working",
+    )
 
     p = add(
         "stop",

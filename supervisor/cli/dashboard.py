@@ -10,7 +10,7 @@ import sys
 
 from supervisor.cli.connection import daemon_socket, where_slotctl_looked
 from supervisor.cli.extras import load_extra
-from supervisor.errors import CliError, CliExit
+from supervisor.errors import CliError, CliExit, PathError
 
 INSTALL_HINT = (
     "slotctl dashboard needs Starlette and Hypercorn, an optional extra of slotd: pip install 'slotd[dashboard]'"
@@ -58,6 +58,11 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
             "the token can run commands as this user",
             file=sys.stderr,
         )
+    socket_path = daemon_socket(args)
+    try:
+        token = dashboard.load_token(dashboard.token_file(socket_path), renew=args.new_token)
+    except PathError as error:
+        raise CliError(f"cannot use the dashboard's token: {error}", CliExit.USAGE) from None
     # The daemon need not be running yet: each stream and action connects afresh.
-    dashboard.serve(bind(host, port), host, daemon_socket(args), where_slotctl_looked(args).replace("\n  ", " "))
+    dashboard.serve(bind(host, port), host, token, socket_path, where_slotctl_looked(args).replace("\n  ", " "))
     return CliExit.OK

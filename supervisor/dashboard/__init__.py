@@ -10,8 +10,9 @@ requests are plain ASGI, which the security layer (guard) wraps whole; Quart-Tri
 brings Flask's app and request globals, and a trio port that trails Quart's releases.
 Both are the optional extra slotd[dashboard].
 
-guard has the security (token, cookie, Host, CSRF, Content-Security-Policy), app the
-routes, static the page and its script and style, all served from the package.
+guard has the security (token, cookie, Host, CSRF, Content-Security-Policy), tokenfile
+keeps the token across restarts, app the routes, static the page and its script and
+style, all served from the package.
 """
 
 from __future__ import annotations
@@ -27,13 +28,16 @@ from hypercorn.trio import serve as hypercorn_serve
 from supervisor.asyncclient import Daemon
 from supervisor.dashboard.app import build_app
 from supervisor.dashboard.guard import Guard
+from supervisor.dashboard.tokenfile import load_token, token_file
+
+__all__ = ["load_token", "serve", "token_file"]
 
 
-def serve(listening: socket.socket, host: str, daemon_socket: Path, where: str = "") -> None:
+def serve(listening: socket.socket, host: str, token: str, daemon_socket: Path, where: str = "") -> None:
     """Serve the dashboard on a bound, listening socket until interrupted; print its
     URL, with the token that opens it, first."""
     port = listening.getsockname()[1]
-    guard = Guard(build_app(Daemon(daemon_socket, where)), host, port)
+    guard = Guard(build_app(Daemon(daemon_socket, where)), token, host, port)
     config = Config()
     config.bind = [f"fd://{listening.fileno()}"]
     config.accesslog = None

@@ -7,6 +7,8 @@ from elsewhere, no inline script) and no Referer on every response."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qs
@@ -37,10 +39,12 @@ class Guard:
     """ASGI middleware: lets through only requests from the browser that was given
     the token, to this address, and adds the security headers to every response."""
 
-    def __init__(self, app: ASGIApp, host: str, port: int) -> None:
+    def __init__(self, app: ASGIApp, token: str, host: str, port: int) -> None:
         self.app = app
-        self.token = secrets.token_urlsafe(32)
-        self.csrf = secrets.token_urlsafe(32)
+        self.token = token
+        # Made from the token, so that it too outlives a restart of the dashboard (an
+        # open page keeps the one it was given) and changes with --new-token.
+        self.csrf = hmac.new(token.encode(), b"slotd dashboard csrf", hashlib.sha256).hexdigest()
         names = {host, "localhost"}
         self.hosts = {f"[{name}]:{port}" if ":" in name else f"{name}:{port}" for name in names}
 
