@@ -260,3 +260,20 @@ def test_a_token_file_of_the_wrong_mode_or_owner_is_refused_not_used(daemon, own
     assert str(kept) in message and f"owner {owner}, mode {mode:04o}" in message and "--new-token" in message
     assert b"http://" not in result.stdout
     assert kept.read_text() == "A" * 43 + "\n"
+
+
+def test_resize_from_the_page_sizes_a_tty_session_and_screen_draws_it(daemon, dashboard):
+    """A resize POST gives a tty session the widget's size (a non-number is refused), and screen returns what draws it."""
+    session = daemon.start_session(py("import sys; sys.stdout.write('drawn'); sys.stdout.flush(); input()"), tty=True)
+    daemon.wait_status(session["id"], "running")
+    with dashboard.client() as client:
+        headers = {"x-csrf-token": dashboard.csrf(client)}
+        path = f"/api/sessions/{session['id']}"
+        refused = client.post(f"{path}/resize", headers=headers, json={"cols": "wide", "rows": 30})
+        assert refused.status_code == 400 and "cols and rows" in refused.text
+        sized = client.post(f"{path}/resize", headers=headers, json={"cols": 101, "rows": 31})
+        assert sized.status_code == 200, sized.text
+        assert wait_for(lambda: (shown := daemon.session(session["id"]))["tty_cols"] == 101 and shown)["tty_rows"] == 31
+        screen = wait_for(lambda: "drawn" in (got := client.get(f"{path}/screen").json()["result"])["data"] and got)
+        assert screen["through"] >= 1
+    daemon.request("kill", session=session["id"])

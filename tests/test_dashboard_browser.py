@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from supervisor.wire import decode_data
 from tests.harness import DEADLINE, DaemonHandle, wait_for
 from tests.helpers import Dashboard, py
 
@@ -126,6 +127,57 @@ def test_a_tty_sessions_output_is_drawn_by_the_terminal_widget_which_sends_keys(
 def terminal_text(browser: WebDriver) -> str:
     rows = browser.find_elements(By.CSS_SELECTOR, "#terminal .xterm-rows")
     return rows[0].text if rows else ""
+
+
+def terminal_lines(browser: WebDriver) -> list[str]:
+    """Every line the page's terminal holds, its scrollback included."""
+    return browser.execute_script(
+        "const buffer = current.tty.terminal.buffer.active; const lines = [];"
+        "for (let i = 0; i < buffer.length; i++) lines.push(buffer.getLine(i).translateToString(true));"
+        "return lines;"
+    )
+
+
+def terminal_size(browser: WebDriver) -> tuple[int, int]:
+    cols, rows = browser.execute_script("return [current.tty.terminal.cols, current.tty.terminal.rows]")
+    return cols, rows
+
+
+def test_a_tty_session_opened_late_is_drawn_from_its_screen_at_the_widgets_size(daemon, page):
+    """A tty session's page opened after it redrew shows its current screen only, and the session takes the widget's size, also when the window changes."""
+    session = daemon.start_session(
+        py(
+            "import os, sys\nfor i in range(200): print('old line', i)\n"
+            "sys.stdout.write('\\x1b[2J\\x1b[5;10HREADY'); sys.stdout.flush()\n"
+            "while True:\n    input()\n    cols, rows = os.get_terminal_size(0)\n    print(f'size {rows} {cols}', flush=True)"
+        ),
+        tty=True,
+    )
+    wait_for(
+        lambda: "READY" in decode_data(daemon.request("screen", session=session["id"])).decode(),
+        what="the session's redraw",
+    )
+    wait_for(lambda: session_row(page, "live", session["id"]), what="the session's row").click()
+    wait_for(lambda: "READY" in terminal_text(page), what="the screen in the terminal")
+    lines = terminal_lines(page)
+    assert lines[len(lines) - terminal_size(page)[1] + 4] == " " * 9 + "READY"
+    assert not any("old line" in line for line in lines)  # not even in the scrollback
+
+    def follows_the_widget() -> tuple[int, int] | None:
+        cols, rows = terminal_size(page)
+        shown = daemon.session(session["id"])
+        return (cols, rows) if (shown["tty_cols"], shown["tty_rows"]) == (cols, rows) else None
+
+    cols, rows = wait_for(follows_the_widget, what="the session at the widget's size")
+    assert (cols, rows) != (80, 24)  # the default, which the box is not
+    keys = page.find_element(By.CSS_SELECTOR, "#terminal .xterm-helper-textarea")
+    keys.send_keys("\n")
+    wait_for(lambda: f"size {rows} {cols}" in terminal_text(page), what="the size the session sees")
+    page.set_window_size(1000, 600)
+    smaller = wait_for(lambda: (size := follows_the_widget()) != (cols, rows) and size, what="the new size")
+    keys.send_keys("\n")
+    wait_for(lambda: f"size {smaller[1]} {smaller[0]}" in terminal_text(page), what="the new size in the session")
+    daemon.request("kill", session=session["id"])
 
 
 def test_a_screenshot_of_the_page_shows_sessions_and_output(daemon, page, tmp_path):

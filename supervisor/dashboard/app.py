@@ -1,5 +1,6 @@
 """The dashboard's routes: the page, its assets, two streams of Server-Sent Events (the
-daemon's state; one session's transcript) and the actions, each a control request."""
+daemon's state; one session's transcript), a tty session's screen and the actions, each
+a control request."""
 
 from __future__ import annotations
 
@@ -134,20 +135,37 @@ def build_app(daemon: Daemon) -> Starlette:
         action = request.path_params["action"]
         session = request.path_params["session"]
         args: dict[str, Any]
-        if action == "send":
+        if action in ("send", "resize"):
             body = await request.json()
-            text = body.get("text") if isinstance(body, dict) else None
-            newline = body.get("newline", True) if isinstance(body, dict) else True
+            if not isinstance(body, dict):
+                return bad_request(f"{action} needs a JSON object")
+        if action == "send":
+            text = body.get("text")
+            newline = body.get("newline", True)
             if not isinstance(text, str) or not isinstance(newline, bool):
                 return bad_request("send needs a text string (and newline, true or false)")
             # The input box sends a line; a terminal widget sends its keys as typed.
             cmd, args = "send", {"data": text + "\n" if newline else text}
+        elif action == "resize":
+            # The terminal widget's size, as its box allows: the daemon checks the range.
+            cols, rows = body.get("cols"), body.get("rows")
+            if not (type(cols) is int and type(rows) is int):
+                return bad_request("resize needs cols and rows, whole numbers")
+            cmd, args = "resize", {"cols": cols, "rows": rows}
         elif action in ACTIONS:
             cmd, args = action, ACTIONS[action]
         else:
             return bad_request(f"no action {action!r}", 404)
+        return await answer(cmd, session=session, **args)
+
+    async def screen(request: Request) -> Response:
+        """What draws a tty session's terminal as it is now, and the seq to follow from."""
+        return await answer("screen", session=request.path_params["session"])
+
+    async def answer(cmd: str, **args: Any) -> Response:
+        """The daemon's result of one request, or its refusal, as JSON."""
         try:
-            result = await daemon.request(cmd, session=session, **args)
+            result = await daemon.request(cmd, **args)
         except RemoteError as error:
             return JSONResponse({"error": {"code": error.code, "message": error.message}}, 409)
         except (DaemonUnavailable, ConnectionError) as error:
@@ -159,6 +177,7 @@ def build_app(daemon: Daemon) -> Starlette:
             Route("/", index),
             Route("/api/state", state),
             Route("/api/sessions/{session}/follow", follow),
+            Route("/api/sessions/{session}/screen", screen),
             Route("/api/sessions/{session}/{action}", act, methods=["POST"]),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ]

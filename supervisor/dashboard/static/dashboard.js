@@ -4,7 +4,8 @@
 
 const csrf = document.querySelector('meta[name="csrf-token"]').content;
 const LIVE = ["waiting_checkpoint", "running", "paused"];
-let current = null; // { id, source, decoders, ansi, terminal }
+const ENDED = ["completed", "failed", "killed", "lost", "cancelled"];
+let current = null; // { id, source, decoders, ansi, tty: { terminal, sendSize, dispose } }
 let known = new Map(); // the sessions of the last state, by id
 
 function el(tag, attrs, ...children) {
@@ -106,12 +107,15 @@ function rowBytes(row) {
   return new TextEncoder().encode(row.data);
 }
 
-// A tty session's output is drawn by a terminal (xterm.js), whose keys are sent as typed.
-function openTerminal() {
+// A tty session's output is drawn by a terminal (xterm.js), sized to its box, whose
+// keys are sent as typed and whose size is the session's (as `slotctl attach` does).
+function openTerminal(id) {
   const box = document.getElementById("terminal");
   box.replaceChildren();
   box.hidden = false;
   const terminal = new Terminal({ convertEol: false, scrollback: 5000 });
+  const fit = new FitAddon.FitAddon();
+  terminal.loadAddon(fit);
   terminal.open(box);
   // One send at a time, keys typed meanwhile gathered into the next: POSTs in flight
   // together may arrive in any order, and keys must reach the session as typed.
@@ -128,33 +132,42 @@ function openTerminal() {
     }
     sending = false;
   });
-  return terminal;
+  // The session's terminal takes the widget's size, the last one if it changes while
+  // one is on its way. An ended session has no terminal to size.
+  let sized = null;
+  let sending_size = null; // the promise of the sizes being sent, while they are
+  async function sendSizes() {
+    while (
+      (!sized || sized.cols !== terminal.cols || sized.rows !== terminal.rows) &&
+      !ENDED.includes(known.get(id)?.status)
+    ) {
+      const size = { cols: terminal.cols, rows: terminal.rows };
+      if (!(await post("resize", size, true))) break;
+      sized = size;
+    }
+  }
+  function sendSize() {
+    sending_size ||= sendSizes().finally(() => { sending_size = null; });
+    return sending_size;
+  }
+  terminal.onResize(sendSize);
+  const refit = () => fit.fit();
+  window.addEventListener("resize", refit);
+  fit.fit();
+  return { terminal, sendSize, dispose: () => { window.removeEventListener("resize", refit); terminal.dispose(); } };
 }
 
-function openSession(id) {
-  if (current) {
-    current.source.close();
-    if (current.terminal) current.terminal.dispose();
-  }
-  const output = document.getElementById("output");
-  output.replaceChildren();
-  const tty = Boolean(known.get(id)?.tty);
-  output.hidden = tty;
-  document.getElementById("terminal").hidden = !tty;
-  document.getElementById("view").hidden = false;
-  document.getElementById("view-title").textContent = id.slice(0, 8);
-  showStatus(id);
-  document.getElementById("action-result").textContent = "";
-  for (const tr of document.querySelectorAll("tr.selected")) tr.classList.remove("selected");
-  for (const tr of document.querySelectorAll('tr[data-session="' + id + '"]')) tr.classList.add("selected");
+// The rows of a session's transcript from since_seq on, to draw as they come.
+function follow(mine, since_seq) {
   // EventSource reconnects by itself, sending the last row's seq as Last-Event-ID.
-  const source = new EventSource("/api/sessions/" + encodeURIComponent(id) + "/follow");
-  current = { id, source, decoders: {}, ansi: { classes: [] }, terminal: tty ? openTerminal() : null };
-  const mine = current;
+  const source = new EventSource(
+    "/api/sessions/" + encodeURIComponent(mine.id) + "/follow" + (since_seq ? "?since_seq=" + since_seq : ""));
+  mine.source = source;
+  const output = document.getElementById("output");
   source.addEventListener("row", (message) => {
     const row = JSON.parse(message.data);
-    if (mine.terminal) {
-      if (row.stream === "tty") mine.terminal.write(rowBytes(row));
+    if (mine.tty) {
+      if (row.stream === "tty") mine.tty.terminal.write(rowBytes(row));
       return;
     }
     const decoder = (mine.decoders[row.stream] ||= new TextDecoder("utf-8"));
@@ -171,7 +184,50 @@ function openSession(id) {
   });
 }
 
-async function post(action, body) {
+// A tty session is sized first (a full-screen program redraws for its new size), then
+// drawn from its current screen, then followed from the row that screen accounts for,
+// so a page opened late shows what a terminal on the session would.
+async function drawTerminal(mine) {
+  await mine.tty.sendSize();
+  const response = await fetch("/api/sessions/" + encodeURIComponent(mine.id) + "/screen");
+  if (current !== mine) return;
+  const reply = await response.json();
+  if (!response.ok) {
+    mine.tty.terminal.write("[" + reply.error.message + "]\r\n");
+    return;
+  }
+  mine.tty.terminal.write(rowBytes(reply.result));
+  follow(mine, reply.result.through);
+}
+
+function openSession(id) {
+  if (current) {
+    if (current.source) current.source.close();
+    if (current.tty) current.tty.dispose();
+  }
+  const output = document.getElementById("output");
+  output.replaceChildren();
+  const tty = Boolean(known.get(id)?.tty);
+  output.hidden = tty;
+  document.getElementById("terminal").hidden = !tty;
+  document.getElementById("view").hidden = false;
+  document.getElementById("view-title").textContent = id.slice(0, 8);
+  showStatus(id);
+  document.getElementById("action-result").textContent = "";
+  for (const tr of document.querySelectorAll("tr.selected")) tr.classList.remove("selected");
+  for (const tr of document.querySelectorAll('tr[data-session="' + id + '"]')) tr.classList.add("selected");
+  current = { id, source: null, decoders: {}, ansi: { classes: [] }, tty: null };
+  if (tty) {
+    current.tty = openTerminal(id);
+    drawTerminal(current);
+  } else {
+    follow(current, 0);
+  }
+}
+
+// A POST of one action on the session in view; quiet ones (the terminal's size) are
+// not reported unless refused.
+async function post(action, body, quiet) {
   const result = document.getElementById("action-result");
   const response = await fetch("/api/sessions/" + encodeURIComponent(current.id) + "/" + action, {
     method: "POST",
@@ -179,7 +235,7 @@ async function post(action, body) {
     body: JSON.stringify(body || {}),
   });
   const reply = await response.json();
-  result.textContent = response.ok ? action + ": done" : action + ": " + reply.error.message;
+  if (!(quiet && response.ok)) result.textContent = response.ok ? action + ": done" : action + ": " + reply.error.message;
   if (response.ok && action === "restart") openSession(reply.result.id); // the new session
   return response.ok;
 }
