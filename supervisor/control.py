@@ -326,10 +326,8 @@ async def serve(
 ) -> None:
     listener = trio.SocketListener(sock)
     budget = RequestBudget(request_budget)
-    open_connections = 0
 
     async def handle(stream: trio.SocketStream) -> None:
-        nonlocal open_connections
         async with stream:
             connection = Connection(stream, commands, budget, stall_timeout)
             pid = uid = None
@@ -342,10 +340,10 @@ async def serve(
                             error_reply(None, ErrorCode.PERMISSION_DENIED, f"uid {uid} may not use this daemon")
                         )
                         return
-                    if open_connections >= max_connections:
+                    if commands.connections >= max_connections:
                         # Each costs a file descriptor, which the spools need too.
                         log.warning(
-                            "client_refused", pid=pid, uid=uid, reason="too many connections", open=open_connections
+                            "client_refused", pid=pid, uid=uid, reason="too many connections", open=commands.connections
                         )
                         await connection.send(
                             error_reply(
@@ -355,11 +353,11 @@ async def serve(
                             )
                         )
                         return
-                    open_connections += 1
+                    commands.connections += 1
                     try:
                         await connection.serve()
                     finally:
-                        open_connections -= 1
+                        commands.connections -= 1
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the client went away: nothing to answer
             except ClientStalled as error:

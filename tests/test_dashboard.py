@@ -277,3 +277,24 @@ def test_resize_from_the_page_sizes_a_tty_session_and_screen_draws_it(daemon, da
         screen = wait_for(lambda: "drawn" in (got := client.get(f"{path}/screen").json()["result"])["data"] and got)
         assert screen["through"] >= 1
     daemon.request("kill", session=session["id"])
+
+
+def test_a_browser_leaving_a_follow_stream_closes_its_daemon_connection(daemon, dashboard):
+    """When the browser drops a session's follow stream, the daemon's count of connections comes back to what it was."""
+    session = daemon.start_session(py("import time; print('up', flush=True); time.sleep(60)"))
+    daemon.wait_status(session["id"], "running")
+
+    def others() -> int:
+        """The daemon's connections but the one asking (counted by the daemon: exact)."""
+        return daemon.request("info")["connections"] - 1
+
+    wait_for(lambda: others() == 0, what="the test's own connections to close")
+    with dashboard.client() as client:
+        with client.stream("GET", f"/api/sessions/{session['id']}/follow") as response:
+            # Held: a dropped events() generator closes the HTTP stream, as the browser leaving would.
+            stream = events(response)
+            next(stream)  # a row came: the dashboard's follow is open on the daemon
+            assert others() == 1
+            next(stream)  # and stays open
+            assert others() == 1
+        wait_for(lambda: others() == 0, what="the follow's daemon connection to close")

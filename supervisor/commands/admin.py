@@ -61,6 +61,7 @@ class DaemonCommands(CommandContext):
             "draining": self.slots.queue.draining,
             "ingest_lag": round(self.ingestor.lag(), 3),
             "rows_committed": self.ingestor.rows_committed,
+            "connections": self.connections,
             "database": str(self.config.database),
             "database_bytes": db_bytes,
             "socket": str(self.config.socket),

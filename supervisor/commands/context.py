@@ -76,6 +76,9 @@ class CommandContext:
         self.ingestor = ingestor
         self.request_shutdown = request_shutdown
         self.shutting_down = False
+        # Clients connected on the control socket, this one included (control.serve
+        # counts them): what `info` says, so that one can see a client let go.
+        self.connections = 0
         self.page_slots = trio.Semaphore(PAGES_IN_FLIGHT)
         self.started_monotonic = time.monotonic()
         self.started_at = utc_now()
