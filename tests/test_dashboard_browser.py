@@ -29,6 +29,7 @@ if CHROMIUM and CHROMEDRIVER:
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support.select import Select
 
 
 @pytest.fixture
@@ -48,15 +49,20 @@ def browser(daemon: DaemonHandle) -> Iterator[WebDriver]:
 
 
 @pytest.fixture
-def page(daemon: DaemonHandle, browser: WebDriver) -> Iterator[WebDriver]:
-    """The dashboard, opened through the URL it printed."""
-    board = Dashboard(daemon)
+def board(daemon: DaemonHandle) -> Iterator[Dashboard]:
+    dashboard = Dashboard(daemon)
     try:
-        browser.get(board.url)
-        wait_for(lambda: "daemon up" in browser.find_element(By.ID, "daemon").text, what="the state stream")
-        yield browser
+        yield dashboard
     finally:
-        board.stop()
+        dashboard.stop()
+
+
+@pytest.fixture
+def page(board: Dashboard, browser: WebDriver) -> WebDriver:
+    """The dashboard, opened through the URL it printed."""
+    browser.get(board.url)
+    wait_for(lambda: "daemon up" in browser.find_element(By.ID, "daemon").text, what="the state stream")
+    return browser
 
 
 def session_row(browser: WebDriver, table: str, session_id: str):
@@ -219,3 +225,112 @@ def test_the_restart_button_opens_the_new_session(daemon, page):
     wait_for(lambda: "run once" in output_text(page), what="the new run's output")
     runs = [listed for listed in daemon.request("ps", all=True) if listed["id"].startswith(title)]
     assert len(runs) == 1 and runs[0]["argv"] == session["argv"]
+
+
+def click_action(browser: WebDriver, action: str) -> None:
+    browser.find_element(By.CSS_SELECTOR, f'#actions button[data-action="{action}"]').click()
+
+
+def view_status(browser: WebDriver) -> str:
+    return browser.find_element(By.ID, "view-status").text
+
+
+def test_the_kill_button_kills_a_session_that_ignores_stop(daemon, page):
+    """Kill from a running session's view ends it at once (SIGKILL), even one that ignores SIGTERM; the view says killed."""
+    session = daemon.start_session(
+        py(
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
+        )
+    )
+    wait_for(lambda: session_row(page, "live", session["id"]), what="the session's row").click()
+    wait_for(lambda: "up" in output_text(page), what="its output")
+    click_action(page, "kill")
+    assert daemon.wait_ended(session["id"], timeout=2)["status"] == "killed"
+    wait_for(lambda: view_status(page) == "killed", what="the view's status")
+
+
+def test_the_cancel_button_takes_a_queued_session_out_of_the_queue(daemon, page):
+    """Cancel from a queued session's view ends it as cancelled: it leaves the queue table for the ended one."""
+    daemon.request("drain")
+    session = daemon.start_session(py("print('never')"))
+    wait_for(lambda: session_row(page, "queued", session["id"]), what="the queued row").click()
+    click_action(page, "cancel")
+    assert daemon.wait_ended(session["id"])["status"] == "cancelled"
+    wait_for(lambda: session_row(page, "ended", session["id"]), what="the session among the ended")
+    assert session_row(page, "queued", session["id"]) is None
+    assert view_status(page) == "cancelled"
+
+
+def test_the_pause_and_resume_buttons_stop_and_continue_a_session(daemon, page):
+    """Pause stops a running session's output and shows paused; resume lets it go on and shows running."""
+    session = daemon.start_session(
+        py("import itertools, time\nfor i in itertools.count(): print('tick', i, flush=True); time.sleep(0.05)")
+    )
+    wait_for(lambda: session_row(page, "live", session["id"]), what="the session's row").click()
+    wait_for(lambda: "tick 2" in output_text(page), what="its ticks")
+    click_action(page, "pause")
+    daemon.wait_status(session["id"], "paused")
+    wait_for(lambda: view_status(page) == "paused", what="the view saying paused")
+    held = daemon.stdout_bytes(session["id"])
+    wait_for(lambda: daemon.session(session["id"])["status"] == "paused" and daemon.stdout_bytes(session["id"]) == held)
+    click_action(page, "resume")
+    daemon.wait_status(session["id"], "running")
+    wait_for(lambda: view_status(page) == "running", what="the view saying running")
+    wait_for(lambda: len(daemon.stdout_bytes(session["id"])) > len(held), what="ticks after the resume")
+    daemon.request("kill", session=session["id"])
+
+
+def ended_ids(browser: WebDriver) -> set[str]:
+    """The sessions the ended table lists, read at once (each state redraws its rows)."""
+    return set(
+        browser.execute_script(
+            "return Array.from(document.querySelectorAll('#ended tbody tr'), (tr) => tr.dataset.session)"
+        )
+    )
+
+
+def test_the_ended_list_filters_by_status_and_label(daemon, page):
+    """Choosing a status, then typing a label, narrows the ended table to the sessions that match both, without a reload."""
+    failed_a = daemon.start_session(py("raise SystemExit(3)"), labels={"team": "a"})
+    failed_b = daemon.start_session(py("raise SystemExit(3)"), labels={"team": "b"})
+    completed_a = daemon.start_session(py("pass"), labels={"team": "a"})
+    everyone = {failed_a["id"], failed_b["id"], completed_a["id"]}
+    for session in (failed_a, failed_b, completed_a):
+        daemon.wait_ended(session["id"])
+    wait_for(lambda: ended_ids(page) == everyone, what="every ended session listed")
+    Select(page.find_element(By.ID, "filter-status")).select_by_visible_text("failed")
+    wait_for(lambda: ended_ids(page) == {failed_a["id"], failed_b["id"]}, what="the failed ones only")
+    page.find_element(By.ID, "filter-label").send_keys("team=a\n")
+    wait_for(lambda: ended_ids(page) == {failed_a["id"]}, what="the failed one of team a only")
+    Select(page.find_element(By.ID, "filter-status")).select_by_visible_text("any status")
+    wait_for(lambda: ended_ids(page) == {failed_a["id"], completed_a["id"]}, what="team a's, whatever their status")
+
+
+def test_a_banner_says_the_daemon_is_down_and_goes_when_it_is_back(daemon, page):
+    """With the daemon stopped the page shows a banner saying so; once it is back the banner goes and new sessions are listed, without a reload."""
+    banner = page.find_element(By.ID, "banner")
+    assert not banner.is_displayed()
+    daemon.kill9()
+    wait_for(lambda: banner.is_displayed(), what="the banner")
+    assert "daemon" in banner.text and str(daemon.socket) in banner.text
+    daemon.start()
+    wait_for(lambda: not banner.is_displayed(), what="the banner to go")
+    session = daemon.start_session(py("import time; time.sleep(60)"))
+    wait_for(lambda: session_row(page, "live", session["id"]), what="a session started since")
+
+
+def test_an_open_page_carries_on_after_the_dashboard_restarts(daemon, board, page):
+    """A page open while its dashboard restarts on the same address says it lost it, then lists and acts again, without a reload."""
+    banner = page.find_element(By.ID, "banner")
+    board.stop()
+    wait_for(lambda: banner.is_displayed() and "Lost the dashboard" in banner.text, what="the banner")
+    again = Dashboard(daemon, board.listen)
+    try:
+        wait_for(lambda: not banner.is_displayed(), what="the banner to go")
+        session = daemon.start_session(py("import time; time.sleep(60)"))
+        wait_for(lambda: session_row(page, "live", session["id"]), what="a session started since").click()
+        click_action(page, "pause")  # the page's CSRF token still holds
+        daemon.wait_status(session["id"], "paused")
+        daemon.request("kill", session=session["id"])
+    finally:
+        again.stop()

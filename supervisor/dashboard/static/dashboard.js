@@ -48,13 +48,23 @@ function fill(id, rows) {
   document.querySelector("#" + id + " tbody").replaceChildren(...rows);
 }
 
+// A banner across the page while the daemon (or the dashboard) does not answer; the
+// streams go on trying, and the page is whole again when it answers.
+function showBanner(text) {
+  const banner = document.getElementById("banner");
+  banner.textContent = text || "";
+  banner.hidden = !text;
+}
+
 function showState(state) {
   const daemon = document.getElementById("daemon");
   if (state.daemon !== "up") {
-    daemon.textContent = "daemon unreachable: " + state.error;
+    daemon.textContent = "daemon unreachable";
     daemon.className = "daemon daemon-down";
+    showBanner("The daemon is not answering: " + state.error + ". This page reconnects when it is back.");
     return;
   }
+  showBanner("");
   daemon.textContent = "daemon up";
   daemon.className = "daemon";
   const sessions = state.ps.sessions;
@@ -261,6 +271,9 @@ function openState() {
   if (label.includes("=")) query.set("label", label);
   stateSource = new EventSource("/api/state" + (query.size ? "?" + query : ""));
   stateSource.addEventListener("state", (message) => showState(JSON.parse(message.data)));
+  // EventSource tries again by itself; the next state takes the banner down.
+  stateSource.addEventListener("error", () =>
+    showBanner("Lost the dashboard; trying again (if it was restarted with --new-token, open the new URL it printed)."));
 }
 document.getElementById("filter-status").addEventListener("change", openState);
 document.getElementById("filter-label").addEventListener("change", openState);
