@@ -298,3 +298,28 @@ def test_a_browser_leaving_a_follow_stream_closes_its_daemon_connection(daemon, 
             next(stream)  # and stays open
             assert others() == 1
         wait_for(lambda: others() == 0, what="the follow's daemon connection to close")
+
+
+def test_a_non_loopback_dashboard_lets_in_only_its_address_localhost_and_allowed_names(daemon):
+    """Listening on 0.0.0.0 with --allow-host, the Hosts let in are the listen address, localhost and those names, each with the port."""
+    board = Dashboard(daemon, "0.0.0.0:0", "--allow-host", "Dash.Example", "--allow-host", "10.1.2.3")
+    try:
+        port = urlsplit(board.base).port
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=DEADLINE) as client:
+            opened = client.get(f"/?token={board.token}", headers={"host": f"dash.example:{port}"})
+            assert opened.status_code == 303
+            for host in ("0.0.0.0", "localhost", "dash.example", "DASH.EXAMPLE", "10.1.2.3"):
+                assert client.get("/", headers={"host": f"{host}:{port}"}).status_code == 200, host
+            for host in (f"evil.example:{port}", f"dash.example:{port + 1}", f"127.0.0.1:{port}", "dash.example"):
+                refused = client.get("/", headers={"host": host})
+                assert refused.status_code == 403 and host in refused.text, host
+    finally:
+        board.stop()
+
+
+def test_allow_host_must_be_a_host_name_or_address(daemon):
+    """An --allow-host that is not a bare host name or IP address is a usage error naming it."""
+    for value in ("http://dash.example", "dash.example:8765", "bad_name"):
+        result = daemon.cli("dashboard", "--allow-host", value)
+        assert result.returncode == CliExit.USAGE, value
+        assert repr(value) in result.stderr.decode()

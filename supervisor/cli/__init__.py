@@ -28,7 +28,7 @@ from supervisor.cli.commands import (
 )
 from supervisor.cli.completion import SHELLS, cmd_completion, complete
 from supervisor.cli.connection import connect
-from supervisor.cli.dashboard import DEFAULT_LISTEN, cmd_dashboard, listen_arg
+from supervisor.cli.dashboard import DEFAULT_LISTEN, cmd_dashboard, host_name_arg, listen_arg
 from supervisor.cli.editing import cmd_edit, cmd_label
 from supervisor.cli.mcp import cmd_mcp
 from supervisor.cli.output import print_json
@@ -338,6 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=listen_arg(DEFAULT_LISTEN),
         metavar="HOST:PORT",
         help="the address to serve on (default 127.0.0.1 on a free port); not loopback only with a warning",
+    )
+    p.add_argument(
+        "--allow-host",
+        type=host_name_arg,
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name (or address) browsers reach it by, besides the listen address and localhost; repeatable",
     )
     p.add_argument(
         "--new-token",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import re
 import socket
 import sys
 
@@ -34,6 +35,27 @@ def listen_arg(text: str) -> tuple[str, int]:
     return host, number
 
 
+# A DNS name (RFC 1123 labels), as a browser's Host header carries it.
+HOST_NAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
+)
+
+
+def host_name_arg(text: str) -> str:
+    """A host name or IP address a browser reaches the dashboard by (no port: the
+    listen port goes with it)."""
+    bare = text.removeprefix("[").removesuffix("]")
+    try:
+        return str(ipaddress.ip_address(bare))
+    except ValueError:
+        pass
+    if not HOST_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a host name or IP address (give the name alone, such as dash.example.org, no port)"
+        )
+    return text.lower().removesuffix(".")
+
+
 def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listening = socket.socket(family, socket.SOCK_STREAM)
@@ -58,11 +80,24 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
             "the token can run commands as this user",
             file=sys.stderr,
         )
+        if not args.allow_host:
+            print(
+                f"slotctl dashboard: browsers must reach it as {host} or localhost; to reach it by another name, "
+                "give --allow-host NAME",
+                file=sys.stderr,
+            )
     socket_path = daemon_socket(args)
     try:
         token = dashboard.load_token(dashboard.token_file(socket_path), renew=args.new_token)
     except PathError as error:
         raise CliError(f"cannot use the dashboard's token: {error}", CliExit.USAGE) from None
     # The daemon need not be running yet: each stream and action connects afresh.
-    dashboard.serve(bind(host, port), host, token, socket_path, where_slotctl_looked(args).replace("\n  ", " "))
+    dashboard.serve(
+        bind(host, port),
+        host,
+        token,
+        socket_path,
+        where_slotctl_looked(args).replace("\n  ", " "),
+        tuple(args.allow_host),
+    )
     return CliExit.OK

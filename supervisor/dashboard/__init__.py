@@ -33,11 +33,19 @@ from supervisor.dashboard.tokenfile import load_token, token_file
 __all__ = ["load_token", "serve", "token_file"]
 
 
-def serve(listening: socket.socket, host: str, token: str, daemon_socket: Path, where: str = "") -> None:
+def serve(
+    listening: socket.socket,
+    host: str,
+    token: str,
+    daemon_socket: Path,
+    where: str = "",
+    allowed_hosts: tuple[str, ...] = (),
+) -> None:
     """Serve the dashboard on a bound, listening socket until interrupted; print its
-    URL, with the token that opens it, first."""
+    URL, with the token that opens it, first. Browsers may reach it by the listen
+    address, localhost and the allowed host names."""
     port = listening.getsockname()[1]
-    guard = Guard(build_app(Daemon(daemon_socket, where)), token, host, port)
+    guard = Guard(build_app(Daemon(daemon_socket, where)), token, host, port, allowed_hosts)
     config = Config()
     config.bind = [f"fd://{listening.fileno()}"]
     config.accesslog = None

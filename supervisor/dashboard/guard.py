@@ -1,7 +1,7 @@
 """The dashboard's security, around the whole app, because the page can run commands
 as the service's user: a random token (printed in the URL at start, as Jupyter does)
 exchanged for an HttpOnly SameSite=Strict cookie; a Host header that is not the
-listen address or localhost refused (DNS rebinding); a CSRF token, not the cookie
+listen address, localhost or a name allowed with --allow-host refused (DNS rebinding); a CSRF token, not the cookie
 alone, on every state-changing request; a strict Content-Security-Policy (nothing
 from elsewhere, no inline script) and no Referer on every response."""
 
@@ -39,14 +39,18 @@ class Guard:
     """ASGI middleware: lets through only requests from the browser that was given
     the token, to this address, and adds the security headers to every response."""
 
-    def __init__(self, app: ASGIApp, token: str, host: str, port: int) -> None:
+    def __init__(self, app: ASGIApp, token: str, host: str, port: int, also: tuple[str, ...] = ()) -> None:
         self.app = app
         self.token = token
         # Made from the token, so that it too outlives a restart of the dashboard (an
         # open page keeps the one it was given) and changes with --new-token.
         self.csrf = hmac.new(token.encode(), b"slotd dashboard csrf", hashlib.sha256).hexdigest()
-        names = {host, "localhost"}
-        self.hosts = {f"[{name}]:{port}" if ":" in name else f"{name}:{port}" for name in names}
+        # The names a browser may reach it by: the listen address, localhost and the
+        # names the user allowed (--allow-host), each with the port; without it too on
+        # port 80, where browsers leave it out. Host names are not case-sensitive.
+        names = {host.lower(), "localhost", *(name.lower() for name in also)}
+        bracketed = {f"[{name}]" if ":" in name else name for name in names}
+        self.hosts = {f"{name}:{port}" for name in bracketed} | (bracketed if port == 80 else set())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -69,7 +73,7 @@ class Guard:
         """The response that refuses this request, or None to let it through."""
         headers = Headers(scope=scope)
         host = headers.get("host", "")
-        if host not in self.hosts:
+        if host.lower() not in self.hosts:
             return PlainTextResponse(
                 f"refused: Host {host!r} is not this dashboard's address ({', '.join(sorted(self.hosts))})", 403
             )
