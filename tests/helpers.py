@@ -5,6 +5,7 @@ wait_for) in harness.py, which bench/ uses as well."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import json
@@ -17,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -373,3 +375,58 @@ def events(response: httpx.Response) -> Iterator[tuple[str, str, dict]]:
             event_id = line[4:]
         elif line.startswith("data: "):
             data = line[6:]
+
+
+class CountingRelay:
+    """A Unix socket that passes every connection on to the daemon's, counting the
+    requests that go through it by command: what a client costs the daemon."""
+
+    def __init__(self, daemon: DaemonHandle, path: Path) -> None:
+        self.daemon = daemon
+        self.path = path
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.lock = threading.Lock()
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(path))
+        self.listener.listen(64)
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def count(self, cmd: str) -> int:
+        with self.lock:
+            return self.counts[cmd]
+
+    def accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                upstream.connect(str(self.daemon.socket))
+            except OSError:
+                client.close()
+                upstream.close()
+                continue
+            threading.Thread(target=self.pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self.pump, args=(upstream, client, False), daemon=True).start()
+
+    def pump(self, source: socket.socket, sink: socket.socket, requests: bool) -> None:
+        pending = b""
+        try:
+            while data := source.recv(65536):
+                if requests:
+                    *lines, pending = (pending + data).split(b"\n")
+                    with self.lock:
+                        self.counts.update(json.loads(line)["cmd"] for line in lines if line.strip())
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):  # wakes the other direction's pump, which closes its own
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+            source.close()
+
+    def close(self) -> None:
+        self.listener.close()

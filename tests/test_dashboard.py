@@ -14,7 +14,7 @@ import pytest
 
 from supervisor.errors import CliExit
 from tests.harness import DEADLINE, DaemonHandle, wait_for
-from tests.helpers import Dashboard, events, py
+from tests.helpers import CountingRelay, Dashboard, events, py
 
 
 @pytest.fixture
@@ -323,3 +323,25 @@ def test_allow_host_must_be_a_host_name_or_address(daemon):
         result = daemon.cli("dashboard", "--allow-host", value)
         assert result.returncode == CliExit.USAGE, value
         assert repr(value) in result.stderr.decode()
+
+
+def test_two_open_pages_share_one_poll_of_the_daemon(daemon):
+    """With two pages' state streams open, the daemon is asked for `info` once per state the pages are sent, not twice."""
+    relay = CountingRelay(daemon, daemon.root / "relay.sock")
+    board = Dashboard(daemon, "127.0.0.1:0", "--socket", str(relay.path))
+    try:
+        with board.client() as client:
+            assert relay.count("ps") == relay.count("info") == 0  # no page open, nothing asked
+            with client.stream("GET", "/api/state") as first, client.stream("GET", "/api/state") as second:
+                one, two = events(first), events(second)
+                next(two)  # both pages are open and served
+                next(one)
+                asked = relay.count("info")
+                polls = 8  # each poll is a new state (info's uptime moves), sent to both pages
+                for _ in range(polls):
+                    next(one)
+                next(two)  # read too: its stream is as open as the first's
+                assert relay.count("info") - asked <= polls + 1
+    finally:
+        board.stop()
+        relay.close()

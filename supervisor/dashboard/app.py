@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,10 @@ from starlette.staticfiles import StaticFiles
 
 from supervisor.asyncclient import Daemon
 from supervisor.client import DaemonUnavailable, RemoteError
+from supervisor.dashboard.state import Filter, StatePoller, ended_filter
 from supervisor.model import ENDED_STATUSES
 
 STATIC = Path(__file__).parent / "static"
-# How often the state stream asks the daemon for `ps` and `info` (sent only when changed).
-STATE_INTERVAL = 0.25
-# The most ended sessions a filter lists (the newest first).
-FILTERED_LIMIT = 200
 # How often a lost daemon is tried again by a stream.
 RECONNECT_INTERVAL = 0.5
 # Actions on one session: the button's name is the control command's.
@@ -56,30 +54,30 @@ def sse(events: AsyncIterator[bytes]) -> StreamingResponse:
 
 
 def build_app(daemon: Daemon) -> Starlette:
-    page = (STATIC / "index.html").read_text()
+    html = (STATIC / "index.html").read_text()
+    poller = StatePoller(daemon)
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        """The state poller, for as long as the dashboard serves."""
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(poller.run)
+            yield
+            tasks.cancel_scope.cancel()
 
     async def index(request: Request) -> Response:
-        return HTMLResponse(page.replace("{{csrf}}", request.scope["state"]["csrf"]))
+        return HTMLResponse(html.replace("{{csrf}}", request.scope["state"]["csrf"]))
 
-    async def state_events(ended_filter: dict[str, Any] | None) -> AsyncIterator[bytes]:
+    async def state_events(ended: Filter | None) -> AsyncIterator[bytes]:
         """The daemon's state (`ps`, `info`, and the ended sessions the filter picks),
-        each time it changes."""
+        each time it changes, from the poller all pages share."""
         last: Any = None
-        while True:
-            try:
-                state = {
-                    "ps": await daemon.request("ps", count_hidden=True),
-                    "info": await daemon.request("info"),
-                    "daemon": "up",
-                }
-                if ended_filter is not None:
-                    state["ended"] = await daemon.request("ps", limit=FILTERED_LIMIT, **ended_filter)
-            except (DaemonUnavailable, ConnectionError) as error:
-                state = {"daemon": "down", "error": str(error)}
-            if state != last:
-                yield event(state, "state")
-                last = state
-            await anyio.sleep(STATE_INTERVAL)
+        async with poller.subscribe(ended) as page:
+            while True:
+                state = await page.next_state()
+                if state != last:
+                    yield event(state, "state")
+                    last = state
 
     async def state(request: Request) -> Response:
         status = request.query_params.get("status", "")
@@ -92,10 +90,7 @@ def build_app(daemon: Daemon) -> Starlette:
         key, sep, value = label.partition("=")
         if label and not (sep and key):
             return bad_request(f"label {label!r} is not KEY=VALUE")
-        ended_filter: dict[str, Any] = {"status": [status] if status else ended}
-        if label:
-            ended_filter["labels"] = {key: value}
-        return sse(state_events(ended_filter))
+        return sse(state_events(ended_filter([status] if status else ended, {key: value} if label else None)))
 
     async def follow_events(session: str, since_seq: int) -> AsyncIterator[bytes]:
         """The session's rows after since_seq to its end; after a lost daemon, asked
@@ -173,6 +168,7 @@ def build_app(daemon: Daemon) -> Starlette:
         return JSONResponse({"result": result})
 
     return Starlette(
+        lifespan=lifespan,
         routes=[
             Route("/", index),
             Route("/api/state", state),
@@ -180,5 +176,5 @@ def build_app(daemon: Daemon) -> Starlette:
             Route("/api/sessions/{session}/screen", screen),
             Route("/api/sessions/{session}/{action}", act, methods=["POST"]),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
-        ]
+        ],
     )
