@@ -138,7 +138,7 @@ function openTerminal(id) {
     while (pending) {
       const text = pending;
       pending = "";
-      await post("send", { text, newline: false });
+      await post("send", { text, newline: false }, false, id);
     }
     sending = false;
   });
@@ -152,7 +152,7 @@ function openTerminal(id) {
       !ENDED.includes(known.get(id)?.status)
     ) {
       const size = { cols: terminal.cols, rows: terminal.rows };
-      if (!(await post("resize", size, true))) break;
+      if (!(await post("resize", size, true, id))) break;
       sized = size;
     }
   }
@@ -235,11 +235,12 @@ function openSession(id) {
   }
 }
 
-// A POST of one action on the session in view; quiet ones (the terminal's size) are
-// not reported unless refused.
-async function post(action, body, quiet) {
+// A POST of one action on a session (the one in view unless named: a terminal's keys
+// and sizes go to its own session, even once another is in view); quiet ones (the
+// terminal's size) are not reported unless refused.
+async function post(action, body, quiet, id) {
   const result = document.getElementById("action-result");
-  const response = await fetch("/api/sessions/" + encodeURIComponent(current.id) + "/" + action, {
+  const response = await fetch("/api/sessions/" + encodeURIComponent(id || current.id) + "/" + action, {
     method: "POST",
     headers: { "content-type": "application/json", "x-csrf-token": csrf },
     body: JSON.stringify(body || {}),
