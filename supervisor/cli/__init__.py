@@ -350,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--new-token",
         action="store_true",
-        help="replace the kept token (dashboard.token beside the daemon's socket): pages opened with the old stop working",
+        help="start with a new token, replacing the kept one (dashboard.token beside the daemon's socket): "
+        "pages opened with the old one are refused",
     )
 
     p = add(

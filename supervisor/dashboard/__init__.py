@@ -11,8 +11,9 @@ brings Flask's app and request globals, and a trio port that trails Quart's rele
 Both are the optional extra slotd[dashboard].
 
 guard has the security (token, cookie, Host, CSRF, Content-Security-Policy), tokenfile
-keeps the token across restarts, app the routes, static the page and its script and
-style, all served from the package.
+keeps the token across restarts, app the routes, state the one poller of the daemon
+that every open page shares, static the page and its script and style, all served from
+the package.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The dashboard's security, around the whole app, because the page can run commands
 as the service's user: a random token (printed in the URL at start, as Jupyter does)
 exchanged for an HttpOnly SameSite=Strict cookie; a Host header that is not the
-listen address, localhost or a name allowed with --allow-host refused (DNS rebinding); a CSRF token, not the cookie
-alone, on every state-changing request; a strict Content-Security-Policy (nothing
-from elsewhere, no inline script) and no Referer on every response."""
+listen address, localhost or a name allowed with --allow-host refused (DNS
+rebinding); a CSRF token, not the cookie alone, on every state-changing request; a
+strict Content-Security-Policy (nothing from elsewhere, no inline script) and no
+Referer on every response."""
 
 from __future__ import annotations
 
