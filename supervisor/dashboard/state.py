@@ -98,7 +98,10 @@ class StatePoller:
                 if page.ended is not None and page.ended not in ended:
                     args = {key: dict(value) if key == "labels" else list(value) for key, value in page.ended}
                     ended[page.ended] = await self.daemon.request("ps", limit=FILTERED_LIMIT, **args)
-        except (DaemonUnavailable, ConnectionError, RemoteError) as error:
+        except (DaemonUnavailable, OSError, RemoteError) as error:
+            # Whatever the daemon did, the pages are told and the next poll tries again:
+            # the poller serves them all, so it must not end (OSError: a reset, a full
+            # listen backlog, as well as ConnectionError).
             down = {"daemon": "down", "error": str(error)}
             for page in pages:
                 page.offer(down)
