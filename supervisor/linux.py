@@ -8,7 +8,8 @@ uses it too).
   resumed), so it is what identity compares.
 - the boot id: a new one each boot, so a recorded PID from before a reboot is no one's.
 - CPU priority: a session's nice value, set both where the kernel's scheduler
-  autogroups weigh it and where plain process nice does; a background thread's own.
+  autogroups weigh it and where plain process nice does; a background thread's own
+  nice and scheduling policy.
 - pidfd: a descriptor that becomes readable when a process exits, for any process,
   not only our children.
 - inotify (through ctypes): idle spools cost no polling at all.
@@ -173,22 +174,62 @@ def autogroup_nice(pid: int) -> int | None:
         return None
 
 
-def become_background_thread(name: str, by: int) -> None:
-    """Name the calling thread (what top -H and /proc/PID/task/TID/comm show), and make
-    it yield the CPU more readily than the process's other threads: its nice `by` above
-    theirs. On Linux a nice value is a thread's own, and the scheduler weighs it against
-    the other threads of the process (of its autogroup or cgroup). Raising one's own
-    nice needs no privilege; what the kernel refuses is left as it was."""
-    tid = threading.get_native_id()
+def name_thread(name: str) -> None:
+    """Name the calling thread, as top -H and /proc/PID/task/TID/comm show it (15
+    characters at most)."""
     try:
-        with open(f"/proc/self/task/{tid}/comm", "w") as comm:
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", "w") as comm:
             comm.write(name[:15])
     except OSError:
         pass
+
+
+def raise_thread_nice(by: int) -> None:
+    """Make the calling thread's nice `by` higher than it is (at most 19). On Linux a nice
+    value is a thread's own. Raising one's own needs no privilege; a refusal leaves it."""
+    tid = threading.get_native_id()
     try:
         os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + by))
     except OSError:
         pass
+
+
+CAP_SYS_NICE = 23
+
+
+def can_leave_idle_policy() -> bool:
+    """Whether the calling thread, once SCHED_IDLE, could go back to SCHED_OTHER at its
+    nice value: the kernel lets it with CAP_SYS_NICE, or when RLIMIT_NICE allows that nice
+    (sched(7)); else SCHED_IDLE would be for good."""
+    import resource
+
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"CapEff:") and int(line.split()[1], 16) >> CAP_SYS_NICE & 1:
+                    return True
+    except (OSError, ValueError):
+        pass
+    nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    return resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20 - nice
+
+
+def set_idle_policy(idle: bool) -> bool:
+    """Schedule the calling thread as SCHED_IDLE, or (idle False) as SCHED_OTHER at its
+    nice value again; True if the kernel took it.
+
+    A SCHED_IDLE thread weighs almost nothing against the other threads of its
+    scheduling group, and any of them that wakes on its core preempts it at once, where
+    a niced thread may first finish its slice. It may starve where busy processes share
+    that group (no autogroups, one cgroup for everything): whoever uses it must watch
+    for that.
+    """
+    policy = os.SCHED_IDLE if idle else os.SCHED_OTHER
+    try:
+        os.sched_setscheduler(threading.get_native_id(), policy, os.sched_param(0))
+    except OSError:
+        return False
+    return True
 
 
 # -- pidfd ------------------------------------------------------------------------------

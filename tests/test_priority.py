@@ -6,15 +6,18 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import apsw
 import pytest
+import trio
 
 from supervisor import linux
 from supervisor.client import RemoteError
-from supervisor.database import BACKGROUND_NICE
+from supervisor.database import BACKGROUND_NICE, LATE_AFTER, BackgroundThread
 from supervisor.errors import CliExit
 from supervisor.model import utc_now
 from supervisor.store.schema import migrate
@@ -163,8 +166,20 @@ def thread_nices(pid: int) -> dict[str, int]:
     return nices
 
 
+def thread_policies(pid: int) -> dict[str, int]:
+    """Each named thread's scheduling policy."""
+    policies = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+            policies[name] = os.sched_getscheduler(int(tid))
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # ended meanwhile
+    return policies
+
+
 def test_the_daemons_commits_and_checkpoints_yield_the_cpu_to_its_event_loop(daemon: DaemonHandle) -> None:
-    """The daemon's writer and checkpoint threads run at BACKGROUND_NICE above its event loop, which keeps the daemon's own nice."""
+    """The daemon's writer and checkpoint threads run as SCHED_IDLE (with BACKGROUND_NICE above its loop to fall back on), its loop as before."""
     session = daemon.start_session(py("print('x' * 1000)"))
     daemon.wait_ended(session["id"])
     nices = wait_for(
@@ -175,3 +190,31 @@ def test_the_daemons_commits_and_checkpoints_yield_the_cpu_to_its_event_loop(dae
     assert own is not None
     assert linux.nice_value(daemon.process.pid) == own
     assert nices["slotd-writer"] == nices["slotd-checkpt"] == min(19, own + BACKGROUND_NICE)
+    policies = thread_policies(daemon.process.pid)
+    assert policies["slotd-writer"] == policies["slotd-checkpt"] == os.SCHED_IDLE
+    assert os.sched_getscheduler(daemon.process.pid) == os.SCHED_OTHER
+
+
+def own_policy() -> tuple[int, int]:
+    """The calling thread's scheduling policy and nice value."""
+    tid = threading.get_native_id()
+    return os.sched_getscheduler(tid), os.getpriority(os.PRIO_PROCESS, tid)
+
+
+async def test_a_background_thread_that_falls_behind_runs_as_a_normal_thread_until_it_has_caught_up() -> None:
+    """A call that waited over LATE_AFTER to start runs SCHED_OTHER at BACKGROUND_NICE above the caller; after catch_up, SCHED_IDLE again."""
+    thread = BackgroundThread("test-yielding", catch_up=0.5)
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    try:
+        assert await thread.run(own_policy) == (os.SCHED_IDLE, min(19, base + BACKGROUND_NICE))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(thread.run, time.sleep, 2 * LATE_AFTER)
+            while thread.stalled_for() == 0:
+                await trio.sleep(0.01)
+            late = await thread.run(own_policy)  # queued behind the sleep
+        assert late == (os.SCHED_OTHER, min(19, base + BACKGROUND_NICE))
+        assert await thread.run(own_policy) == (os.SCHED_OTHER, min(19, base + BACKGROUND_NICE))
+        await trio.sleep(0.5)
+        assert await thread.run(own_policy) == (os.SCHED_IDLE, min(19, base + BACKGROUND_NICE))
+    finally:
+        thread.close()
