@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from supervisor.client import Client, DaemonUnavailable
 from supervisor.processes import ProcessRef, kill_process, signal_group
 from supervisor.store import Reader, Session
@@ -205,7 +207,25 @@ class DaemonHandle:
         for session in self.stored_sessions():
             # By PID and start ticks: a reused PID is never ours to kill.
             signal_group(ProcessRef.recorded(session.pid, session.pid_start_ticks), signal.SIGKILL)
-            kill_process(ProcessRef.recorded(session.shim_pid, session.shim_start_ticks))
+            shim = ProcessRef.recorded(session.shim_pid, session.shim_start_ticks)
+            # A daemon SIGKILLed before it committed the command's PID recorded only
+            # the shim's: the shim's own children lead the command's groups.
+            for leader in children_of(shim):
+                signal_group(leader, signal.SIGKILL)
+            kill_process(shim)
+
+
+def children_of(process: ProcessRef | None) -> list[ProcessRef]:
+    """The children of a process that is still the one recorded."""
+    if process is None:
+        return []
+    try:
+        children = psutil.Process(process.pid).children()
+    except psutil.NoSuchProcess:
+        return []
+    if not process.alive():  # the PID was reused meanwhile: not our shim's children
+        return []
+    return [ref for child in children if (ref := ProcessRef.of(child.pid)) is not None]
 
 
 def clean_up_on_sigterm() -> None:
