@@ -85,6 +85,17 @@ def test_the_page_lists_a_running_session_and_its_stop_button_stops_it(daemon, p
     wait_for(lambda: session_row(page, "ended", session["id"]), what="the session among the ended")
 
 
+def test_a_row_stays_the_same_element_while_states_arrive_and_its_age_moves_on(daemon, page):
+    """Rows are not made anew by states that change nothing they show (a click would be lost between them), yet their age advances."""
+    session = daemon.start_session(py("import time; time.sleep(60)"))
+    row = wait_for(lambda: session_row(page, "live", session["id"]), what="the session's row")
+    age = row.find_element(By.CSS_SELECTOR, "td.age").text
+    time.sleep(2.5)  # ten states and more, each with a new uptime and ingest lag
+    assert row.get_attribute("data-session") == session["id"]  # stale, were it replaced
+    assert row.find_element(By.CSS_SELECTOR, "td.age").text != age
+    daemon.request("kill", session=session["id"])
+
+
 def test_a_line_the_session_prints_shows_within_a_second_without_a_reload(daemon, page):
     """Once the session view is open, a line printed by the session is on the page within 1 s."""
     gate = daemon.root / "gate"

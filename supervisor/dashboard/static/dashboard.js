@@ -38,15 +38,28 @@ function row(session, third, when) {
     el("td", {}, third === null || third === undefined ? "" : String(third)),
     el("td", { class: "command", title: session.argv.join(" ") }, session.argv.join(" ")),
     el("td", {}, labels(session)),
-    el("td", {}, age(when)));
+    el("td", { class: "age", "data-when": when || "" }, age(when)));
   if (current && current.id === session.id) tr.classList.add("selected");
   tr.addEventListener("click", () => openSession(session.id));
   return tr;
 }
 
-function fill(id, rows) {
-  document.querySelector("#" + id + " tbody").replaceChildren(...rows);
+// A table's rows are made anew only when what they show has changed: states arrive
+// four times a second, and rows replaced under the pointer would swallow the click a
+// person is making (the press on one row, the release on its successor). Ages move on
+// in place (refreshAges).
+function fill(id, sessions, third, when) {
+  const tbody = document.querySelector("#" + id + " tbody");
+  const key = JSON.stringify(sessions.map((s) => [s.id, s.status, third(s), s.argv, s.labels, when(s)]));
+  if (tbody.dataset.key === key) return;
+  tbody.dataset.key = key;
+  tbody.replaceChildren(...sessions.map((s) => row(s, third(s), when(s))));
 }
+
+function refreshAges() {
+  for (const cell of document.querySelectorAll("td.age")) cell.textContent = age(cell.dataset.when);
+}
+setInterval(refreshAges, 1000);
 
 // A banner across the page while the daemon (or the dashboard) does not answer; the
 // streams go on trying, and the page is whole again when it answers.
@@ -69,10 +82,10 @@ function showState(state) {
   daemon.className = "daemon";
   const sessions = state.ps.sessions;
   known = new Map(sessions.map((s) => [s.id, s]));
-  fill("live", sessions.filter((s) => LIVE.includes(s.status)).map((s) => row(s, s.slot, s.started_at)));
-  fill("queued", sessions.filter((s) => s.status === "queued").map((s) => row(s, s.priority, s.queued_at)));
+  fill("live", sessions.filter((s) => LIVE.includes(s.status)), (s) => s.slot, (s) => s.started_at);
+  fill("queued", sessions.filter((s) => s.status === "queued"), (s) => s.priority, (s) => s.queued_at);
   const ended = state.ended || sessions.filter((s) => !LIVE.includes(s.status) && s.status !== "queued");
-  fill("ended", ended.map((s) => row(s, s.exit_code, s.ended_at)));
+  fill("ended", ended, (s) => s.exit_code, (s) => s.ended_at);
   const info = state.info;
   const parts = [
     info.busy + "/" + info.slots + " slots busy",
