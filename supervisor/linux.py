@@ -243,21 +243,6 @@ def pidfd_open(pid: int) -> int | None:
         return None
 
 
-# -- pipes ------------------------------------------------------------------------------
-
-
-def resize_pipe(fd: int, size: int) -> int | None:
-    """Make the pipe hold `size` bytes; its new size, or None if the kernel refused
-    (over /proc/sys/fs/pipe-max-size without CAP_SYS_RESOURCE, or the user's pipes
-    over pipe-user-pages-soft): then it stays as it was."""
-    import fcntl
-
-    try:
-        return fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
-    except OSError:
-        return None
-
-
 # -- inotify ----------------------------------------------------------------------------
 
 IN_MODIFY = 0x00000002

@@ -423,14 +423,6 @@ def test_a_line_per_write_at_full_speed_is_spooled_many_lines_to_a_record(start_
     assert len([r for r in records if r.kind == spool.STDOUT]) < lines / 50
 
 
-def test_the_commands_output_pipes_hold_a_mebibyte(start_shim) -> None:
-    """The command's stdout and stderr are pipes of 1 MiB, so it writes on while the shim pauses between reads."""
-    code = "import fcntl, sys; print(fcntl.fcntl(1, fcntl.F_GETPIPE_SZ), fcntl.fcntl(2, fcntl.F_GETPIPE_SZ))"
-    run = start_shim(py(code))
-    records = run.wait_final()
-    assert stream_bytes(records, spool.STDOUT) == b"1048576 1048576\n"
-
-
 def test_the_command_runs_at_the_spec_nice_in_its_own_autogroup_and_the_shim_keeps_its_own(start_shim) -> None:
     """With nice 5 in the spec the command and its session's autogroup run at nice 5, the shim at its own."""
     run = start_shim(py("import time; time.sleep(600)"), nice=5)

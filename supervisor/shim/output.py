@@ -2,18 +2,17 @@
 records of whole lines.
 
 Records go to the spool in the order the shim read them, across both streams; a
-partial line waits for its newline at most flush_interval seconds.
+partial line waits for its newline at most flush_interval seconds. A terminal's output
+is stored as it is read, partial lines and all: an echoed keystroke, a prompt or a
+screen update is what the program means to show now, and must not wait.
 
 A command that writes a line per write() as fast as it can (any line-buffered program)
 would otherwise wake the shim for every line, and each read, record and transcript row
 would hold one line: 13 times the time the command takes alone, where reading a pipe
-into a file takes 1.4 times. So the shim reads in big pieces and notices when the
-command writes small pieces back to back (streaming); its loop then pauses a moment
-before the next read, and the command's pipe, made big enough to hold what it writes
-meanwhile, gathers many lines for it. A line written after a quiet spell is read at
-once, as before. A terminal's output
-is stored as it is read, partial lines and all: an echoed keystroke, a prompt or a
-screen update is what the program means to show now, and must not wait.
+into a file takes 1.4 times. So the shim notices when the command writes small pieces
+back to back (streaming), and its loop then pauses a moment before the next read while
+the command's pipe gathers many lines. A line written after a quiet spell is read at
+once, as before, and so is a command writing blocks.
 """
 
 from __future__ import annotations
@@ -24,10 +23,12 @@ from collections.abc import Sequence
 from supervisor import spool
 from supervisor.shim.terminal import is_hang_up
 
-READ_SIZE = 262144
-# A read of less than this, within STREAMING_GAP of the one before, means the command
-# writes small pieces back to back; a bigger one means the shim is behind already.
-STREAMING_READ = READ_SIZE // 2
+READ_SIZE = 65536  # what a pipe holds by default
+# A read of less than this (a page), within STREAMING_GAP of the one before, means the
+# command writes small pieces back to back; a bigger one means it writes blocks (whose
+# reads come back short of 64 KiB now and then, but in whole pages), or that the shim
+# has fallen behind: no pause then.
+STREAMING_READ = 4096
 STREAMING_GAP = 0.002
 
 
