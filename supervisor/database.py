@@ -49,15 +49,17 @@ class Yielding:
         linux.raise_thread_nice(BACKGROUND_NICE)  # what it runs at when not idle
         self.catch_up = catch_up
         # Without the privilege to leave SCHED_IDLE, the thread never enters it.
-        self.idle = linux.can_leave_idle_policy() and linux.set_idle_policy(True)
-        self.caught_up_at: float | None = None
+        self.may_idle = linux.can_leave_idle_policy()
+        self.idle = self.may_idle and linux.set_idle_policy(True)
+        self.caught_up_at: float | None = None  # when it goes back to SCHED_IDLE
 
     def starting(self, waited: float, now: float) -> None:
         """A call starts after waiting `waited` seconds in the queue."""
         if waited > LATE_AFTER:
-            if self.idle and linux.set_idle_policy(False):
-                self.idle = False
-            self.caught_up_at = now + self.catch_up
+            if self.idle:
+                self.idle = not linux.set_idle_policy(False)
+            if not self.idle and self.may_idle:
+                self.caught_up_at = now + self.catch_up
         elif self.caught_up_at is not None and now >= self.caught_up_at:
             self.caught_up_at = None
             self.idle = linux.set_idle_policy(True)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
+import resource
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +19,7 @@ import trio
 
 from supervisor import linux
 from supervisor.client import RemoteError
-from supervisor.database import BACKGROUND_NICE, LATE_AFTER, BackgroundThread
+from supervisor.database import BACKGROUND_NICE, LATE_AFTER, BackgroundThread, Yielding
 from supervisor.errors import CliExit
 from supervisor.model import utc_now
 from supervisor.store.schema import migrate
@@ -218,3 +220,40 @@ async def test_a_background_thread_that_falls_behind_runs_as_a_normal_thread_unt
         assert await thread.run(own_policy) == (os.SCHED_IDLE, min(19, base + BACKGROUND_NICE))
     finally:
         thread.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
+def test_a_background_thread_that_could_not_leave_sched_idle_never_enters_it() -> None:
+    """Without CAP_SYS_NICE or RLIMIT_NICE a background thread stays SCHED_OTHER, even after falling behind and catching up."""
+    nobody = pwd.getpwnam("nobody")
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        try:
+            resource.setrlimit(resource.RLIMIT_NICE, (0, 0))
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            seen: list[int] = []
+
+            def work() -> None:
+                yielding = Yielding("test-no-idle", catch_up=0.0)
+                seen.append(own_policy()[0])
+                yielding.starting(2 * LATE_AFTER, 0.0)  # late: would leave SCHED_IDLE
+                seen.append(own_policy()[0])
+                yielding.starting(0.0, 1.0)  # caught up: would go back to it
+                seen.append(own_policy()[0])
+
+            thread = threading.Thread(target=work)
+            thread.start()
+            thread.join()
+            os.write(write_end, json.dumps(seen).encode())
+        except BaseException as error:
+            os.write(write_end, json.dumps(repr(error)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        seen = json.loads(reader.read())
+    os.waitpid(child, 0)
+    assert seen == [os.SCHED_OTHER] * 3
