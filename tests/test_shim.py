@@ -419,7 +419,7 @@ def test_a_line_per_write_at_full_speed_is_spooled_many_lines_to_a_record(start_
     records = run.wait_final()
     out = stream_bytes(records, spool.STDOUT)
     assert out == b"".join(b"%08d " % n + b"x" * 90 + b"\n" for n in range(lines))
-    # Without the pause between reads: 2,000 to 2,900 records here; with it, about 55.
+    # Without the pause between reads: 2,000 to 2,900 records here; with it, about 75.
     assert len([r for r in records if r.kind == spool.STDOUT]) < lines / 50
 
 
