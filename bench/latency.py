@@ -69,6 +69,7 @@ import textwrap
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -217,29 +218,57 @@ def wait_until_started(client: Client, ids: list[str], timeout: float = 30) -> d
 # -- 1. follow, control and keystroke latency, idle and under load -----------------------
 
 
-class FollowProbe(threading.Thread):
+class Probe(threading.Thread):
+    """One measurement, run in a thread of its own beside the others: its latencies in
+    seconds, and whatever it raised (reported by the main thread)."""
+
+    def __init__(self, daemon: DaemonHandle) -> None:
+        super().__init__(daemon=True)
+        self.daemon_process = daemon
+        self.latencies: list[float] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.measure()
+        except BaseException as error:  # reported by the main thread
+            self.error = error
+
+    def measure(self) -> None:
+        raise NotImplementedError
+
+    def summary(self) -> dict:
+        return summary(self.latencies)
+
+
+def paced(count: int, interval: float) -> Iterator[int]:
+    """0 to count - 1, one every `interval` seconds (a late one at once, none skipped)."""
+    due = time.perf_counter()
+    for number in range(count):
+        yield number
+        due += interval
+        time.sleep(max(0.0, due - time.perf_counter()))
+
+
+def key(number: int) -> bytes:
+    """The number-th keystroke a probe types."""
+    return KEYS[number % len(KEYS) : number % len(KEYS) + 1]
+
+
+class FollowProbe(Probe):
     """Follows the ticking session; per line, arrival time minus the time written in it."""
 
     def __init__(self, daemon: DaemonHandle, session_id: str, lines: int) -> None:
-        super().__init__(daemon=True)
-        self.daemon_process = daemon
+        super().__init__(daemon)
         self.session_id = session_id
         self.wanted = lines
-        self.latencies: list[float] = []
         # Where the time goes: command write -> shim record (the row's ts), row ts -> arrival.
         self.to_shim: list[float] = []
         self.to_client: list[float] = []
         self.skipped = 0
         self.numbers: list[int] = []
-        self.error: BaseException | None = None
 
-    def run(self) -> None:
-        try:
-            self.follow()
-        except BaseException as error:  # reported by the main thread
-            self.error = error
-
-    def follow(self) -> None:
+    def measure(self) -> None:
         partial = b""
         with self.daemon_process.client() as client:
             requested = time.time()
@@ -279,45 +308,30 @@ class FollowProbe(threading.Thread):
         }
 
 
-class ControlProbe(threading.Thread):
+class ControlProbe(Probe):
     """`ps` round trips on one persistent connection, one every PS_INTERVAL."""
 
     def __init__(self, daemon: DaemonHandle, rounds: int) -> None:
-        super().__init__(daemon=True)
-        self.daemon_process = daemon
+        super().__init__(daemon)
         self.rounds = rounds
-        self.latencies: list[float] = []
-        self.error: BaseException | None = None
 
-    def run(self) -> None:
-        try:
-            with self.daemon_process.client() as client:
-                due = time.perf_counter()
-                for _ in range(self.rounds):
-                    started = time.perf_counter()
-                    client.request("ps")
-                    self.latencies.append(time.perf_counter() - started)
-                    due += PS_INTERVAL
-                    time.sleep(max(0.0, due - time.perf_counter()))
-        except BaseException as error:  # reported by the main thread
-            self.error = error
-
-    def summary(self) -> dict:
-        return summary(self.latencies)
+    def measure(self) -> None:
+        with self.daemon_process.client() as client:
+            for _ in paced(self.rounds, PS_INTERVAL):
+                started = time.perf_counter()
+                client.request("ps")
+                self.latencies.append(time.perf_counter() - started)
 
 
-class KeystrokeProbe(threading.Thread):
+class KeystrokeProbe(Probe):
     """A probe that types into a terminal session and times each key's echo: what
     comes back from the terminal goes into `arrivals`, with the time it arrived."""
 
     def __init__(self, daemon: DaemonHandle, session_id: str, keystrokes: int) -> None:
-        super().__init__(daemon=True)
-        self.daemon_process = daemon
+        super().__init__(daemon)
         self.session_id = session_id
         self.keystrokes = keystrokes
-        self.latencies: list[float] = []
         self.arrivals: queue.SimpleQueue[tuple[float, bytes]] = queue.SimpleQueue()
-        self.error: BaseException | None = None
 
     def wait_for(self, text: bytes, deadline: float, exact: bool = True) -> float:
         """When text had all come back; exact: and nothing else with it (anything else
@@ -330,40 +344,30 @@ class KeystrokeProbe(threading.Thread):
             raise RuntimeError(f"typed {text!r}, the terminal showed {seen!r}")
         return arrived
 
-    def summary(self) -> dict:
-        return summary(self.latencies)
-
 
 class EchoProbe(KeystrokeProbe):
     """Keystroke to echo: one byte sent with `send` every KEYSTROKE_INTERVAL on one
     connection, timed until it comes back on a `follow` of the terminal on another."""
 
-    def run(self) -> None:
-        try:
-            with self.daemon_process.client() as keys, self.daemon_process.client() as screen:
-                # From the terminal's last row on: nothing it printed before is an echo.
-                since = keys.request("show", session=self.session_id)["transcript"]["last_seq"]
-                screen.send("follow", session=self.session_id, stream="tty", since_seq=since)
-                watcher = threading.Thread(target=self.watch, args=(screen,), daemon=True)
-                watcher.start()
-                try:
-                    self.type_keys(keys)
-                finally:
-                    # Ends the watcher's read (closing alone would wait for it).
-                    screen.sock.shutdown(socket.SHUT_RDWR)
-                    watcher.join()
-        except BaseException as error:  # reported by the main thread
-            self.error = error
+    def measure(self) -> None:
+        with self.daemon_process.client() as keys, self.daemon_process.client() as screen:
+            # From the terminal's last row on: nothing it printed before is an echo.
+            since = keys.request("show", session=self.session_id)["transcript"]["last_seq"]
+            screen.send("follow", session=self.session_id, stream="tty", since_seq=since)
+            watcher = threading.Thread(target=self.watch, args=(screen,), daemon=True)
+            watcher.start()
+            try:
+                self.type_keys(keys)
+            finally:
+                # Ends the watcher's read (closing alone would wait for it).
+                screen.sock.shutdown(socket.SHUT_RDWR)
+                watcher.join()
 
     def type_keys(self, keys: Client) -> None:
-        due = time.perf_counter()
-        for number in range(self.keystrokes):
-            key = KEYS[number % len(KEYS) : number % len(KEYS) + 1]
+        for number in paced(self.keystrokes, KEYSTROKE_INTERVAL):
             sent = time.perf_counter()
-            keys.request("send", session=self.session_id, data=key.decode())
-            self.latencies.append(self.wait_for(key, sent + 10) - sent)
-            due += KEYSTROKE_INTERVAL
-            time.sleep(max(0.0, due - time.perf_counter()))
+            keys.request("send", session=self.session_id, data=key(number).decode())
+            self.latencies.append(self.wait_for(key(number), sent + 10) - sent)
 
     def watch(self, screen: Client) -> None:
         """Note the time each piece of the terminal's output arrives (in its own thread,
@@ -384,18 +388,10 @@ class AttachProbe(KeystrokeProbe):
     timed until slotctl has written its echo back to it (keystroke thread, `send`,
     session, `follow`, slotctl's output: all of attach's path)."""
 
-    def run(self) -> None:
+    def measure(self) -> None:
         master, slave = os.openpty()
         attach = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "supervisor",
-                "--socket",
-                str(self.daemon_process.socket),
-                "attach",
-                self.session_id,
-            ],
+            self.daemon_process.cli_argv("attach", self.session_id),
             stdin=slave,
             stdout=slave,
             stderr=slave,
@@ -411,18 +407,12 @@ class AttachProbe(KeystrokeProbe):
             with contextlib.suppress(queue.Empty):
                 while True:
                     self.arrivals.get(timeout=0.3)
-            due = time.perf_counter()
-            for number in range(self.keystrokes):
-                key = KEYS[number % len(KEYS) : number % len(KEYS) + 1]
+            for number in paced(self.keystrokes, KEYSTROKE_INTERVAL):
                 typed = time.perf_counter()
-                os.write(master, key)
-                self.latencies.append(self.wait_for(key, typed + 10) - typed)
-                due += KEYSTROKE_INTERVAL
-                time.sleep(max(0.0, due - time.perf_counter()))
+                os.write(master, key(number))
+                self.latencies.append(self.wait_for(key(number), typed + 10) - typed)
             os.write(master, b"\x10\x11")  # Ctrl-P Ctrl-Q: detach
             attach.wait(30)
-        except BaseException as error:  # reported by the main thread
-            self.error = error
         finally:
             if attach.poll() is None:
                 attach.kill()

@@ -28,13 +28,14 @@ T = TypeVar("T")
 # when two sessions write at full speed they keep a core busy, and at the loop's own
 # priority every request and every row a follower waits for would queue behind them
 # for a core. They run as SCHED_IDLE, which the loop preempts the moment it wakes
-# (bench/latency.py: ps p99 under load 6.6-9.9 ms against 8.5-10.9, follow 3.2-8.8 ms
-# against 8.9-10.7, alternated runs). But they must still keep up with the sessions
-# where the scheduler weighs the daemon's threads and the sessions together (no
-# autogroups, or a systemd unit's cgroup), and there a SCHED_IDLE thread starves behind
-# busy sessions. So a thread that falls behind, a call having waited LATE_AFTER to
-# start, runs as a normal thread BACKGROUND_NICE above the loop, which still wins over
-# the sessions (session_nice, 10 by default), until it has kept up for CATCH_UP.
+# (bench/latency.py, alternated with nice +5: the loop's wait for a core 0.9-1.3 s
+# against 1.4-1.6 s per 10.7 s, ps p99 7.0-10.5 ms against 9.0-10.7). But they must
+# still keep up with the sessions where the scheduler weighs the daemon's threads and
+# the sessions together (no autogroups, or a systemd unit's cgroup), and there a
+# SCHED_IDLE thread starves behind busy sessions. So a thread that falls behind, a call
+# having waited LATE_AFTER to start, runs as a normal thread BACKGROUND_NICE above the
+# loop, which still wins over the sessions (session_nice, 10 by default), until it has
+# kept up for CATCH_UP.
 BACKGROUND_NICE = 5
 LATE_AFTER = 0.25
 CATCH_UP = 10.0
