@@ -31,6 +31,8 @@ def test_the_token_url_gives_a_strict_httponly_cookie_that_opens_the_page(dashbo
         assert first.status_code == 303 and first.headers["location"] == "/"
         cookie = first.headers["set-cookie"].lower()
         assert "httponly" in cookie and "samesite=strict" in cookie
+        # Named for the port: a browser sends it to every dashboard on this host.
+        assert cookie.startswith(f"slotd_dashboard_{urlsplit(dashboard.base).port}=")
         page = client.get("/")
         assert page.status_code == 200 and "slotd dashboard" in page.text
         assert "default-src 'none'" in page.headers["content-security-policy"]
@@ -47,7 +49,7 @@ def test_without_the_token_the_page_and_its_streams_are_refused(dashboard):
             assert response.status_code == 401, path
             assert "token" in response.text
             assert "content-security-policy" in response.headers
-        client.cookies.set("slotd_dashboard", "wrong")
+        client.cookies.set(f"slotd_dashboard_{urlsplit(dashboard.base).port}", "wrong")
         assert client.get("/").status_code == 401
 
 
@@ -74,6 +76,43 @@ def test_a_post_without_the_csrf_token_is_refused_and_with_it_stops_the_session(
         stopped = client.post(f"/api/sessions/{session['id']}/stop", headers={"x-csrf-token": dashboard.csrf(client)})
         assert stopped.status_code == 200, stopped.text
     assert daemon.wait_ended(session["id"])["status"] == "killed"
+
+
+def test_hostile_tokens_cookies_and_bodies_are_refused_not_answered_with_500(daemon, dashboard):
+    """Non-ASCII tokens, cookies and CSRF headers, another site's malformed cookie, bad or huge JSON and an odd Last-Event-ID get 4xx, never 500."""
+    session = daemon.start_session(py("import time; time.sleep(60)"))
+    with httpx.Client(base_url=dashboard.base) as stranger:
+        assert stranger.get("/?token=%C3%A9").status_code == 401
+        assert (
+            stranger.get(
+                "/", headers={"cookie": f"slotd_dashboard_{urlsplit(dashboard.base).port}=\u00e9".encode("latin-1")}
+            ).status_code
+            == 401
+        )
+    with dashboard.client() as client:
+        # Another local app's cookie that the standard library's parser rejects.
+        assert client.get("/", headers={"cookie": "bad<k=1; " + cookie_of(client)}).status_code == 200
+        csrf = dashboard.csrf(client)
+        act = f"/api/sessions/{session['id']}/send"
+        assert (
+            client.post(act, headers={"x-csrf-token": "\u00e9".encode("latin-1")}, json={"text": "x"}).status_code
+            == 403
+        )
+        for body in (b"{not json", b"[" * 100_000, b'{"text": "' + b"x" * (2 << 20) + b'"}', b"\xff\xfe"):
+            answer = client.post(act, headers={"x-csrf-token": csrf}, content=body)
+            assert answer.status_code == 400, (body[:20], answer.text)
+        for resume in ("\u00b2", "-1", "x"):
+            answer = client.get(
+                f"/api/sessions/{session['id']}/follow", headers={"last-event-id": resume.encode("latin-1")}
+            )
+            assert answer.status_code == 400, resume
+    assert daemon.session(session["id"])["status"] == "running"
+    daemon.request("kill", session=session["id"])
+
+
+def cookie_of(client: httpx.Client) -> str:
+    """The client's cookies as a Cookie header."""
+    return "; ".join(f"{name}={value}" for name, value in client.cookies.items())
 
 
 def test_an_action_the_daemon_refuses_is_answered_with_its_error(daemon, dashboard):

@@ -21,6 +21,7 @@ from supervisor.asyncclient import Daemon
 from supervisor.client import DaemonUnavailable, RemoteError
 from supervisor.dashboard.state import Filter, StatePoller, ended_filter
 from supervisor.model import ENDED_STATUSES
+from supervisor.wire import MAX_MESSAGE_BYTES, decode_message
 
 STATIC = Path(__file__).parent / "static"
 # How often a lost daemon is tried again by a stream.
@@ -47,6 +48,21 @@ def event(data: Any, name: str | None = None, event_id: int | None = None) -> by
 
 def bad_request(message: str, status: int = 400) -> JSONResponse:
     return JSONResponse({"error": {"code": "bad_request", "message": message}}, status)
+
+
+async def json_body(request: Request) -> Any:
+    """The request's body as JSON, read up to MAX_MESSAGE_BYTES (what the daemon takes
+    in one message) and parsed as the daemon parses messages; None if it is longer or
+    not such JSON."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_MESSAGE_BYTES:
+            return None
+    try:
+        return decode_message(bytes(body))
+    except ValueError:  # UnicodeDecodeError and TooDeep included
+        return None
 
 
 def sse(events: AsyncIterator[bytes]) -> StreamingResponse:
@@ -120,10 +136,8 @@ def build_app(daemon: Daemon) -> Starlette:
 
     async def follow(request: Request) -> Response:
         resume = request.headers.get("last-event-id") or request.query_params.get("since_seq") or "0"
-        if not resume.isdigit():
-            return JSONResponse(
-                {"error": {"code": "bad_request", "message": f"since_seq {resume!r} is not a seq"}}, 400
-            )
+        if not (resume.isascii() and resume.isdigit()):  # "²" is a digit to isdigit(), not to int()
+            return bad_request(f"since_seq {resume!r} is not a seq")
         return sse(follow_events(request.path_params["session"], int(resume)))
 
     async def act(request: Request) -> Response:
@@ -131,9 +145,9 @@ def build_app(daemon: Daemon) -> Starlette:
         session = request.path_params["session"]
         args: dict[str, Any]
         if action in ("send", "resize"):
-            body = await request.json()
+            body = await json_body(request)
             if not isinstance(body, dict):
-                return bad_request(f"{action} needs a JSON object")
+                return bad_request(f"{action} needs a JSON object (of at most {MAX_MESSAGE_BYTES} bytes)")
         if action == "send":
             text = body.get("text")
             newline = body.get("newline", True)

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
-from http.cookies import SimpleCookie
 from urllib.parse import parse_qs
 
 from starlette.datastructures import Headers
+from starlette.requests import cookie_parser
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+# The cookie's name, followed by the port: a browser sends a host's cookies to every
+# port, so two dashboards on one machine must not overwrite each other's.
 COOKIE = "slotd_dashboard"
 CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = frozenset({"GET", "HEAD"})
@@ -43,6 +44,7 @@ class Guard:
     def __init__(self, app: ASGIApp, token: str, host: str, port: int, also: tuple[str, ...] = ()) -> None:
         self.app = app
         self.token = token
+        self.cookie = f"{COOKIE}_{port}"
         # Made from the token, so that it too outlives a restart of the dashboard (an
         # open page keeps the one it was given) and changes with --new-token.
         self.csrf = hmac.new(token.encode(), b"slotd dashboard csrf", hashlib.sha256).hexdigest()
@@ -54,8 +56,11 @@ class Guard:
         self.hosts = {f"{name}:{port}" for name in bracketed} | (bracketed if port == 80 else set())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "lifespan":
             await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":  # a websocket: the page uses none, none gets through
+            await send({"type": "websocket.close", "code": 1008})
             return
 
         async def secured(message: Message) -> None:
@@ -79,19 +84,27 @@ class Guard:
                 f"refused: Host {host!r} is not this dashboard's address ({', '.join(sorted(self.hosts))})", 403
             )
         given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0]
-        if scope["path"] == "/" and given and secrets.compare_digest(given, self.token):
+        if scope["path"] == "/" and given and same(given, self.token):
             # The token's URL is exchanged for the cookie, and leaves the address bar.
             redirect = RedirectResponse("/", 303)
-            redirect.set_cookie(COOKIE, self.token, httponly=True, samesite="strict", path="/")
+            redirect.set_cookie(self.cookie, self.token, httponly=True, samesite="strict", path="/")
             return redirect
-        cookie = SimpleCookie(headers.get("cookie", ""))
-        held = cookie[COOKIE].value if COOKIE in cookie else ""
-        if not (held and secrets.compare_digest(held, self.token)):
+        # Starlette's parser, as browsers send them: another site's odd cookie on this
+        # host (any port) must neither raise nor hide this one.
+        held = cookie_parser(headers.get("cookie", "")).get(self.cookie, "")
+        if not (held and same(held, self.token)):
             return PlainTextResponse(
                 "refused: no valid token; open the URL `slotctl dashboard` printed when it started", 401
             )
         if scope["method"] not in SAFE_METHODS:
             csrf = headers.get(CSRF_HEADER, "")
-            if not (csrf and secrets.compare_digest(csrf, self.csrf)):
+            if not (csrf and same(csrf, self.csrf)):
                 return PlainTextResponse(f"refused: a {scope['method']} needs the page's CSRF token", 403)
         return None
+
+
+def same(given: str, expected: str) -> bool:
+    """Whether what the browser gave is the secret, in constant time; as bytes, since
+    compare_digest refuses (raises on) strings with characters beyond ASCII, which
+    anyone can send."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode())
