@@ -6,7 +6,6 @@ comes with either extra."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,6 +16,7 @@ import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from supervisor.client import DaemonUnavailable, request_line, result_of, unreachable
+from supervisor.wire import decode_message
 
 # The longest reply line taken: one holds at most 1,000 sessions (a `ps` without
 # `stream`) or one row of 64 KiB as base64, far below this.
@@ -39,7 +39,9 @@ class Connection:
         except (anyio.IncompleteRead, anyio.EndOfStream, anyio.BrokenResourceError):
             # Closed, perhaps mid-message (a daemon that restarted, or let us go).
             raise ConnectionError("the daemon closed the connection") from None
-        return json.loads(line)
+        except anyio.DelimiterNotFound:
+            raise ConnectionError(f"the daemon sent a reply over {MAX_REPLY_BYTES} bytes") from None
+        return decode_message(line)
 
     async def send(self, cmd: str, args: dict[str, Any]) -> None:
         request_id = self._next_id
@@ -112,6 +114,7 @@ class Daemon:
         the time left, as `slotctl wait` does, until the daemon answers or the time is up."""
         deadline = anyio.current_time() + seconds
         sessions = [session]
+        reached = False  # a daemon that was never there is said at once, not waited for
 
         def resolved(message: dict[str, Any]) -> None:
             if "waiting" in message:
@@ -121,7 +124,10 @@ class Daemon:
             try:
                 left = max(0.0, deadline - anyio.current_time())
                 return await self.messages("wait", resolved, sessions=sessions, until=until, timeout=left)
-            except (ConnectionError, DaemonUnavailable):
+            except (ConnectionError, DaemonUnavailable) as error:
+                if isinstance(error, DaemonUnavailable) and not reached:
+                    raise
+                reached = True  # lost after it answered: it restarts, and is waited for
                 if anyio.current_time() >= deadline:
                     raise DaemonUnavailable(
                         f"lost the daemon while waiting, and it did not come back within {seconds:g}s"

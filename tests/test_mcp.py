@@ -18,6 +18,7 @@ from mcp.types import CallToolResult
 
 from supervisor.cli.mcp import INSTALL_HINT
 from supervisor.errors import CliExit
+from supervisor.protocol import PS_REPLY_MAX
 from tests.harness import DaemonHandle, wait_for
 from tests.helpers import py
 
@@ -265,6 +266,21 @@ async def test_a_daemon_that_is_not_running_is_a_tool_error(make_daemon):
     assert result.is_error and result.structured_content["code"] == "unavailable"
     assert f"nothing listens on {daemon.socket}" in result.structured_content["message"]
     assert "--socket named it" in result.structured_content["message"]
+    async with mcp_client(daemon) as client:
+        with trio.fail_after(30):  # not its timeout_s: a daemon never there is said at once
+            waited = await client.call_tool("wait_session", {"session": "0" * 8, "timeout_s": 3600})
+    assert waited.is_error and waited.structured_content["code"] == "unavailable"
+
+
+async def test_listing_and_tail_arguments_are_bounded(daemon):
+    """list_sessions' limit and read_output's tail_lines have upper bounds in their schemas, and a call past them is refused."""
+    async with mcp_client(daemon) as client:
+        tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+        assert tools["list_sessions"].input_schema["properties"]["limit"]["maximum"] == PS_REPLY_MAX
+        tail = tools["read_output"].input_schema["properties"]["tail_lines"]["anyOf"][0]
+        assert tail["maximum"] == 10000
+        result = await client.call_tool("list_sessions", {"limit": 10**9})
+    assert result.is_error
 
 
 def test_a_bare_json_rpc_client_can_use_it(daemon):

@@ -35,7 +35,7 @@ from supervisor.mcpserver.views import (
     describe_wait,
 )
 from supervisor.model import ENDED_STATUSES, Status
-from supervisor.protocol import ErrorCode
+from supervisor.protocol import PS_REPLY_MAX, ErrorCode
 
 # Not a protocol code: the daemon could not be asked at all.
 UNAVAILABLE = "unavailable"
@@ -45,6 +45,9 @@ MAX_MAX_BYTES = 16 * 1024 * 1024
 # cut as read_output cuts, pointing at read_output for the rest.
 RESOURCE_MAX_BYTES = 1024 * 1024
 DEFAULT_LIST_LIMIT = 100
+# The most last lines read_output and session_info show: a tail is read whole from the
+# daemon before max_bytes cuts it, so it must stay small.
+MAX_TAIL_LINES = 10000
 
 INSTRUCTIONS = """\
 slotd runs command-line sessions (builds, test runs, agents) in a few slots on this
@@ -140,7 +143,9 @@ def build_server(daemon: Daemon, default_cwd: str) -> MCPServer:
         labels: Annotated[
             dict[str, Any] | None, Field(description="Only sessions with every one of these labels.")
         ] = None,
-        limit: Annotated[int, Field(ge=0, description="At most this many sessions.")] = DEFAULT_LIST_LIMIT,
+        limit: Annotated[
+            int, Field(ge=0, le=PS_REPLY_MAX, description="At most this many sessions.")
+        ] = DEFAULT_LIST_LIMIT,
     ) -> Annotated[CallToolResult, SessionList]:
         """List sessions: those waiting at a checkpoint first, then running and paused, queued, and the
         latest ended."""
@@ -184,7 +189,8 @@ def build_server(daemon: Daemon, default_cwd: str) -> MCPServer:
     async def read_output(
         session: SessionArg,
         tail_lines: Annotated[
-            int | None, Field(ge=0, description="Only the last this many lines (not with since_seq).")
+            int | None,
+            Field(ge=0, le=MAX_TAIL_LINES, description="Only the last this many lines (not with since_seq)."),
         ] = None,
         since_seq: Annotated[
             int | None,
@@ -278,7 +284,7 @@ def build_server(daemon: Daemon, default_cwd: str) -> MCPServer:
     @answers
     async def session_info(
         session: SessionArg,
-        tail_lines: Annotated[int, Field(ge=0, le=10000, description="How many last lines to show.")] = 20,
+        tail_lines: Annotated[int, Field(ge=0, le=MAX_TAIL_LINES, description="How many last lines to show.")] = 20,
         max_bytes: Annotated[
             int, Field(ge=256, le=MAX_MAX_BYTES, description="At most this many bytes of those lines.")
         ] = 4096,
