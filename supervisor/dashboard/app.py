@@ -50,15 +50,27 @@ def bad_request(message: str, status: int = 400) -> JSONResponse:
     return JSONResponse({"error": {"code": "bad_request", "message": message}}, status)
 
 
+# A body over MAX_MESSAGE_BYTES is still read to its end (up to this much) and dropped
+# before the answer: a server that closes a connection with a request half read makes
+# the client's kernel reset it, and the client may never see the answer.
+DRAIN_MAX_BYTES = 64 * MAX_MESSAGE_BYTES
+TOO_LARGE = object()  # json_body's answer for a body over MAX_MESSAGE_BYTES
+
+
 async def json_body(request: Request) -> Any:
-    """The request's body as JSON, read up to MAX_MESSAGE_BYTES (what the daemon takes
-    in one message) and parsed as the daemon parses messages; None if it is longer or
-    not such JSON."""
+    """The request's body as JSON, up to MAX_MESSAGE_BYTES (what the daemon takes in one
+    message) and parsed as the daemon parses messages; TOO_LARGE if it is longer, None
+    if it is not such JSON."""
     body = bytearray()
+    size = 0
     async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_MESSAGE_BYTES:
-            return None
+        size += len(chunk)
+        if size <= MAX_MESSAGE_BYTES:
+            body += chunk
+        elif size > DRAIN_MAX_BYTES:
+            break
+    if size > MAX_MESSAGE_BYTES:
+        return TOO_LARGE
     try:
         return decode_message(bytes(body))
     except ValueError:  # UnicodeDecodeError and TooDeep included
@@ -146,6 +158,8 @@ def build_app(daemon: Daemon) -> Starlette:
         args: dict[str, Any]
         if action in ("send", "resize"):
             body = await json_body(request)
+            if body is TOO_LARGE:
+                return bad_request(f"{action}'s body is over {MAX_MESSAGE_BYTES} bytes", 413)
             if not isinstance(body, dict):
                 return bad_request(f"{action} needs a JSON object (of at most {MAX_MESSAGE_BYTES} bytes)")
         if action == "send":
