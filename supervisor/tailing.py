@@ -4,8 +4,8 @@ sleep on inotify and the shim's pidfd until there is more, stop at the last reco
 
 from __future__ import annotations
 
-import math
 import os
+import select
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,18 +39,29 @@ class ShimWatch:
             self.fd = None
 
 
-async def _wait_any_readable(fds: list[int]) -> set[int]:
-    ready: set[int] = set()
-    async with trio.open_nursery() as nursery:
+class Wakeups:
+    """One file descriptor, readable when the spool grows or the shim ends: an epoll set
+    holding the directory watch and the shim's pidfd, which trio waits on as one. (A
+    nursery with a task per descriptor, made anew at every wait, cost the event loop
+    more than reading the spool did: a line-by-line writer wakes it thousands of times
+    a second.)"""
 
-        async def wait_one(fd: int) -> None:
-            await trio.lowlevel.wait_readable(fd)
-            ready.add(fd)
-            nursery.cancel_scope.cancel()
-
+    def __init__(self, fds: list[int]) -> None:
+        self._epoll = select.epoll()
         for fd in fds:
-            nursery.start_soon(wait_one, fd)
-    return ready
+            self._epoll.register(fd, select.EPOLLIN)
+
+    async def wait(self) -> set[int]:
+        """Wait until one of the descriptors is readable; return those that are."""
+        await trio.lowlevel.wait_readable(self._epoll.fileno())
+        return {fd for fd, _events in self._epoll.poll(0)}
+
+    def forget(self, fd: int) -> None:
+        self._epoll.unregister(fd)
+
+    def close(self) -> None:
+        trio.lowlevel.notify_closing(self._epoll.fileno())
+        self._epoll.close()
 
 
 OnEvent = Callable[[spool.Record, spool.Position], None]
@@ -84,7 +95,9 @@ async def tail_spool(
         log.warning("spool_watch_unavailable", session_id=session_id, error=str(error), fallback="polling")
         watch = None
     shim = ShimWatch(shim_pid)
+    wakeups: Wakeups | None = None
     try:
+        wakeups = Wakeups(([watch.fd] if watch is not None else []) + ([shim.fd] if shim.fd is not None else []))
         while True:
             await ingestor.wait_for_room(session_id)
             if watch is not None:
@@ -120,13 +133,19 @@ async def tail_spool(
                 continue
             if shim.ended:
                 return None
-            fds = ([watch.fd] if watch is not None else []) + ([shim.fd] if shim.fd is not None else [])
-            with trio.move_on_after(ingestor.flush_interval if watch is None else math.inf):
-                ready = await _wait_any_readable(fds)
+            if watch is not None:
+                ready = await wakeups.wait()
+            else:
+                ready = set()
+                with trio.move_on_after(ingestor.flush_interval):
+                    ready = await wakeups.wait()
             if shim.fd is not None and shim.fd in ready:
                 # One more read after the shim is gone picks up its last records.
+                wakeups.forget(shim.fd)
                 shim.close()
     finally:
+        if wakeups is not None:
+            wakeups.close()
         reader.close()
         if watch is not None:
             trio.lowlevel.notify_closing(watch.fd)
