@@ -36,6 +36,9 @@ def is_done(sessions: list[Session], until: str, first: bool) -> bool:
 
 async def wait_first(events: list[trio.Event]) -> None:
     """Return once any of the events is set."""
+    if len(events) == 1:  # the usual wait, woken by each row: without a nursery each time
+        await events[0].wait()
+        return
     async with trio.open_nursery() as nursery:
 
         async def one(event: trio.Event) -> None:
@@ -53,13 +56,20 @@ class WaitCommands(CommandContext):
         # Resolved once: after a reconnect, a client asks again by the full ids it was sent.
         session_ids = list(dict.fromkeys([(await self._session(prefix)).id for prefix in request.sessions]))
         await emit({"waiting": session_ids})
+        looked_at: list[int] | None = None  # the sessions' record_changes at the last read
         with trio.move_on_after(request.timeout if request.timeout is not None else math.inf) as waiting:
             while True:
                 # Taken before reading: a change committed after the read wakes us.
                 events = [self.ingestor.session_event(session_id) for session_id in session_ids]
-                sessions = await self._read_sessions(session_ids)
-                if is_done(sessions, request.until, request.any):
-                    break
+                # Every row a session prints wakes us too: read again only when a
+                # record may have changed (a session not registered with ingest, one
+                # queued, say, changes outside its batches: it is always read again).
+                changes = [self.ingestor.record_changes(session_id) for session_id in session_ids]
+                if changes != looked_at or not all(map(self.ingestor.is_registered, session_ids)):
+                    looked_at = changes
+                    sessions = await self._read_sessions(session_ids)
+                    if is_done(sessions, request.until, request.any):
+                        break
                 await wait_first(events)
         if waiting.cancelled_caught:
             sessions = await self._read_sessions(session_ids)
