@@ -125,6 +125,10 @@ class Ingestor:
     def update(self, session_id: str, **columns) -> None:
         self._batch.update(session_id, **columns)
         self._mark_work()
+        if "status" in columns:
+            # A session's status is what clients wait on (`wait`, `run`, a follower at
+            # its end): it goes now, not at the next flush_interval.
+            self._urgent.set()
 
     def _mark_work(self) -> None:
         if self.oldest_pending_since is None:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import psutil
+import pytest
 
 from supervisor.errors import CliExit
 from tests.harness import DaemonHandle, wait_for
@@ -91,22 +92,44 @@ def test_wait_timeout_exits_124_naming_the_sessions_still_running(daemon):
     assert ended["id"] not in result.stderr.decode()
 
 
-def test_wait_until_checkpoint_returns_when_the_session_waits_for_a_person(make_daemon):
-    """wait --until checkpoint exits 0 once the session is waiting_checkpoint, and leaves it waiting there."""
-    daemon = make_daemon(checkpoint_pattern=r"Continue\? \[y/N\]")
+def waiting_for_a_prompt(daemon: DaemonHandle, prompt: str) -> tuple[dict, subprocess.Popen]:
+    """A session that writes `prompt` (then reads a line) once the test opens its gate,
+    and a `slotctl wait --until checkpoint` connected to wait for it; the gate is open."""
     gate = daemon.root / "ask"
     code = (
         "import os, sys, time\n"
         f"while not os.path.exists({str(gate)!r}): time.sleep(0.02)\n"
-        "sys.stdout.write('Continue? [y/N] '); sys.stdout.flush()\n"
+        f"sys.stdout.write({prompt!r}); sys.stdout.flush()\n"
         "sys.stdin.readline()\n"
     )
     session = daemon.start_session(py(code))
     waiting = slotctl(daemon, "wait", "--until", "checkpoint", session["id"])
     wait_for(lambda: is_connected(waiting), what="slotctl wait connected")
     gate.touch()
+    return session, waiting
+
+
+def test_wait_until_checkpoint_returns_when_the_session_waits_for_a_person(make_daemon):
+    """wait --until checkpoint exits 0 once the session is waiting_checkpoint, and leaves it waiting there."""
+    daemon = make_daemon(checkpoint_pattern=r"Continue\? \[y/N\]")
+    session, waiting = waiting_for_a_prompt(daemon, "Continue? [y/N] ")
     assert finish(waiting)[0] == 0
     assert daemon.session(session["id"])["status"] == "waiting_checkpoint"
+
+
+def test_a_status_change_is_committed_at_once_not_at_the_next_flush(make_daemon):
+    """With flush_interval at its most (10 s), wait --until checkpoint still returns within a few seconds of the prompt: a status change does not wait for the next flush."""
+    daemon = make_daemon(checkpoint_pattern=r"Continue\? \[y/N\]", flush_interval=10)
+    # A whole line: the shim would hold a partial one for flush_interval.
+    session, waiting = waiting_for_a_prompt(daemon, "Continue? [y/N]\n")
+    try:
+        waiting.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        waiting.kill()
+        waiting.communicate()
+        pytest.fail("wait --until checkpoint did not return within 5 s of the prompt")
+    assert waiting.returncode == 0
+    daemon.request("kill", session=session["id"])
 
 
 def test_wait_until_checkpoint_exits_4_when_the_session_ends_without_one(daemon):
