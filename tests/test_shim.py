@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from supervisor import linux, spool
-from supervisor.shim.output import LineAssembler
+from supervisor.shim.output import STREAMING_PIPE_SIZE, LineAssembler
 from supervisor.spool import Position, Record, SpoolReader
 from tests.harness import wait_for
 from tests.helpers import alive, end_shim_run, py
@@ -421,6 +421,27 @@ def test_a_line_per_write_at_full_speed_is_spooled_many_lines_to_a_record(start_
     assert out == b"".join(b"%08d " % n + b"x" * 90 + b"\n" for n in range(lines))
     # Without the pause between reads: 2,000 to 2,900 records here; with it, about 75.
     assert len([r for r in records if r.kind == spool.STDOUT]) < lines / 50
+
+
+# Writes `count` pieces of `size` bytes to stdout, one write() each, then the size of its
+# stdout pipe to stderr.
+PIPE_SIZE_AFTER_WRITES = (
+    "import fcntl, os, sys\n"
+    "count, size = int(sys.argv[1]), int(sys.argv[2])\n"
+    "piece = b'x' * (size - 1) + b'\\n'\n"
+    "for _ in range(count):\n"
+    "    os.write(1, piece)\n"
+    "os.write(2, b'%d' % fcntl.fcntl(1, fcntl.F_GETPIPE_SZ))\n"
+)
+
+
+@pytest.mark.parametrize(("count", "size", "pipe_size"), [(50_000, 100, STREAMING_PIPE_SIZE), (1_000, 65536, 65536)])
+def test_a_streaming_commands_pipe_grows_and_a_block_writers_does_not(start_shim, count, size, pipe_size) -> None:
+    """A command writing 100-byte lines at full speed finds its stdout pipe grown to 256 KiB; one writing 64 KiB blocks keeps the default 64 KiB."""
+    run = start_shim([*py(PIPE_SIZE_AFTER_WRITES), str(count), str(size)], nice=10)
+    records = run.wait_final()
+    assert len(stream_bytes(records, spool.STDOUT)) == count * size
+    assert stream_bytes(records, spool.STDERR) == b"%d" % pipe_size
 
 
 def test_the_command_runs_at_the_spec_nice_in_its_own_autogroup_and_the_shim_keeps_its_own(start_shim) -> None:

@@ -25,10 +25,11 @@ from supervisor.shim.stdin import StdinPump
 from supervisor.shim.terminal import eof_character
 
 # How long the loop pauses while the command streams small writes (output.py), so the
-# next read takes many at once: at 240 MB/s of 100-byte lines, 70 KB, about what the
-# command's pipe holds (64 KiB). A bigger pipe (1 MiB) read line-by-line writers 10 %
-# faster but let full-speed block writers run ahead and take the CPU: keystroke echo
-# p99 under load went from 7-8 ms to 19-38 ms (bench/latency.py).
+# next read takes many at once: at 170 MB/s of 100-byte lines into a pipe, 50 KB, well
+# within what a streaming command's pipe holds (STREAMING_PIPE_SIZE). Every command's
+# pipe at 1 MiB read line-by-line writers as fast, but let full-speed block writers run
+# ahead and take the CPU: keystroke echo p99 under load went from 7-8 ms to 19-38 ms
+# (bench/latency.py).
 STREAMING_PAUSE = 0.0003
 
 

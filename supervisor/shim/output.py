@@ -10,13 +10,14 @@ A command that writes a line per write() as fast as it can (any line-buffered pr
 would otherwise wake the shim for every line, and each read, record and transcript row
 would hold one line: 13 times the time the command takes alone, where reading a pipe
 into a file takes 1.4 times. So the shim notices when the command writes small pieces
-back to back (streaming), and its loop then pauses a moment before the next read while
-the command's pipe gathers many lines. A line written after a quiet spell is read at
-once, as before, and so is a command writing blocks.
+back to back (streaming), grows that command's pipe, and its loop then pauses a moment
+before each read while the pipe gathers many lines. A line written after a quiet spell
+is read at once, as before, and so is a command writing blocks.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Sequence
 
@@ -25,11 +26,16 @@ from supervisor.shim.terminal import is_hang_up
 
 READ_SIZE = 65536  # what a pipe holds by default
 # A read of less than this (a page), within STREAMING_GAP of the one before, means the
-# command writes small pieces back to back; a bigger one means it writes blocks (whose
-# reads come back short of 64 KiB now and then, but in whole pages), or that the shim
-# has fallen behind: no pause then.
+# command writes small pieces back to back: streaming begins. A command writing blocks
+# gives bigger reads (short of 64 KiB now and then, but in whole pages), and one whose
+# reads are full has filled its pipe: no pause then.
 STREAMING_READ = 4096
 STREAMING_GAP = 0.002
+# A streaming command's pipe grows to this, so it gathers lines while the shim pauses
+# without filling: at 64 KiB a fast writer blocked on a full pipe about once a
+# millisecond. Only a streaming command's pipe grows: a bigger one lets a block
+# writer run ahead of capture and take the CPU (loop.py's STREAMING_PAUSE says how much).
+STREAMING_PIPE_SIZE = 256 * 1024
 
 
 class LineAssembler:
@@ -111,6 +117,7 @@ class Output:
         self.assemblers = {kind: LineAssembler(kind, max_chunk, hold_partial=kind != spool.TTY) for kind in kinds}
         self.streaming = False  # see the module's docstring
         self.last_read_at = float("-inf")
+        self._grown: set[int] = set()  # the pipes grown to STREAMING_PIPE_SIZE
 
     def read(self, kind: int, fd: int, now: float) -> bool:
         """Read what the stream's pipe holds and store its whole lines; at end of file
@@ -123,8 +130,15 @@ class Output:
             if not is_hang_up(error):
                 raise
             data = b""  # a terminal's end of file
-        self.streaming = len(data) < STREAMING_READ and now - self.last_read_at < STREAMING_GAP
+        # Streaming starts with a small read right after another, and goes on while the
+        # reads come back to back and short of a full one (a full read: the pause was
+        # too long, or the command writes blocks).
+        back_to_back = now - self.last_read_at < STREAMING_GAP
+        self.streaming = back_to_back and (len(data) < STREAMING_READ or (self.streaming and len(data) < READ_SIZE))
         self.last_read_at = now
+        if self.streaming and fd not in self._grown:
+            self._grown.add(fd)
+            grow_pipe(fd)
         assembler = self.assemblers[kind]
         if data:
             self.emit(kind, assembler.feed(data, now))
@@ -161,3 +175,12 @@ class Output:
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - now)
+
+
+def grow_pipe(fd: int) -> None:
+    """Make the pipe at fd hold STREAMING_PIPE_SIZE, where the system allows it (a user
+    past fs.pipe-user-pages-soft, a terminal: it stays as it is)."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, STREAMING_PIPE_SIZE)
+    except OSError:
+        pass
