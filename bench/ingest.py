@@ -68,7 +68,6 @@ ROWS_PER_TRANSACTION = 1000
 PER_LINE_SAMPLE = 20_000
 PER_LINE_BUDGET = 5.0  # seconds
 RSS_INTERVAL = 0.05
-POLL_INTERVAL = 0.005
 INSERT = "INSERT INTO transcript (session_id, seq, ts, stream, data) VALUES (?, ?, ?, ?, ?)"
 
 
@@ -390,17 +389,19 @@ def measure_slotd(
 
 
 def wait_until_ended(client: Client, ids: list[str], deadline: float) -> dict[str, str]:
-    """Poll each session until none is queued or live; return their final statuses."""
-    statuses = {session_id: "queued" for session_id in ids}
-    unfinished = ("queued", "running", "paused", "waiting_checkpoint")
-    while any(status in unfinished for status in statuses.values()):
-        if time.perf_counter() > deadline:
-            raise RuntimeError(f"sessions not done in time: {statuses}")
-        time.sleep(POLL_INTERVAL)
-        for session_id, status in statuses.items():
-            if status in unfinished:
-                statuses[session_id] = client.request("show", session=session_id)["status"]
-    return statuses
+    """Wait for every session to end, with the daemon's `wait` (woken by the sessions'
+    own changes: no polling adds its requests to the work measured); return their final
+    statuses."""
+    for message in client.messages("wait", sessions=ids, timeout=max(0.0, deadline - time.perf_counter())):
+        if "waiting" in message:
+            continue
+        if not message.get("ok"):
+            raise RuntimeError(f"wait refused: {message.get('error')}")
+        result = message["result"]
+        if result["timed_out"]:
+            raise RuntimeError(f"sessions not done in time: {result['pending']}")
+        return {session["id"]: session["status"] for session in result["sessions"]}
+    raise RuntimeError("the daemon closed the connection during wait")
 
 
 def verify(database: Path, ids: list[str], lines: int, statuses: dict[str, str]) -> list[str]:
