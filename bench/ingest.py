@@ -4,6 +4,7 @@
     .venv/bin/python bench/ingest.py --lines 100000  # a quick run
     .venv/bin/python bench/ingest.py --json out.json # the numbers as JSON too
     .venv/bin/python bench/ingest.py --only lines    # only the line-by-line writes (issue 14)
+    .venv/bin/python bench/ingest.py --only lines --line-writer print  # and one child of two
     .venv/bin/python bench/ingest.py --session-nice 0  # sessions as urgent as the daemon
 
 It measures, on the same data (numbered lines of exactly 100 bytes):
@@ -24,7 +25,10 @@ It measures, on the same data (numbered lines of exactly 100 bytes):
    a plain file (what supervisord does), and slotd with 1 and with 3 such sessions,
    each timed from the child's first write (it writes the time to a file) to its last
    line written (alone) or seen stored (slotd); the bar: slotd's 1 session at most 1.6
-   times the child alone.
+   times the child alone. Twice: with a child that calls print(line, flush=True), a
+   line-buffered Python program like the one issue 14 measured, and with one that
+   makes the same calls as fast as Python can (os.write), to which every write's cost
+   in capture weighs twice as much (--line-writer picks one).
 
 It prints a table of ratios against the bars. A missed bar is reported, not an error;
 the exit status is non-zero only if the stored transcripts are wrong. Everything it
@@ -97,30 +101,52 @@ def session_program(lines: int) -> str:
         """)
 
 
-def line_program(lines: int, stamp: Path) -> str:
-    """The same lines, one write() each, as a line-buffered program (or any program on a
-    terminal) writes them; the time of its first write goes to the file `stamp`, since
-    the wall measured is from the child's first write (its interpreter and slotd's shim
-    start before it in every approach alike)."""
-    return textwrap.dedent(inspect.getsource(line_blocks)) + textwrap.dedent(f"""
-        import os, time
-        with open({str(stamp)!r}, "w") as stamp:
-            stamp.write(repr(time.time()))
+# How a line-by-line child writes each line, one write() per line either way:
+# "print": a line-buffered Python program, print(line, flush=True); the kind of child
+#     issue 14's table measured (0.89 s alone there; about 0.9 s here).
+# "os.write": os.write(1, line) on slices of a prepared block, the fastest a Python
+#     program can make the calls: about 0.4 s alone, so what capture costs per write
+#     weighs more than twice as much against it.
+LINE_WRITERS = {
+    "print": """
+        for block in line_blocks({lines}):
+            for line in block.decode().splitlines(keepends=True):
+                print(line, end="", flush=True)
+        """,
+    "os.write": """
+        import os
         for block in line_blocks({lines}):
             view = memoryview(block)
-            for start in range(0, len(block), {LINE_BYTES}):
-                os.write(1, view[start : start + {LINE_BYTES}])
+            for start in range(0, len(block), {line_bytes}):
+                os.write(1, view[start : start + {line_bytes}])
+        """,
+}
+
+
+def line_program(lines: int, stamp: Path, writer: str) -> str:
+    """The same lines, one write() each, as a line-buffered program (or any program on a
+    terminal) writes them, the way LINE_WRITERS[writer] says; the time of its first
+    write goes to the file `stamp`, since the wall measured is from the child's first
+    write (its interpreter and slotd's shim start before it in every approach alike)."""
+    return (
+        textwrap.dedent(inspect.getsource(line_blocks))
+        + textwrap.dedent(f"""
+        import time
+        with open({str(stamp)!r}, "w") as stamp:
+            stamp.write(repr(time.time()))
         """)
+        + textwrap.dedent(LINE_WRITERS[writer].format(lines=lines, line_bytes=LINE_BYTES))
+    )
 
 
 def first_write(stamp: Path) -> float:
     return float(stamp.read_text())
 
 
-def measure_child(lines: int, to_file: Path | None, stamp: Path) -> dict:
+def measure_child(lines: int, writer: str, to_file: Path | None, stamp: Path) -> dict:
     """The line-by-line child alone, from its first write to its last line written: to
     /dev/null, or through a pipe read into a plain file (what supervisord does)."""
-    argv = [sys.executable, "-c", line_program(lines, stamp)]
+    argv = [sys.executable, "-c", line_program(lines, stamp, writer)]
     settle()
     if to_file is None:
         subprocess.run(argv, stdout=subprocess.DEVNULL, check=True)
@@ -315,11 +341,13 @@ class RssSampler(threading.Thread):
 
 
 def measure_slotd(
-    workdir: Path, lines: int, sessions: int = SESSIONS, line_by_line: bool = False, session_nice: int | None = None
+    workdir: Path, lines: int, sessions: int = SESSIONS, line_writer: str | None = None, session_nice: int | None = None
 ) -> dict:
     """A real daemon, `sessions` sessions at once (writing 64 KiB blocks, or a line per
-    write): time to all completed, peak RSS, then verification."""
-    root = workdir / f"slotd-{sessions}-{'lines' if line_by_line else 'blocks'}"
+    write as LINE_WRITERS[line_writer] says): time to all completed, peak RSS, then
+    verification."""
+    line_by_line = line_writer is not None
+    root = workdir / f"slotd-{sessions}-{line_writer or 'blocks'}"
     root.mkdir()
     handle = DaemonHandle(
         root, {"on_shutdown": "stop", **({} if session_nice is None else {"session_nice": session_nice})}
@@ -340,7 +368,11 @@ def measure_slotd(
             ids = [
                 client.request(
                     "start",
-                    argv=[sys.executable, "-c", line_program(lines, stamp) if line_by_line else session_program(lines)],
+                    argv=[
+                        sys.executable,
+                        "-c",
+                        session_program(lines) if line_writer is None else line_program(lines, stamp, line_writer),
+                    ],
                     cwd=str(root),
                 )["id"]
                 for stamp in stamps
@@ -504,6 +536,12 @@ def main() -> int:
     parser.add_argument(
         "--only", choices=["blocks", "lines"], help="only the 64 KiB block writes, or only the line-by-line writes"
     )
+    parser.add_argument(
+        "--line-writer",
+        choices=[*LINE_WRITERS, "both"],
+        default="both",
+        help="how the line-by-line child writes each line (see LINE_WRITERS; default: both, one after the other)",
+    )
     parser.add_argument("--session-nice", type=int, help="the daemon's session_nice (default: its own default, 10)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="slotd-bench-"))
@@ -516,13 +554,15 @@ def main() -> int:
             slotd = measure_slotd(workdir, args.lines, session_nice=args.session_nice)
             results["blocks"] = report(args.lines, raw, raw_generating, per_line, slotd)
         if args.only != "blocks":
-            line_results = {
-                "child_to_devnull": measure_child(args.lines, None, workdir / "first-write"),
-                "child_to_file": measure_child(args.lines, workdir / "lines.out", workdir / "first-write"),
-                "slotd_1": measure_slotd(workdir, args.lines, 1, True, args.session_nice),
-                "slotd_3": measure_slotd(workdir, args.lines, SESSIONS, True, args.session_nice),
-            }
-            results["lines"] = report_line_by_line(args.lines, line_results)
+            for writer in LINE_WRITERS if args.line_writer == "both" else [args.line_writer]:
+                stamp = workdir / "first-write"
+                line_results = {
+                    "child_to_devnull": measure_child(args.lines, writer, None, stamp),
+                    "child_to_file": measure_child(args.lines, writer, workdir / "lines.out", stamp),
+                    "slotd_1": measure_slotd(workdir, args.lines, 1, writer, args.session_nice),
+                    "slotd_3": measure_slotd(workdir, args.lines, SESSIONS, writer, args.session_nice),
+                }
+                results[f"lines {writer}"] = report_line_by_line(args.lines, writer, line_results)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if args.json:
@@ -536,10 +576,11 @@ def main() -> int:
 LINE_BY_LINE_BAR = 1.6
 
 
-def report_line_by_line(lines: int, results: dict) -> dict:
+def report_line_by_line(lines: int, writer: str, results: dict) -> dict:
     """Print the line-by-line table (each approach's wall against the child's alone)."""
     alone = results["child_to_devnull"]["seconds"]
-    print(f"\nline by line: one write() per {LINE_BYTES}-byte line, {lines:,} lines per session")
+    how = "print(line, flush=True)" if writer == "print" else "os.write(1, line)"
+    print(f"\nline by line: one write() per {LINE_BYTES}-byte line, {how}, {lines:,} lines per session")
     print(f"{'approach':<46}{'wall':>9}{'lines/s':>12}{'vs child alone':>16}")
     for key, name, count in (
         ("child_to_devnull", "child -> /dev/null", 1),
