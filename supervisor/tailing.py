@@ -9,6 +9,7 @@ import select
 from collections.abc import Callable
 from pathlib import Path
 
+import outcome
 import structlog
 import trio
 
@@ -149,5 +150,17 @@ async def tail_spool(
         reader.close()
         if watch is not None:
             trio.lowlevel.notify_closing(watch.fd)
-            watch.close()
+            close_elsewhere(watch)
         shim.close()
+
+
+def close_elsewhere(watch: DirectoryWatch) -> None:
+    """Close an inotify instance on a worker thread, without waiting. Closing one waits
+    for the kernel's grace period (synchronize_srcu): 7-20 ms here, during which the
+    event loop, which every session's end passes through, would stand still."""
+
+    def closed(result: outcome.Outcome) -> None:
+        if isinstance(result, outcome.Error):
+            log.warning("spool_watch_close_failed", error=str(result.error))
+
+    trio.lowlevel.start_thread_soon(watch.close, closed)
