@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from supervisor import spool
 from supervisor.shim.terminal import is_hang_up
 
-READ_SIZE = 65536  # what a pipe holds by default
+READ_SIZE = 65536  # what a pipe holds by default: a read takes what its pipe holds
 # A read of less than this (a page), within STREAMING_GAP of the one before, means the
 # command writes small pieces back to back: streaming begins. A command writing blocks
 # gives bigger reads (short of 64 KiB now and then, but in whole pages), and one whose
@@ -117,13 +117,15 @@ class Output:
         self.assemblers = {kind: LineAssembler(kind, max_chunk, hold_partial=kind != spool.TTY) for kind in kinds}
         self.streaming = False  # see the module's docstring
         self.last_read_at = float("-inf")
-        self._grown: set[int] = set()  # the pipes grown to STREAMING_PIPE_SIZE
+        # fd -> what its pipe holds, once grown (STREAMING_PIPE_SIZE); READ_SIZE before
+        self._pipe_size: dict[int, int] = {}
 
     def read(self, kind: int, fd: int, now: float) -> bool:
         """Read what the stream's pipe holds and store its whole lines; at end of file
         store its partial line too and return False."""
+        pipe_size = self._pipe_size.get(fd, READ_SIZE)
         try:
-            data = os.read(fd, READ_SIZE)
+            data = os.read(fd, pipe_size)
         except BlockingIOError:
             return True
         except OSError as error:
@@ -134,11 +136,10 @@ class Output:
         # reads come back to back and short of a full one (a full read: the pause was
         # too long, or the command writes blocks).
         back_to_back = now - self.last_read_at < STREAMING_GAP
-        self.streaming = back_to_back and (len(data) < STREAMING_READ or (self.streaming and len(data) < READ_SIZE))
+        self.streaming = back_to_back and (len(data) < STREAMING_READ or (self.streaming and len(data) < pipe_size))
         self.last_read_at = now
-        if self.streaming and fd not in self._grown:
-            self._grown.add(fd)
-            grow_pipe(fd)
+        if self.streaming and fd not in self._pipe_size:
+            self._pipe_size[fd] = grow_pipe(fd)
         assembler = self.assemblers[kind]
         if data:
             self.emit(kind, assembler.feed(data, now))
@@ -177,10 +178,10 @@ class Output:
         return max(0.0, min(deadlines) - now)
 
 
-def grow_pipe(fd: int) -> None:
-    """Make the pipe at fd hold STREAMING_PIPE_SIZE, where the system allows it (a user
-    past fs.pipe-user-pages-soft, a terminal: it stays as it is)."""
+def grow_pipe(fd: int) -> int:
+    """Make the pipe at fd hold STREAMING_PIPE_SIZE where the system allows it (not for
+    a user past fs.pipe-user-pages-soft, nor a terminal); return what it holds then."""
     try:
-        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, STREAMING_PIPE_SIZE)
+        return fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, STREAMING_PIPE_SIZE)
     except OSError:
-        pass
+        return READ_SIZE
