@@ -82,13 +82,15 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(CHECKOUT))
 sys.path.insert(0, str(CHECKOUT / "bench"))
 
-from ingest import LINE_BYTES, POLL_INTERVAL, session_program, settle  # noqa: E402
+from ingest import LINE_BYTES, session_program, settle  # noqa: E402
 
 from supervisor.client import Client, DaemonUnavailable  # noqa: E402
 from supervisor.model import unix_from_iso, utc_now  # noqa: E402
 from supervisor.protocol import decode_data  # noqa: E402
 from supervisor.store import Session, Store  # noqa: E402
 from tests.harness import DaemonHandle, clean_up_on_sigterm  # noqa: E402
+
+POLL_INTERVAL = 0.005  # between looks while setting a measurement up (never during one)
 
 FULL = {
     "follow_lines": 500,

@@ -42,3 +42,13 @@ def test_the_harness_does_not_need_pytest():
         [sys.executable, "-c", blocked], cwd=TESTS.parent, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("script", sorted(path.name for path in (TESTS.parent / "bench").glob("*.py")))
+def test_every_benchmark_starts(script):
+    """Each bench/*.py imports what it needs and answers --help: a benchmark broken by a change elsewhere is found in CI, not on the next run."""
+    result = subprocess.run(
+        [sys.executable, f"bench/{script}", "--help"], cwd=TESTS.parent, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout
