@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from supervisor import linux, spool
-from supervisor.shim.output import STREAMING_PIPE_SIZE, LineAssembler
+from supervisor.shim.output import STREAMING_AFTER, STREAMING_PIPE_SIZE, LineAssembler
 from supervisor.spool import Position, Record, SpoolReader
 from tests.harness import wait_for
 from tests.helpers import alive, end_shim_run, py
@@ -423,11 +423,13 @@ def test_a_line_per_write_at_full_speed_is_spooled_many_lines_to_a_record(start_
     assert len([r for r in records if r.kind == spool.STDOUT]) < lines / 50
 
 
-# Writes `count` pieces of `size` bytes to stdout, one write() each, then the size of its
-# stdout pipe to stderr.
+# Writes `lines` short lines half a millisecond apart, then `count` pieces of `size`
+# bytes, one write() each, to stdout; then the size of its stdout pipe to stderr.
 PIPE_SIZE_AFTER_WRITES = (
-    "import fcntl, os, sys\n"
-    "count, size = int(sys.argv[1]), int(sys.argv[2])\n"
+    "import fcntl, os, sys, time\n"
+    "lines, count, size = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])\n"
+    "for _ in range(lines):\n"
+    "    os.write(1, b'hello\\n'); time.sleep(0.0005)\n"
     "piece = b'x' * (size - 1) + b'\\n'\n"
     "for _ in range(count):\n"
     "    os.write(1, piece)\n"
@@ -435,12 +437,18 @@ PIPE_SIZE_AFTER_WRITES = (
 )
 
 
-@pytest.mark.parametrize(("count", "size", "pipe_size"), [(50_000, 100, STREAMING_PIPE_SIZE), (1_000, 65536, 65536)])
-def test_a_streaming_commands_pipe_grows_and_a_block_writers_does_not(start_shim, count, size, pipe_size) -> None:
-    """A command writing 100-byte lines at full speed finds its stdout pipe grown to 256 KiB; one writing 64 KiB blocks keeps the default 64 KiB."""
-    run = start_shim([*py(PIPE_SIZE_AFTER_WRITES), str(count), str(size)], nice=10)
+@pytest.mark.parametrize(
+    ("lines", "count", "size", "pipe_size"),
+    [(0, 50_000, 100, STREAMING_PIPE_SIZE), (0, 1_000, 65536, 65536), (STREAMING_AFTER - 1, 1_000, 65536, 65536)],
+    ids=["lines", "blocks", "a-few-lines-then-blocks"],
+)
+def test_a_streaming_commands_pipe_grows_and_a_block_writers_does_not(
+    start_shim, lines, count, size, pipe_size
+) -> None:
+    """A command writing 100-byte lines at full speed finds its stdout pipe grown to 256 KiB; one writing 64 KiB blocks keeps the default 64 KiB, also after a few short lines back to back."""
+    run = start_shim([*py(PIPE_SIZE_AFTER_WRITES), str(lines), str(count), str(size)], nice=10)
     records = run.wait_final()
-    assert len(stream_bytes(records, spool.STDOUT)) == count * size
+    assert len(stream_bytes(records, spool.STDOUT)) == lines * len(b"hello\n") + count * size
     assert stream_bytes(records, spool.STDERR) == b"%d" % pipe_size
 
 

@@ -10,9 +10,10 @@ A command that writes a line per write() as fast as it can (any line-buffered pr
 would otherwise wake the shim for every line, and each read, record and transcript row
 would hold one line: 13 times the time the command takes alone, where reading a pipe
 into a file takes 1.4 times. So the shim notices when the command writes small pieces
-back to back (streaming), grows that command's pipe, and its loop then pauses a moment
-before each read while the pipe gathers many lines. A line written after a quiet spell
-is read at once, as before, and so is a command writing blocks.
+back to back, several times in a row (streaming), grows that command's pipe, and its
+loop then pauses a moment before each read while the pipe gathers many lines. A line
+written after a quiet spell is read at once, as before, and so is a command writing
+blocks.
 """
 
 from __future__ import annotations
@@ -25,12 +26,16 @@ from supervisor import spool
 from supervisor.shim.terminal import is_hang_up
 
 READ_SIZE = 65536  # what a pipe holds by default: a read takes what its pipe holds
-# A read of less than this (a page), within STREAMING_GAP of the one before, means the
-# command writes small pieces back to back: streaming begins. A command writing blocks
-# gives bigger reads (short of 64 KiB now and then, but in whole pages), and one whose
-# reads are full has filled its pipe: no pause then.
+# Reads of less than this (a page), each within STREAMING_GAP of the one before,
+# STREAMING_AFTER times in a row, mean the command writes small pieces back to back:
+# streaming begins. A command writing blocks gives bigger reads (short of a page now
+# and then, at its start or when the shim reads in the middle of a write, but not
+# several times in a row), and one whose reads are full has filled its pipe: streaming
+# ends then, or when the reads stop coming back to back (to start again at the next
+# small read, once the command is known to write lines).
 STREAMING_READ = 4096
 STREAMING_GAP = 0.002
+STREAMING_AFTER = 3
 # A streaming command's pipe grows to this, so it gathers lines while the shim pauses
 # without filling: at 64 KiB a fast writer blocked on a full pipe about once a
 # millisecond. Only a streaming command's pipe grows: a bigger one lets a block
@@ -116,6 +121,7 @@ class Output:
         self.flush_interval = flush_interval
         self.assemblers = {kind: LineAssembler(kind, max_chunk, hold_partial=kind != spool.TTY) for kind in kinds}
         self.streaming = False  # see the module's docstring
+        self.small_reads = 0  # small reads back to back, in a row, before streaming
         self.last_read_at = float("-inf")
         # fd -> what its pipe holds, once grown (STREAMING_PIPE_SIZE); READ_SIZE before
         self._pipe_size: dict[int, int] = {}
@@ -132,20 +138,29 @@ class Output:
             if not is_hang_up(error):
                 raise
             data = b""  # a terminal's end of file
-        # Streaming starts with a small read right after another, and goes on while the
-        # reads come back to back and short of a full one (a full read: the pause was
-        # too long, or the command writes blocks).
-        back_to_back = now - self.last_read_at < STREAMING_GAP
-        self.streaming = back_to_back and (len(data) < STREAMING_READ or (self.streaming and len(data) < pipe_size))
-        self.last_read_at = now
-        if self.streaming and fd not in self._pipe_size:
-            self._pipe_size[fd] = grow_pipe(fd)
+        self.note_read(fd, len(data), pipe_size, now)
         assembler = self.assemblers[kind]
         if data:
             self.emit(kind, assembler.feed(data, now))
             return True
         self.emit(kind, [c for c in [assembler.flush()] if c])
         return False
+
+    def note_read(self, fd: int, size: int, pipe_size: int, now: float) -> None:
+        """Whether the command streams, after a read of `size` bytes from fd (see
+        STREAMING_READ); a pipe of a command found streaming grows."""
+        back_to_back = now - self.last_read_at < STREAMING_GAP
+        self.last_read_at = now
+        if not back_to_back or (self.streaming and size >= pipe_size):
+            self.streaming = False
+            self.small_reads = 0
+        elif not self.streaming:
+            self.small_reads = self.small_reads + 1 if 0 < size < STREAMING_READ else 0
+            # Once a pipe has grown, its command is known to write lines: one such
+            # read takes it back to streaming after a full read (the shim was late).
+            self.streaming = self.small_reads >= (1 if fd in self._pipe_size else STREAMING_AFTER)
+        if self.streaming and fd not in self._pipe_size:
+            self._pipe_size[fd] = grow_pipe(fd)
 
     def emit(self, kind: int, chunks: Sequence[bytes | memoryview]) -> None:
         if not chunks:
