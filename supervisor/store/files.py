@@ -106,6 +106,16 @@ class Checkpointer:
         """A passive checkpoint: never waits for readers or the writer; (log, checkpointed)."""
         return self.db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
 
+    def interrupt(self) -> None:
+        """Stop a checkpoint running on another thread, or about to (it raises
+        apsw.InterruptError there, keeping what it copied)."""
+        self.db.interrupt()
+
+    def forget_interrupt(self) -> None:
+        """Let the next checkpoint run: an interrupt that came after the last one ended
+        would stop it (a statement that completes clears it)."""
+        self.db.execute("SELECT 1").fetchall()
+
     def truncate(self) -> bool:
         """Checkpoint everything and empty the WAL file, if the writer and every reader
         let it within TRUNCATE_BUSY_TIMEOUT_MS; True if it did."""
