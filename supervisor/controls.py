@@ -60,6 +60,8 @@ class Controls:
         live = self.live.get(session.id)
         if live is None:
             raise SessionNotLive(action, session.id, session.status)
+        if live.final:  # ended, its end committed now or in a moment
+            raise SessionNotLive(action, session.id, live.status)
         return live
 
     async def _signal(self, live: LiveSession, signum: int) -> bool:

@@ -47,6 +47,13 @@ class LiveSession:
     # since when (its output waits in the command's pipe meanwhile).
     output_blocked: str | None = None
 
+    def decide_end(self, status: str) -> None:
+        """Its end is read (or decided) and on its way to the database: no status may
+        change after it, and actions on a live session are refused from now on, naming
+        this status, as they will be once it is committed."""
+        self.final = True
+        self.status = status
+
     def command_gone(self) -> bool:
         """Its command started and has ended (a command that ended while the daemon was
         down is not even known by its process: command is None then)."""

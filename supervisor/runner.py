@@ -206,7 +206,7 @@ class SessionRunner:
             reason=f"could not start shim: {why}",
             spool_dir=None,
         )
-        live.final = True
+        live.decide_end("failed")
         assert self._sessions_fd is not None
         try:
             # Nothing in it is needed, and on a full disk its pages are wanted back.
@@ -285,7 +285,7 @@ class SessionRunner:
         if reason is not None:
             # Its end is decided: no status may change after it, and whoever waits for
             # the command to start (a stop, a kill) must not wait for what never will.
-            live.final = True
+            live.decide_end("lost")
             live.started.set()
             bound.warning("session_lost", reason=reason)
             # No process of a lost session may run on unseen: end its group and its shim.

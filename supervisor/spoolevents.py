@@ -67,7 +67,6 @@ def apply_event(ingestor: Ingestor, live: LiveSession, record: spool.Record, end
         ingestor.update(live.id, **columns)
         bound.info("command_started", pid=payload["pid"])
     elif record.kind == spool.EXIT:
-        live.final = True
         exit_code, signum = payload["exit_code"], payload["signal"]
         how = describe_exit(exit_code, signum)
         if live.stop_requested:
@@ -76,6 +75,7 @@ def apply_event(ingestor: Ingestor, live: LiveSession, record: spool.Record, end
             status, reason = "completed", None
         else:
             status, reason = "failed", how
+        live.decide_end(status)
         ingestor.append(live.id, "system", f"{how}\n".encode())
         ingestor.update(
             live.id,
@@ -89,7 +89,7 @@ def apply_event(ingestor: Ingestor, live: LiveSession, record: spool.Record, end
         live.started.set()
         bound.info("session_exited", status=status, exit_code=exit_code, signal=signum)
     elif record.kind == spool.SPAWN_FAILED:
-        live.final = True
+        live.decide_end("failed")
         reason = payload["reason"]
         ingestor.append(live.id, "system", f"failed to start: {payload['detail']}\n".encode())
         ingestor.update(live.id, status="failed", slot=None, reason=reason, ended_at=iso_from_unix(payload["ended_at"]))
