@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
@@ -18,7 +19,8 @@ import psutil
 import pytest
 
 from supervisor import linux, spool
-from supervisor.shim.output import STREAMING_AFTER, STREAMING_PIPE_SIZE, LineAssembler
+from supervisor.shim.output import LineAssembler, Output
+from supervisor.shim.rhythm import READ_SIZE, STREAMING_AFTER, STREAMING_GAP, STREAMING_PIPE_SIZE, PipeRhythm
 from supervisor.spool import Position, Record, SpoolReader
 from tests.harness import wait_for
 from tests.helpers import alive, end_shim_run, py
@@ -439,17 +441,98 @@ PIPE_SIZE_AFTER_WRITES = (
 
 @pytest.mark.parametrize(
     ("lines", "count", "size", "pipe_size"),
-    [(0, 50_000, 100, STREAMING_PIPE_SIZE), (0, 1_000, 65536, 65536), (STREAMING_AFTER - 1, 1_000, 65536, 65536)],
-    ids=["lines", "blocks", "a-few-lines-then-blocks"],
+    [
+        (0, 50_000, 100, STREAMING_PIPE_SIZE),
+        (0, 1_000, 65536, READ_SIZE),
+        (STREAMING_AFTER - 1, 1_000, 65536, READ_SIZE),
+        (100, 1_000, 65536, READ_SIZE),
+    ],
+    ids=["lines", "blocks", "a-few-lines-then-blocks", "streams-then-blocks"],
 )
 def test_a_streaming_commands_pipe_grows_and_a_block_writers_does_not(
     start_shim, lines, count, size, pipe_size
 ) -> None:
-    """A command writing 100-byte lines at full speed finds its stdout pipe grown to 256 KiB; one writing 64 KiB blocks keeps the default 64 KiB, also after a few short lines back to back."""
+    """A command writing 100-byte lines at full speed finds its stdout pipe grown to 256 KiB; one writing 64 KiB blocks keeps (or gets back) the default 64 KiB, after a few short lines back to back or after streaming lines."""
     run = start_shim([*py(PIPE_SIZE_AFTER_WRITES), str(lines), str(count), str(size)], nice=10)
     records = run.wait_final()
     assert len(stream_bytes(records, spool.STDOUT)) == lines * len(b"hello\n") + count * size
     assert stream_bytes(records, spool.STDERR) == b"%d" % pipe_size
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int]]:
+    read_end, write_end = os.pipe()
+    yield read_end, write_end
+    os.close(read_end)
+    os.close(write_end)
+
+
+def test_three_small_reads_back_to_back_start_streaming_and_grow_the_pipe(pipe) -> None:
+    """Small reads in a row, each within STREAMING_GAP of the last, stream from the third on; the pipe grows to STREAMING_PIPE_SIZE then, and reads ask for that much."""
+    read_end, _ = pipe
+    rhythm = PipeRhythm(read_end)
+    now = 100.0
+    for _ in range(STREAMING_AFTER - 1):
+        rhythm.note(300, now)
+        now += STREAMING_GAP / 4
+        assert not rhythm.streaming and not rhythm.pausing(now)
+    rhythm.note(300, now)
+    assert rhythm.streaming and rhythm.pausing(now)
+    assert rhythm.size == STREAMING_PIPE_SIZE == fcntl.fcntl(read_end, fcntl.F_GETPIPE_SZ)
+
+
+def test_small_reads_with_a_gap_between_or_a_big_read_between_do_not_stream(pipe) -> None:
+    """A gap over STREAMING_GAP, or a read of a page or more, starts the count again: the pipe keeps 64 KiB."""
+    read_end, _ = pipe
+    rhythm = PipeRhythm(read_end)
+    now = 100.0
+    for size, later in [(300, 0.0005), (300, 3 * STREAMING_GAP), (300, 0.0005), (8192, 0.0005)] * 4:
+        rhythm.note(size, now)
+        now += later
+        assert not rhythm.streaming
+    assert fcntl.fcntl(read_end, fcntl.F_GETPIPE_SZ) == READ_SIZE
+
+
+def test_a_full_read_ends_streaming_and_shrinks_the_pipe_and_a_gap_ends_it_but_keeps_it(pipe) -> None:
+    """Streaming, a pause in the writes ends it and one small read resumes it (the pipe kept); a full read (a block writer) ends it and the pipe is 64 KiB again, to grow only after small reads in a row again."""
+    read_end, _ = pipe
+    rhythm = PipeRhythm(read_end)
+    now = 100.0
+    for _ in range(STREAMING_AFTER):
+        rhythm.note(300, now)
+        now += 0.0005
+    assert rhythm.streaming
+    rhythm.note(100_000, now)  # less than the pipe holds: streams on
+    assert rhythm.streaming
+    now += 3 * STREAMING_GAP
+    assert not rhythm.pausing(now)  # the command has gone quiet: no pause before the next read
+    rhythm.note(300, now)
+    assert not rhythm.streaming and rhythm.size == STREAMING_PIPE_SIZE
+    rhythm.note(300, now + 0.0005)
+    assert rhythm.streaming
+    rhythm.note(STREAMING_PIPE_SIZE, now + 0.001)
+    assert not rhythm.streaming
+    assert rhythm.size == READ_SIZE == fcntl.fcntl(read_end, fcntl.F_GETPIPE_SZ)
+    rhythm.note(300, now + 0.0015)
+    assert not rhythm.streaming
+
+
+def test_a_terminal_is_read_at_once_however_fast_it_is_written(tmp_path: Path) -> None:
+    """A terminal's reads are at most a page each, so a fast writer's all look small: the shim never pauses for one (it would gather nothing)."""
+    master, slave = os.openpty()
+    try:
+        writer = spool.SpoolWriter(tmp_path, segment_bytes=1 << 20, max_segments=4)
+        output = Output(writer, 65536, 0.05, [spool.TTY])
+        now = 100.0
+        for _ in range(10):
+            os.write(slave, b"x" * 100)
+            assert output.read(spool.TTY, master, now)
+            now += 0.0002
+            assert not output.pausing(now)
+        writer.close()
+    finally:
+        os.close(master)
+        os.close(slave)
 
 
 def test_the_command_runs_at_the_spec_nice_in_its_own_autogroup_and_the_shim_keeps_its_own(start_shim) -> None:

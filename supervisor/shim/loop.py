@@ -24,7 +24,7 @@ from supervisor.shim.spoolwait import SpoolWait
 from supervisor.shim.stdin import StdinPump
 from supervisor.shim.terminal import eof_character
 
-# How long the loop pauses while the command streams small writes (output.py), so the
+# How long the loop pauses while the command streams small writes (rhythm.py), so the
 # next read takes many at once: at 170 MB/s of 100-byte lines into a pipe, 170 KB,
 # within what a streaming command's pipe holds (STREAMING_PIPE_SIZE), and a thousandth
 # of a second is nothing to a person following the output. 0.3 ms with the default
@@ -140,7 +140,7 @@ class Shim:
                     if command.exited_at is None:  # else reaped while the spool waited for room
                         command.command_exited()
             self.output.flush_due(now)
-            if self.output.streaming:
+            if self.output.pausing(now):
                 time.sleep(STREAMING_PAUSE)
 
 

@@ -6,41 +6,20 @@ partial line waits for its newline at most flush_interval seconds. A terminal's 
 is stored as it is read, partial lines and all: an echoed keystroke, a prompt or a
 screen update is what the program means to show now, and must not wait.
 
-A command that writes a line per write() as fast as it can (any line-buffered program)
-would otherwise wake the shim for every line, and each read, record and transcript row
-would hold one line: 13 times the time the command takes alone, where reading a pipe
-into a file takes 1.4 times. So the shim notices when the command writes small pieces
-back to back, several times in a row (streaming), grows that command's pipe, and its
-loop then pauses a moment before each read while the pipe gathers many lines. A line
-written after a quiet spell is read at once, as before, and so is a command writing
-blocks.
+A command that writes a line per write() as fast as it can is read in batches (see
+rhythm.py): its pipe grows and the shim's loop pauses a moment before each read, so one
+read, record and row holds many lines. A line written after a quiet spell is read at
+once, and so is a command writing blocks.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 from collections.abc import Sequence
 
 from supervisor import spool
+from supervisor.shim.rhythm import READ_SIZE, PipeRhythm
 from supervisor.shim.terminal import is_hang_up
-
-READ_SIZE = 65536  # what a pipe holds by default: a read takes what its pipe holds
-# Reads of less than this (a page), each within STREAMING_GAP of the one before,
-# STREAMING_AFTER times in a row, mean the command writes small pieces back to back:
-# streaming begins. A command writing blocks gives bigger reads (short of a page now
-# and then, at its start or when the shim reads in the middle of a write, but not
-# several times in a row), and one whose reads are full has filled its pipe: streaming
-# ends then, or when the reads stop coming back to back (to start again at the next
-# small read, once the command is known to write lines).
-STREAMING_READ = 4096
-STREAMING_GAP = 0.002
-STREAMING_AFTER = 3
-# A streaming command's pipe grows to this, so it gathers lines while the shim pauses
-# without filling: at 64 KiB a fast writer blocked on a full pipe about once a
-# millisecond. Only a streaming command's pipe grows: a bigger one lets a block
-# writer run ahead of capture and take the CPU (loop.py's STREAMING_PAUSE says how much).
-STREAMING_PIPE_SIZE = 256 * 1024
 
 
 class LineAssembler:
@@ -120,25 +99,23 @@ class Output:
         self.writer = writer
         self.flush_interval = flush_interval
         self.assemblers = {kind: LineAssembler(kind, max_chunk, hold_partial=kind != spool.TTY) for kind in kinds}
-        self.streaming = False  # see the module's docstring
-        self.small_reads = 0  # small reads back to back, in a row, before streaming
-        self.last_read_at = float("-inf")
-        # fd -> what its pipe holds, once grown (STREAMING_PIPE_SIZE); READ_SIZE before
-        self._pipe_size: dict[int, int] = {}
+        # A pipe's fd -> how its command writes (a terminal has none: see rhythm.py)
+        self.rhythms: dict[int, PipeRhythm] = {}
 
     def read(self, kind: int, fd: int, now: float) -> bool:
         """Read what the stream's pipe holds and store its whole lines; at end of file
         store its partial line too and return False."""
-        pipe_size = self._pipe_size.get(fd, READ_SIZE)
+        rhythm = self._rhythm(kind, fd)
         try:
-            data = os.read(fd, pipe_size)
+            data = os.read(fd, rhythm.size if rhythm is not None else READ_SIZE)
         except BlockingIOError:
             return True
         except OSError as error:
             if not is_hang_up(error):
                 raise
             data = b""  # a terminal's end of file
-        self.note_read(fd, len(data), pipe_size, now)
+        if rhythm is not None:
+            rhythm.note(len(data), now)
         assembler = self.assemblers[kind]
         if data:
             self.emit(kind, assembler.feed(data, now))
@@ -146,21 +123,17 @@ class Output:
         self.emit(kind, [c for c in [assembler.flush()] if c])
         return False
 
-    def note_read(self, fd: int, size: int, pipe_size: int, now: float) -> None:
-        """Whether the command streams, after a read of `size` bytes from fd (see
-        STREAMING_READ); a pipe of a command found streaming grows."""
-        back_to_back = now - self.last_read_at < STREAMING_GAP
-        self.last_read_at = now
-        if not back_to_back or (self.streaming and size >= pipe_size):
-            self.streaming = False
-            self.small_reads = 0
-        elif not self.streaming:
-            self.small_reads = self.small_reads + 1 if 0 < size < STREAMING_READ else 0
-            # Once a pipe has grown, its command is known to write lines: one such
-            # read takes it back to streaming after a full read (the shim was late).
-            self.streaming = self.small_reads >= (1 if fd in self._pipe_size else STREAMING_AFTER)
-        if self.streaming and fd not in self._pipe_size:
-            self._pipe_size[fd] = grow_pipe(fd)
+    def _rhythm(self, kind: int, fd: int) -> PipeRhythm | None:
+        if kind == spool.TTY:
+            return None
+        rhythm = self.rhythms.get(fd)
+        if rhythm is None:
+            rhythm = self.rhythms[fd] = PipeRhythm(fd)
+        return rhythm
+
+    def pausing(self, now: float) -> bool:
+        """Whether the loop should pause before its next read (a command streams)."""
+        return any(rhythm.pausing(now) for rhythm in self.rhythms.values())
 
     def emit(self, kind: int, chunks: Sequence[bytes | memoryview]) -> None:
         if not chunks:
@@ -191,12 +164,3 @@ class Output:
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - now)
-
-
-def grow_pipe(fd: int) -> int:
-    """Make the pipe at fd hold STREAMING_PIPE_SIZE where the system allows it (not for
-    a user past fs.pipe-user-pages-soft, nor a terminal); return what it holds then."""
-    try:
-        return fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, STREAMING_PIPE_SIZE)
-    except OSError:
-        return READ_SIZE

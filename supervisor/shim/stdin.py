@@ -17,7 +17,7 @@ import sys
 from typing import IO
 
 from supervisor import spool
-from supervisor.shim.output import READ_SIZE
+from supervisor.shim.rhythm import READ_SIZE
 from supervisor.shim.terminal import set_window_size
 
 # Stop reading operator input while this much is waiting for the command to read it.
