@@ -1,8 +1,9 @@
 """Acting on sessions at a client's request: stop, kill, pause, resume, cancel, send
 input; and, at shutdown with mode stop, stop them all.
 
-A change of status is recorded with the next flush, never waited for: a full disk must
-not keep an operator from pausing or stopping anything. The reply waits a little for it.
+A change of status goes to the database at once, but is never waited for: a full disk
+must not keep an operator from pausing or stopping anything. The reply waits a little
+for it.
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ class Controls:
         await commit_briefly(self.ingestor)
 
     def _set_status(self, live: LiveSession, status: str) -> None:
-        """Record a status change (with the next flush, not waited for)."""
+        """Record a status change (committed at once, not waited for)."""
         if live.final:
             return
         live.status = status
@@ -208,6 +209,8 @@ class Controls:
 
     async def send_to_live(self, live: LiveSession, data: bytes, eof: bool) -> None:
         """send() to a session known to be live."""
+        if live.final:  # found by its full id, but ended: the input would be lost
+            raise SessionNotLive("send input to", live.id, live.status)
         await self._write_input(
             live,
             "send input to",

@@ -135,6 +135,7 @@ class Dispatcher:
                     ended_at=utc_now(),
                     reason="no free slot",
                 )
+                self.ingestor.notify_changed(session.id)  # whoever waits on it sees it end
                 raise SlotsFull("not started: every slot was taken meanwhile")
             why = await self.runner.start(session, slot)
         else:

@@ -57,19 +57,22 @@ class WaitCommands(CommandContext):
         session_ids = list(dict.fromkeys([(await self._session(prefix)).id for prefix in request.sessions]))
         await emit({"waiting": session_ids})
         looked_at: list[int] | None = None  # the sessions' record_changes at the last read
+        unwatched: list[str] = []  # sessions ingest does not follow, not ended at the last read
         with trio.move_on_after(request.timeout if request.timeout is not None else math.inf) as waiting:
             while True:
                 # Taken before reading: a change committed after the read wakes us.
                 events = [self.ingestor.session_event(session_id) for session_id in session_ids]
                 # Every row a session prints wakes us too: read again only when a
-                # record may have changed (a session not registered with ingest, one
-                # queued, say, changes outside its batches: it is always read again).
+                # record may have changed. A session not registered with ingest (one
+                # queued before a restart) changes outside its batches: read it again
+                # at every wake-up, until it has ended.
                 changes = [self.ingestor.record_changes(session_id) for session_id in session_ids]
-                if changes != looked_at or not all(map(self.ingestor.is_registered, session_ids)):
+                if changes != looked_at or not all(map(self.ingestor.is_registered, unwatched)):
                     looked_at = changes
                     sessions = await self._read_sessions(session_ids)
                     if is_done(sessions, request.until, request.any):
                         break
+                    unwatched = [session.id for session in sessions if not session.is_ended]
                 await wait_first(events)
         if waiting.cancelled_caught:
             sessions = await self._read_sessions(session_ids)
