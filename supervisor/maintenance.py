@@ -181,8 +181,9 @@ async def background_pass(
         passed = result.unwrap()
     except apsw.InterruptError:
         return None
-    if interrupted:  # after the pass had ended
-        await checkpoints.run(checkpointer.forget_interrupt)
+    finally:
+        if interrupted:  # perhaps after the pass had ended: the next must not meet it
+            await checkpoints.run(checkpointer.forget_interrupt)
     return passed if writer.store.wal_frames < hard else None
 
 

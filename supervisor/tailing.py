@@ -163,4 +163,7 @@ def close_elsewhere(watch: DirectoryWatch) -> None:
         if isinstance(result, outcome.Error):
             log.warning("spool_watch_close_failed", error=str(result.error))
 
-    trio.lowlevel.start_thread_soon(watch.close, closed)
+    try:
+        trio.lowlevel.start_thread_soon(watch.close, closed)
+    except RuntimeError:  # no thread to be had (a process limit): close it here, slowly
+        watch.close()

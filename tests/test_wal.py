@@ -146,6 +146,17 @@ async def test_a_background_pass_overtaken_by_commits_says_the_wal_is_past_its_b
                     ingestor.append_read(session_id, "stdout", os.urandom(32 * 1024), 0.0)
                 await ingestor.commit_now()
 
+            interrupted: list[apsw.InterruptError] = []
+            checkpoint = checkpointer.checkpoint
+
+            def noting_interrupts() -> tuple[int, int]:
+                try:
+                    return checkpoint()
+                except apsw.InterruptError as error:
+                    interrupted.append(error)
+                    raise
+
+            monkeypatch.setattr(checkpointer, "checkpoint", noting_interrupts)
             await commit(2)
             within = await maintenance.background_pass(writer, ingestor, checkpointer, checkpoints)
             assert within is not None and within[0] == within[1] > 0
@@ -174,6 +185,10 @@ async def test_a_background_pass_overtaken_by_commits_says_the_wal_is_past_its_b
             while not passes:
                 await trio.sleep(0.01)
             assert passes == [None]
+            assert len(interrupted) == 1  # stopped by the interrupt, not only judged after
+            # Nothing of it is left to stop the next ones.
+            assert await checkpoints.run(checkpointer.checkpoint) is not None
+            assert await checkpoints.run(checkpointer.truncate)
             nursery.cancel_scope.cancel()
     finally:
         checkpoints.close()

@@ -113,7 +113,7 @@ class Checkpointer:
 
     def forget_interrupt(self) -> None:
         """Let the next checkpoint run: an interrupt that came after the last one ended
-        would stop it (a statement that completes clears it)."""
+        would stop it (a statement started while none runs clears it)."""
         self.db.execute("SELECT 1").fetchall()
 
     def truncate(self) -> bool:
