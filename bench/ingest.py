@@ -362,8 +362,10 @@ def measure_slotd(
         settle()
         # Generous: even 10,000 lines/s would make it.
         timeout = 60 + sessions * lines / 10_000
-        with handle.client() as client:
+        # No socket timeout: the daemon's wait is silent until the sessions end.
+        with handle.client(timeout=None) as client:
             daemon_cpu_before = sum(psutil.Process(daemon.pid).cpu_times()[:2])
+            threads_before = thread_cpu(daemon.pid)
             started = time.perf_counter()
             ids = [
                 client.request(
@@ -387,6 +389,8 @@ def measure_slotd(
             )
             sampler.stop()
             daemon_cpu = sum(psutil.Process(daemon.pid).cpu_times()[:2]) - daemon_cpu_before
+            threads_after = thread_cpu(daemon.pid)
+            daemon_threads = {name: seconds - threads_before.get(name, 0.0) for name, seconds in threads_after.items()}
             client.request("shutdown", mode="stop")
         daemon.wait(timeout=60)
     except BaseException:
@@ -408,6 +412,7 @@ def measure_slotd(
     return _rates(sessions * lines, elapsed) | {
         "statuses": statuses,
         "daemon_cpu_s": daemon_cpu,
+        "daemon_threads_cpu_s": daemon_threads,
         "shims_cpu_s": sum(sampler.cpu.get(pid, 0.0) for pid in sampler.shims),
         "commands_cpu_s": sum(sampler.cpu.get(pid, 0.0) for pid in sampler.commands),
         "daemon_peak_rss": sampler.daemon_peak,
@@ -418,6 +423,20 @@ def measure_slotd(
         "problems": verify(handle.database, ids, lines, statuses)
         + ([f"slotd exited with status {daemon.returncode} after shutdown"] if daemon.returncode else []),
     }
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user and system) of each of a process's threads, by thread name
+    (threads of one name summed: trio's workers)."""
+    seconds: dict[str, float] = {}
+    for thread in psutil.Process(pid).threads():
+        try:
+            name = Path(f"/proc/{pid}/task/{thread.id}/comm").read_text().strip()
+        except OSError:
+            continue  # ended meanwhile
+        name = "event loop" if thread.id == pid else name
+        seconds[name] = seconds.get(name, 0.0) + thread.user_time + thread.system_time
+    return seconds
 
 
 def wait_until_ended(client: Client, ids: list[str], deadline: float) -> dict[str, str]:
@@ -498,7 +517,8 @@ def report(lines: int, raw: dict, raw_generating: dict, per_line: dict, slotd: d
     wal_mib = slotd["wal_peak"] / 2**20
     print(f"WAL peak size     = {wal_mib:.1f} MiB (bar: < 100 MB) {verdict(slotd['wal_peak'] < 100e6)}")
     print(
-        f"slotd CPU seconds = daemon {slotd['daemon_cpu_s']:.2f}, shims {slotd['shims_cpu_s']:.2f}, "
+        f"slotd CPU seconds = daemon {slotd['daemon_cpu_s']:.2f} ({threads_text(slotd['daemon_threads_cpu_s'])}), "
+        f"shims {slotd['shims_cpu_s']:.2f}, "
         f"commands {slotd['commands_cpu_s']:.2f}  (of {os.cpu_count()} cores x {slotd['seconds']:.2f} s wall)"
     )
     print(f"every line stored exactly once: {'yes' if stored_ok else 'no'}")
@@ -571,6 +591,12 @@ def main() -> int:
     return 0 if all(stored) else 1
 
 
+def threads_text(seconds: dict[str, float]) -> str:
+    """The daemon's busiest threads' CPU seconds, in a few words."""
+    busy = sorted(((value, name) for name, value in seconds.items() if value >= 0.005), reverse=True)
+    return ", ".join(f"{name} {value:.2f}" for value, name in busy)
+
+
 # The line-by-line bar (issue 14): one session's wall at most this many times the
 # child's alone writing to /dev/null.
 LINE_BY_LINE_BAR = 1.6
@@ -596,7 +622,8 @@ def report_line_by_line(lines: int, writer: str, results: dict) -> dict:
     for key in ("slotd_1", "slotd_3"):
         result = results[key]
         print(
-            f"  {key.replace('_', ' ')}: CPU seconds daemon {result['daemon_cpu_s']:.2f}, "
+            f"  {key.replace('_', ' ')}: CPU seconds daemon {result['daemon_cpu_s']:.2f} "
+            f"({threads_text(result['daemon_threads_cpu_s'])}), "
             f"shims {result['shims_cpu_s']:.2f}, commands {result['commands_cpu_s']:.2f}"
         )
     ratio = results["slotd_1"]["seconds"] / alone

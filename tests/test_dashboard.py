@@ -106,6 +106,7 @@ def test_hostile_tokens_cookies_and_bodies_are_refused_not_answered_with_500(dae
         for _ in range(10):
             answer = client.post(act, headers={"x-csrf-token": csrf}, content=b'{"text": "' + b"x" * (2 << 20) + b'"}')
             assert answer.status_code == 413, answer.text
+            assert answer.json()["error"]["code"] == "too_large"
         for resume in ("\u00b2", "-1", "x"):
             answer = client.get(
                 f"/api/sessions/{session['id']}/follow", headers={"last-event-id": resume.encode("latin-1")}

@@ -46,8 +46,8 @@ def event(data: Any, name: str | None = None, event_id: int | None = None) -> by
     return ("\n".join(lines) + "\n\n").encode()
 
 
-def bad_request(message: str, status: int = 400) -> JSONResponse:
-    return JSONResponse({"error": {"code": "bad_request", "message": message}}, status)
+def bad_request(message: str, status: int = 400, code: str = "bad_request") -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status)
 
 
 # A body over MAX_MESSAGE_BYTES is still read to its end (up to this much) and dropped
@@ -159,7 +159,7 @@ def build_app(daemon: Daemon) -> Starlette:
         if action in ("send", "resize"):
             body = await json_body(request)
             if body is TOO_LARGE:
-                return bad_request(f"{action}'s body is over {MAX_MESSAGE_BYTES} bytes", 413)
+                return bad_request(f"{action}'s body is over {MAX_MESSAGE_BYTES} bytes", 413, "too_large")
             if not isinstance(body, dict):
                 return bad_request(f"{action} needs a JSON object (of at most {MAX_MESSAGE_BYTES} bytes)")
         if action == "send":
