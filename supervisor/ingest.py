@@ -48,8 +48,10 @@ class Ingestor:
         self._committed_generation = -1
         self._committed = trio.Event()
         self._session_changed: dict[str, trio.Event] = {}
-        # Per session, how often its record may have changed (see record_changes).
+        # Per session, how often its record may have changed (see record_changes), and
+        # the event its next change sets (see record_event).
         self._record_changes: dict[str, int] = {}
+        self._record_changed: dict[str, trio.Event] = {}
         self.live_feed = LiveFeed()
         # Sessions whose spool is read again after a restart -> the rows the daemon wrote
         # itself meanwhile, (stream, data, ts), numbered once that is done (see replay).
@@ -77,6 +79,7 @@ class Ingestor:
         self._record_changes.pop(session_id, None)
         self.live_feed.forget(session_id)
         self._wake_followers({session_id})
+        self._wake_record_waiters(session_id)
 
     def append(self, session_id: str, stream: str, data: bytes, ts: float | None = None) -> int | None:
         """A row the daemon writes itself (a system note): followers get it once it is
@@ -177,9 +180,21 @@ class Ingestor:
         no longer in the live feed, which sends its followers to the database.)"""
         return self._record_changes.get(session_id, 0)
 
+    def record_event(self, session_id: str) -> trio.Event:
+        """Set by the next change of the session's record: a commit that updates it, a
+        change made outside the batches (a cancel), its deletion; not by its rows. Take
+        it before reading the session, wait on it after, and no change slips in between."""
+        return self._record_changed.setdefault(session_id, trio.Event())
+
     def _note_record_changed(self, session_id: str) -> None:
         if session_id in self._next_seq:  # registered: forget() drops the count again
             self._record_changes[session_id] = self._record_changes.get(session_id, 0) + 1
+        self._wake_record_waiters(session_id)
+
+    def _wake_record_waiters(self, session_id: str) -> None:
+        event = self._record_changed.pop(session_id, None)
+        if event is not None:
+            event.set()
 
     def _wake_followers(self, session_ids: set[str]) -> None:
         for session_id in session_ids:

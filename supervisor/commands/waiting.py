@@ -36,9 +36,6 @@ def is_done(sessions: list[Session], until: str, first: bool) -> bool:
 
 async def wait_first(events: list[trio.Event]) -> None:
     """Return once any of the events is set."""
-    if len(events) == 1:  # the usual wait, woken by each row: without a nursery each time
-        await events[0].wait()
-        return
     async with trio.open_nursery() as nursery:
 
         async def one(event: trio.Event) -> None:
@@ -56,23 +53,14 @@ class WaitCommands(CommandContext):
         # Resolved once: after a reconnect, a client asks again by the full ids it was sent.
         session_ids = list(dict.fromkeys([(await self._session(prefix)).id for prefix in request.sessions]))
         await emit({"waiting": session_ids})
-        looked_at: list[int] | None = None  # the sessions' record_changes at the last read
-        unwatched: list[str] = []  # sessions ingest does not follow, not ended at the last read
         with trio.move_on_after(request.timeout if request.timeout is not None else math.inf) as waiting:
             while True:
-                # Taken before reading: a change committed after the read wakes us.
-                events = [self.ingestor.session_event(session_id) for session_id in session_ids]
-                # Every row a session prints wakes us too: read again only when a
-                # record may have changed. A session not registered with ingest (one
-                # queued before a restart) changes outside its batches: read it again
-                # at every wake-up, until it has ended.
-                changes = [self.ingestor.record_changes(session_id) for session_id in session_ids]
-                if changes != looked_at or not all(map(self.ingestor.is_registered, unwatched)):
-                    looked_at = changes
-                    sessions = await self._read_sessions(session_ids)
-                    if is_done(sessions, request.until, request.any):
-                        break
-                    unwatched = [session.id for session in sessions if not session.is_ended]
+                # Taken before reading: a change committed after the read wakes us. Only
+                # a change of a session's record does: not its rows, thousands a second.
+                events = [self.ingestor.record_event(session_id) for session_id in session_ids]
+                sessions = await self._read_sessions(session_ids)
+                if is_done(sessions, request.until, request.any):
+                    break
                 await wait_first(events)
         if waiting.cancelled_caught:
             sessions = await self._read_sessions(session_ids)
