@@ -20,20 +20,10 @@ from typing import Any
 from supervisor import fsguard, spool
 from supervisor.shim.command import Command
 from supervisor.shim.output import Output
+from supervisor.shim.rhythm import STREAMING_PAUSE
 from supervisor.shim.spoolwait import SpoolWait
 from supervisor.shim.stdin import StdinPump
 from supervisor.shim.terminal import eof_character
-
-# How long the loop pauses while the command streams small writes (rhythm.py), so the
-# next read takes many at once: at 170 MB/s of 100-byte lines into a pipe, 170 KB,
-# within what a streaming command's pipe holds (STREAMING_PIPE_SIZE), and a thousandth
-# of a second is nothing to a person following the output. 0.3 ms with the default
-# 64 KiB pipe blocked a full-speed writer about once a millisecond, and woke the shim
-# and the daemon three times as often (bench/ingest.py --only lines: 0.74-0.83 s
-# against 0.70-0.72 s for 100 MB). Every command's pipe at 1 MiB read line-by-line
-# writers as fast, but let full-speed block writers run ahead and take the CPU:
-# keystroke echo p99 under load went from 7-8 ms to 19-38 ms (bench/latency.py).
-STREAMING_PAUSE = 0.001
 
 
 class Shim:

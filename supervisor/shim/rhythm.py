@@ -30,8 +30,18 @@ STREAMING_AFTER = 3
 # A streaming command's pipe grows to this, so it gathers lines while the shim pauses
 # without filling: at 64 KiB a fast writer blocked on a full pipe about once a
 # millisecond. Only a streaming command's pipe grows: a bigger one lets a block writer
-# run ahead of capture and take the CPU (loop.py's STREAMING_PAUSE says how much).
+# run ahead of capture and take the CPU (STREAMING_PAUSE says how much).
 STREAMING_PIPE_SIZE = 256 * 1024
+# How long the shim's loop pauses while a command streams (see pausing), so the
+# next read takes many at once: at 170 MB/s of 100-byte lines into a pipe, 170 KB,
+# within what a streaming command's pipe holds (STREAMING_PIPE_SIZE), and a thousandth
+# of a second is nothing to a person following the output. 0.3 ms with the default
+# 64 KiB pipe blocked a full-speed writer about once a millisecond, and woke the shim
+# and the daemon three times as often (bench/ingest.py --only lines: 0.74-0.83 s
+# against 0.70-0.72 s for 100 MB). Every command's pipe at 1 MiB read line-by-line
+# writers as fast, but let full-speed block writers run ahead and take the CPU:
+# keystroke echo p99 under load went from 7-8 ms to 19-38 ms (bench/latency.py).
+STREAMING_PAUSE = 0.001
 
 
 class PipeRhythm:
