@@ -29,8 +29,9 @@ import psutil
 import pytest
 
 from supervisor import spool
+from supervisor.model import utc_now
 from supervisor.processes import ProcessRef, signal_group
-from supervisor.store import Reader
+from supervisor.store import Reader, Session, Store
 from tests.harness import DEADLINE, DaemonHandle, wait_for
 
 SMALL_DISK = pytest.mark.skipif(
@@ -216,6 +217,21 @@ def daemon_on_small_disk(
     finally:
         daemon.stop()
         subprocess.run(["umount", "-l", str(state)], check=False)
+
+
+def new_session(store: Store, slot: int = 1, spool_dir: Path | None = None) -> str:
+    """A running session as the daemon records it, with no transcript yet."""
+    session = Session(
+        id=str(uuid.uuid4()),
+        arrival=0,
+        argv=["true"],
+        cwd="/",
+        status="running",
+        queued_at=utc_now(),
+        slot=slot,
+        spool_dir=str(spool_dir) if spool_dir else None,
+    )
+    return store.create_session(session).id
 
 
 def assert_numbers_exactly_once(database: Path, session_id: str) -> None:

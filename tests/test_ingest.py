@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -33,7 +32,7 @@ from supervisor.spool import Position, Record, SpoolReader, SpoolWriter
 from supervisor.store import ROW_OVERHEAD, Batch, Reader, Row, Session, Store
 from supervisor.tailing import tail_spool
 from tests.harness import wait_for
-from tests.helpers import end_shim_run
+from tests.helpers import end_shim_run, new_session
 
 DEADLINE = 20.0
 POLL = 0.02
@@ -58,21 +57,6 @@ class RecordingStore(Store):
     def commit_batch(self, batch: Batch) -> None:
         super().commit_batch(batch)
         self.batches.append(batch)
-
-
-def new_session(store: Store, slot: int = 1, spool_dir: Path | None = None) -> str:
-    """A running session as the daemon records it, with no transcript yet."""
-    session = Session(
-        id=str(uuid.uuid4()),
-        arrival=0,
-        argv=["true"],
-        cwd="/",
-        status="running",
-        queued_at=utc_now(),
-        slot=slot,
-        spool_dir=str(spool_dir) if spool_dir else None,
-    )
-    return store.create_session(session).id
 
 
 def rows_of(db_path: Path, session_id: str) -> list[Row]:
@@ -419,6 +403,9 @@ async def test_positions_and_updates_are_committed_in_the_same_transaction_as_th
     ingestor.set_position(session_id, Position(0, 500), spool_dir)
     ingestor.append(session_id, "system", b"exit code 0\n")
     ingestor.set_position(session_id, Position(2, 1234), spool_dir)
+    await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+    before = committed_session(db_path, session_id)
+    assert (before.status, before.spool_segment, before.spool_offset) == ("running", 0, 0)
     ended_at = utc_now()
     commits_before = store.commits
     # A status change is committed at once (no flush_interval wait): with all the rest.

@@ -18,10 +18,9 @@ from supervisor import maintenance
 from supervisor.database import BackgroundThread, DatabaseWriter
 from supervisor.ingest import Ingestor
 from supervisor.maintenance import WAL_HARD_BYTES
-from supervisor.model import utc_now
-from supervisor.store import Batch, Checkpointer, Row, Session, Store
+from supervisor.store import Batch, Checkpointer, Row, Store
 from tests.harness import DaemonHandle
-from tests.helpers import py
+from tests.helpers import new_session, py
 
 MiB = 1024 * 1024
 # The README's bound for the WAL file, whatever the sessions print.
@@ -92,9 +91,7 @@ def test_a_checkpoint_interrupted_from_another_thread_stops_and_the_next_one_run
     store = Store(tmp_path / "slotd.db")
     checkpointer = Checkpointer(tmp_path / "slotd.db")
     try:
-        session_id = store.create_session(
-            Session(id="s", arrival=0, argv=["true"], cwd="/", status="running", queued_at=utc_now(), slot=1)
-        ).id
+        session_id = new_session(store)
         batch = Batch()
         for seq in range(1, 3001):  # 90 MB of WAL: a pass takes tens of milliseconds
             batch.add_row(Row(session_id, seq, 0.0, "stdout", os.urandom(30_000)))
@@ -133,9 +130,7 @@ async def test_a_background_pass_overtaken_by_commits_says_the_wal_is_past_its_b
     writer = DatabaseWriter(store)
     checkpoints = BackgroundThread("test-checkpt")
     try:
-        session_id = store.create_session(
-            Session(id="s", arrival=0, argv=["true"], cwd="/", status="running", queued_at=utc_now(), slot=1)
-        ).id
+        session_id = new_session(store)
         ingestor = Ingestor(writer, flush_interval=60.0, batch_max_bytes=64 * MiB)
         ingestor.register(session_id, 0)
         async with trio.open_nursery() as nursery:
